@@ -1,0 +1,611 @@
+// Package imagepull turns an OCI image into a bootable ext4 root file
+// system: resolve the reference for linux/amd64, fetch layer blobs into a
+// shared digest-addressed cache, flatten the layers (whiteouts, hard
+// links, devices, xattrs, ownership), write an ext4 without mounting it
+// and without root, and inject banger's guest agents with one debugfs
+// batch. It writes only inside the directory its caller hands it and the
+// blob cache; publishing the result and recording it is the caller's job.
+package imagepull
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	"banger/internal/system"
+	"banger/internal/version"
+)
+
+// Sentinel errors a caller can match with errors.Is.
+var (
+	ErrBadReference = errors.New("invalid image reference")
+	ErrNotFound     = errors.New("image not found")
+	ErrAuth         = errors.New("registry authentication failed")
+	ErrUnreachable  = errors.New("registry unreachable")
+	ErrNoPlatform   = errors.New("no linux/amd64 image")
+	ErrNoSpace      = errors.New("no space left on device")
+)
+
+// Stages reported through Progress.
+const (
+	StageResolve  = "resolve"
+	StageDownload = "download"
+	StageFlatten  = "flatten"
+	StageExt4     = "ext4"
+	StageInject   = "inject"
+	StageDone     = "done"
+)
+
+// Progress is one progress report of a pull.
+type Progress struct {
+	Stage   string
+	Layer   int // 1-based layer index, 0 when not about a layer
+	Layers  int
+	Digest  string
+	Current int64 // bytes done
+	Total   int64 // bytes expected, 0 when unknown
+	Cached  bool  // the layer came from the blob cache
+	Message string
+}
+
+// ImageConfig is the part of the OCI image config a VM needs.
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
+// Layer describes one layer of a pulled image.
+type Layer struct {
+	Digest string `json:"digest"`
+	DiffID string `json:"diff_id"`
+	Size   int64  `json:"size"`
+}
+
+// Result is a pulled image, built inside the request's directory.
+type Result struct {
+	Ref       string // fully qualified reference, e.g. index.docker.io/library/alpine:3.20
+	Digest    string // manifest digest of the linux/amd64 image
+	Config    ImageConfig
+	Layers    []Layer
+	Rootfs    string // path of the ext4 file
+	SizeBytes int64  // apparent size of the ext4 file
+	DiskBytes int64  // bytes it occupies on disk
+	Stats     Ext4Stats
+}
+
+// Request is one pull.
+type Request struct {
+	Ref string
+	// Dir is an existing, empty directory the image is built in.
+	Dir string
+	// Assets are injected into the image.
+	Assets GuestAgentAssets
+	// Auth, when set, is used for the reference's registry instead of the
+	// puller's keychain (the CLI resolves the user's own credentials).
+	Auth *authn.AuthConfig
+	// Progress, when set, receives reports. It must not block.
+	Progress func(Progress)
+}
+
+// Puller pulls images. It is safe for concurrent use.
+type Puller struct {
+	blobs     *BlobCache
+	runner    system.CommandRunner
+	keychain  authn.Keychain
+	transport http.RoundTripper
+	jobs      int
+	headroom  Headroom
+	log       *slog.Logger
+}
+
+// Option configures a Puller.
+type Option func(*Puller) error
+
+// WithKeychain sets where registry credentials come from. Default:
+// authn.DefaultKeychain (Docker config and credential helpers).
+func WithKeychain(k authn.Keychain) Option {
+	return func(p *Puller) error { p.keychain = k; return nil }
+}
+
+// WithTransport sets the HTTP transport. Default: remote.DefaultTransport.
+func WithTransport(t http.RoundTripper) Option {
+	return func(p *Puller) error { p.transport = t; return nil }
+}
+
+// WithJobs sets how many layers download at once. Default 3.
+func WithJobs(n int) Option {
+	return func(p *Puller) error {
+		if n < 1 {
+			return fmt.Errorf("jobs must be at least 1, got %d", n)
+		}
+		p.jobs = n
+		return nil
+	}
+}
+
+// WithHeadroom sets the free space and inodes left in images. Default
+// DefaultHeadroom.
+func WithHeadroom(h Headroom) Option {
+	return func(p *Puller) error { p.headroom = h; return nil }
+}
+
+// WithLogger sets the logger. Default: discard.
+func WithLogger(l *slog.Logger) Option {
+	return func(p *Puller) error { p.log = l; return nil }
+}
+
+// New returns a Puller caching blobs in blobsDir and running host tools
+// (debugfs, tune2fs, e2fsck, resize2fs) through runner.
+func New(blobsDir string, runner system.CommandRunner, opts ...Option) (*Puller, error) {
+	blobs, err := NewBlobCache(blobsDir)
+	if err != nil {
+		return nil, err
+	}
+	p := &Puller{
+		blobs:     blobs,
+		runner:    runner,
+		keychain:  authn.DefaultKeychain,
+		transport: remote.DefaultTransport,
+		jobs:      3,
+		headroom:  DefaultHeadroom,
+		log:       slog.New(slog.DiscardHandler),
+	}
+	for _, o := range opts {
+		if err := o(p); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Blobs returns the puller's blob cache.
+func (p *Puller) Blobs() *BlobCache { return p.blobs }
+
+// ParseReference parses an image reference the way banger and Docker do:
+// short names resolve on Docker Hub ("alpine" is
+// index.docker.io/library/alpine:latest), and registries on loopback are
+// spoken to over plain HTTP.
+func ParseReference(ref string) (name.Reference, error) {
+	if strings.TrimSpace(ref) == "" {
+		return nil, fmt.Errorf("%w: empty reference", ErrBadReference)
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil, fmt.Errorf("%w %q: %v", ErrBadReference, ref, err)
+	}
+	host := r.Context().RegistryStr()
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	if host == "localhost" || net.ParseIP(host).IsLoopback() {
+		return name.ParseReference(ref, name.Insecure)
+	}
+	return r, nil
+}
+
+// FamiliarName is the short form of a reference a person would type:
+// "alpine:3.20" for index.docker.io/library/alpine:3.20,
+// "ghcr.io/o/r:1" elsewhere.
+func FamiliarName(r name.Reference) string {
+	repo := r.Context().RepositoryStr()
+	reg := r.Context().RegistryStr()
+	var s string
+	if reg == name.DefaultRegistry {
+		s = strings.TrimPrefix(repo, "library/")
+	} else {
+		s = reg + "/" + repo
+	}
+	switch t := r.(type) {
+	case name.Tag:
+		return s + ":" + t.TagStr()
+	case name.Digest:
+		return s + "@" + t.DigestStr()
+	}
+	return s
+}
+
+func (p *Puller) remoteOptions(ctx context.Context, ref name.Reference, auth *authn.AuthConfig) []remote.Option {
+	opts := []remote.Option{
+		remote.WithContext(ctx),
+		remote.WithTransport(p.transport),
+		remote.WithUserAgent("banger/" + version.Version),
+		// Fail fast on a dead registry; the default waits seconds.
+		remote.WithRetryBackoff(remote.Backoff{Duration: 100 * time.Millisecond, Factor: 2, Jitter: 0.1, Steps: 3}),
+		remote.WithPlatform(v1.Platform{OS: "linux", Architecture: "amd64"}),
+	}
+	if auth != nil {
+		opts = append(opts, remote.WithAuth(authn.FromConfig(*auth)))
+	} else {
+		opts = append(opts, remote.WithAuthFromKeychain(p.keychain))
+	}
+	return opts
+}
+
+// Resolve returns the fully qualified reference and the manifest digest of
+// the linux/amd64 image behind ref, without fetching layers.
+func (p *Puller) Resolve(ctx context.Context, ref string, auth *authn.AuthConfig) (string, string, error) {
+	r, err := ParseReference(ref)
+	if err != nil {
+		return "", "", err
+	}
+	img, err := p.image(ctx, r, auth)
+	if err != nil {
+		return "", "", err
+	}
+	d, err := img.Digest()
+	if err != nil {
+		return "", "", registryError(r, err)
+	}
+	return r.Name(), d.String(), nil
+}
+
+func (p *Puller) image(ctx context.Context, r name.Reference, auth *authn.AuthConfig) (v1.Image, error) {
+	desc, err := remote.Get(r, p.remoteOptions(ctx, r, auth)...)
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	if desc.MediaType.IsIndex() {
+		idx, err := desc.ImageIndex()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		im, err := idx.IndexManifest()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		var found []string
+		for _, m := range im.Manifests {
+			if m.Platform == nil {
+				continue
+			}
+			if m.Platform.OS == "linux" && m.Platform.Architecture == "amd64" {
+				img, err := idx.Image(m.Digest)
+				if err != nil {
+					return nil, registryError(r, err)
+				}
+				return img, nil
+			}
+			if m.Platform.OS != "unknown" { // attestation manifests
+				found = append(found, m.Platform.OS+"/"+m.Platform.Architecture)
+			}
+		}
+		return nil, fmt.Errorf("%w: %s offers only %s; banger runs linux/amd64 guests, pick a tag built for amd64",
+			ErrNoPlatform, FamiliarName(r), strings.Join(found, ", "))
+	}
+	img, err := desc.Image()
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	if (cfg.OS != "" && cfg.OS != "linux") || (cfg.Architecture != "" && cfg.Architecture != "amd64") {
+		return nil, fmt.Errorf("%w: %s is built for %s/%s only; banger runs linux/amd64 guests, pick a tag built for amd64",
+			ErrNoPlatform, FamiliarName(r), cfg.OS, cfg.Architecture)
+	}
+	return img, nil
+}
+
+// registryError turns an error from the registry client into one line
+// that says what went wrong and what to do.
+func registryError(r name.Reference, err error) error {
+	reg := r.Context().RegistryStr()
+	var terr *transport.Error
+	if errors.As(err, &terr) {
+		for _, d := range terr.Errors {
+			switch d.Code {
+			case transport.ManifestUnknownErrorCode, transport.NameUnknownErrorCode, transport.BlobUnknownErrorCode:
+				return fmt.Errorf("%w: %s does not exist in %s: check the repository name and tag", ErrNotFound, FamiliarName(r), reg)
+			case transport.UnauthorizedErrorCode, transport.DeniedErrorCode:
+				return fmt.Errorf("%w: %s refused access to %s (%s): run `docker login %s` or fix its entry in ~/.docker/config.json",
+					ErrAuth, reg, r.Context().RepositoryStr(), d.Code, reg)
+			}
+		}
+		switch terr.StatusCode {
+		case http.StatusUnauthorized, http.StatusForbidden:
+			return fmt.Errorf("%w: %s answered HTTP %d for %s: run `docker login %s` or fix its entry in ~/.docker/config.json",
+				ErrAuth, reg, terr.StatusCode, r.Context().RepositoryStr(), reg)
+		case http.StatusNotFound:
+			return fmt.Errorf("%w: %s does not exist in %s: check the repository name and tag", ErrNotFound, FamiliarName(r), reg)
+		}
+		return fmt.Errorf("registry %s answered HTTP %d for %s: try again later", reg, terr.StatusCode, FamiliarName(r))
+	}
+	var opErr *net.OpError
+	if errors.As(err, &opErr) {
+		return fmt.Errorf("%w: cannot reach %s (%v): check the address, that the registry runs, and your network", ErrUnreachable, reg, opErr.Err)
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return fmt.Errorf("%w: cannot resolve %s: check the registry name and your DNS", ErrUnreachable, dnsErr.Name)
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("talking to registry %s: %s", reg, system.Tail(err.Error(), 300))
+}
+
+// layerJob is the download state of one layer.
+type layerJob struct {
+	layer v1.Layer
+	desc  Layer
+	done  chan struct{}
+	path  string
+	err   error
+}
+
+// Pull pulls req.Ref and builds its root file system in req.Dir. On error
+// req.Dir may hold partial files; the caller removes the directory.
+func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
+	report := func(pr Progress) {
+		if req.Progress != nil {
+			req.Progress(pr)
+		}
+	}
+	report(Progress{Stage: StageResolve, Message: req.Ref})
+	r, err := ParseReference(req.Ref)
+	if err != nil {
+		return nil, err
+	}
+	img, err := p.image(ctx, r, req.Auth)
+	if err != nil {
+		return nil, err
+	}
+	digest, err := img.Digest()
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	cfg, err := img.ConfigFile()
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	layers, err := img.Layers()
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	if len(cfg.RootFS.DiffIDs) != len(layers) {
+		return nil, fmt.Errorf("%s: config lists %d layers, manifest %d: the image is malformed", FamiliarName(r), len(cfg.RootFS.DiffIDs), len(layers))
+	}
+
+	jobs := make([]*layerJob, len(layers))
+	for i, l := range layers {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		size, err := l.Size()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		jobs[i] = &layerJob{layer: l, desc: Layer{Digest: d.String(), DiffID: cfg.RootFS.DiffIDs[i].String(), Size: size}, done: make(chan struct{})}
+	}
+
+	// Download layers in parallel while flattening them in order.
+	dctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	sem := make(chan struct{}, p.jobs)
+	for i, j := range jobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(j.done)
+			select {
+			case sem <- struct{}{}:
+			case <-dctx.Done():
+				j.err = context.Cause(dctx)
+				return
+			}
+			defer func() { <-sem }()
+			j.path, j.err = p.fetchLayer(dctx, r, i, len(jobs), j, report)
+		}()
+	}
+
+	spoolFile, err := os.CreateTemp(req.Dir, ".spool-*")
+	if err != nil {
+		return nil, fsError("creating spool", err)
+	}
+	defer func() {
+		spoolFile.Close()
+		os.Remove(spoolFile.Name())
+	}()
+	tree := NewFlattener(spoolFile)
+	for i, j := range jobs {
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		}
+		if j.err != nil {
+			return nil, j.err
+		}
+		report(Progress{Stage: StageFlatten, Layer: i + 1, Layers: len(jobs), Digest: j.desc.Digest, Total: j.desc.Size})
+		if err := p.flattenLayer(ctx, tree, j); err != nil {
+			return nil, fmt.Errorf("layer %d/%d (%s): %w", i+1, len(jobs), short(j.desc.Digest), err)
+		}
+	}
+	for _, gp := range InjectedPaths() {
+		tree.Remove(gp)
+	}
+
+	report(Progress{Stage: StageExt4, Message: fmt.Sprintf("%d entries", tree.Entries())})
+	rootfs := filepath.Join(req.Dir, "rootfs.ext4")
+	if _, err := BuildExt4(ctx, p.runner, tree, rootfs, p.headroom); err != nil {
+		return nil, fsError("building ext4", err)
+	}
+	// The spool is no longer needed; free its space before injecting.
+	spoolFile.Close()
+	os.Remove(spoolFile.Name())
+
+	report(Progress{Stage: StageInject})
+	if err := InjectGuestAgents(ctx, p.runner, rootfs, req.Assets); err != nil {
+		return nil, fsError("injecting guest agents", err)
+	}
+	stats, err := readSuperBlock(rootfs)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{
+		Ref:       r.Name(),
+		Digest:    digest.String(),
+		Rootfs:    rootfs,
+		SizeBytes: stats.SizeBytes,
+		DiskBytes: diskUsage(rootfs),
+		Stats:     stats,
+		Config: ImageConfig{
+			Entrypoint: cfg.Config.Entrypoint,
+			Cmd:        cfg.Config.Cmd,
+			Env:        cfg.Config.Env,
+			WorkingDir: cfg.Config.WorkingDir,
+			User:       cfg.Config.User,
+		},
+	}
+	for _, j := range jobs {
+		res.Layers = append(res.Layers, j.desc)
+	}
+	report(Progress{Stage: StageDone, Message: res.Digest})
+	return res, nil
+}
+
+func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, i, n int, j *layerJob, report func(Progress)) (string, error) {
+	pr := Progress{Stage: StageDownload, Layer: i + 1, Layers: n, Digest: j.desc.Digest, Total: j.desc.Size}
+	if p.blobs.Has(j.desc.Digest) {
+		pr.Cached, pr.Current = true, j.desc.Size
+		report(pr)
+		return p.blobs.Path(j.desc.Digest)
+	}
+	report(pr)
+	path, err := p.blobs.Put(ctx, j.desc.Digest, j.desc.Size, func() (io.ReadCloser, error) {
+		rc, err := j.layer.Compressed()
+		if err != nil {
+			return nil, registryError(r, err)
+		}
+		return rc, nil
+	}, func(cur int64) {
+		pr.Current = cur
+		report(pr)
+	})
+	if err != nil {
+		switch {
+		case errors.Is(err, ErrDigestMismatch):
+			return "", fmt.Errorf("layer %d/%d (%s) from %s: %w: the registry served corrupt data; pull again or report it to the registry owner",
+				i+1, n, short(j.desc.Digest), r.Context().RegistryStr(), err)
+		case errors.Is(err, ErrTruncated):
+			return "", fmt.Errorf("layer %d/%d (%s) from %s: %w: pull again", i+1, n, short(j.desc.Digest), r.Context().RegistryStr(), err)
+		case isWriteErr(err):
+			return "", fsError("caching layer", err)
+		}
+		return "", fmt.Errorf("layer %d/%d (%s): %w", i+1, n, short(j.desc.Digest), err)
+	}
+	return path, nil
+}
+
+// flattenLayer decompresses a cached layer into the tree and checks the
+// uncompressed stream against the config's diff ID.
+func (p *Puller) flattenLayer(ctx context.Context, tree *Flattener, j *layerJob) error {
+	f, err := os.Open(j.path)
+	if err != nil {
+		return fmt.Errorf("opening cached layer: %w", err)
+	}
+	defer f.Close()
+	rc, err := decompress(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadLayer, err)
+	}
+	defer rc.Close()
+	hr := &hashingReader{r: &ctxReader{ctx: ctx, r: rc}, h: sha256.New()}
+	if err := tree.AddLayer(hr); err != nil {
+		return err
+	}
+	// Hash any padding after the end of the archive too.
+	if _, err := io.Copy(io.Discard, hr); err != nil {
+		return fmt.Errorf("%w: reading layer: %v", ErrBadLayer, err)
+	}
+	if got := "sha256:" + hex.EncodeToString(hr.h.Sum(nil)); got != j.desc.DiffID {
+		return fmt.Errorf("%w: uncompressed content hashes to %s, config says %s", ErrDigestMismatch, short(got), short(j.desc.DiffID))
+	}
+	return nil
+}
+
+// decompress detects gzip, zstd or plain tar by magic number.
+func decompress(br *bufio.Reader) (io.ReadCloser, error) {
+	magic, _ := br.Peek(4)
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %v", err)
+		}
+		return zr, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("zstd: %v", err)
+		}
+		return zr.IOReadCloser(), nil
+	}
+	return io.NopCloser(br), nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, context.Cause(c.ctx)
+	}
+	return c.r.Read(p)
+}
+
+// fsError adds advice to a full disk.
+func fsError(doing string, err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		return fmt.Errorf("%s: %w: free disk space under banger's state and cache directories (`banger image cache prune`) and pull again", doing, ErrNoSpace)
+	}
+	return fmt.Errorf("%s: %w", doing, err)
+}
+
+func short(digest string) string {
+	if _, h, ok := strings.Cut(digest, ":"); ok && len(h) > 12 {
+		return digest[:len(digest)-len(h)] + h[:12]
+	}
+	return digest
+}
+
+func diskUsage(path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}

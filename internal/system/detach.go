@@ -1,0 +1,30 @@
+package system
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"syscall"
+)
+
+// StartDetached starts path in a new session with standard input and
+// output on /dev/null and returns its pid without waiting for it. The
+// process outlives the caller; it is how the CLI starts bangerd.
+func StartDetached(path string, args []string, env []string) (int, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return 0, fmt.Errorf("opening %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("starting %s: %w", path, err)
+	}
+	pid := cmd.Process.Pid
+	// Release so the child is not reaped by us; it belongs to init now.
+	_ = cmd.Process.Release()
+	return pid, nil
+}
