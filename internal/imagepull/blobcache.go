@@ -88,10 +88,18 @@ func (c *BlobCache) Put(ctx context.Context, digest string, size int64, open fun
 	}()
 	h := sha256.New()
 	n, err := copyCtx(ctx, io.MultiWriter(tmp, h), rc, progress)
-	if err != nil {
-		if n < size && !isWriteErr(err) {
-			return "", fmt.Errorf("%w: connection ended after %d of %d bytes: %v", ErrTruncated, n, size, err)
+	if err != nil && !isWriteErr(err) && ctx.Err() == nil {
+		// Judge by what arrived, not by the client's wording: the registry
+		// client verifies too and may fail first at EOF.
+		got := "sha256:" + hex.EncodeToString(h.Sum(nil))
+		switch {
+		case n < size:
+			return "", fmt.Errorf("%w: connection ended after %d of %d bytes", ErrTruncated, n, size)
+		case got != digest:
+			return "", fmt.Errorf("%w: content hashes to %s", ErrDigestMismatch, short(got))
 		}
+	}
+	if err != nil {
 		return "", err
 	}
 	if n != size && size > 0 {
@@ -101,7 +109,7 @@ func (c *BlobCache) Put(ctx context.Context, digest string, size int64, open fun
 		return "", fmt.Errorf("%w: got %d bytes, manifest says %d", ErrDigestMismatch, n, size)
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != digest {
-		return "", fmt.Errorf("%w: content hashes to %s", ErrDigestMismatch, got)
+		return "", fmt.Errorf("%w: content hashes to %s", ErrDigestMismatch, short(got))
 	}
 	if err := tmp.Sync(); err != nil {
 		return "", fmt.Errorf("writing blob cache: %w", err)

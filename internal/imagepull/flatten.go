@@ -17,7 +17,7 @@ import (
 var ErrUnsafeEntry = errors.New("unsafe layer entry")
 
 // ErrBadLayer marks a layer whose tar stream is corrupt or self-contradictory.
-var ErrBadLayer = errors.New("bad layer")
+var ErrBadLayer = errors.New("corrupt layer")
 
 const (
 	whiteoutPrefix = ".wh."
@@ -44,7 +44,14 @@ type Flattener struct {
 	// are resolved when the layer ends.
 	pending []pendingLink
 	entries int
+	// consumed counts bytes read from the current layer's tar stream.
+	consumed int64
 }
+
+// maxSparseHoles bounds how many bytes of holes one sparse file may expand
+// to. tar2ext4 stores holes as written zeros, and a tiny layer could
+// otherwise declare terabytes of them.
+const maxSparseHoles = 64 << 20
 
 type node struct {
 	ino      *inode
@@ -99,7 +106,7 @@ func cleanPath(name string) (string, error) {
 // added before. It reads r to the end of the tar archive.
 func (f *Flattener) AddLayer(r io.Reader) error {
 	f.layer++
-	tr := tar.NewReader(r)
+	tr := tar.NewReader(&countingReader{r: r, n: &f.consumed})
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
@@ -190,7 +197,10 @@ func (f *Flattener) addEntry(hdr *tar.Header, content io.Reader) error {
 			return fmt.Errorf("%w: %q has negative size", ErrBadLayer, hdr.Name)
 		}
 		src := &taggedReader{r: content}
-		written, err := io.Copy(io.NewOffsetWriter(f.spool, f.off), src)
+		written, err := f.spoolContent(src)
+		if errors.Is(err, errSparseBomb) {
+			return fmt.Errorf("%w: %q is a sparse file with more than %d MiB of holes; banger does not store sparse files that large", ErrBadLayer, hdr.Name, maxSparseHoles>>20)
+		}
 		if err != nil {
 			if src.err != nil {
 				return fmt.Errorf("%w: reading %q: %v", ErrBadLayer, hdr.Name, err)
@@ -238,6 +248,46 @@ func (f *Flattener) addEntry(hdr *tar.Header, content io.Reader) error {
 	}
 	parent.children[base] = n
 	return nil
+}
+
+var errSparseBomb = errors.New("sparse file too large")
+
+// spoolContent appends one file's content to the spool, stopping when the
+// file expands far beyond what the layer stream holds for it.
+func (f *Flattener) spoolContent(src io.Reader) (int64, error) {
+	dst := io.NewOffsetWriter(f.spool, f.off)
+	start := f.consumed
+	buf := make([]byte, 128<<10)
+	var written int64
+	for {
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return written, werr
+			}
+			written += int64(n)
+			if written-(f.consumed-start) > maxSparseHoles {
+				return written, errSparseBomb
+			}
+		}
+		if rerr == io.EOF {
+			return written, nil
+		}
+		if rerr != nil {
+			return written, rerr
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n *int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	*c.n += int64(n)
+	return n, err
 }
 
 // taggedReader remembers a read error so a copy can tell a corrupt layer

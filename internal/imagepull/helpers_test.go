@@ -151,7 +151,7 @@ type inodeInfo struct {
 }
 
 var (
-	reInode = regexp.MustCompile(`Inode: (\d+)\s+Type: (\S+)\s+Mode:\s+(\d+)`)
+	reInode = regexp.MustCompile(`Inode: (\d+)\s+Type: (.+?)\s+Mode:\s+(\d+)`)
 	reUser  = regexp.MustCompile(`User:\s+(\d+)\s+Group:\s+(\d+)`)
 	reLinks = regexp.MustCompile(`Links: (\d+)`)
 	reSize  = regexp.MustCompile(`Size: (\d+)`)
