@@ -10,6 +10,7 @@ import (
 
 	"github.com/Microsoft/hcsshim/ext4/tar2ext4"
 
+	"banger/internal/imagepull/flatten"
 	"banger/internal/system"
 )
 
@@ -50,7 +51,7 @@ type Ext4Stats struct {
 // device numbers come from the tree. The result is a regular writable
 // ext4 (no read-only feature) that passes `e2fsck -fn` and has the free
 // space and inodes that headroom asks for. On error out is removed.
-func BuildExt4(ctx context.Context, runner system.CommandRunner, tree *Flattener, out string, headroom Headroom) (stats Ext4Stats, err error) {
+func BuildExt4(ctx context.Context, runner system.CommandRunner, tree *flatten.Tree, out string, headroom Headroom) (stats Ext4Stats, err error) {
 	f, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return stats, fmt.Errorf("creating %s: %w", out, err)

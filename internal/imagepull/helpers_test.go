@@ -1,7 +1,8 @@
 package imagepull
 
 import (
-	"archive/tar"
+	"banger/internal/imagepull/flatten"
+	"banger/internal/imagepull/imagetest"
 	"bytes"
 	"context"
 	"os"
@@ -11,78 +12,23 @@ import (
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"banger/internal/system"
 )
 
-// ent is one tar entry of a test layer.
-type ent struct {
-	name     string
-	typ      byte // default TypeReg
-	mode     int64
-	uid, gid int
-	body     string
-	link     string
-	major    int64
-	minor    int64
-	xattrs   map[string]string
-}
+type ent = imagetest.Entry
 
-var testTime = time.Unix(1700000000, 0)
-
-// tarLayer builds an uncompressed tar layer from entries, in order.
-func tarLayer(tb testing.TB, entries ...ent) []byte {
-	tb.Helper()
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	for _, e := range entries {
-		typ := e.typ
-		if typ == 0 {
-			typ = tar.TypeReg
-		}
-		mode := e.mode
-		if mode == 0 {
-			mode = 0o644
-			if typ == tar.TypeDir {
-				mode = 0o755
-			}
-		}
-		hdr := &tar.Header{Name: e.name, Typeflag: typ, Mode: mode, Uid: e.uid, Gid: e.gid,
-			Linkname: e.link, Devmajor: e.major, Devminor: e.minor, ModTime: testTime, Format: tar.FormatPAX}
-		if typ == tar.TypeReg {
-			hdr.Size = int64(len(e.body))
-		}
-		for k, v := range e.xattrs {
-			if hdr.PAXRecords == nil {
-				hdr.PAXRecords = map[string]string{}
-			}
-			hdr.PAXRecords["SCHILY.xattr."+k] = v
-		}
-		if err := tw.WriteHeader(hdr); err != nil {
-			tb.Fatalf("writing header %s: %v", e.name, err)
-		}
-		if typ == tar.TypeReg {
-			if _, err := tw.Write([]byte(e.body)); err != nil {
-				tb.Fatal(err)
-			}
-		}
-	}
-	if err := tw.Close(); err != nil {
-		tb.Fatal(err)
-	}
-	return buf.Bytes()
-}
+func tarLayer(tb testing.TB, entries ...ent) []byte { return imagetest.Layer(tb, entries...) }
 
 // flattenLayers runs the flattener over the layers and returns it.
-func flattenLayers(tb testing.TB, layers ...[]byte) (*Flattener, error) {
+func flattenLayers(tb testing.TB, layers ...[]byte) (*flatten.Tree, error) {
 	tb.Helper()
 	spool, err := os.CreateTemp(tb.TempDir(), "spool")
 	if err != nil {
 		tb.Fatal(err)
 	}
 	tb.Cleanup(func() { spool.Close() })
-	f := NewFlattener(spool)
+	f := flatten.New(spool)
 	for _, l := range layers {
 		if err := f.AddLayer(bytes.NewReader(l)); err != nil {
 			return f, err

@@ -34,6 +34,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
+	"banger/internal/imagepull/flatten"
 	"banger/internal/system"
 	"banger/internal/version"
 )
@@ -46,6 +47,10 @@ var (
 	ErrUnreachable  = errors.New("registry unreachable")
 	ErrNoPlatform   = errors.New("no linux/amd64 image")
 	ErrNoSpace      = errors.New("no space left on device")
+	// ErrBadLayer and ErrUnsafeEntry come from the flattener: a corrupt
+	// layer, and an entry that would escape the image root.
+	ErrBadLayer    = flatten.ErrBadLayer
+	ErrUnsafeEntry = flatten.ErrUnsafeEntry
 )
 
 // Stages reported through Progress.
@@ -437,7 +442,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		spoolFile.Close()
 		os.Remove(spoolFile.Name())
 	}()
-	tree := NewFlattener(spoolFile)
+	tree := flatten.New(spoolFile)
 	for i, j := range jobs {
 		select {
 		case <-j.done:
@@ -530,7 +535,7 @@ func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, i, n int, j *
 
 // flattenLayer decompresses a cached layer into the tree and checks the
 // uncompressed stream against the config's diff ID.
-func (p *Puller) flattenLayer(ctx context.Context, tree *Flattener, j *layerJob) error {
+func (p *Puller) flattenLayer(ctx context.Context, tree *flatten.Tree, j *layerJob) error {
 	f, err := os.Open(j.path)
 	if err != nil {
 		return fmt.Errorf("opening cached layer: %w", err)

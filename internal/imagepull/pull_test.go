@@ -39,32 +39,32 @@ func richLayers(t *testing.T) [][]byte {
 	deep := strings.Repeat("deep/", 60) + "bottom"
 	long := strings.Repeat("n", 255)
 	base := tarLayer(t,
-		ent{name: "bin/", typ: tar.TypeDir},
-		ent{name: "bin/busybox", body: "BUSYBOX", mode: 0o755},
-		ent{name: "bin/su", body: "SU", mode: 0o4755},
-		ent{name: "usr/share/grp/", typ: tar.TypeDir, mode: 0o2775, gid: 50},
-		ent{name: "tmp/", typ: tar.TypeDir, mode: 0o1777},
-		ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
-		ent{name: "dev/loop0", typ: tar.TypeBlock, mode: 0o660, major: 7, minor: 0, gid: 6},
-		ent{name: "run/fifo", typ: tar.TypeFifo, mode: 0o600},
-		ent{name: "home/user/file", body: "mine", uid: 1000, gid: 1000},
-		ent{name: "home/user/", typ: tar.TypeDir, uid: 1000, gid: 1000, mode: 0o750}, // after its entry
-		ent{name: "etc/motd", body: "hello", xattrs: map[string]string{"user.banger": "xattr-value"}},
-		ent{name: "etc/gone", body: "gone"},
-		ent{name: "var/cache/", typ: tar.TypeDir},
-		ent{name: "var/cache/a", body: "a"},
-		ent{name: "lib64", typ: tar.TypeSymlink, link: "usr/lib"},
-		ent{name: deep, body: "deep"},
-		ent{name: "long/" + long, body: "long"},
-		ent{name: "usr/local/bin/banger-vsock-agent", body: "stale agent from the image"},
+		ent{Name: "bin/", Type: tar.TypeDir},
+		ent{Name: "bin/busybox", Body: "BUSYBOX", Mode: 0o755},
+		ent{Name: "bin/su", Body: "SU", Mode: 0o4755},
+		ent{Name: "usr/share/grp/", Type: tar.TypeDir, Mode: 0o2775, GID: 50},
+		ent{Name: "tmp/", Type: tar.TypeDir, Mode: 0o1777},
+		ent{Name: "dev/null", Type: tar.TypeChar, Mode: 0o666, Major: 1, Minor: 3},
+		ent{Name: "dev/loop0", Type: tar.TypeBlock, Mode: 0o660, Major: 7, Minor: 0, GID: 6},
+		ent{Name: "run/fifo", Type: tar.TypeFifo, Mode: 0o600},
+		ent{Name: "home/user/file", Body: "mine", UID: 1000, GID: 1000},
+		ent{Name: "home/user/", Type: tar.TypeDir, UID: 1000, GID: 1000, Mode: 0o750}, // after its entry
+		ent{Name: "etc/motd", Body: "hello", Xattrs: map[string]string{"user.banger": "xattr-value"}},
+		ent{Name: "etc/gone", Body: "gone"},
+		ent{Name: "var/cache/", Type: tar.TypeDir},
+		ent{Name: "var/cache/a", Body: "a"},
+		ent{Name: "lib64", Type: tar.TypeSymlink, Link: "usr/lib"},
+		ent{Name: deep, Body: "deep"},
+		ent{Name: "long/" + long, Body: "long"},
+		ent{Name: "usr/local/bin/banger-vsock-agent", Body: "stale agent from the image"},
 	)
 	top := tarLayer(t,
-		ent{name: "bin/sh", typ: tar.TypeLink, link: "bin/busybox"}, // hard link across layers
-		ent{name: "etc/.wh.gone"},
-		ent{name: "var/cache/.wh..wh..opq"},
-		ent{name: "var/cache/b", body: "b"},
-		ent{name: "sbin/first", typ: tar.TypeLink, link: "sbin/second"}, // link before target
-		ent{name: "sbin/second", body: "2", mode: 0o700},
+		ent{Name: "bin/sh", Type: tar.TypeLink, Link: "bin/busybox"}, // hard link across layers
+		ent{Name: "etc/.wh.gone"},
+		ent{Name: "var/cache/.wh..wh..opq"},
+		ent{Name: "var/cache/b", Body: "b"},
+		ent{Name: "sbin/first", Type: tar.TypeLink, Link: "sbin/second"}, // link before target
+		ent{Name: "sbin/second", Body: "2", Mode: 0o700},
 	)
 	return [][]byte{base, top}
 }
@@ -211,9 +211,9 @@ func checkInjected(t *testing.T, img string) {
 
 func TestPullReusesCachedLayers(t *testing.T) {
 	reg := startRegistry(t)
-	shared := tarLayer(t, ent{name: "shared/file", body: strings.Repeat("s", 4096)})
-	refA := reg.push(t, "test/a:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{name: "a", body: "a"})}}))
-	refB := reg.push(t, "test/b:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{name: "b", body: "b"})}}))
+	shared := tarLayer(t, ent{Name: "shared/file", Body: strings.Repeat("s", 4096)})
+	refA := reg.push(t, "test/a:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{Name: "a", Body: "a"})}}))
+	refB := reg.push(t, "test/b:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{Name: "b", Body: "b"})}}))
 	p := newTestPuller(t)
 	resA, _, err := pullInto(t, p, refA, nil)
 	if err != nil {
@@ -275,7 +275,7 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { r
 func TestPullAuth(t *testing.T) {
 	reg := startRegistry(t)
 	reg.user, reg.pass = "alice", "s3cret"
-	ref := reg.push(t, "private/img:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{name: "x", body: "x"})}}))
+	ref := reg.push(t, "private/img:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "x", Body: "x"})}}))
 
 	t.Run("docker config", func(t *testing.T) {
 		cfgDir := t.TempDir()
@@ -324,12 +324,12 @@ func TestPullAuth(t *testing.T) {
 
 func TestPullBadInput(t *testing.T) {
 	reg := startRegistry(t)
-	good := [][]byte{tarLayer(t, ent{name: "ok", body: strings.Repeat("o", 100000)})}
+	good := [][]byte{tarLayer(t, ent{Name: "ok", Body: strings.Repeat("o", 100000)})}
 	okRef := reg.push(t, "test/ok:1", buildTestImage(t, imageSpec{layers: good}))
-	corruptRef := reg.push(t, "test/corrupt:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{name: "c", body: strings.Repeat("c", 5000)})}}))
-	truncRef := reg.push(t, "test/trunc:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{name: "t", body: strings.Repeat("t", 200000)})}}))
-	hostileRef := reg.push(t, "test/hostile:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{name: "../../etc/passwd", body: "pwned"})}}))
-	escLinkRef := reg.push(t, "test/esclink:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{name: "h", typ: tar.TypeLink, link: "../../../etc/shadow"})}}))
+	corruptRef := reg.push(t, "test/corrupt:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "c", Body: strings.Repeat("c", 5000)})}}))
+	truncRef := reg.push(t, "test/trunc:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "t", Body: strings.Repeat("t", 200000)})}}))
+	hostileRef := reg.push(t, "test/hostile:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "../../etc/passwd", Body: "pwned"})}}))
+	escLinkRef := reg.push(t, "test/esclink:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "h", Type: tar.TypeLink, Link: "../../../etc/shadow"})}}))
 	badGzip := reg.push(t, "test/badgzip:1", rawLayerImage(t, append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, []byte(strings.Repeat("junk", 100))...)))
 	armImg := buildTestImage(t, imageSpec{arch: "arm64", layers: good})
 	armRef := reg.push(t, "test/arm:1", armImg)

@@ -1,4 +1,9 @@
-package imagepull
+// Package flatten applies OCI image layers in order and produces the
+// resulting file tree as one clean tar stream: whiteouts and opaque
+// directories applied, hard links resolved across layers, unsafe entries
+// rejected. It knows nothing of registries or ext4 and uses only the
+// standard library, so it can be fuzzed cheaply.
+package flatten
 
 import (
 	"archive/tar"
@@ -27,15 +32,15 @@ const (
 	metaWhiteoutPrefix = ".wh..wh."
 )
 
-// Flattener applies image layers in order and keeps the resulting file
+// Tree applies image layers in order and keeps the resulting file
 // tree in memory, with regular-file contents spooled once to a file. It
 // implements the OCI layer semantics: whiteouts and opaque directories
 // hide entries of lower layers; a later entry replaces an earlier one;
 // hard links share one inode, also across layers and when a link precedes
 // its target in the stream; directories may appear after their entries.
 //
-// A Flattener is not safe for concurrent use.
-type Flattener struct {
+// A Tree is not safe for concurrent use.
+type Tree struct {
 	root  *node
 	spool *os.File
 	off   int64
@@ -44,13 +49,15 @@ type Flattener struct {
 	// are resolved when the layer ends.
 	pending []pendingLink
 	entries int
-	// consumed counts bytes read from the current layer's tar stream.
+	// consumed counts bytes read from the current layer's tar stream;
+	// layerOff is the spool offset where the current layer began.
 	consumed int64
+	layerOff int64
 }
 
-// maxSparseHoles bounds how many bytes of holes one sparse file may expand
-// to. tar2ext4 stores holes as written zeros, and a tiny layer could
-// otherwise declare terabytes of them.
+// maxSparseHoles bounds how many bytes of holes the sparse files of one
+// layer may expand to. tar2ext4 stores holes as written zeros, and a tiny
+// layer could otherwise declare terabytes of them.
 const maxSparseHoles = 64 << 20
 
 type node struct {
@@ -75,11 +82,11 @@ type pendingLink struct {
 	target string
 }
 
-// NewFlattener returns a Flattener that spools file contents into spool,
+// New returns a Tree that spools file contents into spool,
 // which it writes from offset 0 and later reads back with ReadAt. The
 // caller owns spool and removes it after WriteTar.
-func NewFlattener(spool *os.File) *Flattener {
-	return &Flattener{
+func New(spool *os.File) *Tree {
+	return &Tree{
 		root:  &node{ino: &inode{hdr: tar.Header{Typeflag: tar.TypeDir, Mode: 0o755}}, children: map[string]*node{}},
 		spool: spool,
 		layer: -1,
@@ -104,8 +111,9 @@ func cleanPath(name string) (string, error) {
 
 // AddLayer applies one uncompressed layer tar stream on top of the layers
 // added before. It reads r to the end of the tar archive.
-func (f *Flattener) AddLayer(r io.Reader) error {
+func (f *Tree) AddLayer(r io.Reader) error {
 	f.layer++
+	f.consumed, f.layerOff = 0, f.off
 	tr := tar.NewReader(&countingReader{r: r, n: &f.consumed})
 	for {
 		hdr, err := tr.Next()
@@ -122,7 +130,7 @@ func (f *Flattener) AddLayer(r io.Reader) error {
 	return f.resolvePending()
 }
 
-func (f *Flattener) addEntry(hdr *tar.Header, content io.Reader) error {
+func (f *Tree) addEntry(hdr *tar.Header, content io.Reader) error {
 	p, err := cleanPath(hdr.Name)
 	if err != nil {
 		return err
@@ -253,10 +261,9 @@ func (f *Flattener) addEntry(hdr *tar.Header, content io.Reader) error {
 var errSparseBomb = errors.New("sparse file too large")
 
 // spoolContent appends one file's content to the spool, stopping when the
-// file expands far beyond what the layer stream holds for it.
-func (f *Flattener) spoolContent(src io.Reader) (int64, error) {
+// layer's files expand far beyond what the layer stream holds.
+func (f *Tree) spoolContent(src io.Reader) (int64, error) {
 	dst := io.NewOffsetWriter(f.spool, f.off)
-	start := f.consumed
 	buf := make([]byte, 128<<10)
 	var written int64
 	for {
@@ -266,7 +273,7 @@ func (f *Flattener) spoolContent(src io.Reader) (int64, error) {
 				return written, werr
 			}
 			written += int64(n)
-			if written-(f.consumed-start) > maxSparseHoles {
+			if f.off+written-f.layerOff-f.consumed > maxSparseHoles {
 				return written, errSparseBomb
 			}
 		}
@@ -308,7 +315,7 @@ func (t *taggedReader) Read(p []byte) (int, error) {
 // hideLower removes from dir everything that lower layers put there,
 // keeping what the current layer created or changed (and, below a kept
 // directory, again only the current layer's entries).
-func (f *Flattener) hideLower(dir *node) {
+func (f *Tree) hideLower(dir *node) {
 	for name, child := range dir.children {
 		switch {
 		case child.touched < f.layer:
@@ -380,7 +387,7 @@ func checkSymlink(p, target string) error {
 // (entries may precede their directory's own header). A symlink or other
 // non-directory on the way is rejected: writing through it is how layers
 // escape their root.
-func (f *Flattener) dirFor(dir, entry string) (*node, error) {
+func (f *Tree) dirFor(dir, entry string) (*node, error) {
 	n := f.root
 	if dir == "" {
 		return n, nil
@@ -405,7 +412,7 @@ func (f *Flattener) dirFor(dir, entry string) (*node, error) {
 }
 
 // lookup returns the node at p without creating anything, or nil.
-func (f *Flattener) lookup(p string) *node {
+func (f *Tree) lookup(p string) *node {
 	n := f.root
 	if p == "" {
 		return n
@@ -422,7 +429,7 @@ func (f *Flattener) lookup(p string) *node {
 	return n
 }
 
-func (f *Flattener) resolvePending() error {
+func (f *Tree) resolvePending() error {
 	pending := f.pending
 	f.pending = nil
 	// A link may point at another pending link; resolve until no progress.
@@ -456,7 +463,7 @@ func (f *Flattener) resolvePending() error {
 }
 
 // Remove drops the entry at p (and everything below it) if it exists.
-func (f *Flattener) Remove(p string) {
+func (f *Tree) Remove(p string) {
 	p, err := cleanPath(p)
 	if err != nil || p == "" {
 		return
@@ -469,13 +476,13 @@ func (f *Flattener) Remove(p string) {
 
 // Entries is the number of paths created so far, an upper bound of the
 // number in the final tree.
-func (f *Flattener) Entries() int { return f.entries }
+func (f *Tree) Entries() int { return f.entries }
 
 // WriteTar writes the flattened tree as one tar stream: each directory
 // before its entries, siblings in name order, the first path of every
 // inode as the file itself and later paths as hard links to it. The
 // stream contains no whiteouts; paths carry no leading "/" or "./".
-func (f *Flattener) WriteTar(w io.Writer) error {
+func (f *Tree) WriteTar(w io.Writer) error {
 	tw := tar.NewWriter(w)
 	written := map[*inode]string{}
 	root := f.root.ino.hdr
@@ -492,7 +499,7 @@ func (f *Flattener) WriteTar(w io.Writer) error {
 	return nil
 }
 
-func (f *Flattener) writeDir(tw *tar.Writer, dir *node, prefix string, written map[*inode]string) error {
+func (f *Tree) writeDir(tw *tar.Writer, dir *node, prefix string, written map[*inode]string) error {
 	names := make([]string, 0, len(dir.children))
 	for name := range dir.children {
 		names = append(names, name)

@@ -1,7 +1,10 @@
-package imagepull
+package flatten
 
 import (
+	"os"
+
 	"archive/tar"
+	"banger/internal/imagepull/imagetest"
 	"bytes"
 	"errors"
 	"fmt"
@@ -13,7 +16,7 @@ import (
 )
 
 // listTar reads a flattened tar into path → header (and content).
-func listTar(tb testing.TB, f *Flattener) (map[string]*tar.Header, map[string]string, []string) {
+func listTar(tb testing.TB, f *Tree) (map[string]*tar.Header, map[string]string, []string) {
 	tb.Helper()
 	var buf bytes.Buffer
 	if err := f.WriteTar(&buf); err != nil {
@@ -51,22 +54,22 @@ func names(m map[string]*tar.Header) []string {
 
 func TestFlattenSemantics(t *testing.T) {
 	base := tarLayer(t,
-		ent{name: "etc/", typ: tar.TypeDir},
-		ent{name: "etc/keep", body: "keep"},
-		ent{name: "etc/gone", body: "gone"},
-		ent{name: "opq/", typ: tar.TypeDir},
-		ent{name: "opq/old", body: "old"},
-		ent{name: "opq/sub/deep", body: "deep"},
-		ent{name: "bin/busybox", body: "BB", mode: 0o755},
-		ent{name: "dir2file/x", body: "x"},
+		ent{Name: "etc/", Type: tar.TypeDir},
+		ent{Name: "etc/keep", Body: "keep"},
+		ent{Name: "etc/gone", Body: "gone"},
+		ent{Name: "opq/", Type: tar.TypeDir},
+		ent{Name: "opq/old", Body: "old"},
+		ent{Name: "opq/sub/deep", Body: "deep"},
+		ent{Name: "bin/busybox", Body: "BB", Mode: 0o755},
+		ent{Name: "dir2file/x", Body: "x"},
 	)
 	top := tarLayer(t,
-		ent{name: "etc/.wh.gone", body: ""},
-		ent{name: "opq/.wh..wh..opq", body: ""},
-		ent{name: "opq/new", body: "new"},
-		ent{name: "bin/sh", typ: tar.TypeLink, link: "bin/busybox"}, // cross-layer hard link
-		ent{name: "dir2file", body: "now a file"},
-		ent{name: "etc/keep", body: "replaced", uid: 1000, gid: 1000},
+		ent{Name: "etc/.wh.gone", Body: ""},
+		ent{Name: "opq/.wh..wh..opq", Body: ""},
+		ent{Name: "opq/new", Body: "new"},
+		ent{Name: "bin/sh", Type: tar.TypeLink, Link: "bin/busybox"}, // cross-layer hard link
+		ent{Name: "dir2file", Body: "now a file"},
+		ent{Name: "etc/keep", Body: "replaced", UID: 1000, GID: 1000},
 	)
 	f, err := flattenLayers(t, base, top)
 	if err != nil {
@@ -93,15 +96,15 @@ func TestFlattenOrderQuirks(t *testing.T) {
 	// Entries before their directory's header, a hard link before its
 	// target, and an opaque marker after entries of the same layer.
 	l1 := tarLayer(t,
-		ent{name: "a/b/c/file", body: "c"},
-		ent{name: "a/", typ: tar.TypeDir, mode: 0o700, uid: 5, gid: 6},
-		ent{name: "links/early", typ: tar.TypeLink, link: "links/target"},
-		ent{name: "links/target", body: "T"},
-		ent{name: "keep/lower", body: "lower"},
+		ent{Name: "a/b/c/file", Body: "c"},
+		ent{Name: "a/", Type: tar.TypeDir, Mode: 0o700, UID: 5, GID: 6},
+		ent{Name: "links/early", Type: tar.TypeLink, Link: "links/target"},
+		ent{Name: "links/target", Body: "T"},
+		ent{Name: "keep/lower", Body: "lower"},
 	)
 	l2 := tarLayer(t,
-		ent{name: "keep/fresh/x", body: "x"},
-		ent{name: "keep/.wh..wh..opq"},
+		ent{Name: "keep/fresh/x", Body: "x"},
+		ent{Name: "keep/.wh..wh..opq"},
 	)
 	f, err := flattenLayers(t, l1, l2)
 	if err != nil {
@@ -144,10 +147,10 @@ func TestFlattenOrderQuirks(t *testing.T) {
 }
 
 func TestFlattenWhiteoutOnlyHidesLowerLayers(t *testing.T) {
-	l1 := tarLayer(t, ent{name: "x", body: "lower"}, ent{name: "d/old", body: "o"})
+	l1 := tarLayer(t, ent{Name: "x", Body: "lower"}, ent{Name: "d/old", Body: "o"})
 	// Same layer: x is re-added before its whiteout, and d gets a new
 	// entry before d's whiteout; both new entries stay.
-	l2 := tarLayer(t, ent{name: "x", body: "upper"}, ent{name: ".wh.x"}, ent{name: "d/new", body: "n"}, ent{name: ".wh.d"})
+	l2 := tarLayer(t, ent{Name: "x", Body: "upper"}, ent{Name: ".wh.x"}, ent{Name: "d/new", Body: "n"}, ent{Name: ".wh.d"})
 	f, err := flattenLayers(t, l1, l2)
 	if err != nil {
 		t.Fatal(err)
@@ -170,18 +173,18 @@ func TestFlattenRejectsHostileEntries(t *testing.T) {
 		layers [][]byte
 		want   error
 	}{
-		{"dotdot", [][]byte{tarLayer(t, ent{name: "../etc/passwd", body: "x"})}, ErrUnsafeEntry},
-		{"dotdot inside", [][]byte{tarLayer(t, ent{name: "a/../../x", body: "x"})}, ErrUnsafeEntry},
-		{"absolute escaping", [][]byte{tarLayer(t, ent{name: "/../../etc/shadow", body: "x"})}, ErrUnsafeEntry},
-		{"hardlink escapes", [][]byte{tarLayer(t, ent{name: "h", typ: tar.TypeLink, link: "../../etc/shadow"})}, ErrUnsafeEntry},
-		{"symlink escapes", [][]byte{tarLayer(t, ent{name: "a/s", typ: tar.TypeSymlink, link: "../../../etc"})}, ErrUnsafeEntry},
-		{"write through symlink", [][]byte{tarLayer(t, ent{name: "evil", typ: tar.TypeSymlink, link: "/etc"}, ent{name: "evil/passwd", body: "x"})}, ErrUnsafeEntry},
+		{"dotdot", [][]byte{tarLayer(t, ent{Name: "../etc/passwd", Body: "x"})}, ErrUnsafeEntry},
+		{"dotdot inside", [][]byte{tarLayer(t, ent{Name: "a/../../x", Body: "x"})}, ErrUnsafeEntry},
+		{"absolute escaping", [][]byte{tarLayer(t, ent{Name: "/../../etc/shadow", Body: "x"})}, ErrUnsafeEntry},
+		{"hardlink escapes", [][]byte{tarLayer(t, ent{Name: "h", Type: tar.TypeLink, Link: "../../etc/shadow"})}, ErrUnsafeEntry},
+		{"symlink escapes", [][]byte{tarLayer(t, ent{Name: "a/s", Type: tar.TypeSymlink, Link: "../../../etc"})}, ErrUnsafeEntry},
+		{"write through symlink", [][]byte{tarLayer(t, ent{Name: "evil", Type: tar.TypeSymlink, Link: "/etc"}, ent{Name: "evil/passwd", Body: "x"})}, ErrUnsafeEntry},
 		{"write through symlink across layers", [][]byte{
-			tarLayer(t, ent{name: "evil", typ: tar.TypeSymlink, link: "/etc"}),
-			tarLayer(t, ent{name: "evil/passwd", body: "x"}),
+			tarLayer(t, ent{Name: "evil", Type: tar.TypeSymlink, Link: "/etc"}),
+			tarLayer(t, ent{Name: "evil/passwd", Body: "x"}),
 		}, ErrUnsafeEntry},
-		{"hardlink to missing", [][]byte{tarLayer(t, ent{name: "h", typ: tar.TypeLink, link: "nowhere"})}, ErrBadLayer},
-		{"hardlink to dir", [][]byte{tarLayer(t, ent{name: "d/", typ: tar.TypeDir}, ent{name: "h", typ: tar.TypeLink, link: "d"})}, ErrBadLayer},
+		{"hardlink to missing", [][]byte{tarLayer(t, ent{Name: "h", Type: tar.TypeLink, Link: "nowhere"})}, ErrBadLayer},
+		{"hardlink to dir", [][]byte{tarLayer(t, ent{Name: "d/", Type: tar.TypeDir}, ent{Name: "h", Type: tar.TypeLink, Link: "d"})}, ErrBadLayer},
 		{"not a tar", [][]byte{[]byte(strings.Repeat("garbage!", 200))}, ErrBadLayer},
 	}
 	for _, c := range cases {
@@ -195,7 +198,7 @@ func TestFlattenRejectsHostileEntries(t *testing.T) {
 }
 
 func TestFlattenTruncatedLayer(t *testing.T) {
-	l := tarLayer(t, ent{name: "big", body: strings.Repeat("z", 10000)})
+	l := tarLayer(t, ent{Name: "big", Body: strings.Repeat("z", 10000)})
 	_, err := flattenLayers(t, l[:3000])
 	if !errors.Is(err, ErrBadLayer) {
 		t.Fatalf("err = %v, want ErrBadLayer", err)
@@ -230,9 +233,9 @@ func TestCheckSymlink(t *testing.T) {
 // flattener must not panic, and what it accepts must write a tar whose
 // paths are clean, relative and ordered parent-first.
 func FuzzFlatten(f *testing.F) {
-	f.Add(tarLayer(f, ent{name: "a/b", body: "x"}, ent{name: "a/.wh.b"}, ent{name: "l", typ: tar.TypeLink, link: "a/c"}, ent{name: "a/c", body: "y"}), []byte{})
-	f.Add(tarLayer(f, ent{name: "s", typ: tar.TypeSymlink, link: "../x"}), tarLayer(f, ent{name: "d/.wh..wh..opq"}))
-	f.Add([]byte("not a tar"), tarLayer(f, ent{name: "../../x", body: "z"}))
+	f.Add(tarLayer(f, ent{Name: "a/b", Body: "x"}, ent{Name: "a/.wh.b"}, ent{Name: "l", Type: tar.TypeLink, Link: "a/c"}, ent{Name: "a/c", Body: "y"}), []byte{})
+	f.Add(tarLayer(f, ent{Name: "s", Type: tar.TypeSymlink, Link: "../x"}), tarLayer(f, ent{Name: "d/.wh..wh..opq"}))
+	f.Add([]byte("not a tar"), tarLayer(f, ent{Name: "../../x", Body: "z"}))
 	f.Fuzz(func(t *testing.T, l1, l2 []byte) {
 		fl, err := flattenLayers(t, l1, l2)
 		if err != nil {
@@ -283,7 +286,7 @@ func FuzzFlatten(f *testing.F) {
 // sparseBomb is a layer of one old-GNU sparse file: one data byte and a
 // declared real size of 8 GiB.
 func sparseBomb(tb testing.TB) []byte {
-	b := tarLayer(tb, ent{name: "bomb", body: "x"})
+	b := tarLayer(tb, ent{Name: "bomb", Body: "x"})
 	h := b[:512]
 	h[156] = tar.TypeGNUSparse
 	copy(h[257:265], "ustar  \x00")
@@ -308,4 +311,25 @@ func TestFlattenRejectsSparseBomb(t *testing.T) {
 	if d := time.Since(start); d > 5*time.Second {
 		t.Errorf("took %v to reject", d)
 	}
+}
+
+type ent = imagetest.Entry
+
+func tarLayer(tb testing.TB, entries ...ent) []byte { return imagetest.Layer(tb, entries...) }
+
+// flattenLayers runs a Tree over the layers, spooling into a temp file.
+func flattenLayers(tb testing.TB, layers ...[]byte) (*Tree, error) {
+	tb.Helper()
+	spool, err := os.CreateTemp(tb.TempDir(), "spool")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { spool.Close() })
+	f := New(spool)
+	for _, l := range layers {
+		if err := f.AddLayer(bytes.NewReader(l)); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
 }
