@@ -17,10 +17,13 @@ set -eu
 CMDLINE=${BANGER_CMDLINE:-/proc/cmdline}
 ROOT=${BANGER_ROOT:-}
 
+# param NAME prints the value of banger.NAME= from the kernel command line.
 param() {
+	# The command line is one line of blank-separated words.
+	# shellcheck disable=SC2013
 	for word in $(cat "$CMDLINE"); do
 		case "$word" in
-		"banger.$1="*) echo "${word#banger.$1=}"; return 0 ;;
+		"banger.$1="*) echo "${word#"banger.$1="}"; return 0 ;;
 		esac
 	done
 	return 0

@@ -34,6 +34,7 @@ import (
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
 
+	"banger/internal/api"
 	"banger/internal/imagepull/flatten"
 	"banger/internal/system"
 	"banger/internal/version"
@@ -75,28 +76,12 @@ type Progress struct {
 	Message string
 }
 
-// ImageConfig is the part of the OCI image config a VM needs.
-type ImageConfig struct {
-	Entrypoint []string `json:"entrypoint,omitempty"`
-	Cmd        []string `json:"cmd,omitempty"`
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"working_dir,omitempty"`
-	User       string   `json:"user,omitempty"`
-}
-
-// Layer describes one layer of a pulled image.
-type Layer struct {
-	Digest string `json:"digest"`
-	DiffID string `json:"diff_id"`
-	Size   int64  `json:"size"`
-}
-
 // Result is a pulled image, built inside the request's directory.
 type Result struct {
 	Ref       string // fully qualified reference, e.g. index.docker.io/library/alpine:3.20
 	Digest    string // manifest digest of the linux/amd64 image
-	Config    ImageConfig
-	Layers    []Layer
+	Config    api.ImageConfig
+	Layers    []api.ImageLayer
 	Rootfs    string // path of the ext4 file
 	SizeBytes int64  // apparent size of the ext4 file
 	DiskBytes int64  // bytes it occupies on disk
@@ -358,7 +343,7 @@ func registryError(r name.Reference, err error) error {
 // layerJob is the download state of one layer.
 type layerJob struct {
 	layer v1.Layer
-	desc  Layer
+	desc  api.ImageLayer
 	done  chan struct{}
 	path  string
 	err   error
@@ -407,7 +392,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		if err != nil {
 			return nil, registryError(r, err)
 		}
-		jobs[i] = &layerJob{layer: l, desc: Layer{Digest: d.String(), DiffID: cfg.RootFS.DiffIDs[i].String(), Size: size}, done: make(chan struct{})}
+		jobs[i] = &layerJob{layer: l, desc: api.ImageLayer{Digest: d.String(), DiffID: cfg.RootFS.DiffIDs[i].String(), Size: size}, done: make(chan struct{})}
 	}
 
 	// Download layers in parallel while flattening them in order.
@@ -485,7 +470,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		SizeBytes: stats.SizeBytes,
 		DiskBytes: diskUsage(rootfs),
 		Stats:     stats,
-		Config: ImageConfig{
+		Config: api.ImageConfig{
 			Entrypoint: cfg.Config.Entrypoint,
 			Cmd:        cfg.Config.Cmd,
 			Env:        cfg.Config.Env,

@@ -1,0 +1,119 @@
+// Package api holds the request, response and event types of bangerd's
+// HTTP API and the stable error codes. The daemon, the public client and
+// the CLI's --json output all use these types verbatim; the package holds
+// no behaviour.
+package api
+
+import "time"
+
+// ImageConfig is the part of an OCI image config that a VM needs.
+type ImageConfig struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
+// ImageLayer is one layer of an image.
+type ImageLayer struct {
+	Digest string `json:"digest"`  // compressed blob digest
+	DiffID string `json:"diff_id"` // uncompressed digest
+	Size   int64  `json:"size"`    // compressed size in bytes
+}
+
+// Image is a pulled image, ready to boot.
+type Image struct {
+	ID     string `json:"id"`
+	Name   string `json:"name"`
+	Ref    string `json:"ref"`    // fully qualified reference it was pulled from
+	Digest string `json:"digest"` // manifest digest of the linux/amd64 image
+	// Rootfs is the absolute path of the image's ext4 file.
+	Rootfs    string       `json:"rootfs"`
+	SizeBytes int64        `json:"size_bytes"` // apparent size of the ext4 file
+	DiskBytes int64        `json:"disk_bytes"` // bytes it occupies on disk (the file is sparse)
+	Config    ImageConfig  `json:"config"`
+	Layers    []ImageLayer `json:"layers"`
+	CreatedAt time.Time    `json:"created_at"`
+}
+
+// RegistryAuth carries credentials the CLI resolved from the user's own
+// Docker configuration, so a root daemon pulls with the user's rights.
+type RegistryAuth struct {
+	Username      string `json:"username,omitempty"`
+	Password      string `json:"password,omitempty"`
+	IdentityToken string `json:"identity_token,omitempty"`
+	RegistryToken string `json:"registry_token,omitempty"`
+}
+
+// PullRequest is the body of POST /v1/images/pull.
+type PullRequest struct {
+	Ref  string        `json:"ref"`
+	Name string        `json:"name,omitempty"` // default: the reference's short form
+	Auth *RegistryAuth `json:"auth,omitempty"`
+}
+
+// Event types of a streamed operation.
+const (
+	EventProgress = "progress"
+	EventResult   = "result"
+	EventError    = "error"
+)
+
+// Event is one line of a newline-delimited JSON stream. The last event of
+// a stream is either a result or an error.
+type Event struct {
+	Time    time.Time `json:"time"`
+	Type    string    `json:"type"`
+	Stage   string    `json:"stage,omitempty"`
+	Message string    `json:"message,omitempty"`
+	Layer   int       `json:"layer,omitempty"`
+	Layers  int       `json:"layers,omitempty"`
+	Digest  string    `json:"digest,omitempty"`
+	Current int64     `json:"current,omitempty"`
+	Total   int64     `json:"total,omitempty"`
+	Cached  bool      `json:"cached,omitempty"`
+	Image   *Image    `json:"image,omitempty"`
+	Error   *Error    `json:"error,omitempty"`
+}
+
+// DaemonStatus is the body of GET /v1/daemon.
+type DaemonStatus struct {
+	Version   string    `json:"version"`
+	Commit    string    `json:"commit"`
+	PID       int       `json:"pid"`
+	Home      string    `json:"home,omitempty"`
+	Socket    string    `json:"socket"`
+	StateDir  string    `json:"state_dir"`
+	CacheDir  string    `json:"cache_dir"`
+	StartedAt time.Time `json:"started_at"`
+	Images    int       `json:"images"`
+	Pulls     int       `json:"pulls"` // pulls under way
+}
+
+// PruneResult is the body of POST /v1/cache/prune.
+type PruneResult struct {
+	RemovedBlobs int   `json:"removed_blobs"`
+	FreedBytes   int64 `json:"freed_bytes"`
+}
+
+// Error is the body of every non-2xx response and of error events.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Stable error codes.
+const (
+	CodeNotFound    = "not_found"
+	CodeExists      = "exists"
+	CodeInvalid     = "invalid"
+	CodeConflict    = "conflict"
+	CodeForbidden   = "forbidden"
+	CodeAuth        = "registry_auth"
+	CodeUnreachable = "registry_unreachable"
+	CodeBadImage    = "bad_image"
+	CodeNoSpace     = "no_space"
+	CodeCanceled    = "canceled"
+	CodeInternal    = "internal"
+)

@@ -1,0 +1,112 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"banger/internal/api"
+)
+
+// InsertImage records a published image. The name must be unused:
+// ErrExists otherwise.
+func (s *Store) InsertImage(ctx context.Context, img api.Image) error {
+	cfg, err := json.Marshal(img.Config)
+	if err != nil {
+		return err
+	}
+	layers, err := json.Marshal(img.Layers)
+	if err != nil {
+		return err
+	}
+	if img.CreatedAt.IsZero() {
+		img.CreatedAt = time.Now()
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO images
+		(id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		img.ID, img.Name, img.Ref, img.Digest, img.Rootfs, img.SizeBytes, img.DiskBytes,
+		string(cfg), string(layers), img.CreatedAt.UTC().Format(time.RFC3339Nano))
+	if isUnique(err) {
+		return fmt.Errorf("image %q: %w", img.Name, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("recording image %q: %w", img.Name, err)
+	}
+	return nil
+}
+
+const imageColumns = `id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at`
+
+type scanner interface{ Scan(...any) error }
+
+func scanImage(row scanner) (api.Image, error) {
+	var img api.Image
+	var cfg, layers, created string
+	if err := row.Scan(&img.ID, &img.Name, &img.Ref, &img.Digest, &img.Rootfs, &img.SizeBytes, &img.DiskBytes, &cfg, &layers, &created); err != nil {
+		return img, err
+	}
+	if err := json.Unmarshal([]byte(cfg), &img.Config); err != nil {
+		return img, fmt.Errorf("image %q: decoding config: %w", img.Name, err)
+	}
+	if err := json.Unmarshal([]byte(layers), &img.Layers); err != nil {
+		return img, fmt.Errorf("image %q: decoding layers: %w", img.Name, err)
+	}
+	t, err := time.Parse(time.RFC3339Nano, created)
+	if err != nil {
+		return img, fmt.Errorf("image %q: decoding created_at: %w", img.Name, err)
+	}
+	img.CreatedAt = t
+	return img, nil
+}
+
+// Image returns the image with the given name, or ErrNotFound.
+func (s *Store) Image(ctx context.Context, name string) (api.Image, error) {
+	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return img, fmt.Errorf("image %q: %w", name, ErrNotFound)
+	}
+	return img, err
+}
+
+// Images returns every image, by name.
+func (s *Store) Images(ctx context.Context) ([]api.Image, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.Image{}
+	for rows.Next() {
+		img, err := scanImage(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, img)
+	}
+	return out, rows.Err()
+}
+
+// DeleteImage removes the record of the named image and returns it, or
+// ErrNotFound.
+func (s *Store) DeleteImage(ctx context.Context, name string) (api.Image, error) {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return api.Image{}, err
+	}
+	defer tx.Rollback()
+	img, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return img, fmt.Errorf("image %q: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return img, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, img.ID); err != nil {
+		return img, err
+	}
+	return img, tx.Commit()
+}

@@ -1,0 +1,116 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+)
+
+func openTest(t *testing.T) (*Store, string) {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "banger.db")
+	s, err := Open(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s, p
+}
+
+func TestImagesRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	img := api.Image{ID: "id1", Name: "alpine:3.20", Ref: "index.docker.io/library/alpine:3.20", Digest: "sha256:aa",
+		Rootfs: "/x/rootfs.ext4", SizeBytes: 10, DiskBytes: 5,
+		Config:    api.ImageConfig{Cmd: []string{"/bin/sh"}, Env: []string{"A=1"}, WorkingDir: "/w", User: "u"},
+		Layers:    []api.ImageLayer{{Digest: "sha256:l1", DiffID: "sha256:d1", Size: 3}},
+		CreatedAt: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC)}
+	if err := s.InsertImage(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Image(ctx, "alpine:3.20")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(img) {
+		t.Errorf("got %+v\nwant %+v", got, img)
+	}
+	dup := img
+	dup.ID = "id2"
+	if err := s.InsertImage(ctx, dup); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate name err = %v, want ErrExists", err)
+	}
+	list, _ := s.Images(ctx)
+	if len(list) != 1 {
+		t.Errorf("list = %v", list)
+	}
+	if _, err := s.DeleteImage(ctx, "alpine:3.20"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Image(ctx, "alpine:3.20"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after delete err = %v", err)
+	}
+	if _, err := s.DeleteImage(ctx, "alpine:3.20"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("second delete err = %v", err)
+	}
+	if list, _ := s.Images(ctx); list == nil || len(list) != 0 {
+		t.Errorf("empty list = %#v, want non-nil empty", list)
+	}
+}
+
+func TestMigrationsAreForwardOnlyAndPersist(t *testing.T) {
+	ctx := context.Background()
+	s, p := openTest(t)
+	v, _ := s.SchemaVersion(ctx)
+	if v != len(migrations) {
+		t.Fatalf("version %d, want %d", v, len(migrations))
+	}
+	s.InsertImage(ctx, api.Image{ID: "a", Name: "a", Ref: "r", Digest: "d", Rootfs: "/r"})
+	s.Close()
+	// Reopening applies nothing twice and keeps the data.
+	s2, err := Open(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s2.Image(ctx, "a"); err != nil {
+		t.Errorf("data lost on reopen: %v", err)
+	}
+	// A database from a newer banger is refused.
+	s2.db.Exec(`INSERT INTO schema_migrations (version, applied_at) VALUES (?, 'x')`, len(migrations)+1)
+	s2.Close()
+	if _, err := Open(ctx, p); err == nil {
+		t.Errorf("opened a database with a newer schema")
+	}
+}
+
+func TestConcurrentInsertsOfOneName(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wins := 0
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := s.InsertImage(ctx, api.Image{ID: fmt.Sprint(i), Name: "same", Ref: "r", Digest: "d", Rootfs: "/r"})
+			if err == nil {
+				mu.Lock()
+				wins++
+				mu.Unlock()
+			} else if !errors.Is(err, ErrExists) {
+				t.Errorf("err = %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if wins != 1 {
+		t.Errorf("%d inserts of one name succeeded, want 1", wins)
+	}
+}
