@@ -211,3 +211,23 @@ func (hr *hashingReader) Read(p []byte) (int, error) {
 	hr.h.Write(p[:n])
 	return n, err
 }
+
+// RemoveTemps removes every unfinished download. Call it only when no
+// pull can be running, as the daemon does at start.
+func (c *BlobCache) RemoveTemps() (int, error) {
+	dir := filepath.Join(c.dir, "sha256")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, fmt.Errorf("reading blob cache: %w", err)
+	}
+	n := 0
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".tmp-") {
+			if err := os.Remove(filepath.Join(dir, e.Name())); err != nil {
+				return n, err
+			}
+			n++
+		}
+	}
+	return n, nil
+}

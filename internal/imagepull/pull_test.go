@@ -2,6 +2,7 @@ package imagepull
 
 import (
 	"archive/tar"
+	"banger/internal/imagepull/imagetest"
 	"context"
 	"errors"
 	"os"
@@ -70,10 +71,10 @@ func richLayers(t *testing.T) [][]byte {
 }
 
 func TestPullBuildsBootableImage(t *testing.T) {
-	reg := startRegistry(t)
-	ref := reg.push(t, "test/rich:1", buildTestImage(t, imageSpec{
-		layers: richLayers(t),
-		cfg:    v1.Config{Entrypoint: []string{"/bin/sh"}, Cmd: []string{"-c", "echo hi"}, Env: []string{"A=1"}, WorkingDir: "/home/user", User: "1000:1000"},
+	reg := imagetest.StartRegistry(t)
+	ref := reg.Push(t, "test/rich:1", imagetest.Image(t, imagetest.ImageSpec{
+		Layers: richLayers(t),
+		Config: v1.Config{Entrypoint: []string{"/bin/sh"}, Cmd: []string{"-c", "echo hi"}, Env: []string{"A=1"}, WorkingDir: "/home/user", User: "1000:1000"},
 	}))
 	p := newTestPuller(t)
 	var stages []string
@@ -210,10 +211,10 @@ func checkInjected(t *testing.T, img string) {
 }
 
 func TestPullReusesCachedLayers(t *testing.T) {
-	reg := startRegistry(t)
+	reg := imagetest.StartRegistry(t)
 	shared := tarLayer(t, ent{Name: "shared/file", Body: strings.Repeat("s", 4096)})
-	refA := reg.push(t, "test/a:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{Name: "a", Body: "a"})}}))
-	refB := reg.push(t, "test/b:1", buildTestImage(t, imageSpec{layers: [][]byte{shared, tarLayer(t, ent{Name: "b", Body: "b"})}}))
+	refA := reg.Push(t, "test/a:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{shared, tarLayer(t, ent{Name: "a", Body: "a"})}}))
+	refB := reg.Push(t, "test/b:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{shared, tarLayer(t, ent{Name: "b", Body: "b"})}}))
 	p := newTestPuller(t)
 	resA, _, err := pullInto(t, p, refA, nil)
 	if err != nil {
@@ -231,7 +232,7 @@ func TestPullReusesCachedLayers(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if n := reg.blobGets(sharedDigest); n != 1 {
+	if n := reg.BlobGets(sharedDigest); n != 1 {
 		t.Errorf("shared layer fetched %d times, want 1", n)
 	}
 	if len(cached) != 1 || cached[0] != sharedDigest {
@@ -273,13 +274,13 @@ type staticKeychain struct{ auth authn.Authenticator }
 func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { return k.auth, nil }
 
 func TestPullAuth(t *testing.T) {
-	reg := startRegistry(t)
-	reg.user, reg.pass = "alice", "s3cret"
-	ref := reg.push(t, "private/img:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "x", Body: "x"})}}))
+	reg := imagetest.StartRegistry(t)
+	reg.User, reg.Pass = "alice", "s3cret"
+	ref := reg.Push(t, "private/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "x", Body: "x"})}}))
 
 	t.Run("docker config", func(t *testing.T) {
 		cfgDir := t.TempDir()
-		os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"auths":{"`+reg.host+`":{"auth":"YWxpY2U6czNjcmV0"}}}`), 0o600)
+		os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"auths":{"`+reg.Host+`":{"auth":"YWxpY2U6czNjcmV0"}}}`), 0o600)
 		t.Setenv("DOCKER_CONFIG", cfgDir)
 		if _, _, err := pullInto(t, newTestPuller(t), ref, nil); err != nil {
 			t.Fatalf("pull with docker config credentials: %v", err)
@@ -289,7 +290,7 @@ func TestPullAuth(t *testing.T) {
 		binDir, cfgDir := t.TempDir(), t.TempDir()
 		helper := "#!/bin/sh\nread host\necho '{\"ServerURL\":\"'$host'\",\"Username\":\"alice\",\"Secret\":\"s3cret\"}'\n"
 		os.WriteFile(filepath.Join(binDir, "docker-credential-bangertest"), []byte(helper), 0o755)
-		os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"credHelpers":{"`+reg.host+`":"bangertest"}}`), 0o600)
+		os.WriteFile(filepath.Join(cfgDir, "config.json"), []byte(`{"credHelpers":{"`+reg.Host+`":"bangertest"}}`), 0o600)
 		t.Setenv("DOCKER_CONFIG", cfgDir)
 		t.Setenv("PATH", binDir+":"+os.Getenv("PATH"))
 		if _, _, err := pullInto(t, newTestPuller(t), ref, nil); err != nil {
@@ -323,18 +324,18 @@ func TestPullAuth(t *testing.T) {
 }
 
 func TestPullBadInput(t *testing.T) {
-	reg := startRegistry(t)
+	reg := imagetest.StartRegistry(t)
 	good := [][]byte{tarLayer(t, ent{Name: "ok", Body: strings.Repeat("o", 100000)})}
-	okRef := reg.push(t, "test/ok:1", buildTestImage(t, imageSpec{layers: good}))
-	corruptRef := reg.push(t, "test/corrupt:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "c", Body: strings.Repeat("c", 5000)})}}))
-	truncRef := reg.push(t, "test/trunc:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "t", Body: strings.Repeat("t", 200000)})}}))
-	hostileRef := reg.push(t, "test/hostile:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "../../etc/passwd", Body: "pwned"})}}))
-	escLinkRef := reg.push(t, "test/esclink:1", buildTestImage(t, imageSpec{layers: [][]byte{tarLayer(t, ent{Name: "h", Type: tar.TypeLink, Link: "../../../etc/shadow"})}}))
-	badGzip := reg.push(t, "test/badgzip:1", rawLayerImage(t, append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, []byte(strings.Repeat("junk", 100))...)))
-	armImg := buildTestImage(t, imageSpec{arch: "arm64", layers: good})
-	armRef := reg.push(t, "test/arm:1", armImg)
-	armIdx := reg.pushIndex(t, "test/armidx:1", map[string]v1.Image{"arm64": armImg, "s390x": buildTestImage(t, imageSpec{arch: "s390x", layers: good})})
-	multiIdx := reg.pushIndex(t, "test/multi:1", map[string]v1.Image{"arm64": armImg, "amd64": buildTestImage(t, imageSpec{layers: good})})
+	okRef := reg.Push(t, "test/ok:1", imagetest.Image(t, imagetest.ImageSpec{Layers: good}))
+	corruptRef := reg.Push(t, "test/corrupt:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "c", Body: strings.Repeat("c", 5000)})}}))
+	truncRef := reg.Push(t, "test/trunc:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "t", Body: strings.Repeat("t", 200000)})}}))
+	hostileRef := reg.Push(t, "test/hostile:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "../../etc/passwd", Body: "pwned"})}}))
+	escLinkRef := reg.Push(t, "test/esclink:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "h", Type: tar.TypeLink, Link: "../../../etc/shadow"})}}))
+	badGzip := reg.Push(t, "test/badgzip:1", imagetest.RawLayerImage(t, append([]byte{0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff}, []byte(strings.Repeat("junk", 100))...)))
+	armImg := imagetest.Image(t, imagetest.ImageSpec{Arch: "arm64", Layers: good})
+	armRef := reg.Push(t, "test/arm:1", armImg)
+	armIdx := reg.PushIndex(t, "test/armidx:1", map[string]v1.Image{"arm64": armImg, "s390x": imagetest.Image(t, imagetest.ImageSpec{Arch: "s390x", Layers: good})})
+	multiIdx := reg.PushIndex(t, "test/multi:1", map[string]v1.Image{"arm64": armImg, "amd64": imagetest.Image(t, imagetest.ImageSpec{Layers: good})})
 
 	layerDigest := func(ref string) string {
 		p := newTestPuller(t)
@@ -348,13 +349,13 @@ func TestPullBadInput(t *testing.T) {
 		return d.String()
 	}
 	cd := layerDigest(corruptRef)
-	reg.tamper[cd] = func(b []byte) []byte {
+	reg.Tamper[cd] = func(b []byte) []byte {
 		out := append([]byte(nil), b...)
 		out[len(out)/2] ^= 0xff
 		return out
 	}
 	td := layerDigest(truncRef)
-	reg.truncate[td] = 1000
+	reg.Truncate[td] = 1000
 
 	cases := []struct {
 		name string
@@ -362,8 +363,8 @@ func TestPullBadInput(t *testing.T) {
 		want error
 		text string
 	}{
-		{"unknown tag", reg.host + "/test/ok:nope", ErrNotFound, "does not exist"},
-		{"unknown repo", reg.host + "/nobody/here:1", ErrNotFound, "does not exist"},
+		{"unknown tag", reg.Host + "/test/ok:nope", ErrNotFound, "does not exist"},
+		{"unknown repo", reg.Host + "/nobody/here:1", ErrNotFound, "does not exist"},
 		{"bad reference", "Not A Ref", ErrBadReference, "invalid image reference"},
 		{"unreachable", "127.0.0.1:1/x/y:z", ErrUnreachable, "cannot reach"},
 		{"digest mismatch", corruptRef, ErrDigestMismatch, "corrupt data"},

@@ -1,0 +1,225 @@
+// Package client is the Go client of bangerd's HTTP API over its Unix
+// socket. The banger CLI uses it; so can any other program. Every method
+// takes a context and returns *APIError for errors the daemon reported.
+package client
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"banger/internal/api"
+)
+
+// Sentinel errors, matched by APIError.Is on the daemon's error code.
+var (
+	ErrNotFound = errors.New(api.CodeNotFound)
+	ErrExists   = errors.New(api.CodeExists)
+	ErrConflict = errors.New(api.CodeConflict)
+	ErrInvalid  = errors.New(api.CodeInvalid)
+)
+
+// APIError is an error reported by the daemon.
+type APIError struct {
+	Status  int    // HTTP status; 200 for errors that ended a stream
+	Code    string // stable code, one of the api.Code* constants
+	Message string
+}
+
+var _ error = (*APIError)(nil)
+
+func (e *APIError) Error() string { return e.Message }
+
+// Is matches the sentinel errors of this package by code.
+func (e *APIError) Is(target error) bool {
+	switch target {
+	case ErrNotFound, ErrExists, ErrConflict, ErrInvalid:
+		return e.Code == target.Error()
+	}
+	return false
+}
+
+// DialError means nothing answered on the socket.
+type DialError struct {
+	Socket string
+	Err    error
+}
+
+func (e *DialError) Error() string {
+	return fmt.Sprintf("cannot reach bangerd at %s: %v", e.Socket, e.Err)
+}
+func (e *DialError) Unwrap() error { return e.Err }
+
+// Client talks to one daemon. It is safe for concurrent use.
+type Client struct {
+	socket string
+	http   *http.Client
+}
+
+// New returns a client for the daemon listening on socket. A host of the
+// form unix:///path is accepted too.
+func New(socket string) *Client {
+	socket = strings.TrimPrefix(socket, "unix://")
+	tr := &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			conn, err := d.DialContext(ctx, "unix", socket)
+			if err != nil {
+				return nil, &DialError{Socket: socket, Err: err}
+			}
+			return conn, nil
+		},
+		MaxIdleConns:    4,
+		IdleConnTimeout: 30 * time.Second,
+	}
+	return &Client{socket: socket, http: &http.Client{Transport: tr}}
+}
+
+// Socket is the socket path the client dials.
+func (c *Client) Socket() string { return c.socket }
+
+func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return nil, err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://bangerd"+path, rd)
+	if err != nil {
+		return nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		var de *DialError
+		if errors.As(err, &de) {
+			return nil, de
+		}
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		defer resp.Body.Close()
+		return nil, decodeError(resp)
+	}
+	return resp, nil
+}
+
+// decodeError reads an error body, capped so a confused peer cannot make
+// us buffer without bound.
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	var e api.Error
+	if json.Unmarshal(b, &e) != nil || e.Message == "" {
+		return &APIError{Status: resp.StatusCode, Code: api.CodeInternal, Message: fmt.Sprintf("bangerd answered HTTP %d: %s", resp.StatusCode, strings.TrimSpace(string(b)))}
+	}
+	return &APIError{Status: resp.StatusCode, Code: e.Code, Message: e.Message}
+}
+
+func (c *Client) getJSON(ctx context.Context, method, path string, body, out any) error {
+	resp, err := c.do(ctx, method, path, body)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if out == nil {
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("decoding bangerd's answer to %s %s: %w", method, path, err)
+	}
+	return nil
+}
+
+// Status returns the daemon's status.
+func (c *Client) Status(ctx context.Context) (*api.DaemonStatus, error) {
+	var st api.DaemonStatus
+	return &st, c.getJSON(ctx, http.MethodGet, "/v1/daemon", nil, &st)
+}
+
+// StopDaemon asks the daemon to shut down and returns once it accepted.
+func (c *Client) StopDaemon(ctx context.Context) error {
+	return c.getJSON(ctx, http.MethodPost, "/v1/daemon/stop", nil, nil)
+}
+
+// Images lists images.
+func (c *Client) Images(ctx context.Context) ([]api.Image, error) {
+	var out []api.Image
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/images", nil, &out)
+}
+
+func imagePath(name string) string { return "/v1/images/" + url.PathEscape(name) }
+
+// Image returns one image by name.
+func (c *Client) Image(ctx context.Context, name string) (*api.Image, error) {
+	var img api.Image
+	return &img, c.getJSON(ctx, http.MethodGet, imagePath(name), nil, &img)
+}
+
+// RemoveImage removes an image and returns what it was.
+func (c *Client) RemoveImage(ctx context.Context, name string) (*api.Image, error) {
+	var img api.Image
+	return &img, c.getJSON(ctx, http.MethodDelete, imagePath(name), nil, &img)
+}
+
+// PruneCache removes cached layer blobs that no image uses.
+func (c *Client) PruneCache(ctx context.Context) (*api.PruneResult, error) {
+	var res api.PruneResult
+	return &res, c.getJSON(ctx, http.MethodPost, "/v1/cache/prune", nil, &res)
+}
+
+// PullImage pulls an image, calling onEvent (when non-nil) for every
+// event of the stream, the final one included. It returns the image, or
+// the error that ended the stream as *APIError. Cancelling ctx
+// disconnects; the daemon stops the pull unless another client waits
+// for the same one.
+func (c *Client) PullImage(ctx context.Context, req api.PullRequest, onEvent func(api.Event)) (*api.Image, error) {
+	resp, err := c.do(ctx, http.MethodPost, "/v1/images/pull", req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		var ev api.Event
+		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
+			return nil, fmt.Errorf("decoding pull event: %w", err)
+		}
+		if onEvent != nil {
+			onEvent(ev)
+		}
+		switch ev.Type {
+		case api.EventResult:
+			if ev.Image == nil {
+				return nil, errors.New("bangerd ended the pull without an image")
+			}
+			return ev.Image, nil
+		case api.EventError:
+			if ev.Error == nil {
+				return nil, errors.New("bangerd ended the pull with an empty error")
+			}
+			return nil, &APIError{Status: resp.StatusCode, Code: ev.Error.Code, Message: ev.Error.Message}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, fmt.Errorf("reading pull events: %w", err)
+	}
+	return nil, errors.New("bangerd closed the pull stream early: see its log (`banger daemon status` shows where)")
+}

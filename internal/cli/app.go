@@ -1,0 +1,161 @@
+// Package cli is the banger command line: cobra commands that ask bangerd
+// (through package client) and render its answers as tables, plain lines
+// or --json. It never touches images, VMs or the store itself.
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"banger/client"
+	"banger/internal/paths"
+	"banger/internal/system"
+)
+
+// exitError carries an exit status; main exits with it.
+type exitError struct {
+	code int
+	err  error // nil: print nothing (the status says it all)
+}
+
+func (e *exitError) Error() string {
+	if e.err == nil {
+		return fmt.Sprintf("exit status %d", e.code)
+	}
+	return e.err.Error()
+}
+func (e *exitError) Unwrap() error { return e.err }
+
+// ExitCode is the process exit status for e.
+func (e *exitError) ExitCode() int { return e.code }
+
+// app is the state shared by every command of one invocation.
+type app struct {
+	home    string // --home
+	host    string // --host
+	debug   bool
+	layout  paths.Layout
+	c       *client.Client
+	autoErr error
+}
+
+// Execute runs the CLI with args and returns the process exit status. It
+// prints errors itself, once.
+func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	root := newRootCommand(&app{})
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	err := root.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	var ee *exitError
+	if errors.As(err, &ee) {
+		if ee.err != nil {
+			fmt.Fprintln(stderr, "banger:", ee.err)
+		}
+		return ee.code
+	}
+	if errors.Is(err, context.Canceled) {
+		fmt.Fprintln(stderr, "banger: interrupted")
+		return 130
+	}
+	fmt.Fprintln(stderr, "banger:", err)
+	return 1
+}
+
+func (a *app) init() error {
+	l, err := paths.FromEnv(a.home)
+	if err != nil {
+		return err
+	}
+	a.layout = l
+	return nil
+}
+
+// socket is where the daemon is expected: --host, $BANGER_HOST, then the
+// layout's socket.
+func (a *app) socket() (string, bool) {
+	if a.host != "" {
+		return a.host, true
+	}
+	if h := os.Getenv(paths.EnvHost); h != "" {
+		return h, true
+	}
+	return a.layout.Socket(), false
+}
+
+// client returns a client of a daemon that answers, starting one in the
+// background when none does and the user may (root, or a per-user home),
+// unless BANGER_NO_AUTOSTART=1.
+func (a *app) client(ctx context.Context) (*client.Client, error) {
+	if a.c != nil {
+		return a.c, nil
+	}
+	sock, explicit := a.socket()
+	c := client.New(sock)
+	_, err := c.Status(ctx)
+	if err == nil {
+		a.c = c
+		return c, nil
+	}
+	var de *client.DialError
+	if !errors.As(err, &de) {
+		return nil, err
+	}
+	if explicit || os.Getenv(paths.EnvNoAutostart) == "1" || (os.Geteuid() != 0 && a.layout.Home == "") {
+		return nil, fmt.Errorf("%v: start it with `sudo systemctl start bangerd` (or `bangerd`), or set BANGER_HOME=DIR to run a per-user instance", de)
+	}
+	if err := a.startDaemon(ctx, c); err != nil {
+		return nil, err
+	}
+	a.c = c
+	return c, nil
+}
+
+func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
+	bin, err := paths.CompanionBinaryPath("bangerd")
+	if err != nil {
+		if p, perr := system.LookPath("bangerd"); perr == nil {
+			bin = p
+		} else {
+			return fmt.Errorf("no daemon answers and bangerd is not installed: %w", err)
+		}
+	}
+	var args []string
+	if a.layout.Home != "" {
+		args = append(args, "--home", a.layout.Home)
+	}
+	if _, err := system.StartDetached(bin, args, os.Environ()); err != nil {
+		return err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, err := c.Status(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("started %s but it did not answer on %s within 15s: see %s", bin, c.Socket(), a.layout.DaemonLog())
+}
+
+// argsError adds the help hint to cobra's argument errors.
+func argsError(v cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if err := v(cmd, args); err != nil {
+			return fmt.Errorf("%w\nSee '%s --help'", err, cmd.CommandPath())
+		}
+		return nil
+	}
+}

@@ -1,0 +1,263 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/google/go-containerregistry/pkg/authn"
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/spf13/cobra"
+
+	"banger/internal/api"
+)
+
+func newImageCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "image", Aliases: []string{"images"}, Short: "Pull and manage root file system images"}
+	cmd.AddCommand(newImagePullCommand(a), newImageListCommand(a), newImageShowCommand(a), newImageRmCommand(a), newImageCacheCommand(a))
+	return cmd
+}
+
+type pullOptions struct {
+	name   string
+	asJSON bool
+	quiet  bool
+}
+
+func newImagePullCommand(a *app) *cobra.Command {
+	var o pullOptions
+	cmd := &cobra.Command{
+		Use:   "pull REF",
+		Short: "Pull an OCI image and build its bootable root file system",
+		Long: `Pull an OCI image for linux/amd64 and turn it into a bootable ext4 with
+banger's guest agents inside. REF is any image reference: Docker Hub short
+names (alpine:3.20), other registries (ghcr.io/o/r:tag), digests (@sha256:…).
+Registries on localhost are spoken to over plain HTTP. Credentials come from
+your Docker configuration (~/.docker/config.json, credential helpers).`,
+		Example: "  banger image pull alpine:3.20\n  banger image pull --name dev ghcr.io/acme/devbox:latest",
+		Args:    argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.asJSON && o.quiet {
+				return errors.New("--json and --quiet do not go together: pick one")
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			req := api.PullRequest{Ref: args[0], Name: o.name, Auth: userAuth(args[0])}
+			start := time.Now()
+			var onEvent func(api.Event)
+			var prog *pullProgress
+			switch {
+			case o.asJSON:
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				onEvent = func(ev api.Event) { enc.Encode(ev) }
+			case !o.quiet:
+				prog = newPullProgress(cmd.ErrOrStderr(), args[0], isTerminal(cmd.ErrOrStderr()))
+				onEvent = prog.event
+			}
+			img, err := c.PullImage(cmd.Context(), req, onEvent)
+			if prog != nil {
+				prog.finish()
+			}
+			if err != nil {
+				if o.asJSON {
+					return &exitError{code: 1}
+				}
+				return err
+			}
+			switch {
+			case o.asJSON:
+			case o.quiet:
+				fmt.Fprintln(cmd.OutOrStdout(), img.Name)
+			default:
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s on disk\t%s\n", img.Name, shortDigest(img.Digest), humanBytes(img.DiskBytes), time.Since(start).Round(10*time.Millisecond))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&o.name, "name", "", "name to store the image under (default: the reference's short form)")
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print progress and the result as JSON events, one per line")
+	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "print only the image name")
+	return cmd
+}
+
+// userAuth resolves the invoking user's credentials for ref's registry,
+// so a daemon running as root pulls with the user's rights. Anonymous
+// access sends nothing.
+func userAuth(ref string) *api.RegistryAuth {
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		return nil // the daemon reports the bad reference
+	}
+	auth, err := authn.DefaultKeychain.Resolve(r.Context().Registry)
+	if err != nil || auth == authn.Anonymous {
+		return nil
+	}
+	cfg, err := auth.Authorization()
+	if err != nil || (cfg.Username == "" && cfg.Password == "" && cfg.IdentityToken == "" && cfg.RegistryToken == "" && cfg.Auth == "") {
+		return nil
+	}
+	// The Docker config loader has already decoded "auth" into
+	// Username and Password.
+	ra := &api.RegistryAuth{Username: cfg.Username, Password: cfg.Password, IdentityToken: cfg.IdentityToken, RegistryToken: cfg.RegistryToken}
+	return ra
+}
+
+type listOptions struct {
+	asJSON bool
+	quiet  bool
+}
+
+func newImageListCommand(a *app) *cobra.Command {
+	var o listOptions
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   "List images",
+		Args:    argsError(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if o.asJSON && o.quiet {
+				return errors.New("--json and --quiet do not go together: pick one")
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			imgs, err := c.Images(cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch {
+			case o.asJSON:
+				if imgs == nil {
+					imgs = []api.Image{}
+				}
+				return printJSON(out, imgs)
+			case o.quiet:
+				for _, img := range imgs {
+					fmt.Fprintln(out, img.Name)
+				}
+				return nil
+			}
+			tw := newTable(out)
+			fmt.Fprintln(tw, "NAME\tDIGEST\tDISK\tSIZE\tLAYERS\tCREATED")
+			for _, img := range imgs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", img.Name, shortDigest(img.Digest), humanBytes(img.DiskBytes), humanBytes(img.SizeBytes), len(img.Layers), humanAgo(img.CreatedAt))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(imgs) == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "no images yet: pull one with `banger image pull alpine:3.20`")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "print only names")
+	return cmd
+}
+
+func newImageShowCommand(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one image",
+		Args:  argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			img, err := c.Image(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), img)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			fmt.Fprintf(tw, "name:\t%s\n", img.Name)
+			fmt.Fprintf(tw, "ref:\t%s\n", img.Ref)
+			fmt.Fprintf(tw, "digest:\t%s\n", img.Digest)
+			fmt.Fprintf(tw, "rootfs:\t%s\n", img.Rootfs)
+			fmt.Fprintf(tw, "size:\t%s (%s on disk)\n", humanBytes(img.SizeBytes), humanBytes(img.DiskBytes))
+			fmt.Fprintf(tw, "layers:\t%d\n", len(img.Layers))
+			fmt.Fprintf(tw, "created:\t%s (%s)\n", img.CreatedAt.Local().Format(time.RFC3339), humanAgo(img.CreatedAt))
+			if len(img.Config.Entrypoint) > 0 {
+				fmt.Fprintf(tw, "entrypoint:\t%s\n", strings.Join(img.Config.Entrypoint, " "))
+			}
+			if len(img.Config.Cmd) > 0 {
+				fmt.Fprintf(tw, "cmd:\t%s\n", strings.Join(img.Config.Cmd, " "))
+			}
+			if img.Config.WorkingDir != "" {
+				fmt.Fprintf(tw, "workdir:\t%s\n", img.Config.WorkingDir)
+			}
+			if img.Config.User != "" {
+				fmt.Fprintf(tw, "user:\t%s\n", img.Config.User)
+			}
+			for _, e := range img.Config.Env {
+				fmt.Fprintf(tw, "env:\t%s\n", e)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newImageRmCommand(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove"},
+		Short:   "Remove images (their cached layers stay until `image cache prune`)",
+		Args:    argsError(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if _, err := c.RemoveImage(cmd.Context(), n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), n)
+			}
+			return errors.Join(errs...)
+		},
+	}
+}
+
+func newImageCacheCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "cache", Short: "Manage the layer blob cache"}
+	var asJSON bool
+	prune := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove cached layer blobs that no image uses",
+		Args:  argsError(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			res, err := c.PruneCache(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), res)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d blobs, freed %s\n", res.RemovedBlobs, humanBytes(res.FreedBytes))
+			return nil
+		},
+	}
+	prune.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(prune)
+	return cmd
+}

@@ -1,0 +1,119 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"time"
+
+	"banger/internal/api"
+)
+
+// pullProgress renders pull events: one rewritten status line on a
+// terminal, one line per stage or finished layer otherwise.
+type pullProgress struct {
+	w      io.Writer
+	ref    string
+	tty    bool
+	stage  string
+	layers map[int]*layerState
+	nLayer int
+	last   time.Time
+	drawn  bool
+}
+
+type layerState struct {
+	cur, total int64
+	cached     bool
+	done       bool
+}
+
+func newPullProgress(w io.Writer, ref string, tty bool) *pullProgress {
+	return &pullProgress{w: w, ref: ref, tty: tty, layers: map[int]*layerState{}}
+}
+
+var stageText = map[string]string{
+	"resolve":  "resolving",
+	"download": "downloading",
+	"flatten":  "flattening layers",
+	"ext4":     "building ext4",
+	"inject":   "injecting guest agents",
+	"done":     "done",
+}
+
+func (p *pullProgress) event(ev api.Event) {
+	if ev.Type != api.EventProgress {
+		return
+	}
+	if ev.Layers > 0 {
+		p.nLayer = ev.Layers
+	}
+	if ev.Stage == "download" && ev.Layer > 0 {
+		l := p.layers[ev.Layer]
+		if l == nil {
+			l = &layerState{}
+			p.layers[ev.Layer] = l
+		}
+		l.cur, l.total, l.cached = ev.Current, ev.Total, ev.Cached
+		if !p.tty && !l.done && (ev.Cached || (ev.Total > 0 && ev.Current >= ev.Total)) {
+			l.done = true
+			how := "downloaded"
+			if ev.Cached {
+				how = "cached"
+			}
+			fmt.Fprintf(p.w, "layer %d/%d %s %s (%s)\n", ev.Layer, ev.Layers, shortDigest(ev.Digest), how, humanBytes(ev.Total))
+		}
+	}
+	changed := ev.Stage != p.stage
+	p.stage = ev.Stage
+	if !p.tty {
+		if changed && ev.Stage != "download" {
+			line := stageText[ev.Stage]
+			if ev.Stage == "resolve" {
+				line += " " + p.ref
+			}
+			if ev.Message != "" && ev.Stage != "resolve" {
+				line += " (" + ev.Message + ")"
+			}
+			fmt.Fprintln(p.w, line)
+		}
+		return
+	}
+	if !changed && time.Since(p.last) < 80*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.draw(ev)
+}
+
+func (p *pullProgress) draw(ev api.Event) {
+	var line string
+	switch p.stage {
+	case "download":
+		var cur, total int64
+		done := 0
+		for _, l := range p.layers {
+			cur += l.cur
+			total += l.total
+			if l.cached || (l.total > 0 && l.cur >= l.total) {
+				done++
+			}
+		}
+		line = fmt.Sprintf("%s: downloading %d/%d layers  %s / %s", p.ref, done, p.nLayer, humanBytes(cur), humanBytes(total))
+	case "flatten":
+		line = fmt.Sprintf("%s: flattening layer %d/%d", p.ref, ev.Layer, ev.Layers)
+	default:
+		line = p.ref + ": " + stageText[p.stage]
+		if ev.Message != "" && p.stage == "ext4" {
+			line += " (" + ev.Message + ")"
+		}
+	}
+	fmt.Fprintf(p.w, "\r\033[K%s", line)
+	p.drawn = true
+}
+
+// finish ends the status line so later output starts on a clean line.
+func (p *pullProgress) finish() {
+	if p.tty && p.drawn {
+		fmt.Fprint(p.w, "\r\033[K")
+	}
+}

@@ -1,0 +1,224 @@
+// Package daemon is bangerd: the composition root that owns banger's
+// state and privileges. It builds the store and the image puller, serves
+// the HTTP API on a Unix socket to permitted local users, and reconciles
+// on-disk state with the store when it starts. It renders nothing for
+// people; that is the CLI's job.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/user"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/imagepull"
+	"banger/internal/paths"
+	"banger/internal/store"
+	"banger/internal/system"
+)
+
+// Options configure a Daemon. The zero value is valid.
+type Options struct {
+	// Group may use the socket besides root and the daemon's own user.
+	// Default "banger"; ignored when no such group exists.
+	Group string
+	// Logger receives structured logs in addition to the daemon's log
+	// file. Default: the log file only.
+	Logger *slog.Logger
+	// Runner runs host commands. Default system.Runner{}.
+	Runner system.CommandRunner
+	// PullOptions are passed to the image puller.
+	PullOptions []imagepull.Option
+}
+
+// Daemon is one bangerd instance.
+type Daemon struct {
+	layout  paths.Layout
+	opts    Options
+	log     *slog.Logger
+	store   *store.Store
+	puller  *imagepull.Puller
+	started time.Time
+	allowed allowedPeers
+
+	mu    sync.Mutex
+	pulls map[string]*pullJob // by image name
+	// pruning is set while the blob cache is pruned; pulls wait for it.
+	pruning bool
+
+	stopOnce sync.Once
+	stopCh   chan struct{}
+	// jobCtx outlives requests: pulls keep running when a client
+	// disconnects while another still waits for them.
+	jobCtx    context.Context
+	jobCancel context.CancelFunc
+	jobs      sync.WaitGroup
+}
+
+// New prepares a daemon for layout. Nothing is opened until Run.
+func New(layout paths.Layout, opts Options) (*Daemon, error) {
+	if opts.Group == "" {
+		opts.Group = "banger"
+	}
+	if opts.Runner == nil {
+		opts.Runner = system.Runner{}
+	}
+	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, stopCh: make(chan struct{})}, nil
+}
+
+// Run serves until ctx is cancelled or a client asks the daemon to stop,
+// then shuts down cleanly: it stops accepting, cancels pulls, waits for
+// them to clean up, and closes the store. It refuses to start while
+// another daemon answers on the socket.
+func (d *Daemon) Run(ctx context.Context) (err error) {
+	if err := d.layout.MkdirAll(); err != nil {
+		return err
+	}
+	var cleanups []func() error
+	defer func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			err = errors.Join(err, cleanups[i]())
+		}
+	}()
+
+	logFile, err := os.OpenFile(d.layout.DaemonLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return fmt.Errorf("opening log %s: %w", d.layout.DaemonLog(), err)
+	}
+	cleanups = append(cleanups, logFile.Close)
+	var handler slog.Handler = slog.NewJSONHandler(logFile, &slog.HandlerOptions{Level: slog.LevelInfo})
+	if d.opts.Logger != nil {
+		handler = slog.NewMultiHandler(handler, d.opts.Logger.Handler())
+	}
+	d.log = slog.New(handler)
+
+	// One daemon per home: the lock is held for the daemon's life.
+	lock, err := lockFile(d.layout.RunDir + "/bangerd.lock")
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, lock.Close)
+
+	ln, err := d.listen()
+	if err != nil {
+		return err
+	}
+	cleanups = append(cleanups, func() error {
+		err := os.Remove(d.layout.Socket())
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		return err
+	})
+
+	st, err := store.Open(ctx, d.layout.Database())
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	d.store = st
+	cleanups = append(cleanups, st.Close)
+
+	pullOpts := append([]imagepull.Option{imagepull.WithLogger(d.log)}, d.opts.PullOptions...)
+	d.puller, err = imagepull.New(d.layout.BlobsDir(), d.opts.Runner, pullOpts...)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	if err := d.reconcile(ctx); err != nil {
+		ln.Close()
+		return fmt.Errorf("reconciling state: %w", err)
+	}
+
+	d.jobCtx, d.jobCancel = context.WithCancel(context.Background())
+	d.started = time.Now()
+	d.allowed = newAllowedPeers(d.opts.Group)
+	srv := &http.Server{
+		Handler:     d.routes(),
+		ConnContext: withPeerCred,
+		ErrorLog:    slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	d.log.Info("bangerd started", "pid", os.Getpid(), "socket", d.layout.Socket(), "state", d.layout.StateDir)
+
+	select {
+	case <-ctx.Done():
+	case <-d.stopCh:
+	case err := <-serveErr:
+		d.jobCancel()
+		d.jobs.Wait()
+		return fmt.Errorf("serving API: %w", err)
+	}
+	d.log.Info("bangerd stopping")
+	// Cancel pulls first so streaming handlers finish, then drain.
+	d.jobCancel()
+	d.jobs.Wait()
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		srv.Close()
+	}
+	d.log.Info("bangerd stopped")
+	return nil
+}
+
+// requestStop makes Run return; safe to call more than once.
+func (d *Daemon) requestStop() { d.stopOnce.Do(func() { close(d.stopCh) }) }
+
+// listen creates the API socket. A socket that still answers belongs to a
+// running daemon and is left alone; one that refuses connections is stale.
+func (d *Daemon) listen() (net.Listener, error) {
+	sock := d.layout.Socket()
+	if conn, err := net.DialTimeout("unix", sock, time.Second); err == nil {
+		conn.Close()
+		return nil, fmt.Errorf("another bangerd is already serving %s: stop it with `banger daemon stop`", sock)
+	}
+	if err := os.Remove(sock); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("removing stale socket %s: %w", sock, err)
+	}
+	// Create the socket with no permissions for others from the start.
+	old := syscall.Umask(0o117)
+	ln, err := net.Listen("unix", sock)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("listening on %s: %w", sock, err)
+	}
+	if err := os.Chmod(sock, 0o660); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("setting mode of %s: %w", sock, err)
+	}
+	if g, err := user.LookupGroup(d.opts.Group); err == nil {
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(sock, -1, gid); err != nil && os.Geteuid() == 0 {
+			ln.Close()
+			return nil, fmt.Errorf("giving %s to group %s: %w", sock, d.opts.Group, err)
+		}
+	}
+	return ln, nil
+}
+
+// lockFile takes an exclusive lock on path, failing at once when another
+// process holds it.
+func lockFile(path string) (io.Closer, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("opening lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("another bangerd holds %s: stop it with `banger daemon stop`", path)
+	}
+	return f, nil
+}

@@ -1,0 +1,76 @@
+package daemon
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/user"
+	"slices"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+type peerKey struct{}
+
+// peerCred is the identity of the process at the other end of a socket.
+type peerCred struct {
+	ok       bool
+	uid, gid uint32
+	pid      int32
+}
+
+// withPeerCred records the connecting process's credentials (SO_PEERCRED)
+// in the connection's context.
+func withPeerCred(ctx context.Context, c net.Conn) context.Context {
+	var pc peerCred
+	if uc, ok := c.(*net.UnixConn); ok {
+		if raw, err := uc.SyscallConn(); err == nil {
+			raw.Control(func(fd uintptr) {
+				cred, err := unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+				if err == nil {
+					pc = peerCred{ok: true, uid: cred.Uid, gid: cred.Gid, pid: cred.Pid}
+				}
+			})
+		}
+	}
+	return context.WithValue(ctx, peerKey{}, pc)
+}
+
+// allowedPeers decides who may use the API: root, the daemon's own user,
+// and members of the configured group.
+type allowedPeers struct {
+	self  uint32
+	group string
+	gid   int // -1 when the group does not exist
+}
+
+func newAllowedPeers(group string) allowedPeers {
+	a := allowedPeers{self: uint32(os.Geteuid()), group: group, gid: -1}
+	if g, err := user.LookupGroup(group); err == nil {
+		a.gid, _ = strconv.Atoi(g.Gid)
+	}
+	return a
+}
+
+// check returns "" when the peer may proceed, else why not.
+func (a allowedPeers) check(pc peerCred) string {
+	if !pc.ok {
+		return "could not read the caller's credentials"
+	}
+	if pc.uid == 0 || pc.uid == a.self {
+		return ""
+	}
+	if a.gid >= 0 {
+		if int(pc.gid) == a.gid {
+			return ""
+		}
+		if u, err := user.LookupId(strconv.Itoa(int(pc.uid))); err == nil {
+			if gids, err := u.GroupIds(); err == nil && slices.Contains(gids, strconv.Itoa(a.gid)) {
+				return ""
+			}
+		}
+	}
+	return "uid " + strconv.Itoa(int(pc.uid)) + " may not use bangerd: add the user to group " + a.group +
+		" (`sudo usermod -aG " + a.group + " $USER`, then log in again)"
+}

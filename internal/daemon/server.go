@@ -1,0 +1,163 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/imagepull"
+	"banger/internal/store"
+	"banger/internal/version"
+)
+
+// Errors of the daemon itself; writeError maps them to API codes.
+var (
+	errInvalid   = errors.New("invalid request")
+	errConflict  = errors.New("conflict")
+	errForbidden = errors.New("forbidden")
+)
+
+type handler func(w http.ResponseWriter, r *http.Request) error
+
+func (d *Daemon) routes() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /v1/daemon", d.wrap(d.handleStatus))
+	mux.Handle("POST /v1/daemon/stop", d.wrap(d.handleStop))
+	mux.Handle("GET /v1/images", d.wrap(d.handleImages))
+	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
+	mux.Handle("GET /v1/images/{name...}", d.wrap(d.handleImage))
+	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
+	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
+	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
+		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
+	}))
+	return mux
+}
+
+// wrap checks the caller's credentials and turns a handler's error into
+// one JSON error response.
+func (d *Daemon) wrap(h handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		pc, _ := r.Context().Value(peerKey{}).(peerCred)
+		if why := d.allowed.check(pc); why != "" {
+			d.log.Warn("rejected caller", "uid", pc.uid, "pid", pc.pid, "path", r.URL.Path)
+			writeError(w, fmt.Errorf("%w: %s", errForbidden, why))
+			return
+		}
+		if err := h(w, r); err != nil {
+			d.log.Info("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			writeError(w, err)
+		}
+	})
+}
+
+// classify maps an error to an HTTP status and a stable API code.
+func classify(err error) (int, string) {
+	switch {
+	case errors.Is(err, errForbidden):
+		return http.StatusForbidden, api.CodeForbidden
+	case errors.Is(err, store.ErrNotFound), errors.Is(err, imagepull.ErrNotFound):
+		return http.StatusNotFound, api.CodeNotFound
+	case errors.Is(err, store.ErrExists):
+		return http.StatusConflict, api.CodeExists
+	case errors.Is(err, errConflict):
+		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference):
+		return http.StatusBadRequest, api.CodeInvalid
+	case errors.Is(err, imagepull.ErrAuth):
+		return http.StatusBadGateway, api.CodeAuth
+	case errors.Is(err, imagepull.ErrUnreachable):
+		return http.StatusBadGateway, api.CodeUnreachable
+	case errors.Is(err, imagepull.ErrNoPlatform), errors.Is(err, imagepull.ErrBadLayer),
+		errors.Is(err, imagepull.ErrUnsafeEntry), errors.Is(err, imagepull.ErrDigestMismatch),
+		errors.Is(err, imagepull.ErrTruncated):
+		return http.StatusUnprocessableEntity, api.CodeBadImage
+	case errors.Is(err, imagepull.ErrNoSpace):
+		return http.StatusInsufficientStorage, api.CodeNoSpace
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, api.CodeCanceled
+	}
+	return http.StatusInternalServerError, api.CodeInternal
+}
+
+func apiError(err error) *api.Error {
+	_, code := classify(err)
+	return &api.Error{Code: code, Message: err.Error()}
+}
+
+func writeError(w http.ResponseWriter, err error) {
+	status, _ := classify(err)
+	writeJSON(w, status, apiError(err))
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func decodeBody(r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: decoding request body: %v", errInvalid, err)
+	}
+	return nil
+}
+
+// eventWriter streams newline-delimited JSON events; safe for concurrent use.
+type eventWriter struct {
+	mu  sync.Mutex
+	w   http.ResponseWriter
+	enc *json.Encoder
+	rc  *http.ResponseController
+}
+
+func newEventWriter(w http.ResponseWriter) *eventWriter {
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	ew := &eventWriter{w: w, enc: json.NewEncoder(w), rc: http.NewResponseController(w)}
+	ew.rc.Flush()
+	return ew
+}
+
+func (ew *eventWriter) emit(ev api.Event) error {
+	ew.mu.Lock()
+	defer ew.mu.Unlock()
+	if ev.Time.IsZero() {
+		ev.Time = time.Now().UTC()
+	}
+	if err := ew.enc.Encode(ev); err != nil {
+		return err
+	}
+	return ew.rc.Flush()
+}
+
+func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {
+	imgs, err := d.store.Images(r.Context())
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	pulls := len(d.pulls)
+	d.mu.Unlock()
+	writeJSON(w, http.StatusOK, api.DaemonStatus{
+		Version: version.Version, Commit: version.Commit, PID: os.Getpid(),
+		Home: d.layout.Home, Socket: d.layout.Socket(), StateDir: d.layout.StateDir, CacheDir: d.layout.CacheDir,
+		StartedAt: d.started.UTC(), Images: len(imgs), Pulls: pulls,
+	})
+	return nil
+}
+
+func (d *Daemon) handleStop(w http.ResponseWriter, r *http.Request) error {
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "stopping"})
+	d.requestStop()
+	return nil
+}
