@@ -23,8 +23,10 @@ var ErrTruncated = errors.New("truncated blob")
 // BlobCache keeps compressed OCI blobs by digest under one directory,
 // shared by every image. A blob is only ever visible under its final name
 // after its size and sha256 were verified: it is written to a temp file in
-// the same directory, synced and renamed. Safe for concurrent use by
-// several processes.
+// the same directory and renamed. It is not fsynced: every use checks the
+// uncompressed content against the image's diff ID, and a blob that a
+// crash left damaged fails that check and is removed (Puller does this).
+// Safe for concurrent use by several processes.
 type BlobCache struct {
 	dir string
 }
@@ -110,9 +112,6 @@ func (c *BlobCache) Put(ctx context.Context, digest string, size int64, open fun
 	}
 	if got := "sha256:" + hex.EncodeToString(h.Sum(nil)); got != digest {
 		return "", fmt.Errorf("%w: content hashes to %s", ErrDigestMismatch, short(got))
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", fmt.Errorf("writing blob cache: %w", err)
 	}
 	if err := tmp.Close(); err != nil {
 		return "", fmt.Errorf("writing blob cache: %w", err)
@@ -200,16 +199,67 @@ func (c *BlobCache) Prune(keep map[string]bool) (removed int, freed int64, err e
 	return removed, freed, err
 }
 
-// hashingReader hashes what passes through it.
-type hashingReader struct {
-	r io.Reader
-	h hash.Hash
+// Remove drops a blob from the cache; a missing blob is not an error.
+func (c *BlobCache) Remove(digest string) error {
+	p, err := c.Path(digest)
+	if err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
 }
 
-func (hr *hashingReader) Read(p []byte) (int, error) {
-	n, err := hr.r.Read(p)
-	hr.h.Write(p[:n])
-	return n, err
+// asyncHasher computes a sha256 on its own goroutine: Write copies the
+// bytes and returns at once (until 16 chunks are queued), Sum waits for
+// the hash. Not safe for concurrent writers.
+type asyncHasher struct {
+	ch   chan []byte
+	done chan struct{}
+	free chan []byte
+	h    hash.Hash
+	sum  string
+}
+
+const hashChunk = 256 << 10
+
+func newAsyncHasher() *asyncHasher {
+	a := &asyncHasher{ch: make(chan []byte, 16), done: make(chan struct{}), free: make(chan []byte, 18), h: sha256.New()}
+	go func() {
+		defer close(a.done)
+		for b := range a.ch {
+			a.h.Write(b)
+			select {
+			case a.free <- b[:cap(b)]:
+			default:
+			}
+		}
+	}()
+	return a
+}
+
+func (a *asyncHasher) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		var buf []byte
+		select {
+		case buf = <-a.free:
+		default:
+			buf = make([]byte, hashChunk)
+		}
+		k := copy(buf, p)
+		a.ch <- buf[:k]
+		p = p[k:]
+	}
+	return n, nil
+}
+
+// Sum finishes the hash and returns "sha256:HEX". Call it exactly once.
+func (a *asyncHasher) Sum() string {
+	close(a.ch)
+	<-a.done
+	return "sha256:" + hex.EncodeToString(a.h.Sum(nil))
 }
 
 // RemoveTemps removes every unfinished download. Call it only when no

@@ -11,14 +11,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -342,11 +341,10 @@ func registryError(r name.Reference, err error) error {
 
 // layerJob is the download state of one layer.
 type layerJob struct {
-	layer v1.Layer
-	desc  api.ImageLayer
-	done  chan struct{}
-	path  string
-	err   error
+	desc api.ImageLayer
+	done chan struct{}
+	path string
+	err  error
 }
 
 // Pull pulls req.Ref and builds its root file system in req.Dir. On error
@@ -392,9 +390,13 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		if err != nil {
 			return nil, registryError(r, err)
 		}
-		jobs[i] = &layerJob{layer: l, desc: api.ImageLayer{Digest: d.String(), DiffID: cfg.RootFS.DiffIDs[i].String(), Size: size}, done: make(chan struct{})}
+		jobs[i] = &layerJob{desc: api.ImageLayer{Digest: d.String(), DiffID: cfg.RootFS.DiffIDs[i].String(), Size: size}, done: make(chan struct{})}
 	}
 
+	blobs, err := p.blobClient(ctx, r, req.Auth)
+	if err != nil {
+		return nil, err
+	}
 	// Download layers in parallel while flattening them in order.
 	dctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -415,7 +417,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 				return
 			}
 			defer func() { <-sem }()
-			j.path, j.err = p.fetchLayer(dctx, r, i, len(jobs), j, report)
+			j.path, j.err = p.fetchLayer(dctx, r, blobs, i, len(jobs), j, report)
 		}()
 	}
 
@@ -439,6 +441,13 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		}
 		report(Progress{Stage: StageFlatten, Layer: i + 1, Layers: len(jobs), Digest: j.desc.Digest, Total: j.desc.Size})
 		if err := p.flattenLayer(ctx, tree, j); err != nil {
+			if errors.Is(err, ErrBadLayer) || errors.Is(err, ErrDigestMismatch) {
+				// The blob matched its digest when it was cached, so a
+				// bad stream now means a corrupt copy (or a lying image
+				// config): drop it so the next pull fetches it afresh.
+				p.blobs.Remove(j.desc.Digest)
+				err = fmt.Errorf("%w (the cached blob was removed)", err)
+			}
 			return nil, fmt.Errorf("layer %d/%d (%s): %w", i+1, len(jobs), short(j.desc.Digest), err)
 		}
 	}
@@ -485,7 +494,47 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	return res, nil
 }
 
-func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, i, n int, j *layerJob, report func(Progress)) (string, error) {
+// blobClient returns an HTTP client authorised to pull blobs of r's
+// repository. Blobs are fetched with it directly rather than through the
+// registry library's layer type, which would hash every byte a second
+// time; BlobCache.Put verifies size and digest itself.
+func (p *Puller) blobClient(ctx context.Context, r name.Reference, auth *authn.AuthConfig) (*http.Client, error) {
+	repo := r.Context()
+	var authr authn.Authenticator
+	if auth != nil {
+		authr = authn.FromConfig(*auth)
+	} else {
+		var err error
+		if authr, err = p.keychain.Resolve(repo); err != nil {
+			return nil, fmt.Errorf("%w: reading credentials for %s: %v", ErrAuth, repo.RegistryStr(), err)
+		}
+	}
+	rt, err := transport.NewWithContext(ctx, repo.Registry, authr, p.transport, []string{repo.Scope(transport.PullScope)})
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	return &http.Client{Transport: rt}, nil
+}
+
+func openBlob(ctx context.Context, c *http.Client, r name.Reference, digest string) (io.ReadCloser, error) {
+	repo := r.Context()
+	u := url.URL{Scheme: repo.Scheme(), Host: repo.RegistryStr(), Path: "/v2/" + repo.RepositoryStr() + "/blobs/" + digest}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, registryError(r, err)
+	}
+	if err := transport.CheckError(resp, http.StatusOK); err != nil {
+		resp.Body.Close()
+		return nil, registryError(r, err)
+	}
+	return resp.Body, nil
+}
+
+func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, c *http.Client, i, n int, j *layerJob, report func(Progress)) (string, error) {
 	pr := Progress{Stage: StageDownload, Layer: i + 1, Layers: n, Digest: j.desc.Digest, Total: j.desc.Size}
 	if p.blobs.Has(j.desc.Digest) {
 		pr.Cached, pr.Current = true, j.desc.Size
@@ -494,11 +543,7 @@ func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, i, n int, j *
 	}
 	report(pr)
 	path, err := p.blobs.Put(ctx, j.desc.Digest, j.desc.Size, func() (io.ReadCloser, error) {
-		rc, err := j.layer.Compressed()
-		if err != nil {
-			return nil, registryError(r, err)
-		}
-		return rc, nil
+		return openBlob(ctx, c, r, j.desc.Digest)
 	}, func(cur int64) {
 		pr.Current = cur
 		report(pr)
@@ -531,15 +576,20 @@ func (p *Puller) flattenLayer(ctx context.Context, tree *flatten.Tree, j *layerJ
 		return fmt.Errorf("%w: %v", ErrBadLayer, err)
 	}
 	defer rc.Close()
-	hr := &hashingReader{r: &ctxReader{ctx: ctx, r: rc}, h: sha256.New()}
+	// The diff ID is hashed on another core while this one decompresses
+	// and flattens.
+	h := newAsyncHasher()
+	hr := io.TeeReader(&ctxReader{ctx: ctx, r: rc}, h)
 	if err := tree.AddLayer(hr); err != nil {
+		h.Sum()
 		return err
 	}
 	// Hash any padding after the end of the archive too.
 	if _, err := io.Copy(io.Discard, hr); err != nil {
+		h.Sum()
 		return fmt.Errorf("%w: reading layer: %v", ErrBadLayer, err)
 	}
-	if got := "sha256:" + hex.EncodeToString(hr.h.Sum(nil)); got != j.desc.DiffID {
+	if got := h.Sum(); got != j.desc.DiffID {
 		return fmt.Errorf("%w: uncompressed content hashes to %s, config says %s", ErrDigestMismatch, short(got), short(j.desc.DiffID))
 	}
 	return nil

@@ -414,3 +414,31 @@ func TestPullBadInput(t *testing.T) {
 		}
 	})
 }
+
+func TestCorruptCachedBlobIsEvicted(t *testing.T) {
+	reg := imagetest.StartRegistry(t)
+	ref := reg.Push(t, "test/cache:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "f", Body: strings.Repeat("f", 10000)})}}))
+	p := newTestPuller(t)
+	res, _, err := pullInto(t, p, ref, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a crash without fsync can leave: the right name, wrong bytes.
+	blob, _ := p.Blobs().Path(res.Layers[0].Digest)
+	if err := os.WriteFile(blob, []byte("\x1f\x8bgarbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = pullInto(t, p, ref, nil)
+	if !errors.Is(err, ErrBadLayer) || !strings.Contains(err.Error(), "cached blob was removed") {
+		t.Fatalf("err = %v, want ErrBadLayer naming the eviction", err)
+	}
+	if p.Blobs().Has(res.Layers[0].Digest) {
+		t.Fatal("corrupt blob still cached")
+	}
+	if _, _, err := pullInto(t, p, ref, nil); err != nil {
+		t.Fatalf("pull after eviction: %v", err)
+	}
+	if n := reg.BlobGets(res.Layers[0].Digest); n != 2 {
+		t.Errorf("blob fetched %d times, want 2 (first pull and after eviction)", n)
+	}
+}
