@@ -275,7 +275,7 @@ func (k staticKeychain) Resolve(authn.Resource) (authn.Authenticator, error) { r
 
 func TestPullAuth(t *testing.T) {
 	reg := imagetest.StartRegistry(t)
-	reg.User, reg.Pass = "alice", "s3cret"
+	reg.SetAuth("alice", "s3cret")
 	ref := reg.Push(t, "private/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{tarLayer(t, ent{Name: "x", Body: "x"})}}))
 
 	t.Run("docker config", func(t *testing.T) {
@@ -349,13 +349,13 @@ func TestPullBadInput(t *testing.T) {
 		return d.String()
 	}
 	cd := layerDigest(corruptRef)
-	reg.Tamper[cd] = func(b []byte) []byte {
+	reg.TamperBlob(cd, func(b []byte) []byte {
 		out := append([]byte(nil), b...)
 		out[len(out)/2] ^= 0xff
 		return out
-	}
+	})
 	td := layerDigest(truncRef)
-	reg.Truncate[td] = 1000
+	reg.TruncateBlob(td, 1000)
 
 	cases := []struct {
 		name string

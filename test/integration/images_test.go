@@ -218,7 +218,7 @@ func TestConcurrentPullsDoTheWorkOnce(t *testing.T) {
 	rand.Read(big)
 	ref := reg.Push(t, "conc/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{
 		imagetest.Layer(t, imagetest.Entry{Name: "blob", Body: string(big)})}}))
-	reg.Delay = 300 * time.Millisecond // keep the first pull in flight
+	reg.SetDelay(300 * time.Millisecond) // keep the first pull in flight
 	in := newInstance(t)
 	in.daemonPID() // start the daemon before racing
 
@@ -255,7 +255,7 @@ func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
 	ref := reg.Push(t, "slow/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{
 		imagetest.Layer(t, imagetest.Entry{Name: "a", Body: string(big[:4<<20])}),
 		imagetest.Layer(t, imagetest.Entry{Name: "b", Body: string(big[4<<20:])})}}))
-	reg.Delay = 2 * time.Second
+	reg.SetDelay(2 * time.Second)
 	in := newInstance(t)
 	pid := in.daemonPID()
 
@@ -280,7 +280,7 @@ func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
 	if len(in.leftovers()) == 0 {
 		t.Fatal("kill -9 left nothing to clean: the test proves nothing")
 	}
-	reg.Delay = 0
+	reg.SetDelay(0)
 	// The next command starts a new daemon, which reconciles.
 	var list []imageJSON
 	in.jsonOut(&list, "image", "list", "--json")
@@ -297,7 +297,7 @@ func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
 func TestRegistryAuthUsesTheCallersDockerConfig(t *testing.T) {
 	requireBinary(t, "debugfs")
 	reg := imagetest.StartRegistry(t)
-	reg.User, reg.Pass = "alice", "s3cret"
+	reg.SetAuth("alice", "s3cret")
 	ref := smallImage(t, reg, "priv/img:1", "secret")
 	in := newInstance(t)
 	// The daemon starts with an empty Docker config ...

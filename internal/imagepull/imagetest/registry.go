@@ -27,27 +27,52 @@ import (
 // hooks to count and tamper with what it serves.
 type Registry struct {
 	// Host is host:port of the registry, for references.
-	Host string
-	mu   sync.Mutex
-	gets map[string]int // blob digest → GET count
-	// Delay, when set, is slept before serving every blob.
-	Delay time.Duration
-	// Tamper, when set for a digest, rewrites the blob body.
-	Tamper map[string]func([]byte) []byte
-	// Truncate, when set for a digest, serves at most that many bytes.
-	Truncate map[string]int
-	// User and Pass, when set, make every request need basic auth.
-	User string
-	Pass string
+	Host     string
+	mu       sync.Mutex
+	gets     map[string]int // blob digest → GET count
+	delay    time.Duration
+	tamper   map[string]func([]byte) []byte
+	truncate map[string]int
+	user     string
+	pass     string
+}
+
+// SetDelay makes the registry sleep d before serving every blob.
+func (tr *Registry) SetDelay(d time.Duration) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.delay = d
+}
+
+// SetAuth makes every request need basic auth with user and pass.
+func (tr *Registry) SetAuth(user, pass string) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.user, tr.pass = user, pass
+}
+
+// TamperBlob makes the registry serve fn(body) for the blob with digest.
+func (tr *Registry) TamperBlob(digest string, fn func([]byte) []byte) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.tamper[digest] = fn
+}
+
+// TruncateBlob makes the registry serve at most n bytes (and at most
+// half) of the blob with digest.
+func (tr *Registry) TruncateBlob(digest string, n int) {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	tr.truncate[digest] = n
 }
 
 func StartRegistry(tb testing.TB) *Registry {
 	tb.Helper()
-	tr := &Registry{gets: map[string]int{}, Tamper: map[string]func([]byte) []byte{}, Truncate: map[string]int{}}
+	tr := &Registry{gets: map[string]int{}, tamper: map[string]func([]byte) []byte{}, truncate: map[string]int{}}
 	inner := registry.New(registry.Logger(nopLogger()))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		tr.mu.Lock()
-		user, pass := tr.User, tr.Pass
+		user, pass := tr.user, tr.pass
 		tr.mu.Unlock()
 		if user != "" {
 			u, p, ok := r.BasicAuth()
@@ -62,9 +87,9 @@ func StartRegistry(tb testing.TB) *Registry {
 			digest := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 			tr.mu.Lock()
 			tr.gets[digest]++
-			delay := tr.Delay
-			tamper := tr.Tamper[digest]
-			cut, hasCut := tr.Truncate[digest]
+			delay := tr.delay
+			tamper := tr.tamper[digest]
+			cut, hasCut := tr.truncate[digest]
 			tr.mu.Unlock()
 			time.Sleep(delay)
 			if tamper != nil || hasCut {
@@ -149,8 +174,11 @@ func (tr *Registry) Push(tb testing.TB, repoTag string, img v1.Image) string {
 		tb.Fatal(err)
 	}
 	opts := []remote.Option{}
-	if tr.User != "" {
-		opts = append(opts, remote.WithAuth(&authn.Basic{Username: tr.User, Password: tr.Pass}))
+	tr.mu.Lock()
+	user, pass := tr.user, tr.pass
+	tr.mu.Unlock()
+	if user != "" {
+		opts = append(opts, remote.WithAuth(&authn.Basic{Username: user, Password: pass}))
 	}
 	if err := remote.Write(r, img, opts...); err != nil {
 		tb.Fatalf("push %s: %v", ref, err)

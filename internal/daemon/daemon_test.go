@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"testing"
+
+	"banger/internal/api"
+	"banger/internal/imagepull"
+	"banger/internal/store"
+)
+
+func TestClassify(t *testing.T) {
+	cases := []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{fmt.Errorf("x: %w", store.ErrNotFound), http.StatusNotFound, api.CodeNotFound},
+		{fmt.Errorf("x: %w", imagepull.ErrNotFound), http.StatusNotFound, api.CodeNotFound},
+		{fmt.Errorf("x: %w", store.ErrExists), http.StatusConflict, api.CodeExists},
+		{fmt.Errorf("x: %w", errConflict), http.StatusConflict, api.CodeConflict},
+		{fmt.Errorf("x: %w", imagepull.ErrBadReference), http.StatusBadRequest, api.CodeInvalid},
+		{fmt.Errorf("x: %w", imagepull.ErrAuth), http.StatusBadGateway, api.CodeAuth},
+		{fmt.Errorf("x: %w", imagepull.ErrUnreachable), http.StatusBadGateway, api.CodeUnreachable},
+		{fmt.Errorf("x: %w", imagepull.ErrUnsafeEntry), http.StatusUnprocessableEntity, api.CodeBadImage},
+		{fmt.Errorf("x: %w", imagepull.ErrDigestMismatch), http.StatusUnprocessableEntity, api.CodeBadImage},
+		{fmt.Errorf("x: %w", imagepull.ErrNoSpace), http.StatusInsufficientStorage, api.CodeNoSpace},
+		{fmt.Errorf("x: %w", context.Canceled), http.StatusServiceUnavailable, api.CodeCanceled},
+		{fmt.Errorf("x: %w", errForbidden), http.StatusForbidden, api.CodeForbidden},
+		{errors.New("boom"), http.StatusInternalServerError, api.CodeInternal},
+	}
+	for _, c := range cases {
+		status, code := classify(c.err)
+		if status != c.status || code != c.code {
+			t.Errorf("classify(%v) = %d %s, want %d %s", c.err, status, code, c.status, c.code)
+		}
+	}
+}
+
+func TestValidateImageName(t *testing.T) {
+	for _, ok := range []string{"alpine", "alpine:3.20", "127.0.0.1:5000/x/y:z", "ghcr.io/o/r@sha256:abc", "a_b-c.d"} {
+		if err := validateImageName(ok); err != nil {
+			t.Errorf("%q rejected: %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "Alpine", "-x", ".x", "a b", "a/../b", "a//b", string(make([]byte, 300))} {
+		if err := validateImageName(bad); !errors.Is(err, errInvalid) {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestAllowedPeers(t *testing.T) {
+	a := allowedPeers{self: 1234, group: "banger", gid: 4321}
+	for _, c := range []struct {
+		pc peerCred
+		ok bool
+	}{
+		{peerCred{ok: true, uid: 0}, true},
+		{peerCred{ok: true, uid: 1234}, true},
+		{peerCred{ok: true, uid: 99999, gid: 4321}, true},
+		{peerCred{ok: true, uid: 99999, gid: 1}, false},
+		{peerCred{ok: false}, false},
+	} {
+		if got := a.check(c.pc) == ""; got != c.ok {
+			t.Errorf("check(%+v) allowed=%v, want %v", c.pc, got, c.ok)
+		}
+	}
+}

@@ -1,0 +1,87 @@
+// Package depcheck guards the project's import rules with tests: the
+// guest agent ships in every image and must stay small, and host commands
+// run only through internal/system.
+package depcheck
+
+import (
+	"go/parser"
+	"go/token"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+func repoRoot(t *testing.T) string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// The agent may use the standard library and these banger packages only.
+var agentAllowed = map[string]bool{
+	"banger/cmd/banger-vsock-agent": true,
+	"banger/internal/version":       true,
+	"banger/internal/vsockagent":    true,
+	"banger/internal/guestnet":      true,
+	"golang.org/x/sys/unix":         true,
+	"golang.org/x/crypto/ssh":       true,
+}
+
+func TestGuestAgentDependencies(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", "./cmd/banger-vsock-agent")
+	cmd.Dir = repoRoot(t)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		if !agentAllowed[pkg] && !strings.HasPrefix(pkg, "golang.org/x/sys/") && !strings.HasPrefix(pkg, "golang.org/x/crypto/") {
+			t.Errorf("banger-vsock-agent depends on %s: the agent ships in every image; keep it to the allowlist in %s", pkg, "internal/depcheck")
+		}
+	}
+}
+
+func TestOnlySystemRunsCommands(t *testing.T) {
+	root := repoRoot(t)
+	fset := token.NewFileSet()
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || !strings.HasSuffix(p, ".go") || strings.HasSuffix(p, "_test.go") {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if strings.HasPrefix(rel, "internal/system/") || strings.HasPrefix(rel, "cmd/") {
+			return nil
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Errorf("%s: %v", rel, err)
+			return nil
+		}
+		for _, imp := range f.Imports {
+			if path, _ := strconv.Unquote(imp.Path.Value); path == "os/exec" {
+				t.Errorf("%s imports os/exec: run host commands through internal/system", rel)
+			}
+		}
+		return nil
+	})
+}
+
+// The CLI renders and asks; it never reaches into the daemon's packages.
+func TestCLIImportsNoDaemonPackages(t *testing.T) {
+	cmd := exec.Command("go", "list", "-deps", "./cmd/banger")
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, pkg := range strings.Fields(string(out)) {
+		switch pkg {
+		case "banger/internal/daemon", "banger/internal/store", "banger/internal/imagepull", "modernc.org/sqlite":
+			t.Errorf("the CLI depends on %s", pkg)
+		}
+	}
+}
