@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Sets banger up on a fresh Debian 12 machine: installs the packages it
+# needs, builds it, and installs banger and bangerd to $PREFIX/bin and the
+# guest agent to $PREFIX/lib/banger. Run as root: sudo scripts/setup.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PREFIX=${PREFIX:-/usr/local}
+export PATH=/usr/local/go/bin:$PATH
+if [ "$(id -u)" != 0 ]; then
+	echo "setup.sh installs packages and binaries: run it as root (sudo $0)" >&2
+	exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# e2fsprogs: tune2fs, e2fsck, resize2fs and debugfs build images.
+# curl, shellcheck: used by the tests. git: version stamping.
+apt-get install -y -qq --no-install-recommends e2fsprogs ca-certificates curl git shellcheck >/dev/null
+if ! command -v go >/dev/null; then
+	echo "Go 1.26 or newer is needed (https://go.dev/dl/); put it in /usr/local/go" >&2
+	exit 1
+fi
+go mod download
+scripts/build.sh
+install -m 0755 bin/banger bin/bangerd "$PREFIX/bin/"
+install -d "$PREFIX/lib/banger"
+install -m 0755 bin/banger-vsock-agent "$PREFIX/lib/banger/"
+# Members of group banger may use the daemon's socket.
+getent group banger >/dev/null || groupadd --system banger
+echo "banger installed. Try: banger image pull alpine:3.20"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs every check: formatting, go vet, the whole test suite with the race
+# detector, a short fuzz of the layer flattener and a small pull benchmark.
+# As root, the root-only integration tests run too and a test that would
+# skip for lack of a tool fails instead (BANGER_TEST_STRICT=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH=/usr/local/go/bin:$PATH
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "gofmt: not formatted: $unformatted" >&2
+	exit 1
+fi
+go vet ./...
+if [ "$(id -u)" = 0 ]; then
+	export BANGER_TEST_STRICT=${BANGER_TEST_STRICT:-1}
+fi
+go test -race -count=1 ./...
+go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" ./internal/imagepull/flatten
+BANGER_BENCH_MIB=${BANGER_BENCH_MIB:-32} COUNT=1 bench/pull.sh
