@@ -16,5 +16,5 @@ if [ "$(id -u)" = 0 ]; then
 	export BANGER_TEST_STRICT=${BANGER_TEST_STRICT:-1}
 fi
 go test -race -count=1 ./...
-go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" ./internal/imagepull/flatten
+go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/imagepull/flatten
 BANGER_BENCH_MIB=${BANGER_BENCH_MIB:-32} COUNT=1 bench/pull.sh

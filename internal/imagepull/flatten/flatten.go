@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path"
 	"sort"
 	"strings"
@@ -42,7 +41,7 @@ const (
 // A Tree is not safe for concurrent use.
 type Tree struct {
 	root  *node
-	spool *os.File
+	spool Spool
 	off   int64
 	layer int
 	// Links whose target had not appeared yet when they were read; they
@@ -53,6 +52,8 @@ type Tree struct {
 	// layerOff is the spool offset where the current layer began.
 	consumed int64
 	layerOff int64
+	// maxHoles is the sparse-hole budget per layer (maxSparseHoles).
+	maxHoles int64
 }
 
 // maxSparseHoles bounds how many bytes of holes the sparse files of one
@@ -82,14 +83,22 @@ type pendingLink struct {
 	target string
 }
 
-// New returns a Tree that spools file contents into spool,
-// which it writes from offset 0 and later reads back with ReadAt. The
-// caller owns spool and removes it after WriteTar.
-func New(spool *os.File) *Tree {
+// Spool holds file contents between AddLayer and WriteTar. An *os.File
+// in the image's staging directory is the usual one.
+type Spool interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// New returns a Tree that spools file contents into spool, which it
+// writes from offset 0 and later reads back with ReadAt. The caller owns
+// spool and removes it after WriteTar.
+func New(spool Spool) *Tree {
 	return &Tree{
-		root:  &node{ino: &inode{hdr: tar.Header{Typeflag: tar.TypeDir, Mode: 0o755}}, children: map[string]*node{}},
-		spool: spool,
-		layer: -1,
+		root:     &node{ino: &inode{hdr: tar.Header{Typeflag: tar.TypeDir, Mode: 0o755}}, children: map[string]*node{}},
+		spool:    spool,
+		layer:    -1,
+		maxHoles: maxSparseHoles,
 	}
 }
 
@@ -207,7 +216,7 @@ func (f *Tree) addEntry(hdr *tar.Header, content io.Reader) error {
 		src := &taggedReader{r: content}
 		written, err := f.spoolContent(src)
 		if errors.Is(err, errSparseBomb) {
-			return fmt.Errorf("%w: %q is a sparse file with more than %d MiB of holes; banger does not store sparse files that large", ErrBadLayer, hdr.Name, maxSparseHoles>>20)
+			return fmt.Errorf("%w: %q is a sparse file with more than %d MiB of holes in its layer; banger does not store sparse files that large", ErrBadLayer, hdr.Name, f.maxHoles>>20)
 		}
 		if err != nil {
 			if src.err != nil {
@@ -273,7 +282,7 @@ func (f *Tree) spoolContent(src io.Reader) (int64, error) {
 				return written, werr
 			}
 			written += int64(n)
-			if f.off+written-f.layerOff-f.consumed > maxSparseHoles {
+			if f.off+written-f.layerOff-f.consumed > f.maxHoles {
 				return written, errSparseBomb
 			}
 		}
