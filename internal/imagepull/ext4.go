@@ -1,6 +1,8 @@
 package imagepull
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,11 +16,8 @@ import (
 	"banger/internal/system"
 )
 
-// ext4 geometry written by tar2ext4 (hcsshim's compactext4).
-const (
-	ext4BlockSize      = 4096
-	ext4BlocksPerGroup = ext4BlockSize * 8
-)
+// The block size tar2ext4 (hcsshim's compactext4) writes.
+const ext4BlockSize = 4096
 
 // Headroom is how much room a built image keeps beyond its contents.
 type Headroom struct {
@@ -26,14 +25,18 @@ type Headroom struct {
 	// the two (FreePercent of the used size).
 	MinFreeBytes int64
 	FreePercent  int
-	// MinFreeInodes and FreeInodePercent likewise for inodes.
-	MinFreeInodes    int64
-	FreeInodePercent int
+	// FreeInodes is how many inodes stay free at least. Growing the file
+	// adds more: every new block group brings its share.
+	FreeInodes int
 }
 
 // DefaultHeadroom leaves room for the guest agents and for changes made
 // to the image later, at a cost in apparent size only: the file is sparse.
-var DefaultHeadroom = Headroom{MinFreeBytes: 64 << 20, FreePercent: 20, MinFreeInodes: 1024, FreeInodePercent: 20}
+var DefaultHeadroom = Headroom{MinFreeBytes: 64 << 20, FreePercent: 20, FreeInodes: 1024}
+
+// reserveDir holds the placeholder files that make tar2ext4 size the
+// inode table for Headroom.FreeInodes; BuildExt4 deletes them again.
+const reserveDir = ".banger-inode-reserve"
 
 // Ext4Stats describes a finished image file.
 type Ext4Stats struct {
@@ -52,6 +55,15 @@ type Ext4Stats struct {
 // ext4 (no read-only feature) that passes `e2fsck -fn` and has the free
 // space and inodes that headroom asks for. On error out is removed.
 func BuildExt4(ctx context.Context, runner system.CommandRunner, tree *flatten.Tree, out string, headroom Headroom) (stats Ext4Stats, err error) {
+	// tar2ext4 makes an inode table with exactly as many inodes as files,
+	// and new ones come only with new 128 MiB block groups. Placeholder
+	// files reserve them instead, without growing the image.
+	tree.Remove(reserveDir)
+	if headroom.FreeInodes > 0 {
+		if err := tree.AddLayer(reserveLayer(headroom.FreeInodes)); err != nil {
+			return stats, fmt.Errorf("reserving inodes: %w", err)
+		}
+	}
 	f, err := os.OpenFile(out, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		return stats, fmt.Errorf("creating %s: %w", out, err)
@@ -81,16 +93,22 @@ func BuildExt4(ctx context.Context, runner system.CommandRunner, tree *flatten.T
 		return stats, fmt.Errorf("writing ext4: %w", err)
 	}
 
-	sb, err := readSuperBlock(out)
-	if err != nil {
-		return stats, err
-	}
 	// tar2ext4 builds read-only layers: drop that feature, let e2fsck set
-	// the inode-bitmap padding it leaves unset, then grow the file.
+	// the inode-bitmap padding it leaves unset, free the reserved inodes,
+	// then grow the file.
 	if _, err := runner.Run(ctx, "tune2fs", "-O", "^read-only", out); err != nil {
 		return stats, fmt.Errorf("clearing read-only feature: %w", err)
 	}
 	if err := fsckFix(ctx, runner, out); err != nil {
+		return stats, err
+	}
+	if headroom.FreeInodes > 0 {
+		if err := releaseReserve(ctx, runner, out, headroom.FreeInodes); err != nil {
+			return stats, err
+		}
+	}
+	sb, err := readSuperBlock(out)
+	if err != nil {
 		return stats, err
 	}
 	target := growTarget(sb, headroom)
@@ -102,26 +120,43 @@ func BuildExt4(ctx context.Context, runner system.CommandRunner, tree *flatten.T
 	return readSuperBlock(out)
 }
 
-// growTarget returns the block count that gives the headroom asked for.
-// New inodes come only with new block groups (each has the same number of
-// inodes as the first ones), so the inode goal may grow the file more than
-// the space goal does.
+// growTarget returns the block count that gives the free space asked for.
 func growTarget(sb Ext4Stats, h Headroom) int64 {
 	used := sb.Blocks - sb.FreeBlocks
-	freeWant := max(h.MinFreeBytes/ext4BlockSize, used*int64(h.FreePercent)/100)
-	target := used + freeWant
+	return used + max(h.MinFreeBytes/ext4BlockSize, used*int64(h.FreePercent)/100)
+}
 
-	inodesWant := sb.UsedInodes + max(h.MinFreeInodes, sb.UsedInodes*int64(h.FreeInodePercent)/100)
-	if sb.InodesGroup > 0 {
-		groups := (inodesWant + sb.InodesGroup - 1) / sb.InodesGroup
-		// The last group needs room for its own bitmaps and inode table
-		// or resize2fs drops it again.
-		minLast := 2 + sb.InodesGroup*256/ext4BlockSize + 64
-		if byInodes := (groups-1)*ext4BlocksPerGroup + minLast; byInodes > target {
-			target = byInodes
-		}
+// reserveLayer is a tar of n empty files in reserveDir.
+func reserveLayer(n int) io.Reader {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: reserveDir + "/", Typeflag: tar.TypeDir, Mode: 0o700, Format: tar.FormatUSTAR})
+	for i := 0; i < n; i++ {
+		tw.WriteHeader(&tar.Header{Name: reserveDir + "/" + strconv.Itoa(i), Typeflag: tar.TypeReg, Mode: 0o600, Format: tar.FormatUSTAR})
 	}
-	return target
+	tw.Close()
+	return &buf
+}
+
+// releaseReserve deletes the placeholder files in one debugfs batch.
+func releaseReserve(ctx context.Context, runner system.CommandRunner, file string, n int) error {
+	stdinRunner, ok := runner.(system.StdinRunner)
+	if !ok {
+		return fmt.Errorf("releasing reserved inodes: runner %T cannot feed standard input", runner)
+	}
+	var script bytes.Buffer
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&script, "rm /%s/%d\n", reserveDir, i)
+	}
+	fmt.Fprintf(&script, "rmdir /%s\n", reserveDir)
+	out, err := stdinRunner.RunStdin(ctx, bytes.NewReader(script.Bytes()), "debugfs", "-w", "-f", "-", file)
+	if err != nil {
+		return fmt.Errorf("releasing reserved inodes: %w", err)
+	}
+	if bad := scanDebugfsOutput(out, script.Bytes(), nil); bad != "" {
+		return fmt.Errorf("releasing reserved inodes: debugfs: %s", bad)
+	}
+	return nil
 }
 
 func fsckFix(ctx context.Context, runner system.CommandRunner, file string) error {

@@ -108,7 +108,7 @@ func InjectGuestAgents(ctx context.Context, runner system.CommandRunner, ext4Fil
 	}
 	// debugfs -f carries on past failed commands and its exit status only
 	// reflects the last one, so the output is the real verdict.
-	if bad := scanInjectOutput(out, script); bad != "" {
+	if bad := scanDebugfsOutput(out, script, benignMkdir); bad != "" {
 		return fmt.Errorf("debugfs inject: %s", bad)
 	}
 	return nil
@@ -218,13 +218,14 @@ var (
 	benignMkdir = regexp.MustCompile(`^(ext2fs_mkdir|mkdir): (Ext2 directory already exists|File exists)\b`)
 )
 
-// scanInjectOutput returns the first line of debugfs output that reports a
-// failure, or "" when there is none. debugfs echoes each command as
-// "debugfs: CMD" and prints a banner and "Allocated inode" lines; the only
-// tolerated error is mkdir of an existing directory. Everything else (a
-// failed write, an unknown path, an unknown command) is a failure, so a
-// message this scanner has never seen cannot pass silently.
-func scanInjectOutput(out, script []byte) string {
+// scanDebugfsOutput returns the first line of debugfs output that reports
+// a failure, or "" when there is none. debugfs echoes each command of the
+// script as "debugfs: CMD" and prints a banner and "Allocated inode"
+// lines; the only other lines tolerated are those benign matches (for the
+// inject batch: mkdir of an existing directory). Everything else (a failed
+// write, an unknown path, an unknown command) is a failure, so a message
+// this scanner has never seen cannot pass silently.
+func scanDebugfsOutput(out, script []byte, benign *regexp.Regexp) string {
 	echoed := map[string]bool{}
 	for _, l := range strings.Split(string(script), "\n") {
 		if l != "" {
@@ -234,8 +235,9 @@ func scanInjectOutput(out, script []byte) string {
 	for _, line := range strings.Split(string(out), "\n") {
 		line = strings.TrimSpace(line)
 		switch {
-		case line == "", echoed[line], debugfsBanner.MatchString(line),
-			debugfsAllocated.MatchString(line), benignMkdir.MatchString(line):
+		case line == "", echoed[line], debugfsBanner.MatchString(line), debugfsAllocated.MatchString(line):
+			continue
+		case benign != nil && benign.MatchString(line):
 			continue
 		}
 		return line

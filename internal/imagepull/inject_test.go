@@ -84,11 +84,11 @@ func TestScanInjectOutput(t *testing.T) {
 		"ext2fs_mkdir: Ext2 directory already exists while creating directory \"etc\"\nmkdir: Ext2 directory already exists \n" +
 		"mkdir: File exists\ndebugfs: write /s/a /etc/a\nAllocated inode: 13\ndebugfs: set_inode_field /etc/a uid 0\n"
 	// "ebugfs: " is not an echo of the script: it must be reported.
-	if bad := scanInjectOutput([]byte(benign), script); bad != "ebugfs:" {
+	if bad := scanDebugfsOutput([]byte(benign), script, benignMkdir); bad != "ebugfs:" {
 		t.Errorf("scan = %q, want the unknown line", bad)
 	}
 	clean := strings.Replace(benign, "ebugfs: \n", "", 1)
-	if bad := scanInjectOutput([]byte(clean), script); bad != "" {
+	if bad := scanDebugfsOutput([]byte(clean), script, benignMkdir); bad != "" {
 		t.Errorf("benign output flagged: %q", bad)
 	}
 	for _, failure := range []string{
@@ -100,7 +100,7 @@ func TestScanInjectOutput(t *testing.T) {
 		"write: Could not allocate inode in ext2 filesystem",
 		"ext2fs_mkdir: Could not allocate block in ext2 filesystem while creating directory \"x\"",
 	} {
-		if bad := scanInjectOutput([]byte(clean+failure+"\n"), script); bad != strings.TrimSpace(failure) {
+		if bad := scanDebugfsOutput([]byte(clean+failure+"\n"), script, benignMkdir); bad != strings.TrimSpace(failure) {
 			t.Errorf("scan missed %q (got %q)", failure, bad)
 		}
 	}

@@ -404,6 +404,10 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		cancel()
 		wg.Wait()
 	}()
+	// Announce every layer first, so progress shows the whole size.
+	for i, j := range jobs {
+		report(Progress{Stage: StageDownload, Layer: i + 1, Layers: len(jobs), Digest: j.desc.Digest, Total: j.desc.Size})
+	}
 	sem := make(chan struct{}, p.jobs)
 	for i, j := range jobs {
 		wg.Add(1)

@@ -163,8 +163,9 @@ func TestPullBuildsBootableImage(t *testing.T) {
 	checkInjected(t, img)
 
 	st := res.Stats
-	if st.FreeBlocks*4096 < 64<<20 || st.FreeInodes < 1024 {
-		t.Errorf("headroom: %d free blocks, %d free inodes; want ≥64 MiB and ≥1024", st.FreeBlocks, st.FreeInodes)
+	// BuildExt4's headroom, less what the injected agents took.
+	if st.FreeBlocks*4096 < 60<<20 || st.FreeInodes < 1000 {
+		t.Errorf("headroom: %d free blocks, %d free inodes; want ≥60 MiB and ≥1000", st.FreeBlocks, st.FreeInodes)
 	}
 	if res.DiskBytes >= res.SizeBytes {
 		t.Errorf("image not sparse: %d bytes on disk for %d apparent", res.DiskBytes, res.SizeBytes)
