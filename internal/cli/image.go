@@ -21,9 +21,8 @@ func newImageCommand(a *app) *cobra.Command {
 }
 
 type pullOptions struct {
-	name   string
-	asJSON bool
-	quiet  bool
+	name string
+	outputFlags
 }
 
 func newImagePullCommand(a *app) *cobra.Command {
@@ -39,8 +38,8 @@ your Docker configuration (~/.docker/config.json, credential helpers).`,
 		Example: "  banger image pull alpine:3.20\n  banger image pull --name dev ghcr.io/acme/devbox:latest",
 		Args:    argsError(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if o.asJSON && o.quiet {
-				return errors.New("--json and --quiet do not go together: pick one")
+			if err := o.check(); err != nil {
+				return err
 			}
 			c, err := a.client(cmd.Context())
 			if err != nil {
@@ -79,8 +78,8 @@ your Docker configuration (~/.docker/config.json, credential helpers).`,
 		},
 	}
 	cmd.Flags().StringVar(&o.name, "name", "", "name to store the image under (default: the reference's short form)")
-	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print progress and the result as JSON events, one per line")
-	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "print only the image name")
+	o.bind(cmd, "print only the image name")
+	cmd.Flags().Lookup("json").Usage = "print progress and the result as JSON events, one per line"
 	return cmd
 }
 
@@ -106,21 +105,16 @@ func userAuth(ref string) *api.RegistryAuth {
 	return ra
 }
 
-type listOptions struct {
-	asJSON bool
-	quiet  bool
-}
-
 func newImageListCommand(a *app) *cobra.Command {
-	var o listOptions
+	var o outputFlags
 	cmd := &cobra.Command{
 		Use:     "list",
 		Aliases: []string{"ls"},
 		Short:   "List images",
 		Args:    argsError(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if o.asJSON && o.quiet {
-				return errors.New("--json and --quiet do not go together: pick one")
+			if err := o.check(); err != nil {
+				return err
 			}
 			c, err := a.client(cmd.Context())
 			if err != nil {
@@ -157,8 +151,7 @@ func newImageListCommand(a *app) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
-	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, "print only names")
+	o.bind(cmd, "print only names")
 	return cmd
 }
 

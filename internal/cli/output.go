@@ -2,14 +2,34 @@ package cli
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 )
+
+// outputFlags are --json and -q, which list-like commands share.
+type outputFlags struct {
+	asJSON bool
+	quiet  bool
+}
+
+func (o *outputFlags) bind(cmd *cobra.Command, quietHelp string) {
+	cmd.Flags().BoolVar(&o.asJSON, "json", false, "print JSON")
+	cmd.Flags().BoolVarP(&o.quiet, "quiet", "q", false, quietHelp)
+}
+
+func (o *outputFlags) check() error {
+	if o.asJSON && o.quiet {
+		return errors.New("--json and --quiet do not go together: pick one")
+	}
+	return nil
+}
 
 func printJSON(w io.Writer, v any) error {
 	enc := json.NewEncoder(w)

@@ -16,10 +16,8 @@ import (
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"banger/internal/imagepull/imagetest"
 	"banger/internal/system"
@@ -50,7 +48,7 @@ func setupBenchImage(b *testing.B) {
 		}
 		rng := rand.New(rand.NewPCG(1, 2))
 		text := bytes.Repeat([]byte("banger builds root file systems from OCI layers; "), 1<<14)
-		var layers []v1.Layer
+		var layers [][]byte
 		perLayer := int64(mib) << 20 / 4
 		for l := 0; l < 4; l++ {
 			var buf bytes.Buffer
@@ -89,22 +87,9 @@ func setupBenchImage(b *testing.B) {
 				tw.WriteHeader(&tar.Header{Name: fmt.Sprintf("usr/lib/l0/d%d/.wh..wh..opq", l), Typeflag: tar.TypeReg})
 			}
 			tw.Close()
-			data := buf.Bytes()
-			layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil },
-				tarball.WithCompressionLevel(gzip.BestSpeed))
-			if err != nil {
-				b.Fatal(err)
-			}
-			layers = append(layers, layer)
+			layers = append(layers, buf.Bytes())
 		}
-		img, err := mutate.AppendLayers(empty.Image, layers...)
-		if err != nil {
-			b.Fatal(err)
-		}
-		cf, _ := img.ConfigFile()
-		cf = cf.DeepCopy()
-		cf.OS, cf.Architecture = "linux", "amd64"
-		img, _ = mutate.ConfigFile(img, cf)
+		img := imagetest.Image(b, imagetest.ImageSpec{Layers: layers, GzipLevel: gzip.BestSpeed})
 		benchImage.reg = imagetest.StartRegistry(&testing.T{})
 		benchImage.ref = benchImage.reg.Push(b, "bench/img:1", img)
 		benchImage.img = img

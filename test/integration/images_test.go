@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -45,6 +46,19 @@ func smallImage(t *testing.T, reg *imagetest.Registry, repoTag string, files ...
 		Layers: [][]byte{imagetest.Layer(t, imagetest.Entry{Name: "bin/sh", Body: "#!", Mode: 0o755}), imagetest.Layer(t, ents...)},
 		Config: v1.Config{Cmd: []string{"/bin/sh"}, Env: []string{"PATH=/bin"}},
 	}))
+}
+
+// randomImage pushes an image with one layer per size, each a file of
+// that many random bytes (incompressible, so transfers take real time).
+func randomImage(t *testing.T, reg *imagetest.Registry, repoTag string, sizes ...int) string {
+	t.Helper()
+	var layers [][]byte
+	for i, n := range sizes {
+		b := make([]byte, n)
+		rand.Read(b)
+		layers = append(layers, imagetest.Layer(t, imagetest.Entry{Name: fmt.Sprintf("blob%d", i), Body: string(b)}))
+	}
+	return reg.Push(t, repoTag, imagetest.Image(t, imagetest.ImageSpec{Layers: layers}))
 }
 
 func TestImageLifecycle(t *testing.T) {
@@ -214,10 +228,7 @@ func TestPullFailuresLeaveNothing(t *testing.T) {
 func TestConcurrentPullsDoTheWorkOnce(t *testing.T) {
 	requireBinary(t, "debugfs")
 	reg := imagetest.StartRegistry(t)
-	big := make([]byte, 4<<20)
-	rand.Read(big)
-	ref := reg.Push(t, "conc/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{
-		imagetest.Layer(t, imagetest.Entry{Name: "blob", Body: string(big)})}}))
+	ref := randomImage(t, reg, "conc/img:1", 4<<20)
 	reg.SetDelay(300 * time.Millisecond) // keep the first pull in flight
 	in := newInstance(t)
 	in.daemonPID() // start the daemon before racing
@@ -250,11 +261,7 @@ func TestConcurrentPullsDoTheWorkOnce(t *testing.T) {
 func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
 	requireBinary(t, "debugfs")
 	reg := imagetest.StartRegistry(t)
-	big := make([]byte, 8<<20)
-	rand.Read(big)
-	ref := reg.Push(t, "slow/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{
-		imagetest.Layer(t, imagetest.Entry{Name: "a", Body: string(big[:4<<20])}),
-		imagetest.Layer(t, imagetest.Entry{Name: "b", Body: string(big[4<<20:])})}}))
+	ref := randomImage(t, reg, "slow/img:1", 4<<20, 4<<20)
 	reg.SetDelay(2 * time.Second)
 	in := newInstance(t)
 	pid := in.daemonPID()
@@ -345,10 +352,7 @@ func TestDiskFullMidPull(t *testing.T) {
 	requireRoot(t)
 	requireBinary(t, "debugfs")
 	reg := imagetest.StartRegistry(t)
-	big := make([]byte, 24<<20)
-	rand.Read(big)
-	ref := reg.Push(t, "big/img:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{
-		imagetest.Layer(t, imagetest.Entry{Name: "big", Body: string(big)})}}))
+	ref := randomImage(t, reg, "big/img:1", 24<<20)
 	in := newInstance(t)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "banger-test", in.home).CombinedOutput(); err != nil {
 		t.Skipf("cannot mount tmpfs: %v %s", err, out)

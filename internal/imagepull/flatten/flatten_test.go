@@ -2,6 +2,7 @@ package flatten
 
 import (
 	"os"
+	"path"
 
 	"archive/tar"
 	"banger/internal/imagepull/imagetest"
@@ -25,22 +26,33 @@ func listTar(tb testing.TB, f *Tree) (map[string]*tar.Header, map[string]string,
 	hdrs := map[string]*tar.Header{}
 	bodies := map[string]string{}
 	var order []string
-	tr := tar.NewReader(&buf)
+	eachEntry(tb, &buf, func(name string, h *tar.Header, body []byte) {
+		hdrs[name] = h
+		order = append(order, name)
+		bodies[name] = string(body)
+	})
+	return hdrs, bodies, order
+}
+
+// eachEntry calls fn for every entry of a flattened tar, with the name
+// stripped of a trailing "/".
+func eachEntry(tb testing.TB, r io.Reader, fn func(name string, h *tar.Header, body []byte)) {
+	tb.Helper()
+	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
 		if err == io.EOF {
-			break
+			return
 		}
 		if err != nil {
-			tb.Fatalf("reading flattened tar: %v", err)
+			tb.Fatalf("flattened tar unreadable: %v", err)
 		}
-		name := strings.TrimSuffix(h.Name, "/")
-		hdrs[name] = h
-		order = append(order, name)
-		b, _ := io.ReadAll(tr)
-		bodies[name] = string(b)
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			tb.Fatalf("flattened tar unreadable: %v", err)
+		}
+		fn(strings.TrimSuffix(h.Name, "/"), h, body)
 	}
-	return hdrs, bodies, order
 }
 
 func names(m map[string]*tar.Header) []string {
@@ -259,20 +271,11 @@ func FuzzFlatten(f *testing.F) {
 			t.Fatalf("WriteTar: %v", err)
 		}
 		seen := map[string]bool{".": true}
-		tr := tar.NewReader(&buf)
-		for {
-			h, err := tr.Next()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				t.Fatalf("flattened tar unreadable: %v", err)
-			}
-			n := strings.TrimSuffix(h.Name, "/")
+		eachEntry(t, &buf, func(n string, h *tar.Header, _ []byte) {
 			if n == "." {
-				continue
+				return
 			}
-			if strings.HasPrefix(n, "/") || strings.Contains("/"+n+"/", "/../") || strings.Contains(n, ".wh.") && strings.HasPrefix(n[strings.LastIndex(n, "/")+1:], ".wh.") {
+			if strings.HasPrefix(n, "/") || strings.Contains("/"+n+"/", "/../") || strings.HasPrefix(path.Base(n), ".wh.") {
 				t.Fatalf("unclean path %q in output", h.Name)
 			}
 			parent := "."
@@ -286,7 +289,7 @@ func FuzzFlatten(f *testing.F) {
 				t.Fatalf("hard link %q before its target %q", n, h.Linkname)
 			}
 			seen[n] = true
-		}
+		})
 	})
 }
 

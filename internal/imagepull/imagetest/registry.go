@@ -130,14 +130,20 @@ type ImageSpec struct {
 	Arch   string // default amd64
 	Layers [][]byte
 	Config v1.Config
+	// GzipLevel compresses the layers; 0 means gzip's default.
+	GzipLevel int
 }
 
 // Image assembles an image with gzip-compressed layers.
 func Image(tb testing.TB, spec ImageSpec) v1.Image {
 	tb.Helper()
 	var ls []v1.Layer
+	var opts []tarball.LayerOption
+	if spec.GzipLevel != 0 {
+		opts = append(opts, tarball.WithCompressionLevel(spec.GzipLevel))
+	}
 	for _, l := range spec.Layers {
-		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil })
+		layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(l)), nil }, opts...)
 		if err != nil {
 			tb.Fatal(err)
 		}
