@@ -1,0 +1,156 @@
+package kernel
+
+import (
+	"bufio"
+	"debug/elf"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrMissingModule means a driver a VM needs is neither built into the
+// kernel nor among its modules.
+var ErrMissingModule = errors.New("kernel lacks a driver banger needs")
+
+// Drivers a VM needs, in the order they should load. Required ones fail
+// the import when missing; vsock is optional because the agent falls
+// back to a virtio-serial port.
+var (
+	requiredDrivers = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "ext4", "overlay"}
+	optionalDrivers = []string{"vsock", "vmw_vsock_virtio_transport"}
+)
+
+// Module is one kernel module file.
+type Module struct {
+	Name    string   // normalised: dashes become underscores
+	Path    string   // relative to the modules directory
+	Depends []string // direct dependencies, by name
+}
+
+func normName(s string) string { return strings.ReplaceAll(s, "-", "_") }
+
+// moduleIndex maps module names to files of one modules directory and
+// knows which drivers are built in.
+type moduleIndex struct {
+	dir     string
+	files   map[string]string // name → path relative to dir
+	builtin map[string]bool
+}
+
+func indexModules(dir string) (*moduleIndex, error) {
+	idx := &moduleIndex{dir: dir, files: map[string]string{}, builtin: map[string]bool{}}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() || !strings.HasSuffix(p, ".ko") {
+			return nil
+		}
+		rel, _ := filepath.Rel(dir, p)
+		idx.files[normName(strings.TrimSuffix(filepath.Base(p), ".ko"))] = rel
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("indexing modules in %s: %w", dir, err)
+	}
+	// modules.builtin lists drivers compiled into the kernel, one path
+	// per line (kernel/fs/ext4/ext4.ko).
+	if f, err := os.Open(filepath.Join(dir, "modules.builtin")); err == nil {
+		defer f.Close()
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			idx.builtin[normName(strings.TrimSuffix(filepath.Base(sc.Text()), ".ko"))] = true
+		}
+	}
+	return idx, nil
+}
+
+// modinfo reads the .modinfo section of a module.
+func modinfo(path string) (map[string][]string, error) {
+	f, err := elf.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading module %s: %w", filepath.Base(path), err)
+	}
+	defer f.Close()
+	sec := f.Section(".modinfo")
+	if sec == nil {
+		return nil, fmt.Errorf("module %s has no .modinfo section", filepath.Base(path))
+	}
+	data, err := sec.Data()
+	if err != nil {
+		return nil, fmt.Errorf("reading module %s: %w", filepath.Base(path), err)
+	}
+	info := map[string][]string{}
+	for _, kv := range strings.Split(string(data), "\x00") {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			info[k] = append(info[k], v)
+		}
+	}
+	return info, nil
+}
+
+// resolve returns the modules to load for the wanted drivers, every
+// dependency before its dependants, and the drivers that are built in.
+// A required driver that is neither built in nor a module, or a missing
+// dependency, is an error.
+func (idx *moduleIndex) resolve(required, optional []string) ([]Module, error) {
+	var order []Module
+	state := map[string]int{} // 1 visiting, 2 done
+	var visit func(name, neededBy string) error
+	visit = func(name, neededBy string) error {
+		switch state[name] {
+		case 1:
+			return fmt.Errorf("module dependency cycle at %s", name)
+		case 2:
+			return nil
+		}
+		if idx.builtin[name] {
+			state[name] = 2
+			return nil
+		}
+		rel, ok := idx.files[name]
+		if !ok {
+			if neededBy != "" {
+				return fmt.Errorf("%w: module %s needs %s, which is missing from the modules: the package is incomplete", ErrMissingModule, neededBy, name)
+			}
+			return fmt.Errorf("%w: %s is neither built in nor a module: use a kernel built for VMs (Debian's linux-image-cloud-amd64 works)", ErrMissingModule, name)
+		}
+		state[name] = 1
+		info, err := modinfo(filepath.Join(idx.dir, rel))
+		if err != nil {
+			return err
+		}
+		var deps []string
+		for _, d := range info["depends"] {
+			for _, dep := range strings.Split(d, ",") {
+				if dep = normName(strings.TrimSpace(dep)); dep != "" {
+					deps = append(deps, dep)
+				}
+			}
+		}
+		for _, dep := range deps {
+			if err := visit(dep, name); err != nil {
+				return err
+			}
+		}
+		state[name] = 2
+		order = append(order, Module{Name: name, Path: rel, Depends: deps})
+		return nil
+	}
+	for _, name := range required {
+		if err := visit(name, ""); err != nil {
+			return nil, err
+		}
+	}
+	for _, name := range optional {
+		if _, ok := idx.files[name]; ok || idx.builtin[name] {
+			if err := visit(name, ""); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return order, nil
+}
