@@ -26,6 +26,7 @@ var agentAllowed = map[string]bool{
 	"banger/internal/version":       true,
 	"banger/internal/vsockagent":    true,
 	"banger/internal/guestnet":      true,
+	"banger/internal/guestinit":     true,
 	"golang.org/x/sys/unix":         true,
 	"golang.org/x/crypto/ssh":       true,
 }

@@ -236,6 +236,10 @@ func BuildInitramfs(dir, agentBin string, b *Built) error {
 	if err := tmp.Close(); err != nil {
 		return fmt.Errorf("writing initramfs: %w", err)
 	}
+	// Readable by a VMM running as another user (the jailer).
+	if err := os.Chmod(tmp.Name(), 0o644); err != nil {
+		return err
+	}
 	b.Initrd = filepath.Join(dir, InitrdFile)
 	if err := os.Rename(tmp.Name(), b.Initrd); err != nil {
 		return fmt.Errorf("writing initramfs: %w", err)

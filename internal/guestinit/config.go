@@ -1,0 +1,156 @@
+// Package guestinit is banger's init stage: what banger-vsock-agent does
+// when it runs as PID 1, from the initramfs banger builds or as init= on
+// the image's root disk. It mounts the early file systems, loads the
+// kernel modules the initramfs carries, builds the VM's root as an
+// overlay of the shared read-only image disk and the VM's own writable
+// disk, configures the network through netlink, then hands over to the
+// image's systemd or stays PID 1 to run the image's command. It never
+// hangs on an error: it prints one line to the console and powers off.
+package guestinit
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+)
+
+// Kernel command line parameters banger sets (all optional):
+//
+//	banger.root=/dev/vda      image disk, mounted read-only
+//	banger.data=/dev/vdb      the VM's writable disk (else changes live in RAM)
+//	banger.iface=eth0         interface to configure
+//	banger.ip=10.0.2.15/24    address and prefix
+//	banger.gw=10.0.2.2        default gateway
+//	banger.mtu=1500
+//	banger.dns=10.0.2.3       resolver for /etc/resolv.conf
+//	banger.hostname=NAME
+//	banger.init=PATH|none     exec PATH after the root switch; none: stay PID 1
+type Config struct {
+	Root, Data                 string
+	Iface, IP, GW, DNS, MTU    string
+	Hostname, Init             string
+	MMIODevices                []string // virtio_mmio.device= values, for the module
+}
+
+// ParseCmdline reads the parameters above from a kernel command line.
+func ParseCmdline(cmdline string) Config {
+	c := Config{Root: "/dev/vda", Iface: "eth0"}
+	for _, word := range strings.Fields(cmdline) {
+		k, v, ok := strings.Cut(word, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "banger.root":
+			c.Root = v
+		case "banger.data":
+			c.Data = v
+		case "banger.iface":
+			c.Iface = v
+		case "banger.ip":
+			c.IP = v
+		case "banger.gw":
+			c.GW = v
+		case "banger.dns":
+			c.DNS = v
+		case "banger.mtu":
+			c.MTU = v
+		case "banger.hostname":
+			c.Hostname = v
+		case "banger.init":
+			c.Init = v
+		case "virtio_mmio.device":
+			c.MMIODevices = append(c.MMIODevices, v)
+		}
+	}
+	return c
+}
+
+// RunSpec is what the VM should run when the init stage stays PID 1. The
+// host writes it to /banger/run.json on the VM's writable disk; it is the
+// image's config (entrypoint, cmd, env, working dir, user) as the host
+// decided to apply it.
+type RunSpec struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	// PowerOffOnExit powers the VM off when the command ends, like a
+	// container; otherwise the init stage keeps serving.
+	PowerOffOnExit bool `json:"poweroff_on_exit,omitempty"`
+}
+
+// RunSpecPath is where RunSpec lives on the writable disk (and, after the
+// root switch, under /run/banger/data).
+const RunSpecPath = "banger/run.json"
+
+// Argv is the command line: entrypoint followed by cmd.
+func (r RunSpec) Argv() []string { return append(append([]string{}, r.Entrypoint...), r.Cmd...) }
+
+func readRunSpec(path string) (*RunSpec, error) {
+	b, err := os.ReadFile(path)
+	if os.IsNotExist(err) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var r RunSpec
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("decoding %s: %w", path, err)
+	}
+	return &r, nil
+}
+
+// lookupUser resolves "name", "uid", "name:group" or "uid:gid" against
+// the root's /etc/passwd and /etc/group. An empty user is root.
+func lookupUser(root, spec string) (uid, gid int, home string, err error) {
+	if spec == "" {
+		return 0, 0, "/root", nil
+	}
+	u, g, hasGroup := strings.Cut(spec, ":")
+	uid, gid, home = -1, -1, "/"
+	if n, err := strconv.Atoi(u); err == nil {
+		uid = n
+	}
+	if b, err := os.ReadFile(root + "/etc/passwd"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Split(line, ":")
+			if len(f) < 7 {
+				continue
+			}
+			id, _ := strconv.Atoi(f[2])
+			if f[0] == u || (uid >= 0 && id == uid) {
+				uid = id
+				gid, _ = strconv.Atoi(f[3])
+				home = f[5]
+				break
+			}
+		}
+	}
+	if uid < 0 {
+		return 0, 0, "", fmt.Errorf("user %q is not in the image's /etc/passwd", u)
+	}
+	if hasGroup {
+		gid = -1
+		if n, err := strconv.Atoi(g); err == nil {
+			gid = n
+		} else if b, err := os.ReadFile(root + "/etc/group"); err == nil {
+			for _, line := range strings.Split(string(b), "\n") {
+				if f := strings.Split(line, ":"); len(f) >= 3 && f[0] == g {
+					gid, _ = strconv.Atoi(f[2])
+				}
+			}
+		}
+		if gid < 0 {
+			return 0, 0, "", fmt.Errorf("group %q is not in the image's /etc/group", g)
+		}
+	}
+	if gid < 0 {
+		gid = uid
+	}
+	return uid, gid, home, nil
+}
