@@ -28,10 +28,10 @@ import (
 //	banger.hostname=NAME
 //	banger.init=PATH|none     exec PATH after the root switch; none: stay PID 1
 type Config struct {
-	Root, Data                 string
-	Iface, IP, GW, DNS, MTU    string
-	Hostname, Init             string
-	MMIODevices                []string // virtio_mmio.device= values, for the module
+	Root, Data              string
+	Iface, IP, GW, DNS, MTU string
+	Hostname, Init          string
+	MMIODevices             []string // virtio_mmio.device= values, for the module
 }
 
 // ParseCmdline reads the parameters above from a kernel command line.
