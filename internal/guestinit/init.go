@@ -114,6 +114,9 @@ func run() error {
 	logf("root switched: overlay of %s (read-only) and %s", c.Root, orDefault(c.Data, "tmpfs"))
 
 	if path := imageInit(c); path != "" {
+		if masked := maskUdevlessGetty(); masked != "" {
+			logf("no udev in the image: masked %s for this boot", masked)
+		}
 		logf("exec %s", path)
 		err := syscall.Exec(path, []string{path}, os.Environ())
 		return fmt.Errorf("exec %s: %w", path, err)
@@ -353,6 +356,26 @@ func switchRoot() error {
 		return fmt.Errorf("chroot into the new root: %w", err)
 	}
 	return os.Chdir("/")
+}
+
+// maskUdevlessGetty masks the serial getty on the console for this boot
+// (under /run) when the image has no udev: the getty waits for a device
+// unit only udev announces, and systemd would hold multi-user.target for
+// its 90 s job timeout. It returns the unit it masked, or "".
+func maskUdevlessGetty() string {
+	for _, p := range []string{"/lib/systemd/systemd-udevd", "/usr/lib/systemd/systemd-udevd", "/sbin/udevd"} {
+		if _, err := os.Stat(p); err == nil {
+			return ""
+		}
+	}
+	unit := "serial-getty@ttyS0.service"
+	if err := os.MkdirAll("/run/systemd/system", 0o755); err != nil {
+		return ""
+	}
+	if err := os.Symlink("/dev/null", "/run/systemd/system/"+unit); err != nil && !os.IsExist(err) {
+		return ""
+	}
+	return unit
 }
 
 // imageInit decides what to exec after the root switch: banger.init= when
