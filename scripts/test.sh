@@ -14,6 +14,10 @@ fi
 go vet ./...
 if [ "$(id -u)" = 0 ]; then
 	export BANGER_TEST_STRICT=${BANGER_TEST_STRICT:-1}
+	# The VM tests' kernel, busybox and Debian root, unless already given.
+	if [ -z "${BANGER_TEST_KERNEL_DEB:-}" ]; then
+		eval "$(scripts/vm-fixtures.sh)"
+	fi
 fi
 go test -race -count=1 ./...
 go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/imagepull/flatten

@@ -53,6 +53,11 @@ func fatal(err error) {
 
 func powerOff() {
 	unix.Sync()
+	// Leave the writable disk clean, so the next boot does not replay
+	// its journal: the overlay root first, then the disk under it.
+	unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	unix.Mount("", dataDir, "", unix.MS_REMOUNT|unix.MS_RDONLY, "")
+	unix.Sync()
 	unix.Reboot(unix.LINUX_REBOOT_CMD_POWER_OFF)
 	// Without ACPI power-off a reset ends the VM too (QEMU -no-reboot).
 	unix.Reboot(unix.LINUX_REBOOT_CMD_RESTART)
@@ -97,14 +102,26 @@ func run() error {
 		}
 		logf("loaded %d modules", n)
 	}
-	if err := buildRoot(c, fromInitramfs); err != nil {
-		return err
+	// The network and the disks wait on different drivers: set them up
+	// side by side.
+	type netResult struct {
+		summary string
+		err     error
 	}
-	summary, err := configureNetwork(c)
-	if err != nil {
-		return err
+	netDone := make(chan netResult, 1)
+	go func() {
+		s, err := configureNetwork(c)
+		netDone <- netResult{s, err}
+	}()
+	rootErr := buildRoot(c, fromInitramfs)
+	nr := <-netDone
+	if rootErr != nil {
+		return rootErr
 	}
-	logf("network: %s", summary)
+	if nr.err != nil {
+		return nr.err
+	}
+	logf("network: %s", nr.summary)
 	if err := writeIdentity(c, newRoot); err != nil {
 		return err
 	}

@@ -273,3 +273,30 @@ func copyFile(src, dst string) error {
 	defer in.Close()
 	return writeFile(dst, in, 0o644)
 }
+
+// WriteMinimalInitramfs writes a gzip'd initramfs holding only initBin as
+// /init and /dev/console: the smallest thing a kernel boots into. It is
+// the baseline of boot measurements and a probe of whether a VMM really
+// runs guests.
+func WriteMinimalInitramfs(initBin, out string) error {
+	f, err := os.Create(out)
+	if err != nil {
+		return err
+	}
+	zw := gzip.NewWriter(f)
+	cw := &cpioWriter{w: zw}
+	cw.Dir("dev", 0o755)
+	cw.CharDev("dev/console", 0o600, 5, 1)
+	if err := addFile(cw, "init", initBin, 0o755); err != nil {
+		f.Close()
+		return err
+	}
+	err = cw.Close()
+	if cerr := zw.Close(); err == nil {
+		err = cerr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}

@@ -35,7 +35,7 @@ var (
 
 // debianImage pulls a Debian image with systemd, made by debootstrap
 // ($BANGER_TEST_DEBIAN_ROOT is its directory), through banger's pipeline.
-func debianImage(t *testing.T) string {
+func debianImage(t testing.TB) string {
 	t.Helper()
 	dir := need(t, "BANGER_TEST_DEBIAN_ROOT", "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (see .ci/run)")
 	debOnce.Do(func() {
