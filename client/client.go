@@ -187,7 +187,33 @@ func (c *Client) PruneCache(ctx context.Context) (*api.PruneResult, error) {
 // disconnects; the daemon stops the pull unless another client waits
 // for the same one.
 func (c *Client) PullImage(ctx context.Context, req api.PullRequest, onEvent func(api.Event)) (*api.Image, error) {
-	resp, err := c.do(ctx, http.MethodPost, "/v1/images/pull", req)
+	ev, err := c.stream(ctx, "/v1/images/pull", req, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Image == nil {
+		return nil, errors.New("bangerd ended the pull without an image")
+	}
+	return ev.Image, nil
+}
+
+// PullKernel downloads a catalog kernel and imports it, reporting
+// progress like PullImage.
+func (c *Client) PullKernel(ctx context.Context, req api.KernelPullRequest, onEvent func(api.Event)) (*api.Kernel, error) {
+	ev, err := c.stream(ctx, "/v1/kernels/pull", req, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Kernel == nil {
+		return nil, errors.New("bangerd ended the pull without a kernel")
+	}
+	return ev.Kernel, nil
+}
+
+// stream posts body to path and reads newline-delimited events until the
+// final result (returned) or error (returned as *APIError).
+func (c *Client) stream(ctx context.Context, path string, body any, onEvent func(api.Event)) (*api.Event, error) {
+	resp, err := c.do(ctx, http.MethodPost, path, body)
 	if err != nil {
 		return nil, err
 	}
@@ -197,20 +223,17 @@ func (c *Client) PullImage(ctx context.Context, req api.PullRequest, onEvent fun
 	for sc.Scan() {
 		var ev api.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
-			return nil, fmt.Errorf("decoding pull event: %w", err)
+			return nil, fmt.Errorf("decoding event: %w", err)
 		}
 		if onEvent != nil {
 			onEvent(ev)
 		}
 		switch ev.Type {
 		case api.EventResult:
-			if ev.Image == nil {
-				return nil, errors.New("bangerd ended the pull without an image")
-			}
-			return ev.Image, nil
+			return &ev, nil
 		case api.EventError:
 			if ev.Error == nil {
-				return nil, errors.New("bangerd ended the pull with an empty error")
+				return nil, errors.New("bangerd ended the stream with an empty error")
 			}
 			return nil, &APIError{Status: resp.StatusCode, Code: ev.Error.Code, Message: ev.Error.Message}
 		}
@@ -219,7 +242,44 @@ func (c *Client) PullImage(ctx context.Context, req api.PullRequest, onEvent fun
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		return nil, fmt.Errorf("reading pull events: %w", err)
+		return nil, fmt.Errorf("reading events: %w", err)
 	}
-	return nil, errors.New("bangerd closed the pull stream early: see its log (`banger daemon status` shows where)")
+	return nil, errors.New("bangerd closed the stream early: see its log (`banger daemon status` shows where)")
+}
+
+// Kernels lists imported kernels, newest first.
+func (c *Client) Kernels(ctx context.Context) ([]api.Kernel, error) {
+	var out []api.Kernel
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/kernels", nil, &out)
+}
+
+// Kernel returns one kernel by name.
+func (c *Client) Kernel(ctx context.Context, name string) (*api.Kernel, error) {
+	var k api.Kernel
+	return &k, c.getJSON(ctx, http.MethodGet, "/v1/kernels/"+url.PathEscape(name), nil, &k)
+}
+
+// RemoveKernel removes a kernel and returns what it was.
+func (c *Client) RemoveKernel(ctx context.Context, name string) (*api.Kernel, error) {
+	var k api.Kernel
+	return &k, c.getJSON(ctx, http.MethodDelete, "/v1/kernels/"+url.PathEscape(name), nil, &k)
+}
+
+// ImportKernel imports a kernel file from the daemon's host.
+func (c *Client) ImportKernel(ctx context.Context, req api.KernelImportRequest) (*api.Kernel, error) {
+	var k api.Kernel
+	return &k, c.getJSON(ctx, http.MethodPost, "/v1/kernels/import", req, &k)
+}
+
+// KernelCatalog lists the kernels `kernel pull` can fetch.
+func (c *Client) KernelCatalog(ctx context.Context) ([]api.CatalogKernel, error) {
+	var out []api.CatalogKernel
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/kernels/catalog", nil, &out)
+}
+
+// DefaultKernel returns the kernel new VMs get, importing the host's
+// newest installed kernel when none is imported yet.
+func (c *Client) DefaultKernel(ctx context.Context) (*api.Kernel, error) {
+	var k api.Kernel
+	return &k, c.getJSON(ctx, http.MethodPost, "/v1/kernels/default", nil, &k)
 }

@@ -37,6 +37,43 @@ type Image struct {
 	CreatedAt time.Time    `json:"created_at"`
 }
 
+// Kernel is an imported kernel, ready to boot.
+type Kernel struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Version string `json:"version"`
+	// Vmlinux is the absolute path of the uncompressed ELF kernel.
+	Vmlinux string `json:"vmlinux"`
+	// Initrd is the absolute path of banger's initramfs, "" when the
+	// kernel has its VM drivers built in.
+	Initrd    string    `json:"initrd"`
+	Modules   []string  `json:"modules"` // module names packed, in load order
+	Source    string    `json:"source"`  // vmlinux, bzImage, deb, catalog:NAME
+	AgentHash string    `json:"agent_hash,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// KernelImportRequest is the body of POST /v1/kernels/import.
+type KernelImportRequest struct {
+	Name string `json:"name"`
+	From string `json:"from"` // path on the daemon's host
+}
+
+// KernelPullRequest is the body of POST /v1/kernels/pull.
+type KernelPullRequest struct {
+	Name string `json:"name"`         // catalog entry
+	As   string `json:"as,omitempty"` // name to store it under (default: Name)
+}
+
+// CatalogKernel is one downloadable kernel of the built-in catalog.
+type CatalogKernel struct {
+	Name        string `json:"name"`
+	Description string `json:"description"`
+	URL         string `json:"url"`
+	Size        int64  `json:"size"`
+	SHA256      string `json:"sha256"`
+}
+
 // RegistryAuth carries credentials the CLI resolved from the user's own
 // Docker configuration, so a root daemon pulls with the user's rights.
 type RegistryAuth struct {
@@ -74,6 +111,7 @@ type Event struct {
 	Total   int64     `json:"total,omitempty"`
 	Cached  bool      `json:"cached,omitempty"`
 	Image   *Image    `json:"image,omitempty"`
+	Kernel  *Kernel   `json:"kernel,omitempty"`
 	Error   *Error    `json:"error,omitempty"`
 }
 
@@ -114,6 +152,8 @@ const (
 	CodeUnreachable = "registry_unreachable"
 	CodeBadImage    = "bad_image"
 	CodeNoSpace     = "no_space"
+	CodeBadKernel   = "bad_kernel"
+	CodeDownload    = "download_failed"
 	CodeCanceled    = "canceled"
 	CodeInternal    = "internal"
 )

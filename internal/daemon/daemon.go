@@ -40,6 +40,11 @@ type Options struct {
 	Runner system.CommandRunner
 	// PullOptions are passed to the image puller.
 	PullOptions []imagepull.Option
+	// KernelCatalog is a JSON file of extra kernel catalog entries
+	// (default: none; the built-in catalog only).
+	KernelCatalog string
+	// HostRoot is where installed kernels are looked for (default "/").
+	HostRoot string
 }
 
 // Daemon is one bangerd instance.
@@ -54,6 +59,8 @@ type Daemon struct {
 
 	mu    sync.Mutex
 	pulls map[string]*pullJob // by image name
+	// httpClient fetches catalog kernels.
+	httpClient *http.Client
 	// pruning is set while the blob cache is pruned; pulls wait for it.
 	pruning bool
 
@@ -74,7 +81,8 @@ func New(layout paths.Layout, opts Options) (*Daemon, error) {
 	if opts.Runner == nil {
 		opts.Runner = system.Runner{}
 	}
-	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, stopCh: make(chan struct{})}, nil
+	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, stopCh: make(chan struct{}),
+		httpClient: &http.Client{Transport: http.DefaultTransport}}, nil
 }
 
 // Run serves until ctx is cancelled or a client asks the daemon to stop,

@@ -28,7 +28,24 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		}
 		known[img.ID] = true
 	}
-	entries, err := os.ReadDir(d.layout.ImagesDir())
+	if err := removeLeftovers(d, d.layout.ImagesDir(), known); err != nil {
+		return err
+	}
+	if err := d.reconcileKernels(ctx); err != nil {
+		return err
+	}
+	n, err := d.puller.Blobs().RemoveTemps()
+	if n > 0 {
+		d.log.Info("removed interrupted blob downloads", "count", n)
+	}
+	return err
+}
+
+// removeLeftovers removes every entry of dir whose name is not a known
+// id: staging directories of interrupted work and orphans of records
+// that went away.
+func removeLeftovers(d *Daemon, dir string, known map[string]bool) error {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
@@ -36,19 +53,15 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		if known[e.Name()] {
 			continue
 		}
-		p := filepath.Join(d.layout.ImagesDir(), e.Name())
-		reason := "orphan image directory"
-		if strings.HasPrefix(e.Name(), ".staging-") {
-			reason = "interrupted pull"
+		p := filepath.Join(dir, e.Name())
+		reason := "orphan directory"
+		if strings.HasPrefix(e.Name(), ".") {
+			reason = "interrupted work"
 		}
 		d.log.Info("removing leftover", "path", p, "reason", reason)
 		if err := os.RemoveAll(p); err != nil {
 			return err
 		}
 	}
-	n, err := d.puller.Blobs().RemoveTemps()
-	if n > 0 {
-		d.log.Info("removed interrupted blob downloads", "count", n)
-	}
-	return err
+	return nil
 }

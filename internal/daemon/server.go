@@ -8,10 +8,12 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/imagepull"
+	"banger/internal/kernel"
 	"banger/internal/store"
 	"banger/internal/version"
 )
@@ -34,6 +36,13 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/images/{name...}", d.wrap(d.handleImage))
 	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
 	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
+	mux.Handle("GET /v1/kernels", d.wrap(d.handleKernels))
+	mux.Handle("GET /v1/kernels/catalog", d.wrap(d.handleKernelCatalog))
+	mux.Handle("POST /v1/kernels/import", d.wrap(d.handleKernelImport))
+	mux.Handle("POST /v1/kernels/pull", d.wrap(d.handleKernelPull))
+	mux.Handle("POST /v1/kernels/default", d.wrap(d.handleDefaultKernel))
+	mux.Handle("GET /v1/kernels/{name}", d.wrap(d.handleKernel))
+	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))
@@ -78,7 +87,11 @@ func classify(err error) (int, string) {
 		errors.Is(err, imagepull.ErrUnsafeEntry), errors.Is(err, imagepull.ErrDigestMismatch),
 		errors.Is(err, imagepull.ErrTruncated):
 		return http.StatusUnprocessableEntity, api.CodeBadImage
-	case errors.Is(err, imagepull.ErrNoSpace):
+	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule):
+		return http.StatusUnprocessableEntity, api.CodeBadKernel
+	case errors.Is(err, kernel.ErrDownload):
+		return http.StatusBadGateway, api.CodeDownload
+	case errors.Is(err, imagepull.ErrNoSpace), errors.Is(err, syscall.ENOSPC):
 		return http.StatusInsufficientStorage, api.CodeNoSpace
 	case errors.Is(err, context.Canceled):
 		return http.StatusServiceUnavailable, api.CodeCanceled

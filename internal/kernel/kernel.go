@@ -76,12 +76,13 @@ func Import(from, dir, agentBin string) (*Built, error) {
 			return nil, err
 		}
 	case KindVmlinux, KindBzImage:
-		// An installed kernel: /boot/vmlinuz-VERSION next to
-		// /lib/modules/VERSION.
-		if m := installedKernel.FindStringSubmatch(filepath.Base(from)); m != nil {
+		// An installed kernel: ROOT/boot/vmlinuz-VERSION next to
+		// ROOT/lib/modules/VERSION.
+		if m := installedKernel.FindStringSubmatch(filepath.Base(from)); m != nil && filepath.Base(filepath.Dir(from)) == "boot" {
 			version = m[1]
-			if fi, err := os.Stat(filepath.Join("/lib/modules", version)); err == nil && fi.IsDir() {
-				modsDir = filepath.Join("/lib/modules", version)
+			mods := filepath.Join(filepath.Dir(filepath.Dir(from)), "lib", "modules", version)
+			if fi, err := os.Stat(mods); err == nil && fi.IsDir() {
+				modsDir = mods
 			}
 		}
 	default:

@@ -94,12 +94,24 @@ func (l Layout) StagingDir(id string) string {
 	return filepath.Join(l.ImagesDir(), ".staging-"+id)
 }
 
+// KernelsDir holds one directory per imported kernel.
+func (l Layout) KernelsDir() string { return filepath.Join(l.StateDir, "kernels") }
+
+// KernelDir is the directory of the kernel with the given id.
+func (l Layout) KernelDir(id string) string { return filepath.Join(l.KernelsDir(), id) }
+
+// KernelStagingDir is where a kernel is built before it is renamed into
+// KernelDir.
+func (l Layout) KernelStagingDir(id string) string {
+	return filepath.Join(l.KernelsDir(), ".staging-"+id)
+}
+
 // BlobsDir holds compressed OCI layer blobs by digest.
 func (l Layout) BlobsDir() string { return filepath.Join(l.CacheDir, "blobs") }
 
 // MkdirAll creates the instance's directories.
 func (l Layout) MkdirAll() error {
-	for _, d := range []string{l.StateDir, l.ImagesDir(), l.BlobsDir(), l.RunDir} {
+	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.BlobsDir(), l.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}

@@ -36,6 +36,18 @@ var migrations = []string{
 		layers     TEXT NOT NULL DEFAULT '[]',
 		created_at TEXT NOT NULL
 	)`,
+	// 2: kernels
+	`CREATE TABLE kernels (
+		id         TEXT PRIMARY KEY,
+		name       TEXT NOT NULL UNIQUE,
+		version    TEXT NOT NULL,
+		vmlinux    TEXT NOT NULL,
+		initrd     TEXT NOT NULL DEFAULT '',
+		modules    TEXT NOT NULL DEFAULT '[]',
+		source     TEXT NOT NULL,
+		agent_hash TEXT NOT NULL DEFAULT '',
+		created_at TEXT NOT NULL
+	)`,
 }
 
 // Store is the database. It is safe for concurrent use.

@@ -1,0 +1,277 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/kernel"
+	"banger/internal/paths"
+	"banger/internal/store"
+)
+
+var kernelNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
+
+// DefaultKernelName is the name the default kernel gets when banger
+// imports the host's newest installed kernel on first use.
+const DefaultKernelName = "host"
+
+func validateKernelName(name string) error {
+	if !kernelNameRE.MatchString(name) {
+		return fmt.Errorf("%w: kernel name %q: use lowercase letters, digits, '.', '_' and '-' (at most 63), starting with a letter or digit", errInvalid, name)
+	}
+	return nil
+}
+
+func (d *Daemon) handleKernels(w http.ResponseWriter, r *http.Request) error {
+	ks, err := d.store.Kernels(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, ks)
+	return nil
+}
+
+func (d *Daemon) handleKernel(w http.ResponseWriter, r *http.Request) error {
+	k, err := d.store.Kernel(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return withHint(err, "list kernels with `banger kernel list`")
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+func (d *Daemon) handleRemoveKernel(w http.ResponseWriter, r *http.Request) error {
+	k, err := d.store.DeleteKernel(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return withHint(err, "list kernels with `banger kernel list`")
+	}
+	if err := os.RemoveAll(d.layout.KernelDir(k.ID)); err != nil {
+		d.log.Warn("removing kernel files", "kernel", k.Name, "err", err)
+	}
+	d.log.Info("kernel removed", "kernel", k.Name)
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+func (d *Daemon) handleKernelCatalog(w http.ResponseWriter, r *http.Request) error {
+	entries, err := kernel.CatalogEntries(d.opts.KernelCatalog)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, entries)
+	return nil
+}
+
+func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) error {
+	var req api.KernelImportRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	if err := validateKernelName(req.Name); err != nil {
+		return err
+	}
+	if !filepath.IsAbs(req.From) {
+		return fmt.Errorf("%w: --from %q must be an absolute path", errInvalid, req.From)
+	}
+	pc, _ := r.Context().Value(peerKey{}).(peerCred)
+	if err := d.callerMayRead(pc, req.From); err != nil {
+		return err
+	}
+	k, err := d.importKernel(r.Context(), req.Name, req.From, "")
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, k)
+	return nil
+}
+
+// callerMayRead refuses to read, with the daemon's privileges, a file the
+// calling user could not read: bangerd runs as root, its callers need not.
+func (d *Daemon) callerMayRead(pc peerCred, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%w: %s: %v", errInvalid, path, errors.Unwrap(err))
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%w: %s is not a regular file", errInvalid, path)
+	}
+	if pc.uid == 0 || pc.uid == d.allowed.self {
+		return nil
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	perm := fi.Mode().Perm()
+	if (st.Uid == pc.uid && perm&0o400 != 0) || (st.Gid == pc.gid && perm&0o040 != 0) || perm&0o004 != 0 {
+		return nil
+	}
+	return fmt.Errorf("%w: you may not read %s: copy it somewhere you can read and import that", errForbidden, path)
+}
+
+// importKernel builds a kernel from a file in a staging directory, moves
+// it into place and records it. Nothing is left behind on failure.
+func (d *Daemon) importKernel(ctx context.Context, name, from, source string) (_ *api.Kernel, err error) {
+	if _, err := d.store.Kernel(ctx, name); err == nil {
+		return nil, fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pick another name", store.ErrExists, name, name)
+	}
+	agent, err := paths.CompanionBinaryPath("banger-vsock-agent")
+	if err != nil {
+		return nil, err
+	}
+	id := newID()
+	staging := d.layout.KernelStagingDir(id)
+	if err := os.MkdirAll(staging, 0o755); err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(staging)
+	start := time.Now()
+	b, err := kernel.Import(from, staging, agent)
+	if err != nil {
+		return nil, fmt.Errorf("importing %s: %w", from, err)
+	}
+	final := d.layout.KernelDir(id)
+	if err := os.Rename(staging, final); err != nil {
+		return nil, fmt.Errorf("publishing kernel: %w", err)
+	}
+	syncDir(d.layout.KernelsDir())
+	if source == "" {
+		source = b.Source
+	}
+	k := api.Kernel{ID: id, Name: name, Version: b.Version, Vmlinux: filepath.Join(final, kernel.VmlinuxFile),
+		Modules: b.Modules, Source: source, AgentHash: b.AgentHash, CreatedAt: time.Now().UTC()}
+	if b.Initrd != "" {
+		k.Initrd = filepath.Join(final, kernel.InitrdFile)
+	}
+	if k.Modules == nil {
+		k.Modules = []string{}
+	}
+	if err := d.store.InsertKernel(context.Background(), k); err != nil {
+		os.RemoveAll(final)
+		return nil, err
+	}
+	d.log.Info("kernel imported", "kernel", name, "version", k.Version, "modules", len(k.Modules), "source", source, "duration", time.Since(start))
+	return &k, nil
+}
+
+func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error {
+	var req api.KernelPullRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	entry, err := kernel.CatalogEntry(req.Name, d.opts.KernelCatalog)
+	if err != nil {
+		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
+	}
+	name := req.As
+	if name == "" {
+		name = req.Name
+	}
+	if err := validateKernelName(name); err != nil {
+		return err
+	}
+	if _, err := d.store.Kernel(r.Context(), name); err == nil {
+		return fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pull with --as NAME", store.ErrExists, name, name)
+	}
+	ew := newEventWriter(w)
+	tmp, err := os.MkdirTemp(d.layout.KernelsDir(), ".download-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	last := time.Time{}
+	file, err := kernel.Download(r.Context(), d.httpClient, entry, tmp, func(n int64) {
+		if time.Since(last) > 100*time.Millisecond || n == entry.Size {
+			last = time.Now()
+			ew.emit(api.Event{Type: api.EventProgress, Stage: "download", Current: n, Total: entry.Size})
+		}
+	})
+	if err == nil {
+		ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
+		var k *api.Kernel
+		if k, err = d.importKernel(r.Context(), name, file, "catalog:"+entry.Name); err == nil {
+			ew.emit(api.Event{Type: api.EventResult, Kernel: k})
+			return nil
+		}
+	}
+	ew.emit(api.Event{Type: api.EventError, Error: apiError(err)})
+	return nil
+}
+
+// handleDefaultKernel answers which kernel a new VM gets: the newest
+// imported one, else the host's newest installed kernel (imported now, as
+// "host"), else an error naming the commands that get one.
+func (d *Daemon) handleDefaultKernel(w http.ResponseWriter, r *http.Request) error {
+	k, err := d.defaultKernel(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, k)
+	return nil
+}
+
+func (d *Daemon) defaultKernel(ctx context.Context) (*api.Kernel, error) {
+	ks, err := d.store.Kernels(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if len(ks) > 0 {
+		return &ks[0], nil
+	}
+	root := d.opts.HostRoot
+	if root == "" {
+		root = "/"
+	}
+	path, err := kernel.FindInstalled(root)
+	if errors.Is(err, kernel.ErrNoInstalledKernel) {
+		return nil, fmt.Errorf("%w: no kernel yet and none installed on this host: run `banger kernel pull debian-12-cloud`, or `banger kernel import NAME --from FILE` with a vmlinux, vmlinuz or linux-image .deb", store.ErrNotFound)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return d.importKernel(ctx, DefaultKernelName, path, "")
+}
+
+// reconcileKernels drops records whose files vanished, removes leftover
+// directories, and rebuilds initramfs images whose packed agent is not
+// the installed one (so a new banger reaches old kernels' VMs).
+func (d *Daemon) reconcileKernels(ctx context.Context) error {
+	ks, err := d.store.Kernels(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	agent, agentErr := paths.CompanionBinaryPath("banger-vsock-agent")
+	var agentHash string
+	if agentErr == nil {
+		agentHash, _ = kernel.HashFile(agent)
+	}
+	for _, k := range ks {
+		if _, err := os.Stat(k.Vmlinux); errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("kernel file missing: dropping its record; import it again", "kernel", k.Name, "vmlinux", k.Vmlinux)
+			if _, err := d.store.DeleteKernel(ctx, k.Name); err != nil {
+				return err
+			}
+			continue
+		}
+		known[k.ID] = true
+		if k.Initrd == "" || agentHash == "" || k.AgentHash == agentHash {
+			continue
+		}
+		b := &kernel.Built{Version: k.Version}
+		if err := kernel.BuildInitramfs(d.layout.KernelDir(k.ID), agent, b); err != nil {
+			d.log.Warn("rebuilding initramfs", "kernel", k.Name, "err", err)
+			continue
+		}
+		if err := d.store.SetKernelInitrd(ctx, k.Name, b.Initrd, b.AgentHash); err != nil {
+			return err
+		}
+		d.log.Info("initramfs rebuilt for the new guest agent", "kernel", k.Name)
+	}
+	return removeLeftovers(d, d.layout.KernelsDir(), known)
+}

@@ -1,0 +1,184 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+type kernelJSON struct {
+	Name      string   `json:"name"`
+	Version   string   `json:"version"`
+	Vmlinux   string   `json:"vmlinux"`
+	Initrd    string   `json:"initrd"`
+	Modules   []string `json:"modules"`
+	Source    string   `json:"source"`
+	AgentHash string   `json:"agent_hash"`
+}
+
+func kernelDeb(t *testing.T) string {
+	t.Helper()
+	p := os.Getenv("BANGER_TEST_KERNEL_DEB")
+	if p == "" {
+		if os.Getenv("BANGER_TEST_STRICT") == "1" {
+			t.Fatal("BANGER_TEST_KERNEL_DEB not set (BANGER_TEST_STRICT=1): eval \"$(scripts/vm-fixtures.sh)\"")
+		}
+		t.Skip("set BANGER_TEST_KERNEL_DEB (scripts/vm-fixtures.sh)")
+	}
+	return p
+}
+
+// kernelLeftovers lists staging and orphan directories under state/kernels.
+func (in *instance) kernelLeftovers(known ...kernelJSON) []string {
+	ok := map[string]bool{}
+	for _, k := range known {
+		ok[filepath.Base(filepath.Dir(k.Vmlinux))] = true
+	}
+	var out []string
+	entries, _ := os.ReadDir(in.path("state", "kernels"))
+	for _, e := range entries {
+		if !ok[e.Name()] {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
+func TestKernelImportLifecycle(t *testing.T) {
+	deb := kernelDeb(t)
+	in := newInstance(t)
+	agent := filepath.Join(t.TempDir(), "agent")
+	b, _ := os.ReadFile(filepath.Join(binDir, "banger-vsock-agent"))
+	os.WriteFile(agent, b, 0o755)
+	in.env = append(in.env, "BANGER_AGENT_BIN="+agent)
+
+	in.ok("kernel", "import", "cloud", "--from", deb)
+	var k kernelJSON
+	in.jsonOut(&k, "kernel", "show", "cloud", "--json")
+	if k.Name != "cloud" || !strings.Contains(k.Version, "cloud-amd64") || k.Source != "deb" || !filepath.IsAbs(k.Vmlinux) || !filepath.IsAbs(k.Initrd) {
+		t.Errorf("show --json = %+v", k)
+	}
+	if head, _ := os.ReadFile(k.Vmlinux); len(head) < 4 || string(head[:4]) != "\x7fELF" {
+		t.Errorf("vmlinux is not an ELF kernel")
+	}
+	if !strings.Contains(" "+strings.Join(k.Modules, " ")+" ", " virtio_blk ") {
+		t.Errorf("modules = %v", k.Modules)
+	}
+	var list []kernelJSON
+	in.jsonOut(&list, "kernel", "list", "--json")
+	if len(list) != 1 || list[0].Name != "cloud" {
+		t.Errorf("list = %+v", list)
+	}
+	in.fails("exists", "kernel", "import", "cloud", "--from", deb)
+	var def kernelJSON
+	in.jsonOut(&def, "kernel", "default", "--json")
+	if def.Name != "cloud" {
+		t.Errorf("default kernel = %q, want the only imported one", def.Name)
+	}
+
+	// A new guest agent: the next daemon start rebuilds the initramfs.
+	os.WriteFile(agent, append(b, []byte("\x00changed")...), 0o755)
+	in.ok("daemon", "stop")
+	var after kernelJSON
+	in.jsonOut(&after, "kernel", "show", "cloud", "--json")
+	sum := sha256.Sum256(append(b, []byte("\x00changed")...))
+	if after.AgentHash != hex.EncodeToString(sum[:]) || after.AgentHash == k.AgentHash {
+		t.Errorf("agent hash after restart %s (before %s): initramfs not rebuilt", after.AgentHash, k.AgentHash)
+	}
+
+	in.ok("kernel", "rm", "cloud")
+	if _, err := os.Stat(filepath.Dir(k.Vmlinux)); !os.IsNotExist(err) {
+		t.Errorf("kernel directory left after rm")
+	}
+	in.fails("not found", "kernel", "show", "cloud")
+	if left := in.kernelLeftovers(); len(left) != 0 {
+		t.Errorf("leftovers: %v", left)
+	}
+}
+
+func TestKernelImportBadInput(t *testing.T) {
+	in := newInstance(t)
+	junk := filepath.Join(t.TempDir(), "vmlinuz-junk")
+	os.WriteFile(junk, []byte(strings.Repeat("not a kernel ", 1000)), 0o644)
+	in.fails("not a kernel", "kernel", "import", "junk", "--from", junk)
+	in.fails("no such file", "kernel", "import", "gone", "--from", "/nonexistent/vmlinuz")
+	in.fails("kernel name", "kernel", "import", "Bad_Name!", "--from", junk)
+	r := in.run("kernel", "import", "x")
+	if r.code == 0 || !strings.Contains(r.stderr, "--from PATH is required") {
+		t.Errorf("missing --from: %q", r.stderr)
+	}
+	if left := in.kernelLeftovers(); len(left) != 0 {
+		t.Errorf("leftovers: %v", left)
+	}
+	// No kernels and nothing installed: say which command gets one.
+	in.env = append(in.env, "BANGER_HOST_ROOT="+t.TempDir())
+	in.ok("daemon", "stop")
+	in.fails("banger kernel pull debian-12-cloud", "kernel", "default")
+}
+
+func TestKernelDefaultImportsInstalledKernel(t *testing.T) {
+	deb := kernelDeb(t)
+	root := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", deb, root).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	in := newInstance(t)
+	in.env = append(in.env, "BANGER_HOST_ROOT="+root)
+	var k kernelJSON
+	in.jsonOut(&k, "kernel", "default", "--json")
+	if k.Name != "host" || k.Initrd == "" || len(k.Modules) == 0 || k.Source != "bzImage" {
+		t.Errorf("default kernel from the installed one = %+v", k)
+	}
+}
+
+func TestKernelPullFromCatalog(t *testing.T) {
+	deb := kernelDeb(t)
+	data, err := os.ReadFile(deb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/k.deb" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(data)
+	}))
+	defer srv.Close()
+	catalog := filepath.Join(t.TempDir(), "catalog.json")
+	os.WriteFile(catalog, []byte(fmt.Sprintf(`[
+		{"name":"test-cloud","description":"test","url":"%[1]s/k.deb","size":%[2]d,"sha256":"%[3]s"},
+		{"name":"bad-sum","description":"test","url":"%[1]s/k.deb","size":%[2]d,"sha256":"%[4]s"},
+		{"name":"gone","description":"test","url":"%[1]s/missing.deb","size":1,"sha256":"%[3]s"}]`,
+		srv.URL, len(data), hex.EncodeToString(sum[:]), strings.Repeat("0", 64))), 0o644)
+	in := newInstance(t)
+	in.env = append(in.env, "BANGER_KERNEL_CATALOG="+catalog)
+
+	var entries []struct{ Name string }
+	in.jsonOut(&entries, "kernel", "catalog", "--json")
+	if len(entries) < 4 || entries[len(entries)-1].Name != "debian-12-cloud" {
+		t.Errorf("catalog = %+v, want the test entries and the built-in one", entries)
+	}
+	if out := in.ok("kernel", "pull", "-q", "test-cloud"); out != "test-cloud\n" {
+		t.Errorf("pull -q = %q", out)
+	}
+	var k kernelJSON
+	in.jsonOut(&k, "kernel", "show", "test-cloud", "--json")
+	if k.Source != "catalog:test-cloud" || k.Initrd == "" {
+		t.Errorf("pulled kernel = %+v", k)
+	}
+	in.fails("sha256", "kernel", "pull", "bad-sum")
+	in.fails("HTTP 404", "kernel", "pull", "gone")
+	in.fails("no kernel \"nope\" in the catalog", "kernel", "pull", "nope")
+	if left := in.kernelLeftovers(k); len(left) != 0 {
+		t.Errorf("leftovers: %v", left)
+	}
+}
