@@ -48,7 +48,7 @@ type Kernel struct {
 	// kernel has its VM drivers built in.
 	Initrd    string    `json:"initrd"`
 	Modules   []string  `json:"modules"` // module names packed, in load order
-	Source    string    `json:"source"`  // vmlinux, bzImage, deb, catalog:NAME
+	Source    string    `json:"source"`  // vmlinux, bzImage, deb, catalog:NAME, oci:REF
 	AgentHash string    `json:"agent_hash,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 }

@@ -8,10 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"syscall"
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/imagepull"
 	"banger/internal/kernel"
 	"banger/internal/paths"
 	"banger/internal/store"
@@ -85,7 +87,7 @@ func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) erro
 	if err := d.callerMayRead(pc, req.From); err != nil {
 		return err
 	}
-	k, err := d.importKernel(r.Context(), req.Name, req.From, "")
+	k, err := d.importKernel(r.Context(), req.Name, req.From, "", "")
 	if err != nil {
 		return err
 	}
@@ -116,7 +118,7 @@ func (d *Daemon) callerMayRead(pc peerCred, path string) error {
 
 // importKernel builds a kernel from a file in a staging directory, moves
 // it into place and records it. Nothing is left behind on failure.
-func (d *Daemon) importKernel(ctx context.Context, name, from, source string) (_ *api.Kernel, err error) {
+func (d *Daemon) importKernel(ctx context.Context, name, from, modules, source string) (_ *api.Kernel, err error) {
 	if _, err := d.store.Kernel(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pick another name", store.ErrExists, name, name)
 	}
@@ -131,7 +133,7 @@ func (d *Daemon) importKernel(ctx context.Context, name, from, source string) (_
 	}
 	defer os.RemoveAll(staging)
 	start := time.Now()
-	b, err := kernel.Import(from, staging, agent)
+	b, err := kernel.ImportWithModules(from, modules, staging, agent)
 	if err != nil {
 		return nil, fmt.Errorf("importing %s: %w", from, err)
 	}
@@ -164,13 +166,19 @@ func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error 
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	entry, err := kernel.CatalogEntry(req.Name, d.opts.KernelCatalog)
-	if err != nil {
-		return fmt.Errorf("%w: %v", store.ErrNotFound, err)
+	entry, catalogErr := kernel.CatalogEntry(req.Name, d.opts.KernelCatalog)
+	// Not a catalog name: an OCI reference to an image that carries
+	// /boot/vmlinux (and, optionally, lib/modules).
+	isRef := catalogErr != nil && strings.ContainsAny(req.Name, "/:")
+	if catalogErr != nil && !isRef {
+		return fmt.Errorf("%w: %v (or give an OCI image reference with /boot/vmlinux in it)", store.ErrNotFound, catalogErr)
 	}
 	name := req.As
 	if name == "" {
 		name = req.Name
+		if isRef {
+			name = kernelNameFromRef(req.Name)
+		}
 	}
 	if err := validateKernelName(name); err != nil {
 		return err
@@ -178,29 +186,93 @@ func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error 
 	if _, err := d.store.Kernel(r.Context(), name); err == nil {
 		return fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pull with --as NAME", store.ErrExists, name, name)
 	}
-	ew := newEventWriter(w)
 	tmp, err := os.MkdirTemp(d.layout.KernelsDir(), ".download-")
 	if err != nil {
 		return err
 	}
-	defer os.RemoveAll(tmp)
+	ew := newEventWriter(w)
+	var k *api.Kernel
+	if isRef {
+		k, err = d.pullOCIKernel(r.Context(), req.Name, name, tmp, ew)
+	} else {
+		k, err = d.pullCatalogKernel(r.Context(), entry, name, tmp, ew)
+	}
+	// Clean up before the final event: when the client hears the pull
+	// ended, nothing of it is left.
+	if rerr := os.RemoveAll(tmp); rerr != nil && err == nil {
+		err = rerr
+	}
+	if err != nil {
+		ew.emit(api.Event{Type: api.EventError, Error: apiError(err)})
+		return nil
+	}
+	ew.emit(api.Event{Type: api.EventResult, Kernel: k})
+	return nil
+}
+
+func (d *Daemon) pullCatalogKernel(ctx context.Context, entry api.CatalogKernel, name, tmp string, ew *eventWriter) (*api.Kernel, error) {
 	last := time.Time{}
-	file, err := kernel.Download(r.Context(), d.httpClient, entry, tmp, func(n int64) {
+	file, err := kernel.Download(ctx, d.httpClient, entry, tmp, func(n int64) {
 		if time.Since(last) > 100*time.Millisecond || n == entry.Size {
 			last = time.Now()
 			ew.emit(api.Event{Type: api.EventProgress, Stage: "download", Current: n, Total: entry.Size})
 		}
 	})
-	if err == nil {
-		ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
-		var k *api.Kernel
-		if k, err = d.importKernel(r.Context(), name, file, "catalog:"+entry.Name); err == nil {
-			ew.emit(api.Event{Type: api.EventResult, Kernel: k})
-			return nil
+	if err != nil {
+		return nil, err
+	}
+	ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
+	return d.importKernel(ctx, name, file, "", "catalog:"+entry.Name)
+}
+
+// pullOCIKernel pulls an image and imports the kernel it carries:
+// boot/vmlinux (or boot/vmlinuz*), with lib/modules/VERSION when present.
+func (d *Daemon) pullOCIKernel(ctx context.Context, ref, name, tmp string, ew *eventWriter) (*api.Kernel, error) {
+	match := func(p string) bool {
+		return strings.HasPrefix(p, "boot/vmlinu") || strings.HasPrefix(p, "lib/modules/") || strings.HasPrefix(p, "usr/lib/modules/")
+	}
+	files, err := d.puller.ExtractFiles(ctx, imagepull.Request{Ref: ref, Dir: tmp, Progress: func(p imagepull.Progress) {
+		if p.Stage == imagepull.StageDownload || p.Stage == imagepull.StageResolve {
+			ew.emit(api.Event{Type: api.EventProgress, Stage: p.Stage, Layer: p.Layer, Layers: p.Layers, Current: p.Current, Total: p.Total, Cached: p.Cached})
+		}
+	}}, filepath.Join(tmp, "root"), match)
+	if err != nil {
+		return nil, err
+	}
+	var vmlinux string
+	for _, f := range files {
+		if f == "boot/vmlinux" || (vmlinux == "" && strings.HasPrefix(f, "boot/vmlinu")) {
+			vmlinux = f
 		}
 	}
-	ew.emit(api.Event{Type: api.EventError, Error: apiError(err)})
-	return nil
+	if vmlinux == "" {
+		return nil, fmt.Errorf("%w: image %s has no /boot/vmlinux or /boot/vmlinuz*: it is not a kernel image", kernel.ErrNotKernel, ref)
+	}
+	modules := ""
+	for _, base := range []string{"lib/modules", "usr/lib/modules"} {
+		vers, _ := os.ReadDir(filepath.Join(tmp, "root", base))
+		if len(vers) == 1 && vers[0].IsDir() {
+			modules = filepath.Join(tmp, "root", base, vers[0].Name())
+		}
+	}
+	ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: ref})
+	return d.importKernel(ctx, name, filepath.Join(tmp, "root", vmlinux), modules, "oci:"+ref)
+}
+
+// kernelNameFromRef makes a kernel name from an image reference:
+// "ghcr.io/acme/vmlinux:6.1" becomes "vmlinux-6.1".
+func kernelNameFromRef(ref string) string {
+	if i := strings.LastIndex(ref, "/"); i >= 0 {
+		ref = ref[i+1:]
+	}
+	ref, _, _ = strings.Cut(ref, "@")
+	ref = strings.ToLower(strings.ReplaceAll(ref, ":", "-"))
+	ref = regexp.MustCompile(`[^a-z0-9._-]`).ReplaceAllString(ref, "-")
+	ref = strings.TrimLeft(ref, "-._")
+	if len(ref) > 63 {
+		ref = ref[:63]
+	}
+	return ref
 }
 
 // handleDefaultKernel answers which kernel a new VM gets: the newest
@@ -234,7 +306,7 @@ func (d *Daemon) defaultKernel(ctx context.Context) (*api.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.importKernel(ctx, DefaultKernelName, path, "")
+	return d.importKernel(ctx, DefaultKernelName, path, "", "")
 }
 
 // reconcileKernels drops records whose files vanished, removes leftover

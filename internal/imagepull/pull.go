@@ -8,6 +8,7 @@
 package imagepull
 
 import (
+	"archive/tar"
 	"bufio"
 	"bytes"
 	"context"
@@ -347,14 +348,30 @@ type layerJob struct {
 	err  error
 }
 
-// Pull pulls req.Ref and builds its root file system in req.Dir. On error
-// req.Dir may hold partial files; the caller removes the directory.
-func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
-	report := func(pr Progress) {
-		if req.Progress != nil {
-			req.Progress(pr)
-		}
+// fetched is an image's layers, flattened, with what the image says of
+// itself. close removes the spool the tree's contents live in.
+type fetched struct {
+	ref    name.Reference
+	digest v1.Hash
+	cfg    *v1.ConfigFile
+	jobs   []*layerJob
+	tree   *flatten.Tree
+	spool  *os.File
+	closed bool
+}
+
+func (f *fetched) close() {
+	if !f.closed {
+		f.closed = true
+		f.spool.Close()
+		os.Remove(f.spool.Name())
 	}
+}
+
+// fetch resolves req.Ref, downloads its layers (in parallel, through the
+// blob cache) and flattens them in order, spooling file contents in
+// req.Dir. The caller closes the result.
+func (p *Puller) fetch(ctx context.Context, req Request, report func(Progress)) (_ *fetched, err error) {
 	report(Progress{Stage: StageResolve, Message: req.Ref})
 	r, err := ParseReference(req.Ref)
 	if err != nil {
@@ -429,11 +446,13 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	if err != nil {
 		return nil, fsError("creating spool", err)
 	}
+	f := &fetched{ref: r, digest: digest, cfg: cfg, jobs: jobs, tree: flatten.New(spoolFile), spool: spoolFile}
 	defer func() {
-		spoolFile.Close()
-		os.Remove(spoolFile.Name())
+		if err != nil {
+			f.close()
+		}
 	}()
-	tree := flatten.New(spoolFile)
+	tree := f.tree
 	for i, j := range jobs {
 		select {
 		case <-j.done:
@@ -455,6 +474,23 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 			return nil, fmt.Errorf("layer %d/%d (%s): %w", i+1, len(jobs), short(j.desc.Digest), err)
 		}
 	}
+	return f, nil
+}
+
+// Pull pulls req.Ref and builds its root file system in req.Dir. On error
+// req.Dir may hold partial files; the caller removes the directory.
+func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
+	report := func(pr Progress) {
+		if req.Progress != nil {
+			req.Progress(pr)
+		}
+	}
+	f, err := p.fetch(ctx, req, report)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	tree, r, digest, cfg, jobs := f.tree, f.ref, f.digest, f.cfg, f.jobs
 	for _, gp := range InjectedPaths() {
 		tree.Remove(gp)
 	}
@@ -465,8 +501,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		return nil, fsError("building ext4", err)
 	}
 	// The spool is no longer needed; free its space before injecting.
-	spoolFile.Close()
-	os.Remove(spoolFile.Name())
+	f.close()
 
 	report(Progress{Stage: StageInject})
 	if err := InjectGuestAgents(ctx, p.runner, rootfs, req.Assets); err != nil {
@@ -536,6 +571,66 @@ func openBlob(ctx context.Context, c *http.Client, r name.Reference, digest stri
 		return nil, registryError(r, err)
 	}
 	return resp.Body, nil
+}
+
+// ExtractFiles pulls req.Ref like Pull but, instead of building an image,
+// copies the regular files whose image paths (relative, as "boot/vmlinux")
+// match into dst under the same relative paths. It returns the paths it
+// wrote. Kernels shipped as OCI images come out this way.
+func (p *Puller) ExtractFiles(ctx context.Context, req Request, dst string, match func(string) bool) ([]string, error) {
+	report := func(pr Progress) {
+		if req.Progress != nil {
+			req.Progress(pr)
+		}
+	}
+	f, err := p.fetch(ctx, req, report)
+	if err != nil {
+		return nil, err
+	}
+	defer f.close()
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(f.tree.WriteTar(pw)) }()
+	defer pr.Close()
+	tr := tar.NewReader(pr)
+	var out []string
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if !match(h.Name) || (h.Typeflag != tar.TypeReg && h.Typeflag != tar.TypeLink) {
+			continue
+		}
+		// The flattener wrote clean relative paths; Join keeps them in dst.
+		target := filepath.Join(dst, filepath.FromSlash(h.Name))
+		if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+			return nil, fsError("extracting", err)
+		}
+		if h.Typeflag == tar.TypeLink {
+			if !match(h.Linkname) {
+				continue
+			}
+			if err := os.Link(filepath.Join(dst, filepath.FromSlash(h.Linkname)), target); err != nil {
+				return nil, fsError("extracting", err)
+			}
+		} else {
+			w, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+			if err != nil {
+				return nil, fsError("extracting", err)
+			}
+			_, err = io.Copy(w, tr)
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return nil, fsError("extracting", err)
+			}
+		}
+		out = append(out, h.Name)
+	}
 }
 
 func (p *Puller) fetchLayer(ctx context.Context, r name.Reference, c *http.Client, i, n int, j *layerJob, report func(Progress)) (string, error) {

@@ -53,6 +53,13 @@ var installedKernel = regexp.MustCompile(`^vmlinu[xz]-(.+)$`)
 // packing agentBin as the initramfs's /init. On error dir may hold
 // partial files; the caller removes it.
 func Import(from, dir, agentBin string) (*Built, error) {
+	return ImportWithModules(from, "", dir, agentBin)
+}
+
+// ImportWithModules is Import with the kernel's modules directory given
+// (lib/modules/VERSION of wherever the kernel came from); "" finds it as
+// Import does.
+func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 	kind, err := DetectKind(from)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", from, err)
@@ -120,6 +127,9 @@ func Import(from, dir, agentBin string) (*Built, error) {
 	}
 	if b.Version == "" {
 		return nil, fmt.Errorf("%w: %s carries no \"Linux version\" banner", ErrNotKernel, from)
+	}
+	if modules != "" {
+		modsDir = modules
 	}
 
 	if modsDir == "" {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"banger/internal/imagepull/imagetest"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -179,6 +180,44 @@ func TestKernelPullFromCatalog(t *testing.T) {
 	in.fails("HTTP 404", "kernel", "pull", "gone")
 	in.fails("no kernel \"nope\" in the catalog", "kernel", "pull", "nope")
 	if left := in.kernelLeftovers(k); len(left) != 0 {
+		t.Errorf("leftovers: %v", left)
+	}
+}
+
+func TestKernelPullFromOCIImage(t *testing.T) {
+	deb := kernelDeb(t)
+	in := newInstance(t)
+	// The image carries an ELF vmlinux (banger's own extraction of the
+	// package's bzImage) and the package's modules.
+	in.ok("kernel", "import", "src", "--from", deb)
+	var src kernelJSON
+	in.jsonOut(&src, "kernel", "show", "src", "--json")
+	root := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", deb, root).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	os.RemoveAll(filepath.Join(root, "boot"))
+	os.MkdirAll(filepath.Join(root, "boot"), 0o755)
+	vmlinux, _ := os.ReadFile(src.Vmlinux)
+	os.WriteFile(filepath.Join(root, "boot", "vmlinux"), vmlinux, 0o644)
+	layer, err := exec.Command("tar", "-C", root, "-cf", "-", "boot", "lib").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := imagetest.StartRegistry(t)
+	ref := reg.Push(t, "kernels/cloud:6.1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{layer}, GzipLevel: 1}))
+	noKernel := smallImage(t, reg, "kernels/empty:1", "etc/motd")
+
+	if out := in.ok("kernel", "pull", "-q", ref); out != "cloud-6.1\n" {
+		t.Errorf("pull -q = %q, want the name made from the reference", out)
+	}
+	var k kernelJSON
+	in.jsonOut(&k, "kernel", "show", "cloud-6.1", "--json")
+	if k.Source != "oci:"+ref || k.Version != src.Version || k.Initrd == "" || strings.Join(k.Modules, " ") != strings.Join(src.Modules, " ") {
+		t.Errorf("OCI kernel = %+v\nwant the same kernel and modules as %+v", k, src)
+	}
+	in.fails("has no /boot/vmlinux", "kernel", "pull", noKernel, "--as", "empty")
+	if left := in.kernelLeftovers(src, k); len(left) != 0 {
 		t.Errorf("leftovers: %v", left)
 	}
 }
