@@ -86,6 +86,9 @@ func run() error {
 	if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
 		console = f
 	}
+	// Ctrl-Alt-Del (Firecracker's SendCtrlAltDel, a keyboard) becomes
+	// SIGINT to PID 1 instead of an immediate reset: a graceful stop.
+	unix.Reboot(unix.LINUX_REBOOT_CMD_CAD_OFF)
 	cmdline, err := os.ReadFile("/proc/cmdline")
 	if err != nil {
 		return fmt.Errorf("reading /proc/cmdline: %w", err)
