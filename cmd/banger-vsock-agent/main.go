@@ -5,6 +5,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/signal"
@@ -12,6 +13,7 @@ import (
 
 	"banger/internal/guestinit"
 	"banger/internal/version"
+	"banger/internal/vsockagent"
 )
 
 func main() {
@@ -27,17 +29,9 @@ func main() {
 	case "version", "--version":
 		fmt.Println("banger-vsock-agent", version.String())
 	case "serve":
-		// Readiness only for now: the agent protocol (exec, files, ports)
-		// comes with its own issue. It stays up so systemd reports the
-		// service active, and says so on the console.
-		fmt.Println("banger-vsock-agent", version.Version, "ready")
-		if f, err := os.OpenFile("/dev/console", os.O_WRONLY, 0); err == nil {
-			fmt.Fprintln(f, "banger-vsock-agent: ready", version.Version)
-			f.Close()
-		}
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
-		<-sig
+		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+		vsockagent.Serve(ctx, version.Version, os.Stdout)
 	default:
 		fmt.Fprintln(os.Stderr, "usage: banger-vsock-agent version|serve (as PID 1 it is the VM's init stage)")
 		os.Exit(2)

@@ -1,13 +1,18 @@
 package guestinit
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/version"
+	"banger/internal/vsockagent"
 )
 
 // stayPID1 runs the image's command (when the host asked for one) and
@@ -22,6 +27,10 @@ func stayPID1() error {
 	if err != nil {
 		return err
 	}
+	// The agent serves beside the command, as its systemd unit would.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go vsockagent.Serve(ctx, version.Version, io.Discard)
 	main := 0
 	if spec != nil && len(spec.Argv()) > 0 {
 		if main, err = startCommand(spec); err != nil {

@@ -228,3 +228,30 @@ func TestImportRejects(t *testing.T) {
 		t.Errorf("missing driver: err = %v", err)
 	}
 }
+
+// BenchmarkBuildInitramfs rebuilds a Debian cloud kernel's initramfs (12
+// modules and the agent) from the files an import keeps; it is what the
+// daemon does when the agent changes.
+func BenchmarkBuildInitramfs(b *testing.B) {
+	deb := os.Getenv("BANGER_TEST_KERNEL_DEB")
+	if deb == "" {
+		b.Skip("set BANGER_TEST_KERNEL_DEB")
+	}
+	dir := b.TempDir()
+	agent := filepath.Join(b.TempDir(), "agent")
+	// A realistic agent size: this test binary.
+	self, _ := os.Executable()
+	raw, _ := os.ReadFile(self)
+	os.WriteFile(agent, raw[:min(len(raw), 4<<20)], 0o755)
+	built, err := Import(deb, dir, agent)
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if err := BuildInitramfs(dir, agent, built); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fi, _ := os.Stat(built.Initrd)
+	b.ReportMetric(float64(fi.Size())/1024, "KiB")
+}

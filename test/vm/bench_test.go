@@ -8,6 +8,7 @@ import (
 
 	"banger/internal/guestinit"
 	"banger/internal/kernel"
+	"banger/internal/vsockagent"
 )
 
 // BenchmarkBoot boots the same kernel three ways in one run and reports,
@@ -65,6 +66,6 @@ func BenchmarkBoot(b *testing.B) {
 		}
 		spec := vmSpec{vmlinux: k.Vmlinux, initrd: k.Initrd, root: debianImage(b), data: dataDisk(b, nil),
 			append: "banger.root=/dev/vda banger.data=/dev/vdb banger.hostname=deb " + netArgs}
-		run(b, spec, map[string]string{"init-s": "init stage started", "image-init-s": "exec /sbin/init", "ready-s": "banger-vsock-agent: ready"})
+		run(b, spec, map[string]string{"init-s": "init stage started", "image-init-s": "exec /sbin/init", "ready-s": vsockagent.ReadyLine})
 	})
 }

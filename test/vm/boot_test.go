@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"banger/internal/guestinit"
+	"banger/internal/vsockagent"
 )
 
 const netArgs = "banger.ip=10.0.2.15/24 banger.gw=10.0.2.2 banger.dns=10.0.2.3"
@@ -51,6 +52,9 @@ func TestBusyboxBootsAndKeepsWrites(t *testing.T) {
 	}
 	if r.check("marker") != "none" || r.check("rw") != "ok" {
 		t.Errorf("first boot: marker %q rw %q", r.check("marker"), r.check("rw"))
+	}
+	if !strings.Contains(console, vsockagent.ReadyLine) {
+		t.Errorf("the agent did not start beside the command:\n%s", tail(console, 20))
 	}
 	if !strings.Contains(console, "banger-init: ") || !strings.Contains(console, "command exited: status 0") {
 		t.Errorf("init stage did not report the command's exit:\n%s", console)
