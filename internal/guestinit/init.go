@@ -99,11 +99,11 @@ func run() error {
 	logf("init stage started (initramfs=%v)", fromInitramfs)
 
 	if fromInitramfs {
-		n, err := loadModules(c)
+		n, skipped, err := loadModules(c)
 		if err != nil {
 			return err
 		}
-		logf("loaded %d modules", n)
+		logf("loaded %d modules (%d skipped: no such device)", n, skipped)
 	}
 	// The network and the disks wait on different drivers: set them up
 	// side by side.
@@ -174,38 +174,77 @@ func mountEarly(root string) error {
 	return nil
 }
 
+// Drivers for virtio devices a VM may lack, with the modules only they
+// need, by virtio device ID (virtio spec 5: 1 net, 3 console, 19 vsock).
+var deviceModules = map[string][]string{
+	"0x0001": {"virtio_net", "net_failover", "failover"},
+	"0x0003": {"virtio_console"},
+	"0x0013": {"vmw_vsock_virtio_transport", "vmw_vsock_virtio_transport_common", "vsock"},
+}
+
+// presentVirtioDevices reads the virtio device IDs the transport found.
+func presentVirtioDevices() map[string]bool {
+	present := map[string]bool{}
+	devs, _ := filepath.Glob("/sys/bus/virtio/devices/*/device")
+	for _, d := range devs {
+		if b, err := os.ReadFile(d); err == nil {
+			present[strings.TrimSpace(string(b))] = true
+		}
+	}
+	return present
+}
+
 // loadModules loads the initramfs's modules in the listed order, passing
 // the virtio_mmio.device= parameters of the command line to virtio_mmio
-// (the kernel does not, for modules; modprobe would).
-func loadModules(c Config) (int, error) {
+// (the kernel does not, for modules; modprobe would). Once the virtio
+// transport has probed, drivers for device kinds the VM does not have
+// are skipped, as udev would: Firecracker has no console device, QEMU
+// here has no vsock. It returns how many modules it loaded and skipped.
+func loadModules(c Config) (loaded, skipped int, err error) {
 	ver, err := os.ReadFile(marker)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	list, err := os.ReadFile(modList)
 	if err != nil {
-		return 0, fmt.Errorf("reading module list: %w", err)
+		return 0, 0, fmt.Errorf("reading module list: %w", err)
 	}
 	base := filepath.Join("/lib/modules", strings.TrimSpace(string(ver)))
-	n := 0
+	skip := map[string]bool{}
+	transportUp := false
 	for _, rel := range strings.Fields(string(list)) {
 		name := strings.TrimSuffix(filepath.Base(rel), ".ko")
+		if transportUp && skip[name] {
+			skipped++
+			continue
+		}
 		params := ""
 		if name == "virtio_mmio" && len(c.MMIODevices) > 0 {
 			params = "device=" + strings.Join(c.MMIODevices, " device=")
 		}
 		f, err := os.Open(filepath.Join(base, rel))
 		if err != nil {
-			return n, fmt.Errorf("module %s: %w: the initramfs is damaged, re-import the kernel", name, err)
+			return loaded, skipped, fmt.Errorf("module %s: %w: the initramfs is damaged, re-import the kernel", name, err)
 		}
 		err = unix.FinitModule(int(f.Fd()), params, 0)
 		f.Close()
 		if err != nil && !errors.Is(err, unix.EEXIST) {
-			return n, fmt.Errorf("loading module %s: %w", name, err)
+			return loaded, skipped, fmt.Errorf("loading module %s: %w", name, err)
 		}
-		n++
+		loaded++
+		if name == "virtio_mmio" {
+			transportUp = true
+			present := presentVirtioDevices()
+			for id, mods := range deviceModules {
+				if !present[id] {
+					for _, m := range mods {
+						skip[m] = true
+					}
+				}
+			}
+		}
 	}
-	return n, nil
+	return loaded, skipped, nil
 }
 
 // waitPath waits for a device node to appear (drivers probe

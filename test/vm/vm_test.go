@@ -315,6 +315,8 @@ func boot(t testing.TB, s vmSpec) bootResult {
 	if s.data != "" {
 		args = append(args, "-drive", "id=data,file="+s.data+",format=raw,if=none", "-device", "virtio-blk-device,drive=data")
 	}
+	// The agent channel of the QEMU backend: a virtio-serial port.
+	args = append(args, "-device", "virtio-serial-device")
 	// User networking restricted to the guest and QEMU itself: no
 	// traffic leaves the machine.
 	args = append(args, "-netdev", "user,id=n0,restrict=on", "-device", "virtio-net-device,netdev=n0")
