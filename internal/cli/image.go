@@ -1,8 +1,8 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -11,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/spf13/cobra"
 
+	"banger/client"
 	"banger/internal/api"
 )
 
@@ -204,27 +205,11 @@ func newImageShowCommand(a *app) *cobra.Command {
 }
 
 func newImageRmCommand(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:     "rm NAME...",
-		Aliases: []string{"remove"},
-		Short:   "Remove images (their cached layers stay until `image cache prune`)",
-		Args:    argsError(cobra.MinimumNArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, n := range args {
-				if _, err := c.RemoveImage(cmd.Context(), n); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), n)
-			}
-			return errors.Join(errs...)
-		},
-	}
+	return newRmCommand(a, "Remove images (their cached layers stay until `image cache prune`)",
+		func(ctx context.Context, c *client.Client, name string) error {
+			_, err := c.RemoveImage(ctx, name)
+			return err
+		})
 }
 
 func newImageCacheCommand(a *app) *cobra.Command {

@@ -1,8 +1,8 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"banger/client"
 	"banger/internal/api"
 )
 
@@ -238,27 +239,10 @@ func newKernelDefaultCommand(a *app) *cobra.Command {
 }
 
 func newKernelRmCommand(a *app) *cobra.Command {
-	return &cobra.Command{
-		Use:     "rm NAME...",
-		Aliases: []string{"remove"},
-		Short:   "Remove kernels",
-		Args:    argsError(cobra.MinimumNArgs(1)),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			var errs []error
-			for _, n := range args {
-				if _, err := c.RemoveKernel(cmd.Context(), n); err != nil {
-					errs = append(errs, err)
-					continue
-				}
-				fmt.Fprintln(cmd.OutOrStdout(), n)
-			}
-			return errors.Join(errs...)
-		},
-	}
+	return newRmCommand(a, "Remove kernels", func(ctx context.Context, c *client.Client, name string) error {
+		_, err := c.RemoveKernel(ctx, name)
+		return err
+	})
 }
 
 func newKernelCatalogCommand(a *app) *cobra.Command {

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+
+	"banger/client"
 )
 
 // outputFlags are --json and -q, which list-like commands share.
@@ -87,4 +90,30 @@ func shortDigest(d string) string {
 		return d[7 : 7+12]
 	}
 	return d
+}
+
+// newRmCommand is `rm NAME...` for one kind of object: it removes each,
+// prints the names it removed, and reports every failure.
+func newRmCommand(a *app, short string, remove func(context.Context, *client.Client, string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:     "rm NAME...",
+		Aliases: []string{"remove"},
+		Short:   short,
+		Args:    argsError(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for _, n := range args {
+				if err := remove(cmd.Context(), c, n); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), n)
+			}
+			return errors.Join(errs...)
+		},
+	}
 }

@@ -102,6 +102,13 @@ type Request struct {
 	Progress func(Progress)
 }
 
+// report passes a progress report to the request's callback, if any.
+func (r Request) report(p Progress) {
+	if r.Progress != nil {
+		r.Progress(p)
+	}
+}
+
 // Puller pulls images. It is safe for concurrent use.
 type Puller struct {
 	blobs     *BlobCache
@@ -480,12 +487,7 @@ func (p *Puller) fetch(ctx context.Context, req Request, report func(Progress)) 
 // Pull pulls req.Ref and builds its root file system in req.Dir. On error
 // req.Dir may hold partial files; the caller removes the directory.
 func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
-	report := func(pr Progress) {
-		if req.Progress != nil {
-			req.Progress(pr)
-		}
-	}
-	f, err := p.fetch(ctx, req, report)
+	f, err := p.fetch(ctx, req, req.report)
 	if err != nil {
 		return nil, err
 	}
@@ -495,7 +497,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		tree.Remove(gp)
 	}
 
-	report(Progress{Stage: StageExt4, Message: fmt.Sprintf("%d entries", tree.Entries())})
+	req.report(Progress{Stage: StageExt4, Message: fmt.Sprintf("%d entries", tree.Entries())})
 	rootfs := filepath.Join(req.Dir, "rootfs.ext4")
 	if _, err := BuildExt4(ctx, p.runner, tree, rootfs, p.headroom); err != nil {
 		return nil, fsError("building ext4", err)
@@ -503,7 +505,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	// The spool is no longer needed; free its space before injecting.
 	f.close()
 
-	report(Progress{Stage: StageInject})
+	req.report(Progress{Stage: StageInject})
 	if err := InjectGuestAgents(ctx, p.runner, rootfs, req.Assets); err != nil {
 		return nil, fsError("injecting guest agents", err)
 	}
@@ -529,7 +531,7 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 	for _, j := range jobs {
 		res.Layers = append(res.Layers, j.desc)
 	}
-	report(Progress{Stage: StageDone, Message: res.Digest})
+	req.report(Progress{Stage: StageDone, Message: res.Digest})
 	return res, nil
 }
 
@@ -578,12 +580,7 @@ func openBlob(ctx context.Context, c *http.Client, r name.Reference, digest stri
 // match into dst under the same relative paths. It returns the paths it
 // wrote. Kernels shipped as OCI images come out this way.
 func (p *Puller) ExtractFiles(ctx context.Context, req Request, dst string, match func(string) bool) ([]string, error) {
-	report := func(pr Progress) {
-		if req.Progress != nil {
-			req.Progress(pr)
-		}
-	}
-	f, err := p.fetch(ctx, req, report)
+	f, err := p.fetch(ctx, req, req.report)
 	if err != nil {
 		return nil, err
 	}

@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -41,8 +39,6 @@ func (s *Store) InsertImage(ctx context.Context, img api.Image) error {
 
 const imageColumns = `id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at`
 
-type scanner interface{ Scan(...any) error }
-
 func scanImage(row scanner) (api.Image, error) {
 	var img api.Image
 	var cfg, layers, created string
@@ -65,11 +61,7 @@ func scanImage(row scanner) (api.Image, error) {
 
 // Image returns the image with the given name, or ErrNotFound.
 func (s *Store) Image(ctx context.Context, name string) (api.Image, error) {
-	img, err := scanImage(s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return img, fmt.Errorf("image %q: %w", name, ErrNotFound)
-	}
-	return img, err
+	return getByName(ctx, s.db, "images", imageColumns, "image", name, scanImage)
 }
 
 // Images returns every image, by name.
@@ -93,20 +85,5 @@ func (s *Store) Images(ctx context.Context) ([]api.Image, error) {
 // DeleteImage removes the record of the named image and returns it, or
 // ErrNotFound.
 func (s *Store) DeleteImage(ctx context.Context, name string) (api.Image, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return api.Image{}, err
-	}
-	defer tx.Rollback()
-	img, err := scanImage(tx.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return img, fmt.Errorf("image %q: %w", name, ErrNotFound)
-	}
-	if err != nil {
-		return img, err
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM images WHERE id = ?`, img.ID); err != nil {
-		return img, err
-	}
-	return img, tx.Commit()
+	return deleteByName(ctx, s, "images", imageColumns, "image", name, scanImage)
 }

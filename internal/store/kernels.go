@@ -2,9 +2,7 @@ package store
 
 import (
 	"context"
-	"database/sql"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
@@ -52,11 +50,7 @@ func (s *Store) InsertKernel(ctx context.Context, k api.Kernel) error {
 
 // Kernel returns the named kernel, or ErrNotFound.
 func (s *Store) Kernel(ctx context.Context, name string) (api.Kernel, error) {
-	k, err := scanKernel(s.db.QueryRowContext(ctx, `SELECT `+kernelColumns+` FROM kernels WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return k, fmt.Errorf("kernel %q: %w", name, ErrNotFound)
-	}
-	return k, err
+	return getByName(ctx, s.db, "kernels", kernelColumns, "kernel", name, scanKernel)
 }
 
 // Kernels returns every kernel, newest first.
@@ -85,20 +79,5 @@ func (s *Store) SetKernelInitrd(ctx context.Context, name, initrd, agentHash str
 
 // DeleteKernel removes the named kernel's record and returns it.
 func (s *Store) DeleteKernel(ctx context.Context, name string) (api.Kernel, error) {
-	tx, err := s.db.BeginTx(ctx, nil)
-	if err != nil {
-		return api.Kernel{}, err
-	}
-	defer tx.Rollback()
-	k, err := scanKernel(tx.QueryRowContext(ctx, `SELECT `+kernelColumns+` FROM kernels WHERE name = ?`, name))
-	if errors.Is(err, sql.ErrNoRows) {
-		return k, fmt.Errorf("kernel %q: %w", name, ErrNotFound)
-	}
-	if err != nil {
-		return k, err
-	}
-	if _, err := tx.ExecContext(ctx, `DELETE FROM kernels WHERE id = ?`, k.ID); err != nil {
-		return k, err
-	}
-	return k, tx.Commit()
+	return deleteByName(ctx, s, "kernels", kernelColumns, "kernel", name, scanKernel)
 }

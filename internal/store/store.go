@@ -124,3 +124,35 @@ func isUnique(err error) bool {
 	var se *sqlite.Error
 	return errors.As(err, &se) && (se.Code() == sqlite3.SQLITE_CONSTRAINT_UNIQUE || se.Code() == sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY)
 }
+
+type scanner interface{ Scan(...any) error }
+
+// getByName reads the row of table whose name is name, or ErrNotFound
+// naming the noun ("image", "kernel").
+func getByName[T any](ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}, table, columns, noun, name string, scan func(scanner) (T, error)) (T, error) {
+	v, err := scan(q.QueryRowContext(ctx, `SELECT `+columns+` FROM `+table+` WHERE name = ?`, name))
+	if errors.Is(err, sql.ErrNoRows) {
+		return v, fmt.Errorf("%s %q: %w", noun, name, ErrNotFound)
+	}
+	return v, err
+}
+
+// deleteByName removes the named row of table and returns what it held.
+func deleteByName[T any](ctx context.Context, s *Store, table, columns, noun, name string, scan func(scanner) (T, error)) (T, error) {
+	var zero T
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return zero, err
+	}
+	defer tx.Rollback()
+	v, err := getByName(ctx, tx, table, columns, noun, name, scan)
+	if err != nil {
+		return v, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM `+table+` WHERE name = ?`, name); err != nil {
+		return v, err
+	}
+	return v, tx.Commit()
+}

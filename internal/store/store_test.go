@@ -114,3 +114,36 @@ func TestConcurrentInsertsOfOneName(t *testing.T) {
 		t.Errorf("%d inserts of one name succeeded, want 1", wins)
 	}
 }
+
+func TestKernelsRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openTest(t)
+	k := api.Kernel{ID: "k1", Name: "cloud", Version: "6.1.0-56-cloud-amd64", Vmlinux: "/k/vmlinux", Initrd: "/k/initrd.img",
+		Modules: []string{"virtio", "virtio_mmio"}, Source: "deb", AgentHash: "aa", CreatedAt: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	if err := s.InsertKernel(ctx, k); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.InsertKernel(ctx, k); !errors.Is(err, ErrExists) {
+		t.Errorf("duplicate err = %v", err)
+	}
+	if err := s.SetKernelInitrd(ctx, "cloud", "/k/new.img", "bb"); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Kernel(ctx, "cloud")
+	want := k
+	want.Initrd, want.AgentHash = "/k/new.img", "bb"
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("got %+v, %v\nwant %+v", got, err, want)
+	}
+	newer := api.Kernel{ID: "k2", Name: "host", Version: "6.1", Vmlinux: "/h", Source: "bzImage", CreatedAt: k.CreatedAt.Add(time.Hour)}
+	s.InsertKernel(ctx, newer)
+	if list, _ := s.Kernels(ctx); len(list) != 2 || list[0].Name != "host" || list[1].Modules == nil {
+		t.Errorf("list (newest first) = %+v", list)
+	}
+	if _, err := s.DeleteKernel(ctx, "cloud"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Kernel(ctx, "cloud"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("after delete: %v", err)
+	}
+}
