@@ -107,53 +107,16 @@ func userAuth(ref string) *api.RegistryAuth {
 }
 
 func newImageListCommand(a *app) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List images",
-		Args:    argsError(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.check(); err != nil {
-				return err
-			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			imgs, err := c.Images(cmd.Context())
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			switch {
-			case o.asJSON:
-				if imgs == nil {
-					imgs = []api.Image{}
-				}
-				return printJSON(out, imgs)
-			case o.quiet:
-				for _, img := range imgs {
-					fmt.Fprintln(out, img.Name)
-				}
-				return nil
-			}
-			tw := newTable(out)
-			fmt.Fprintln(tw, "NAME\tDIGEST\tDISK\tSIZE\tLAYERS\tCREATED")
-			for _, img := range imgs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", img.Name, shortDigest(img.Digest), humanBytes(img.DiskBytes), humanBytes(img.SizeBytes), len(img.Layers), humanAgo(img.CreatedAt))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(imgs) == 0 {
-				fmt.Fprintln(cmd.ErrOrStderr(), "no images yet: pull one with `banger image pull alpine:3.20`")
-			}
-			return nil
+	return newListCommand(a, listSpec[api.Image]{
+		short: "List images",
+		fetch: (*client.Client).Images,
+		name:  func(img api.Image) string { return img.Name },
+		head:  "NAME\tDIGEST\tDISK\tSIZE\tLAYERS\tCREATED",
+		row: func(img api.Image) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%d\t%s", img.Name, shortDigest(img.Digest), humanBytes(img.DiskBytes), humanBytes(img.SizeBytes), len(img.Layers), humanAgo(img.CreatedAt))
 		},
-	}
-	o.bind(cmd, "print only names")
-	return cmd
+		empty: "no images yet: pull one with `banger image pull alpine:3.20`",
+	})
 }
 
 func newImageShowCommand(a *app) *cobra.Command {

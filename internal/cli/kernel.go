@@ -126,53 +126,16 @@ func newKernelPullCommand(a *app) *cobra.Command {
 }
 
 func newKernelListCommand(a *app) *cobra.Command {
-	var o outputFlags
-	cmd := &cobra.Command{
-		Use:     "list",
-		Aliases: []string{"ls"},
-		Short:   "List kernels, newest first",
-		Args:    argsError(cobra.NoArgs),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := o.check(); err != nil {
-				return err
-			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			ks, err := c.Kernels(cmd.Context())
-			if err != nil {
-				return err
-			}
-			out := cmd.OutOrStdout()
-			switch {
-			case o.asJSON:
-				if ks == nil {
-					ks = []api.Kernel{}
-				}
-				return printJSON(out, ks)
-			case o.quiet:
-				for _, k := range ks {
-					fmt.Fprintln(out, k.Name)
-				}
-				return nil
-			}
-			tw := newTable(out)
-			fmt.Fprintln(tw, "NAME\tVERSION\tMODULES\tSOURCE\tCREATED")
-			for _, k := range ks {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\n", k.Name, k.Version, len(k.Modules), k.Source, humanAgo(k.CreatedAt))
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(ks) == 0 {
-				fmt.Fprintln(cmd.ErrOrStderr(), "no kernels yet: `banger kernel pull debian-12-cloud` or `banger kernel import NAME --from FILE`")
-			}
-			return nil
+	return newListCommand(a, listSpec[api.Kernel]{
+		short: "List kernels, newest first",
+		fetch: (*client.Client).Kernels,
+		name:  func(k api.Kernel) string { return k.Name },
+		head:  "NAME\tVERSION\tMODULES\tSOURCE\tCREATED",
+		row: func(k api.Kernel) string {
+			return fmt.Sprintf("%s\t%s\t%d\t%s\t%s", k.Name, k.Version, len(k.Modules), k.Source, humanAgo(k.CreatedAt))
 		},
-	}
-	o.bind(cmd, "print only names")
-	return cmd
+		empty: "no kernels yet: `banger kernel pull debian-12-cloud` or `banger kernel import NAME --from FILE`",
+	})
 }
 
 func printKernel(cmd *cobra.Command, k *api.Kernel, asJSON bool) error {

@@ -117,3 +117,64 @@ func newRmCommand(a *app, short string, remove func(context.Context, *client.Cli
 		},
 	}
 }
+
+// listSpec describes `list` for one kind of object.
+type listSpec[T any] struct {
+	short string
+	fetch func(*client.Client, context.Context) ([]T, error)
+	name  func(T) string // for -q
+	head  string         // table header, tab-separated
+	row   func(T) string // one table row, tab-separated
+	empty string         // hint on stderr when there are none
+}
+
+// newListCommand is `list` (alias ls) with --json, -q and a table.
+func newListCommand[T any](a *app, spec listSpec[T]) *cobra.Command {
+	var o outputFlags
+	cmd := &cobra.Command{
+		Use:     "list",
+		Aliases: []string{"ls"},
+		Short:   spec.short,
+		Args:    argsError(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := o.check(); err != nil {
+				return err
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			items, err := spec.fetch(c, cmd.Context())
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			switch {
+			case o.asJSON:
+				if items == nil {
+					items = []T{}
+				}
+				return printJSON(out, items)
+			case o.quiet:
+				for _, it := range items {
+					fmt.Fprintln(out, spec.name(it))
+				}
+				return nil
+			}
+			tw := newTable(out)
+			fmt.Fprintln(tw, spec.head)
+			for _, it := range items {
+				fmt.Fprintln(tw, spec.row(it))
+			}
+			if err := tw.Flush(); err != nil {
+				return err
+			}
+			if len(items) == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), spec.empty)
+			}
+			return nil
+		},
+	}
+	o.bind(cmd, "print only names")
+	return cmd
+}
