@@ -51,6 +51,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if shared != "" {
+		os.RemoveAll(shared)
+	}
 	os.Exit(code)
 }
 
