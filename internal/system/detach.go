@@ -28,3 +28,24 @@ func StartDetached(path string, args []string, env []string) (int, error) {
 	_ = cmd.Process.Release()
 	return pid, nil
 }
+
+// Spawn starts path in a new session with standard input on /dev/null
+// and standard output and error on stdout and stderr (log files,
+// typically), and returns the process without waiting for it. It is how
+// VMMs start: they must outlive the request, and the daemon, that
+// started them.
+func Spawn(path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", path, err)
+	}
+	return cmd.Process, nil
+}

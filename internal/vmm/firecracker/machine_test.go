@@ -1,0 +1,144 @@
+package firecracker
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"banger/internal/kernel"
+	"banger/internal/vmm"
+)
+
+// requireFirecracker skips, saying why, unless a real firecracker binary
+// and /dev/kvm are here. The guest does not have to boot (it cannot
+// under PVM-only KVM): the API, the process and snapshots are real.
+func requireFirecracker(t *testing.T) string {
+	t.Helper()
+	bin, err := exec.LookPath("firecracker")
+	if err != nil {
+		t.Skip("no firecracker binary on PATH: these tests drive a real Firecracker when one is installed")
+	}
+	if _, err := os.Stat("/dev/kvm"); err != nil {
+		t.Skip("no /dev/kvm: Firecracker needs KVM")
+	}
+	return bin
+}
+
+func testSpec(t *testing.T) vmm.Spec {
+	t.Helper()
+	deb := os.Getenv("BANGER_TEST_KERNEL_DEB")
+	if deb == "" {
+		t.Skip("set BANGER_TEST_KERNEL_DEB (scripts/vm-fixtures.sh)")
+	}
+	kdir := t.TempDir()
+	agent := filepath.Join(t.TempDir(), "agent")
+	os.WriteFile(agent, []byte("agent"), 0o755)
+	k, err := kernel.Import(deb, kdir, agent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(t.TempDir(), "disk.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", disk, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	dir, _ := os.MkdirTemp("", "fcvm") // short: socket paths
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return vmm.Spec{ID: "test-vm", Dir: dir, VCPUs: 1, MemoryMiB: 128, Kernel: k.Vmlinux, Initrd: k.Initrd,
+		Cmdline: "console=ttyS0 panic=-1", Drives: []vmm.Drive{{ID: "root", Path: disk, ReadOnly: true}}}
+}
+
+func TestFirecrackerLifecycle(t *testing.T) {
+	bin := requireFirecracker(t)
+	spec := testSpec(t)
+	b, err := New(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	start := time.Now()
+	m, err := b.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("configured and started in %s (pid %d)", time.Since(start).Round(time.Millisecond), m.PID())
+	defer m.Kill()
+
+	info, err := m.Client().InstanceInfo(ctx)
+	if err != nil || info.State != "Running" || info.AppName != "Firecracker" {
+		t.Fatalf("instance = %+v, %v", info, err)
+	}
+	cfg, err := m.Client().VMConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mc, _ := cfg["machine-config"].(map[string]any); mc["mem_size_mib"] != float64(128) {
+		t.Errorf("vm config = %v", cfg["machine-config"])
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if info, _ := m.Client().InstanceInfo(ctx); info.State != "Paused" {
+		t.Errorf("after pause: %s", info.State)
+	}
+	state, mem := filepath.Join(spec.Dir, "vm.state"), filepath.Join(spec.Dir, "vm.mem")
+	if err := m.CreateSnapshot(ctx, state, mem); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(mem); err != nil || fi.Size() != 128<<20 {
+		t.Errorf("memory file: %v %v", fi, err)
+	}
+	if err := m.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Stop: the guest cannot act on Ctrl-Alt-Del here, so Stop kills at
+	// the deadline and the process is gone.
+	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	if err := m.Stop(sctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// A new Firecracker starts from the snapshot in the VM's directory
+	// (the snapshot names its sockets there), paused.
+	r, err := b.Restore(ctx, "restored", spec.Dir, state, mem, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Kill()
+	if info, err := r.Client().InstanceInfo(ctx); err != nil || info.State != "Paused" {
+		t.Errorf("restored = %+v, %v", info, err)
+	}
+	if err := r.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.Kill()
+	r.Wait(ctx)
+}
+
+func TestFirecrackerStartFailsCleanly(t *testing.T) {
+	bin := requireFirecracker(t)
+	spec := testSpec(t)
+	spec.Kernel = "/nonexistent/vmlinux"
+	b, _ := New(bin)
+	_, err := b.Start(context.Background(), spec)
+	if err == nil {
+		t.Fatal("started with a missing kernel")
+	}
+	t.Log(err)
+	if _, serr := os.Stat(filepath.Join(spec.Dir, APISocket)); serr == nil {
+		// The socket file may stay, but no process may answer on it.
+		if _, derr := NewClient(filepath.Join(spec.Dir, APISocket)).InstanceInfo(context.Background()); derr == nil {
+			t.Errorf("a firecracker process still answers after the failed start")
+		}
+	}
+	if _, err := New("/nonexistent/firecracker"); err == nil {
+		t.Errorf("New accepted a missing binary")
+	}
+}

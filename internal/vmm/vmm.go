@@ -1,0 +1,109 @@
+// Package vmm is the contract between banger's VM lifecycle and the
+// virtual machine monitors that run guests: Firecracker
+// (vmm/firecracker) and QEMU's microvm machine (vmm/qemu). A backend
+// starts a Machine from a Spec; a Machine is the handle to one running
+// VMM process. What only some backends can do (pause, snapshots) are
+// separate interfaces, found by type assertion, and ErrNotSupported
+// otherwise. Backends never import each other; this package imports
+// neither.
+package vmm
+
+import (
+	"context"
+	"errors"
+	"net"
+)
+
+// ErrNotSupported means the backend cannot do what was asked.
+var ErrNotSupported = errors.New("not supported by this VMM")
+
+// ErrExited means the VMM process is gone.
+var ErrExited = errors.New("VMM process exited")
+
+// Drive is a disk attached as a virtio block device, in Spec order
+// (the first is /dev/vda in the guest).
+type Drive struct {
+	ID       string // short identifier, [a-z0-9_]
+	Path     string
+	ReadOnly bool
+}
+
+// Spec is everything a backend needs to start a VM.
+type Spec struct {
+	// ID names the VM for the VMM (and its logs); Dir is the VM's
+	// directory, where the backend keeps sockets, the console log and
+	// its own logs. Both are required.
+	ID, Dir   string
+	VCPUs     int
+	MemoryMiB int
+	Kernel    string // uncompressed ELF vmlinux
+	Initrd    string // optional
+	Cmdline   string
+	Drives    []Drive
+	// TAP is the host TAP device of the VM's NIC, "" for none; MAC is
+	// its guest address.
+	TAP, MAC string
+}
+
+// Validate reports every problem of the spec at once.
+func (s Spec) Validate() error {
+	var errs []error
+	if s.ID == "" || s.Dir == "" {
+		errs = append(errs, errors.New("spec needs an ID and a directory"))
+	}
+	if s.VCPUs < 1 || s.VCPUs > 32 {
+		errs = append(errs, errors.New("vcpus must be between 1 and 32"))
+	}
+	if s.MemoryMiB < 64 {
+		errs = append(errs, errors.New("memory must be at least 64 MiB"))
+	}
+	if s.Kernel == "" {
+		errs = append(errs, errors.New("spec needs a kernel"))
+	}
+	for _, d := range s.Drives {
+		if d.ID == "" || d.Path == "" {
+			errs = append(errs, errors.New("every drive needs an ID and a path"))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Features says what a backend supports beyond the Machine interface.
+type Features struct {
+	Pause     bool
+	Snapshots bool
+	// AgentOverVsock: the agent channel is vsock (else virtio-serial).
+	AgentOverVsock bool
+}
+
+// Machine is one running VMM process. Methods are safe for concurrent
+// use. The process outlives the context that started it and the daemon
+// that holds the handle.
+type Machine interface {
+	// PID is the VMM process id.
+	PID() int
+	// ConsolePath is the file the guest's serial console is written to.
+	ConsolePath() string
+	// Stop asks the guest to shut down, waits up to ctx's deadline for the
+	// VMM to exit, then kills it.
+	Stop(ctx context.Context) error
+	// Kill ends the VMM at once.
+	Kill() error
+	// Wait blocks until the VMM exits or ctx ends. Any number of callers
+	// may wait.
+	Wait(ctx context.Context) error
+	// DialAgent opens a byte stream to the guest agent.
+	DialAgent(ctx context.Context, port uint32) (net.Conn, error)
+}
+
+// Pauser is a Machine whose guest can be frozen and thawed.
+type Pauser interface {
+	Pause(ctx context.Context) error
+	Resume(ctx context.Context) error
+}
+
+// Snapshotter is a Machine that can write its state (paused) to files a
+// new VMM can start from.
+type Snapshotter interface {
+	CreateSnapshot(ctx context.Context, statePath, memPath string) error
+}
