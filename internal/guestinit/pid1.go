@@ -2,12 +2,15 @@ package guestinit
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -16,12 +19,16 @@ import (
 )
 
 // stayPID1 runs the image's command (when the host asked for one) and
-// remains init: it reaps every orphan, forwards SIGTERM, SIGINT and
-// SIGHUP to the command, and powers off when the command ends if asked
-// to, or on SIGTERM/SIGPWR when there is no command.
+// remains init: it reaps every orphan and forwards SIGHUP to the command.
+// A shutdown request (Ctrl-Alt-Del, which arrives as SIGINT; the ACPI
+// power button; SIGTERM or SIGPWR) stops every process, gently then
+// firmly, and powers off. When the command ends the VM powers off too if
+// the run spec asks for it.
 func stayPID1() error {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPWR)
+	power := make(chan struct{}, 1)
+	go watchPowerButton(power)
 
 	spec, err := readRunSpec(dataDir + "/" + RunSpecPath)
 	if err != nil {
@@ -31,6 +38,7 @@ func stayPID1() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go vsockagent.Serve(ctx, version.Version, io.Discard)
+
 	main := 0
 	if spec != nil && len(spec.Argv()) > 0 {
 		if main, err = startCommand(spec); err != nil {
@@ -41,37 +49,97 @@ func stayPID1() error {
 		logf("ready: no command to run")
 	}
 
-	for sig := range sigs {
-		switch sig {
-		case unix.SIGCHLD:
-			for {
-				var ws unix.WaitStatus
-				pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-				if pid <= 0 || err != nil {
-					break
+	for {
+		select {
+		case <-power:
+			logf("power button: shutting down")
+			shutdown(&main)
+			return nil
+		case sig := <-sigs:
+			switch sig {
+			case unix.SIGCHLD:
+				if reap(&main) && spec.PowerOffOnExit {
+					return nil
 				}
-				if pid == main {
-					logf("command exited: %s", describe(ws))
-					main = 0
-					if spec.PowerOffOnExit {
-						return nil
+			case unix.SIGHUP:
+				if main != 0 {
+					unix.Kill(main, unix.SIGHUP)
+				}
+			default:
+				logf("%s: shutting down", sig)
+				shutdown(&main)
+				return nil
+			}
+		}
+	}
+}
+
+// reap collects every exited child and reports whether the command was
+// among them.
+func reap(main *int) bool {
+	ended := false
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return ended
+		}
+		if pid == *main {
+			logf("command exited: %s", describe(ws))
+			*main = 0
+			ended = true
+		}
+	}
+}
+
+// shutdown asks every process to stop, waits up to 5 s for the command,
+// then kills what is left. The caller powers off.
+func shutdown(main *int) {
+	unix.Kill(-1, unix.SIGTERM)
+	deadline := time.Now().Add(5 * time.Second)
+	for *main != 0 && time.Now().Before(deadline) {
+		reap(main)
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Kill(-1, unix.SIGKILL)
+	reap(main)
+}
+
+// watchPowerButton signals power once when any input device reports the
+// power key (the ACPI power button QEMU's system_powerdown presses). It
+// gives up quietly when the kernel has no input devices.
+func watchPowerButton(power chan<- struct{}) {
+	devs, _ := filepath.Glob("/dev/input/event*")
+	for _, d := range devs {
+		go func() {
+			f, err := os.Open(d)
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			ev := make([]byte, 24) // struct input_event on 64-bit
+			for {
+				if _, err := io.ReadFull(f, ev); err != nil {
+					return
+				}
+				typ, code := binary.NativeEndian.Uint16(ev[16:]), binary.NativeEndian.Uint16(ev[18:])
+				value := int32(binary.NativeEndian.Uint32(ev[20:]))
+				if typ == evKey && code == keyPower && value == 1 {
+					select {
+					case power <- struct{}{}:
+					default:
 					}
 				}
 			}
-		case unix.SIGTERM, unix.SIGINT, unix.SIGHUP:
-			if main != 0 {
-				unix.Kill(main, sig.(syscall.Signal))
-				continue
-			}
-			logf("%s: powering off", sig)
-			return nil
-		case unix.SIGPWR:
-			logf("power button: powering off")
-			return nil
-		}
+		}()
 	}
-	return nil
 }
+
+// From linux/input-event-codes.h.
+const (
+	evKey    = 0x01
+	keyPower = 116
+)
 
 func describe(ws unix.WaitStatus) string {
 	if ws.Signaled() {

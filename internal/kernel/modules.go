@@ -16,11 +16,13 @@ import (
 var ErrMissingModule = errors.New("kernel lacks a driver banger needs")
 
 // Drivers a VM needs, in the order they should load. Required ones fail
-// the import when missing; vsock is optional because the agent falls
-// back to a virtio-serial port.
+// the import when missing. Optional ones are packed when the kernel has
+// them: vsock (the agent falls back to a virtio-serial port), and the
+// ACPI power button with evdev (a graceful stop under QEMU, whose microvm
+// machine has no keyboard for Ctrl-Alt-Del).
 var (
 	requiredDrivers = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "ext4", "overlay"}
-	optionalDrivers = []string{"vsock", "vmw_vsock_virtio_transport"}
+	optionalDrivers = []string{"vsock", "vmw_vsock_virtio_transport", "button", "evdev"}
 )
 
 // Module is one kernel module file.

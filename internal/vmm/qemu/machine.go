@@ -1,0 +1,181 @@
+package qemu
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"banger/internal/system"
+	"banger/internal/vmm"
+)
+
+// Backend starts QEMU microvm VMs. It is safe for concurrent use.
+type Backend struct {
+	bin  string
+	caps Caps
+}
+
+// New returns a backend running the QEMU binary at bin on a host with
+// caps (see Probe).
+func New(bin string, caps Caps) (*Backend, error) {
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("QEMU binary %s: %w: install qemu-system-x86", bin, err)
+	}
+	return &Backend{bin: bin, caps: caps}, nil
+}
+
+// Features of QEMU microvm: pause, no snapshots, agent over virtio-serial.
+func (b *Backend) Features() vmm.Features { return vmm.Features{Pause: true} }
+
+// Caps returns the capabilities the backend was made with.
+func (b *Backend) Caps() Caps { return b.caps }
+
+// Machine is one QEMU process.
+type Machine struct {
+	dir  string
+	proc *os.Process
+	qmp  *QMP
+	exit chan struct{}
+}
+
+var (
+	_ vmm.Machine = (*Machine)(nil)
+	_ vmm.Pauser  = (*Machine)(nil)
+)
+
+// Start launches QEMU for spec and connects to its QMP socket. The guest
+// boots at once. On error nothing keeps running.
+func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{QMPSocket, AgentSocket} {
+		os.Remove(filepath.Join(spec.Dir, f))
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer logf.Close()
+	proc, err := system.Spawn(b.bin, Args(spec, b.caps), os.Environ(), logf, logf)
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{dir: spec.Dir, proc: proc, exit: make(chan struct{})}
+	go func() {
+		proc.Wait()
+		close(m.exit)
+	}()
+	defer func() {
+		if err != nil {
+			m.Kill()
+			<-m.exit
+		}
+	}()
+	sock := filepath.Join(spec.Dir, QMPSocket)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		q, derr := DialQMP(ctx, sock)
+		if derr == nil {
+			m.qmp = q
+			return m, nil
+		}
+		select {
+		case <-m.exit:
+			return nil, fmt.Errorf("%w before its QMP socket appeared: %s", vmm.ErrExited, m.logTail())
+		case <-ctx.Done():
+			return nil, context.Cause(ctx)
+		case <-time.After(5 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("QMP socket %s did not answer within 10s: %s", sock, m.logTail())
+		}
+	}
+}
+
+func (m *Machine) logTail() string {
+	b, _ := os.ReadFile(filepath.Join(m.dir, VMMLog))
+	return system.Tail(string(b), 400)
+}
+
+// QMP is the machine's QMP client.
+func (m *Machine) QMP() *QMP { return m.qmp }
+
+func (m *Machine) PID() int            { return m.proc.Pid }
+func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
+
+// Wait implements vmm.Machine.
+func (m *Machine) Wait(ctx context.Context) error {
+	select {
+	case <-m.exit:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Kill implements vmm.Machine.
+func (m *Machine) Kill() error {
+	err := m.proc.Signal(syscall.SIGKILL)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
+
+// Stop presses the ACPI power button (banger's init stage and systemd
+// both shut down cleanly on it; microvm has no keyboard for
+// Ctrl-Alt-Del), waits until ctx ends, then asks QEMU to quit and finally
+// kills it.
+func (m *Machine) Stop(ctx context.Context) error {
+	select {
+	case <-m.exit:
+		return nil
+	default:
+	}
+	if _, err := m.qmp.Execute(ctx, "system_powerdown", nil); err == nil {
+		if m.Wait(ctx) == nil {
+			return nil
+		}
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	m.qmp.Execute(qctx, "quit", nil)
+	cancel()
+	select {
+	case <-m.exit:
+		return nil
+	case <-time.After(2 * time.Second):
+	}
+	if err := m.Kill(); err != nil {
+		return err
+	}
+	<-m.exit
+	return nil
+}
+
+// Pause implements vmm.Pauser.
+func (m *Machine) Pause(ctx context.Context) error {
+	_, err := m.qmp.Execute(ctx, "stop", nil)
+	return err
+}
+
+// Resume implements vmm.Pauser.
+func (m *Machine) Resume(ctx context.Context) error {
+	_, err := m.qmp.Execute(ctx, "cont", nil)
+	return err
+}
+
+// DialAgent implements vmm.Machine: the virtio-serial port's host end.
+// There is one channel; port is ignored.
+func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) {
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", filepath.Join(m.dir, AgentSocket))
+}

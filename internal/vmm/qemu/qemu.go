@@ -1,0 +1,113 @@
+// Package qemu runs VMs with QEMU's microvm machine: the command line as
+// a pure function of the spec and the host's probed capabilities, QMP
+// for control, KVM when the host really runs guests with it and software
+// emulation (TCG) otherwise, the guest agent over a virtio-serial port.
+package qemu
+
+import (
+	"os"
+	"strconv"
+	"strings"
+
+	"banger/internal/vmm"
+)
+
+// File names in a VM directory.
+const (
+	QMPSocket   = "qmp.sock"
+	AgentSocket = "agent.sock"
+	ConsoleLog  = "console.log"
+	VMMLog      = "qemu.log"
+	// AgentPortName is the virtio-serial port the guest agent opens
+	// (/dev/virtio-ports/banger.agent).
+	AgentPortName = "banger.agent"
+)
+
+// Caps is what the host can do for QEMU, probed once.
+type Caps struct {
+	// KVM: /dev/kvm runs ordinary guests. False under kvm_pvm, which
+	// only runs kernels built for PVM (see notes/vms.md).
+	KVM bool
+	// TSCkHz is the host TSC frequency; guests under emulation hang
+	// calibrating their TSC without it.
+	TSCkHz int
+}
+
+// Probe reads the host's capabilities.
+func Probe() Caps {
+	c := Caps{TSCkHz: tscKHz()}
+	if f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0); err == nil {
+		f.Close()
+		c.KVM = !fileExists("/sys/module/kvm_pvm")
+	}
+	return c
+}
+
+func tscKHz() int {
+	b, _ := os.ReadFile("/proc/cpuinfo")
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(l, "cpu MHz") {
+			if _, v, ok := strings.Cut(l, ":"); ok {
+				mhz, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				return int(mhz * 1000)
+			}
+		}
+	}
+	return 0
+}
+
+// Args is the QEMU command line for spec on a host with caps. dir is the
+// VM directory (spec.Dir).
+func Args(spec vmm.Spec, caps Caps) []string {
+	dir := spec.Dir
+	cmdline := spec.Cmdline
+	args := []string{
+		"-name", spec.ID,
+		"-M", "microvm,x-option-roms=off,rtc=on",
+	}
+	if caps.KVM {
+		args = append(args, "-accel", "kvm", "-cpu", "host")
+	} else {
+		args = append(args, "-accel", "tcg,thread=multi", "-cpu", "max")
+		if caps.TSCkHz > 0 && !strings.Contains(cmdline, "tsc_early_khz=") {
+			cmdline = strings.TrimSpace(cmdline + " tsc_early_khz=" + strconv.Itoa(caps.TSCkHz))
+		}
+	}
+	args = append(args,
+		"-m", strconv.Itoa(spec.MemoryMiB), "-smp", strconv.Itoa(spec.VCPUs),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-qmp", "unix:"+dir+"/"+QMPSocket+",server=on,wait=off",
+		"-chardev", "file,id=console,path="+dir+"/"+ConsoleLog,
+		"-serial", "chardev:console",
+		"-kernel", spec.Kernel,
+		"-append", cmdline,
+	)
+	if spec.Initrd != "" {
+		args = append(args, "-initrd", spec.Initrd)
+	}
+	for _, d := range spec.Drives {
+		drive := "id=" + d.ID + ",file=" + d.Path + ",format=raw,if=none,cache=none,aio=threads"
+		if d.ReadOnly {
+			drive += ",readonly=on"
+		}
+		args = append(args, "-drive", drive, "-device", "virtio-blk-device,drive="+d.ID)
+	}
+	if spec.TAP != "" {
+		nic := "virtio-net-device,netdev=net0"
+		if spec.MAC != "" {
+			nic += ",mac=" + spec.MAC
+		}
+		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.TAP+",script=no,downscript=no", "-device", nic)
+	}
+	args = append(args,
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path="+dir+"/"+AgentSocket+",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name="+AgentPortName,
+	)
+	return args
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

@@ -1,0 +1,85 @@
+package qemu
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+
+	"banger/internal/vmm"
+)
+
+func TestArgs(t *testing.T) {
+	spec := vmm.Spec{ID: "dev", Dir: "/vm", VCPUs: 2, MemoryMiB: 512, Kernel: "/k/vmlinux", Initrd: "/k/initrd.img",
+		Cmdline: "console=ttyS0 banger.root=/dev/vda",
+		Drives:  []vmm.Drive{{ID: "root", Path: "/img/rootfs.ext4", ReadOnly: true}, {ID: "data", Path: "/vm/data.ext4"}},
+		TAP:     "bg-dev", MAC: "02:00:0a:4d:00:02"}
+	got := Args(spec, Caps{TSCkHz: 2596100})
+	want := []string{
+		"-name", "dev", "-M", "microvm,x-option-roms=off,rtc=on",
+		"-accel", "tcg,thread=multi", "-cpu", "max",
+		"-m", "512", "-smp", "2",
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-qmp", "unix:/vm/qmp.sock,server=on,wait=off",
+		"-chardev", "file,id=console,path=/vm/console.log", "-serial", "chardev:console",
+		"-kernel", "/k/vmlinux", "-append", "console=ttyS0 banger.root=/dev/vda tsc_early_khz=2596100",
+		"-initrd", "/k/initrd.img",
+		"-drive", "id=root,file=/img/rootfs.ext4,format=raw,if=none,cache=none,aio=threads,readonly=on", "-device", "virtio-blk-device,drive=root",
+		"-drive", "id=data,file=/vm/data.ext4,format=raw,if=none,cache=none,aio=threads", "-device", "virtio-blk-device,drive=data",
+		"-netdev", "tap,id=net0,ifname=bg-dev,script=no,downscript=no", "-device", "virtio-net-device,netdev=net0,mac=02:00:0a:4d:00:02",
+		"-device", "virtio-serial-device",
+		"-chardev", "socket,id=agent,path=/vm/agent.sock,server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=banger.agent",
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("args:\n%q\nwant:\n%q", got, want)
+	}
+
+	cases := []struct {
+		name    string
+		spec    func(*vmm.Spec)
+		caps    Caps
+		has     []string
+		hasNot  []string
+		cmdline string
+	}{
+		{"kvm", nil, Caps{KVM: true, TSCkHz: 1}, []string{"kvm", "host"}, []string{"tcg,thread=multi"}, "console=ttyS0 banger.root=/dev/vda"},
+		{"no tap, no initrd", func(s *vmm.Spec) { s.TAP, s.Initrd = "", "" }, Caps{}, nil, []string{"-netdev", "-initrd"}, "console=ttyS0 banger.root=/dev/vda"},
+		{"tsc already given", func(s *vmm.Spec) { s.Cmdline = "tsc_early_khz=5" }, Caps{TSCkHz: 9}, nil, nil, "tsc_early_khz=5"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := spec
+			if c.spec != nil {
+				c.spec(&s)
+			}
+			args := Args(s, c.caps)
+			joined := " " + strings.Join(args, " ") + " "
+			for _, h := range c.has {
+				if !strings.Contains(joined, " "+h+" ") {
+					t.Errorf("missing %q in %q", h, args)
+				}
+			}
+			for _, h := range c.hasNot {
+				if strings.Contains(joined, " "+h+" ") {
+					t.Errorf("unexpected %q in %q", h, args)
+				}
+			}
+			for i, a := range args {
+				if a == "-append" && args[i+1] != c.cmdline {
+					t.Errorf("cmdline %q, want %q", args[i+1], c.cmdline)
+				}
+			}
+		})
+	}
+}
+
+func TestProbeIsConservativeUnderPVM(t *testing.T) {
+	c := Probe()
+	if c.TSCkHz <= 0 {
+		t.Errorf("no TSC frequency probed")
+	}
+	// On hosts whose /dev/kvm is kvm_pvm, KVM must not count as usable.
+	if c.KVM && fileExists("/sys/module/kvm_pvm") {
+		t.Errorf("KVM reported usable under kvm_pvm")
+	}
+}
