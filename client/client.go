@@ -283,3 +283,61 @@ func (c *Client) DefaultKernel(ctx context.Context) (*api.Kernel, error) {
 	var k api.Kernel
 	return &k, c.getJSON(ctx, http.MethodPost, "/v1/kernels/default", nil, &k)
 }
+
+// VMs lists VMs.
+func (c *Client) VMs(ctx context.Context) ([]api.VM, error) {
+	var out []api.VM
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/vms", nil, &out)
+}
+
+// VM returns one VM by name.
+func (c *Client) VM(ctx context.Context, name string) (*api.VM, error) {
+	var v api.VM
+	return &v, c.getJSON(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name), nil, &v)
+}
+
+// CreateVM creates a VM and, unless asked not to, starts it and waits
+// until its agent is ready. A VM that failed to start comes back as an
+// *APIError whose message carries the console's last lines.
+func (c *Client) CreateVM(ctx context.Context, req api.VMCreateRequest) (*api.VM, error) {
+	return c.vmCall(ctx, http.MethodPost, "/v1/vms", req)
+}
+
+// VMAction runs start, stop, kill or restart on a VM.
+func (c *Client) VMAction(ctx context.Context, name, action string) (*api.VM, error) {
+	return c.vmCall(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/"+action, nil)
+}
+
+// RemoveVM removes a VM; force kills a running one first.
+func (c *Client) RemoveVM(ctx context.Context, name string, force bool) (*api.VM, error) {
+	path := "/v1/vms/" + url.PathEscape(name)
+	if force {
+		path += "?force=1"
+	}
+	var v api.VM
+	return &v, c.getJSON(ctx, http.MethodDelete, path, nil, &v)
+}
+
+func (c *Client) vmCall(ctx context.Context, method, path string, body any) (*api.VM, error) {
+	var v api.VM
+	return &v, c.getJSON(ctx, method, path, body, &v)
+}
+
+// VMLogs copies a VM's console log to w; with follow it keeps copying new
+// output until ctx ends.
+func (c *Client) VMLogs(ctx context.Context, name string, follow bool, w io.Writer) error {
+	path := "/v1/vms/" + url.PathEscape(name) + "/logs"
+	if follow {
+		path += "?follow=1"
+	}
+	resp, err := c.do(ctx, http.MethodGet, path, nil)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, err = io.Copy(w, resp.Body)
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}

@@ -74,6 +74,36 @@ type CatalogKernel struct {
 	SHA256      string `json:"sha256"`
 }
 
+// VM is one virtual machine.
+type VM struct {
+	ID        string    `json:"id"`
+	Name      string    `json:"name"`
+	State     string    `json:"state"` // created, starting, running, stopping, stopped, error
+	Image     string    `json:"image"`
+	Kernel    string    `json:"kernel"`
+	VMM       string    `json:"vmm"` // firecracker or qemu
+	VCPU      int       `json:"vcpu"`
+	MemoryMiB int       `json:"memory_mib"`
+	DiskBytes int64     `json:"disk_bytes"` // size of the writable disk
+	IP        string    `json:"ip"`         // empty until networking exists
+	PID       int       `json:"pid"`        // VMM process, 0 when not running
+	Dir       string    `json:"dir"`
+	Error     string    `json:"error,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// VMCreateRequest is the body of POST /v1/vms.
+type VMCreateRequest struct {
+	Name      string `json:"name,omitempty"`   // default: generated
+	Image     string `json:"image"`            // image name
+	Kernel    string `json:"kernel,omitempty"` // default: the default kernel
+	VMM       string `json:"vmm,omitempty"`    // firecracker, qemu or auto (default)
+	VCPU      int    `json:"vcpu,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
+	NoStart   bool   `json:"no_start,omitempty"`
+}
+
 // RegistryAuth carries credentials the CLI resolved from the user's own
 // Docker configuration, so a root daemon pulls with the user's rights.
 type RegistryAuth struct {
@@ -154,6 +184,7 @@ const (
 	CodeNoSpace     = "no_space"
 	CodeBadKernel   = "bad_kernel"
 	CodeDownload    = "download_failed"
+	CodeVMStart     = "vm_start_failed"
 	CodeCanceled    = "canceled"
 	CodeInternal    = "internal"
 )

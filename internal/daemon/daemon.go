@@ -45,6 +45,9 @@ type Options struct {
 	KernelCatalog string
 	// HostRoot is where installed kernels are looked for (default "/").
 	HostRoot string
+	// ReadyTimeout bounds how long a VM may take to become ready
+	// (default 2 minutes: software emulation is slow).
+	ReadyTimeout time.Duration
 }
 
 // Daemon is one bangerd instance.
@@ -61,6 +64,7 @@ type Daemon struct {
 	pulls map[string]*pullJob // by image name
 	// httpClient fetches catalog kernels.
 	httpClient *http.Client
+	vms        vmRuntime
 	// pruning is set while the blob cache is pruned; pulls wait for it.
 	pruning bool
 

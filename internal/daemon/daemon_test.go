@@ -10,6 +10,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/imagepull"
 	"banger/internal/store"
+	"banger/internal/vm"
 )
 
 func TestClassify(t *testing.T) {
@@ -30,6 +31,8 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", imagepull.ErrNoSpace), http.StatusInsufficientStorage, api.CodeNoSpace},
 		{fmt.Errorf("x: %w", context.Canceled), http.StatusServiceUnavailable, api.CodeCanceled},
 		{fmt.Errorf("x: %w", errForbidden), http.StatusForbidden, api.CodeForbidden},
+		{fmt.Errorf("x: %w", vm.ErrInvalidState), http.StatusConflict, api.CodeConflict},
+		{fmt.Errorf("x: %w", errVMStart), http.StatusInternalServerError, api.CodeVMStart},
 		{errors.New("boom"), http.StatusInternalServerError, api.CodeInternal},
 	}
 	for _, c := range cases {

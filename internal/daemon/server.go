@@ -16,6 +16,7 @@ import (
 	"banger/internal/kernel"
 	"banger/internal/store"
 	"banger/internal/version"
+	"banger/internal/vm"
 )
 
 // Errors of the daemon itself; writeError maps them to API codes.
@@ -43,6 +44,12 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("POST /v1/kernels/default", d.wrap(d.handleDefaultKernel))
 	mux.Handle("GET /v1/kernels/{name}", d.wrap(d.handleKernel))
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
+	mux.Handle("GET /v1/vms", d.wrap(d.handleVMs))
+	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
+	mux.Handle("GET /v1/vms/{name}", d.wrap(d.handleVM))
+	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
+	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
+	mux.Handle("GET /v1/vms/{name}/logs", d.wrap(d.handleVMLogs))
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))
@@ -79,6 +86,10 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference):
 		return http.StatusBadRequest, api.CodeInvalid
+	case errors.Is(err, vm.ErrInvalidState):
+		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, errVMStart):
+		return http.StatusInternalServerError, api.CodeVMStart
 	case errors.Is(err, imagepull.ErrAuth):
 		return http.StatusBadGateway, api.CodeAuth
 	case errors.Is(err, imagepull.ErrUnreachable):

@@ -106,12 +106,19 @@ func (l Layout) KernelStagingDir(id string) string {
 	return filepath.Join(l.KernelsDir(), ".staging-"+id)
 }
 
+// VMsDir holds one directory per VM: its writable disk, console log and
+// the VMM's sockets and logs.
+func (l Layout) VMsDir() string { return filepath.Join(l.StateDir, "vms") }
+
+// VMDir is the directory of the VM with the given id.
+func (l Layout) VMDir(id string) string { return filepath.Join(l.VMsDir(), id) }
+
 // BlobsDir holds compressed OCI layer blobs by digest.
 func (l Layout) BlobsDir() string { return filepath.Join(l.CacheDir, "blobs") }
 
 // MkdirAll creates the instance's directories.
 func (l Layout) MkdirAll() error {
-	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.BlobsDir(), l.RunDir} {
+	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.BlobsDir(), l.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}

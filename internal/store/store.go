@@ -48,6 +48,22 @@ var migrations = []string{
 		agent_hash TEXT NOT NULL DEFAULT '',
 		created_at TEXT NOT NULL
 	)`,
+	// 3: vms
+	`CREATE TABLE vms (
+		id          TEXT PRIMARY KEY,
+		name        TEXT NOT NULL UNIQUE,
+		state       TEXT NOT NULL,
+		image       TEXT NOT NULL,
+		kernel      TEXT NOT NULL,
+		vmm         TEXT NOT NULL,
+		vcpu        INTEGER NOT NULL,
+		memory_mib  INTEGER NOT NULL,
+		disk_bytes  INTEGER NOT NULL,
+		dir         TEXT NOT NULL,
+		pid         INTEGER NOT NULL DEFAULT 0,
+		error       TEXT NOT NULL DEFAULT '',
+		created_at  TEXT NOT NULL
+	)`,
 }
 
 // Store is the database. It is safe for concurrent use.

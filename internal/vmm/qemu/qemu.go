@@ -77,7 +77,8 @@ func Args(spec vmm.Spec, caps Caps) []string {
 		"-m", strconv.Itoa(spec.MemoryMiB), "-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-qmp", "unix:"+dir+"/"+QMPSocket+",server=on,wait=off",
-		"-chardev", "file,id=console,path="+dir+"/"+ConsoleLog,
+		// append=on: the console log spans every boot of the VM.
+		"-chardev", "file,id=console,path="+dir+"/"+ConsoleLog+",append=on",
 		"-serial", "chardev:console",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,

@@ -1,0 +1,211 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"banger/client"
+	"banger/internal/api"
+)
+
+func newVMCommand(a *app) *cobra.Command {
+	cmd := &cobra.Command{Use: "vm", Aliases: []string{"vms"}, Short: "Create and run VMs"}
+	cmd.AddCommand(newVMCreateCommand(a), newVMListCommand(a), newVMShowCommand(a), newVMLogsCommand(a),
+		newVMRmCommand(a))
+	for _, action := range []struct{ name, short string }{
+		{"start", "Start a VM and wait until it is ready"},
+		{"stop", "Shut a VM down gracefully (killed after 30 s)"},
+		{"restart", "Stop a VM, then start it"},
+		{"kill", "Stop a VM at once"},
+	} {
+		cmd.AddCommand(newVMActionCommand(a, action.name, action.short))
+	}
+	return cmd
+}
+
+// parseSize reads sizes such as 512M, 8G, 1T or plain bytes.
+func parseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	mult := int64(1)
+	switch strings.ToUpper(s[len(s)-1:]) {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	case "T":
+		mult = 1 << 40
+	}
+	num := s
+	if mult != 1 {
+		num = s[:len(s)-1]
+	}
+	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToUpper(num), "I"), 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: use a number with K, M, G or T", s)
+	}
+	return n * mult, nil
+}
+
+func newVMCreateCommand(a *app) *cobra.Command {
+	var req api.VMCreateRequest
+	var memory, disk string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a VM from an image and start it (unless --no-start)",
+		Example: "  banger vm create --image alpine:3.20\n" +
+			"  banger vm create --name dev --image debian --vcpu 4 --memory 4G --disk-size 20G --vmm qemu",
+		Args: argsError(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			mem, err := parseSize(memory)
+			if err != nil {
+				return err
+			}
+			req.MemoryMiB = int(mem >> 20)
+			if req.DiskBytes, err = parseSize(disk); err != nil {
+				return err
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if !asJSON {
+				fmt.Fprintf(cmd.ErrOrStderr(), "creating VM from %s…\n", req.Image)
+			}
+			start := time.Now()
+			v, err := c.CreateVM(cmd.Context(), req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\n", v.Name, v.State, time.Since(start).Round(10*time.Millisecond))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
+	f.StringVar(&req.Image, "image", "", "image name (see `banger image list`)")
+	f.StringVar(&req.Kernel, "kernel", "", "kernel name (default: `banger kernel default`)")
+	f.StringVar(&req.VMM, "vmm", "auto", "firecracker, qemu or auto")
+	f.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default 2)")
+	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
+	f.StringVar(&disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default 8G)")
+	f.BoolVar(&req.NoStart, "no-start", false, "create the VM without starting it")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMActionCommand(a *app, action, short string) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   action + " NAME",
+		Short: short,
+		Args:  argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := c.VMAction(cmd.Context(), args[0], action)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", v.Name, v.State)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMListCommand(a *app) *cobra.Command {
+	return newListCommand(a, listSpec[api.VM]{
+		short: "List VMs",
+		fetch: (*client.Client).VMs,
+		name:  func(v api.VM) string { return v.Name },
+		head:  "NAME\tSTATE\tIMAGE\tKERNEL\tVMM\tVCPU\tMEMORY\tCREATED",
+		row: func(v api.VM) string {
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, humanBytes(int64(v.MemoryMiB)<<20), humanAgo(v.CreatedAt))
+		},
+		empty: "no VMs yet: `banger vm create --image IMAGE`",
+	})
+}
+
+func newVMShowCommand(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one VM",
+		Args:  argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := c.VM(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			tw := newTable(cmd.OutOrStdout())
+			for _, kv := range [][2]string{
+				{"name", v.Name}, {"state", v.State}, {"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM},
+				{"vcpu", strconv.Itoa(v.VCPU)}, {"memory", humanBytes(int64(v.MemoryMiB) << 20)}, {"disk", humanBytes(v.DiskBytes)},
+				{"pid", strconv.Itoa(v.PID)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
+			} {
+				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+			}
+			if v.Error != "" {
+				fmt.Fprintf(tw, "error:\t%s\n", v.Error)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMLogsCommand(a *app) *cobra.Command {
+	var follow bool
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's console (-f to follow)",
+		Args:  argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return c.VMLogs(cmd.Context(), args[0], follow, cmd.OutOrStdout())
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	return cmd
+}
+
+func newVMRmCommand(a *app) *cobra.Command {
+	var force bool
+	cmd := newRmCommand(a, "Remove VMs and their disks (-f: kill running ones first)",
+		func(ctx context.Context, c *client.Client, name string) error {
+			_, err := c.RemoveVM(ctx, name, force)
+			return err
+		})
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running VM first")
+	return cmd
+}

@@ -1,0 +1,578 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guestinit"
+	"banger/internal/store"
+	"banger/internal/system"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/qemu"
+	"banger/internal/vsockagent"
+)
+
+// errVMStart means a VM did not start or did not become ready.
+var errVMStart = errors.New("VM failed to start")
+
+// VM defaults until the config file arrives.
+const (
+	defaultVCPU      = 2
+	defaultMemoryMiB = 1024
+	defaultDiskBytes = 8 << 30
+)
+
+// vmRuntime is the daemon's live view of VMs: per-VM locks and the
+// handles of the VMM processes it holds.
+type vmRuntime struct {
+	mu       sync.Mutex
+	locks    map[string]*sync.Mutex // by VM name
+	machines map[string]vmm.Machine // by VM id
+}
+
+func (d *Daemon) vmLock(name string) func() {
+	d.vms.mu.Lock()
+	if d.vms.locks == nil {
+		d.vms.locks = map[string]*sync.Mutex{}
+		d.vms.machines = map[string]vmm.Machine{}
+	}
+	l := d.vms.locks[name]
+	if l == nil {
+		l = &sync.Mutex{}
+		d.vms.locks[name] = l
+	}
+	d.vms.mu.Unlock()
+	l.Lock()
+	return l.Unlock
+}
+
+func (d *Daemon) machine(id string) vmm.Machine {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	return d.vms.machines[id]
+}
+
+func (d *Daemon) setMachine(id string, m vmm.Machine) {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	if d.vms.machines == nil {
+		d.vms.machines = map[string]vmm.Machine{}
+	}
+	if m == nil {
+		delete(d.vms.machines, id)
+	} else {
+		d.vms.machines[id] = m
+	}
+}
+
+// backend returns the VMM backend for a choice: firecracker, qemu, or
+// auto (Firecracker when its binary exists and guests run at hardware
+// speed, QEMU otherwise).
+func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec) (vmm.Machine, error), error) {
+	caps := qemu.Probe()
+	fcBin, fcErr := system.LookPath("firecracker")
+	if choice == "" || choice == "auto" {
+		choice = "qemu"
+		if fcErr == nil && caps.KVM {
+			choice = "firecracker"
+		}
+	}
+	switch choice {
+	case "firecracker":
+		if fcErr != nil {
+			return "", nil, fmt.Errorf("%w: --vmm firecracker: no firecracker binary on PATH: install it, or use --vmm qemu", errInvalid)
+		}
+		b, err := firecracker.New(fcBin)
+		if err != nil {
+			return "", nil, err
+		}
+		return choice, func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, nil
+	case "qemu":
+		bin, err := system.LookPath("qemu-system-x86_64")
+		if err != nil {
+			return "", nil, fmt.Errorf("%w: no qemu-system-x86_64 on PATH: apt-get install qemu-system-x86", errInvalid)
+		}
+		b, err := qemu.New(bin, caps)
+		if err != nil {
+			return "", nil, err
+		}
+		return choice, func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, nil
+	}
+	return "", nil, fmt.Errorf("%w: --vmm %q: use firecracker, qemu or auto", errInvalid, choice)
+}
+
+func vmHint(err error) error {
+	return withHint(err, "list VMs with `banger vm ls`")
+}
+
+func (d *Daemon) handleVMs(w http.ResponseWriter, r *http.Request) error {
+	vms, err := d.store.VMs(r.Context())
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, vms)
+	return nil
+}
+
+func (d *Daemon) handleVM(w http.ResponseWriter, r *http.Request) error {
+	v, err := d.store.VM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return vmHint(err)
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+func (d *Daemon) handleCreateVM(w http.ResponseWriter, r *http.Request) error {
+	var req api.VMCreateRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	v, err := d.createVM(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, v)
+	return nil
+}
+
+func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM, error) {
+	name := req.Name
+	if name == "" {
+		for i := 0; i < 10; i++ {
+			name = vm.GenerateName()
+			if _, err := d.store.VM(ctx, name); errors.Is(err, store.ErrNotFound) {
+				break
+			}
+		}
+	}
+	if err := vm.ValidateName(name); err != nil {
+		return nil, fmt.Errorf("%w: %v", errInvalid, err)
+	}
+	unlock := d.vmLock(name)
+	defer unlock()
+	if _, err := d.store.VM(ctx, name); err == nil {
+		return nil, fmt.Errorf("%w: VM %q exists: pick another --name or remove it with `banger vm rm %s`", store.ErrExists, name, name)
+	}
+	if req.Image == "" {
+		return nil, fmt.Errorf("%w: --image is required (default images come with the config)", errInvalid)
+	}
+	img, err := d.store.Image(ctx, req.Image)
+	if err != nil {
+		return nil, withHint(err, "pull it with `banger image pull "+req.Image+"`")
+	}
+	var k *api.Kernel
+	if req.Kernel != "" {
+		kk, err := d.store.Kernel(ctx, req.Kernel)
+		if err != nil {
+			return nil, withHint(err, "list kernels with `banger kernel list`")
+		}
+		k = &kk
+	} else if k, err = d.defaultKernel(ctx); err != nil {
+		return nil, err
+	}
+	choice, _, err := d.backend(req.VMM)
+	if err != nil {
+		return nil, err
+	}
+	v := api.VM{ID: newID(), Name: name, State: string(vm.Created), Image: img.Name, Kernel: k.Name, VMM: choice,
+		VCPU: orInt(req.VCPU, defaultVCPU), MemoryMiB: orInt(req.MemoryMiB, defaultMemoryMiB), DiskBytes: req.DiskBytes}
+	if v.DiskBytes == 0 {
+		v.DiskBytes = defaultDiskBytes
+	}
+	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
+		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", errInvalid)
+	}
+	v.Dir = d.layout.VMDir(v.ID)
+	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	spec := &guestinit.RunSpec{Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	if _, err := vm.CreateDataDisk(ctx, d.opts.Runner, v.Dir, v.DiskBytes, spec); err != nil {
+		os.RemoveAll(v.Dir)
+		return nil, err
+	}
+	v.CreatedAt = time.Now().UTC()
+	if err := d.store.InsertVM(ctx, v); err != nil {
+		os.RemoveAll(v.Dir)
+		return nil, err
+	}
+	d.log.Info("vm created", "vm", name, "image", img.Name, "kernel", k.Name, "vmm", choice)
+	if req.NoStart {
+		return &v, nil
+	}
+	return d.startVMLocked(v)
+}
+
+func orInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int, msg string) error {
+	next, err := vm.Next(vm.State(v.State), ev)
+	if err != nil {
+		return fmt.Errorf("VM %q: %w", v.Name, err)
+	}
+	if err := d.store.SetVMState(ctx, v.Name, string(next), pid, msg); err != nil {
+		return err
+	}
+	v.State, v.PID, v.Error = string(next), pid, msg
+	return nil
+}
+
+// startVMLocked boots v and waits for its agent. The VMM outlives the
+// request: it runs on the daemon's own context. A VM that does not become
+// ready goes to error, its VMM killed, the console's tail in the message.
+func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
+	ctx := context.Background()
+	img, err := d.store.Image(ctx, v.Image)
+	if err != nil {
+		return nil, withHint(err, "the VM's image is gone: remove the VM")
+	}
+	k, err := d.store.Kernel(ctx, v.Kernel)
+	if err != nil {
+		return nil, withHint(err, "the VM's kernel is gone: remove the VM")
+	}
+	_, start, err := d.backend(v.VMM)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.transition(ctx, &v, vm.EvStart, 0, ""); err != nil {
+		return nil, err
+	}
+	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
+		Cmdline: vm.Cmdline(v.Name),
+		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}}}
+	console := filepath.Join(v.Dir, "console.log")
+	offset := fileSize(console)
+	began := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	m, err := start(sctx, spec)
+	cancel()
+	if err != nil {
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
+	}
+	d.setMachine(v.ID, m)
+	d.store.SetVMState(ctx, v.Name, v.State, m.PID(), "")
+	v.PID = m.PID()
+	if err := waitReady(m, m.ConsolePath(), offset, d.readyTimeout()); err != nil {
+		m.Kill()
+		m.Wait(ctx)
+		d.setMachine(v.ID, nil)
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.log.Warn("vm failed to start", "vm", v.Name, "err", err)
+		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", errVMStart, v.Name, v.Name, err)
+	}
+	if err := d.transition(ctx, &v, vm.EvReady, m.PID(), ""); err != nil {
+		return nil, err
+	}
+	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ready_after", time.Since(began))
+	go d.watchExit(v, m)
+	return &v, nil
+}
+
+func (d *Daemon) readyTimeout() time.Duration {
+	if d.opts.ReadyTimeout > 0 {
+		return d.opts.ReadyTimeout
+	}
+	return 2 * time.Minute
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// waitReady watches the console, from offset on, for the agent's ready
+// line; the VMM exiting or the timeout end the wait with the console's
+// last lines.
+func waitReady(m vmm.Machine, console string, offset int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	exited := make(chan struct{})
+	go func() {
+		m.Wait(context.Background())
+		close(exited)
+	}()
+	for {
+		if b, err := readFrom(console, offset); err == nil && bytes.Contains(b, []byte(vsockagent.ReadyLine)) {
+			return nil
+		}
+		select {
+		case <-exited:
+			return fmt.Errorf("the VM stopped before it was ready; console: %s", consoleTail(console, offset))
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the VM was not ready within %s; console: %s", timeout, consoleTail(console, offset))
+		}
+	}
+}
+
+// readFrom reads p from offset on, or from the start when the file is
+// now shorter (a VMM that truncated it).
+func readFrom(p string, offset int64) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() < offset {
+		offset = 0
+	}
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return nil, err
+	}
+	return io.ReadAll(f)
+}
+
+// consoleTail is the telling part of the console on one line: the init
+// stage's fatal error or the kernel's panic when there is one, else the
+// last few lines.
+func consoleTail(p string, offset int64) string {
+	b, _ := readFrom(p, offset)
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	for _, l := range lines {
+		if strings.Contains(l, "banger-init: FATAL") || strings.Contains(l, "Kernel panic") {
+			return system.Tail(l, 600)
+		}
+	}
+	if len(lines) > 5 {
+		lines = lines[len(lines)-5:]
+	}
+	return system.Tail(strings.Join(lines, "\n"), 600)
+}
+
+// watchExit records a VM's end when its VMM exits on its own (a power-off
+// in the guest, a crash). Stops and kills record it themselves.
+func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
+	if err := m.Wait(d.jobCtx); err != nil {
+		return // the daemon is stopping; the VM runs on
+	}
+	unlock := d.vmLock(v.Name)
+	defer unlock()
+	if d.machine(v.ID) != m {
+		return
+	}
+	d.setMachine(v.ID, nil)
+	cur, err := d.store.VM(context.Background(), v.Name)
+	if err != nil || !vm.State(cur.State).Live() {
+		return
+	}
+	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
+	d.log.Info("vm exited", "vm", v.Name)
+}
+
+func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
+	name, action := r.PathValue("name"), r.PathValue("action")
+	unlock := d.vmLock(name)
+	defer unlock()
+	v, err := d.store.VM(r.Context(), name)
+	if err != nil {
+		return vmHint(err)
+	}
+	var out *api.VM
+	switch action {
+	case "start":
+		if _, err := vm.Next(vm.State(v.State), vm.EvStart); err != nil {
+			return fmt.Errorf("VM %q: %w", name, err)
+		}
+		out, err = d.startVMLocked(v)
+	case "stop":
+		out, err = d.stopVMLocked(r.Context(), v, false)
+	case "kill":
+		out, err = d.stopVMLocked(r.Context(), v, true)
+	case "restart":
+		if vm.State(v.State).Live() {
+			if _, err := d.stopVMLocked(r.Context(), v, false); err != nil {
+				return err
+			}
+			v, _ = d.store.VM(r.Context(), name)
+		}
+		out, err = d.startVMLocked(v)
+	default:
+		return fmt.Errorf("%w: no VM action %q", store.ErrNotFound, action)
+	}
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// stopVMLocked shuts a VM down gracefully (the guest syncs and powers
+// off; after 30 s it is killed), or kills it at once.
+func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM, error) {
+	ev := vm.EvStop
+	if kill {
+		ev = vm.EvKill
+	}
+	if err := d.transition(ctx, &v, ev, v.PID, ""); err != nil {
+		return nil, err
+	}
+	m := d.machine(v.ID)
+	switch {
+	case m != nil && kill:
+		m.Kill()
+		m.Wait(context.Background())
+	case m != nil:
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		m.Stop(sctx)
+		cancel()
+	default:
+		// No handle (the daemon restarted): signal the process itself.
+		killPID(v.PID, v.Dir, kill)
+	}
+	d.setMachine(v.ID, nil)
+	if vm.State(v.State).Live() {
+		if err := d.transition(ctx, &v, vm.EvExited, 0, ""); err != nil {
+			return nil, err
+		}
+	}
+	d.store.SetVMState(ctx, v.Name, v.State, 0, "")
+	v.PID = 0
+	d.log.Info("vm stopped", "vm", v.Name, "killed", kill)
+	return &v, nil
+}
+
+// vmmProcess reports whether pid is a VMM of the VM in dir: a bare pid
+// may have been reused since it was recorded.
+func vmmProcess(pid int, dir string) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return err == nil && bytes.Contains(b, []byte(dir))
+}
+
+func killPID(pid int, dir string, now bool) {
+	if !vmmProcess(pid, dir) {
+		return
+	}
+	if !now {
+		syscall.Kill(pid, syscall.SIGTERM)
+		for i := 0; i < 100 && vmmProcess(pid, dir); i++ {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	if vmmProcess(pid, dir) {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	unlock := d.vmLock(name)
+	defer unlock()
+	v, err := d.store.VM(r.Context(), name)
+	if err != nil {
+		return vmHint(err)
+	}
+	if vm.State(v.State).Live() {
+		if r.URL.Query().Get("force") != "1" {
+			return fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", errConflict, name, v.State, name, name)
+		}
+		if _, err := d.stopVMLocked(r.Context(), v, true); err != nil {
+			return err
+		}
+	}
+	if _, err := d.store.DeleteVM(r.Context(), name); err != nil {
+		return err
+	}
+	if err := os.RemoveAll(v.Dir); err != nil {
+		d.log.Warn("removing VM files", "vm", name, "err", err)
+	}
+	d.log.Info("vm removed", "vm", name)
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
+// handleVMLogs streams the console log; with follow=1 it keeps streaming
+// new output until the client goes away.
+func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
+	v, err := d.store.VM(r.Context(), r.PathValue("name"))
+	if err != nil {
+		return vmHint(err)
+	}
+	f, err := os.Open(filepath.Join(v.Dir, "console.log"))
+	if errors.Is(err, os.ErrNotExist) {
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := f.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return nil
+			}
+			rc.Flush()
+			continue
+		}
+		if err != nil && err != io.EOF {
+			return nil
+		}
+		if r.URL.Query().Get("follow") != "1" {
+			return nil
+		}
+		select {
+		case <-r.Context().Done():
+			return nil
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// reconcileVMs runs at daemon start: a VM whose VMM died while the daemon
+// was away is marked stopped; one whose VMM still runs keeps its state
+// (the daemon can stop it by pid); directories without a record go.
+func (d *Daemon) reconcileVMs(ctx context.Context) error {
+	vms, err := d.store.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	known := map[string]bool{}
+	for _, v := range vms {
+		known[v.ID] = true
+		if !vm.State(v.State).Live() {
+			continue
+		}
+		if vmmProcess(v.PID, v.Dir) {
+			d.log.Info("vm still running", "vm", v.Name, "pid", v.PID)
+			continue
+		}
+		ev := vm.EvExited
+		if err := d.transition(ctx, &v, ev, 0, ""); err != nil {
+			return err
+		}
+		d.log.Info("vm found stopped", "vm", v.Name)
+	}
+	return removeLeftovers(d, d.layout.VMsDir(), known)
+}

@@ -1,0 +1,81 @@
+package store
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"banger/internal/api"
+)
+
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at`
+
+func scanVM(row scanner) (api.VM, error) {
+	var v api.VM
+	var created string
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created); err != nil {
+		return v, err
+	}
+	t, err := time.Parse(time.RFC3339Nano, created)
+	if err != nil {
+		return v, fmt.Errorf("vm %q: decoding created_at: %w", v.Name, err)
+	}
+	v.CreatedAt = t
+	return v, nil
+}
+
+// InsertVM records a new VM; ErrExists when its name is taken.
+func (s *Store) InsertVM(ctx context.Context, v api.VM) error {
+	if v.CreatedAt.IsZero() {
+		v.CreatedAt = time.Now()
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano))
+	if isUnique(err) {
+		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
+	}
+	if err != nil {
+		return fmt.Errorf("recording vm %q: %w", v.Name, err)
+	}
+	return nil
+}
+
+// VM returns the named VM, or ErrNotFound.
+func (s *Store) VM(ctx context.Context, name string) (api.VM, error) {
+	return getByName(ctx, s.db, "vms", vmColumns, "vm", name, scanVM)
+}
+
+// VMs returns every VM, by name.
+func (s *Store) VMs(ctx context.Context) ([]api.VM, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []api.VM{}
+	for rows.Next() {
+		v, err := scanVM(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// SetVMState records a VM's state, VMM pid and error message.
+func (s *Store) SetVMState(ctx context.Context, name, state string, pid int, errMsg string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state = ?, pid = ?, error = ? WHERE name = ?`, state, pid, errMsg, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// DeleteVM removes the named VM's record and returns it.
+func (s *Store) DeleteVM(ctx context.Context, name string) (api.VM, error) {
+	return deleteByName(ctx, s, "vms", vmColumns, "vm", name, scanVM)
+}

@@ -1,0 +1,66 @@
+// Package vm is the VM lifecycle: the states a VM goes through, the
+// transitions allowed between them, and the pieces of a VM that are
+// neither the store's nor a VMM's (names, its writable disk, its kernel
+// command line). It depends on the vmm interface, never on a backend.
+package vm
+
+import (
+	"errors"
+	"fmt"
+)
+
+// State is where a VM is in its life. The string values are the API's.
+type State string
+
+const (
+	Created  State = "created"  // disks made, never started
+	Starting State = "starting" // VMM launched, waiting for the agent
+	Running  State = "running"  // the agent said ready
+	Stopping State = "stopping" // asked to shut down
+	Stopped  State = "stopped"  // no VMM process
+	Error    State = "error"    // failed to start or died; can be started again
+)
+
+// Event moves a VM from one state to another.
+type Event string
+
+const (
+	EvStart   Event = "start"   // the user starts it
+	EvReady   Event = "ready"   // the agent announced readiness
+	EvFail    Event = "fail"    // start failed or timed out
+	EvStop    Event = "stop"    // the user stops it
+	EvExited  Event = "exited"  // the VMM process is gone
+	EvKill    Event = "kill"    // the user kills it
+	EvRecover Event = "recover" // the daemon found its process alive after a restart
+)
+
+// ErrInvalidState means an operation does not apply to the VM's state.
+var ErrInvalidState = errors.New("invalid state")
+
+var transitions = map[State]map[Event]State{
+	Created:  {EvStart: Starting},
+	Starting: {EvReady: Running, EvFail: Error, EvExited: Error, EvKill: Stopped, EvStop: Stopping},
+	Running:  {EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Running},
+	Stopping: {EvExited: Stopped, EvKill: Stopped, EvRecover: Stopping},
+	Stopped:  {EvStart: Starting},
+	Error:    {EvStart: Starting, EvKill: Error, EvExited: Error},
+}
+
+// Next returns the state after ev, or ErrInvalidState with a message a
+// user can act on.
+func Next(s State, ev Event) (State, error) {
+	if to, ok := transitions[s][ev]; ok {
+		return to, nil
+	}
+	hint := ""
+	switch ev {
+	case EvStart:
+		hint = ": it is already " + string(s)
+	case EvStop, EvKill:
+		hint = ": it is not running"
+	}
+	return s, fmt.Errorf("%w: cannot %s a VM that is %s%s", ErrInvalidState, ev, s, hint)
+}
+
+// Live reports whether a VMM process should exist in state s.
+func (s State) Live() bool { return s == Starting || s == Running || s == Stopping }

@@ -1,0 +1,91 @@
+package vm
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"banger/internal/guestinit"
+	"banger/internal/system"
+)
+
+var nameRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidateName checks that a VM name is a DNS label: it becomes NAME.vm.
+func ValidateName(name string) error {
+	if !nameRE.MatchString(name) {
+		return fmt.Errorf("VM name %q is not a DNS label: use lowercase letters, digits and '-' (at most 63), starting and ending with a letter or digit", name)
+	}
+	return nil
+}
+
+var (
+	adjectives = []string{"brisk", "calm", "eager", "fuzzy", "jolly", "keen", "lucid", "merry", "nimble", "quiet", "rapid", "sunny", "tidy", "witty"}
+	nouns      = []string{"otter", "falcon", "badger", "heron", "lynx", "marten", "puffin", "quokka", "raven", "stoat", "tapir", "wombat"}
+)
+
+// GenerateName returns a fresh readable name such as "nimble-otter-42".
+func GenerateName() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return adjectives[int(b[0])%len(adjectives)] + "-" + nouns[int(b[1])%len(nouns)] + "-" + strconv.Itoa(int(b[2])%100)
+}
+
+// File names in a VM directory.
+const DataDisk = "data.ext4"
+
+// CreateDataDisk makes the VM's writable disk: a sparse file of size
+// bytes, formatted on the host with the run spec the init stage reads.
+// Lazy initialisation keeps it sparse: a new VM costs little disk.
+func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string, size int64, spec *guestinit.RunSpec) (string, error) {
+	seed, err := os.MkdirTemp(dir, ".seed-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(seed)
+	if spec != nil {
+		b, err := json.Marshal(spec)
+		if err != nil {
+			return "", err
+		}
+		p := filepath.Join(seed, guestinit.RunSpecPath)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", err
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			return "", err
+		}
+	}
+	disk := filepath.Join(dir, DataDisk)
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return "", err
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(disk)
+		return "", err
+	}
+	if _, err := runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-d", seed, disk); err != nil {
+		os.Remove(disk)
+		return "", fmt.Errorf("formatting the writable disk: %w", err)
+	}
+	return disk, nil
+}
+
+// Cmdline is the kernel command line of a VM: the console, fail-fast
+// panics, and the init stage's parameters.
+func Cmdline(hostname string, extra ...string) string {
+	parts := []string{"console=ttyS0", "panic=-1", "reboot=t", "quiet", "loglevel=3",
+		"banger.root=/dev/vda", "banger.data=/dev/vdb", "banger.hostname=" + hostname}
+	return strings.Join(append(parts, extra...), " ")
+}

@@ -1,0 +1,134 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"banger/internal/imagepull/imagetest"
+)
+
+type vmJSON struct {
+	Name      string `json:"name"`
+	State     string `json:"state"`
+	Image     string `json:"image"`
+	Kernel    string `json:"kernel"`
+	VMM       string `json:"vmm"`
+	VCPU      int    `json:"vcpu"`
+	MemoryMiB int    `json:"memory_mib"`
+	IP        string `json:"ip"`
+	PID       int    `json:"pid"`
+	Dir       string `json:"dir"`
+	Error     string `json:"error"`
+	CreatedAt string `json:"created_at"`
+}
+
+// vmFixtures imports the Debian cloud kernel and pulls a busybox image
+// into the instance, as a user would.
+func vmFixtures(t *testing.T, in *instance) {
+	t.Helper()
+	deb := kernelDeb(t)
+	bbDeb := os.Getenv("BANGER_TEST_BUSYBOX_DEB")
+	if bbDeb == "" {
+		t.Skip("set BANGER_TEST_BUSYBOX_DEB (scripts/vm-fixtures.sh)")
+	}
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("qemu-system-x86_64 not installed")
+	}
+	x := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", bbDeb, x).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	bb, _ := os.ReadFile(filepath.Join(x, "bin", "busybox"))
+	ents := []imagetest.Entry{{Name: "bin/busybox", Body: string(bb), Mode: 0o755}, {Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\n"}}
+	for _, a := range []string{"sh", "ls", "cat", "sleep"} {
+		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
+	}
+	reg := imagetest.StartRegistry(t)
+	ref := reg.Push(t, "test/busybox:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{imagetest.Layer(t, ents...)}}))
+	in.ok("image", "pull", "-q", ref, "--name", "bb")
+	in.ok("kernel", "import", "k", "--from", deb)
+}
+
+func TestVMLifecycle(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	create := []string{"vm", "create", "--name", "t1", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu"}
+
+	var v vmJSON
+	in.jsonOut(&v, append(create, "--json")...)
+	if v.State != "running" || v.PID <= 0 || !processAlive(v.PID) || v.VMM != "qemu" || v.VCPU != 1 || v.MemoryMiB != 512 || v.Image != "bb" || v.Kernel != "k" {
+		t.Fatalf("created VM = %+v", v)
+	}
+	var list []vmJSON
+	in.jsonOut(&list, "vm", "ls", "--json")
+	if len(list) != 1 || list[0].Name != "t1" || list[0].CreatedAt == "" {
+		t.Errorf("ls = %+v", list)
+	}
+	if logs := in.ok("vm", "logs", "t1"); !strings.Contains(logs, "banger-vsock-agent: ready") {
+		t.Errorf("console lacks the ready line:\n%s", logs)
+	}
+	in.fails("exists", create...)
+	in.fails("already running", "vm", "start", "t1")
+	in.fails("DNS label", "vm", "create", "--name", "Not_A_Label", "--image", "bb")
+	in.fails("pull it with", "vm", "create", "--image", "nope")
+
+	// A graceful stop leaves the writable disk clean.
+	in.jsonOut(&v, "vm", "stop", "t1", "--json")
+	if v.State != "stopped" || v.PID != 0 {
+		t.Errorf("after stop: %+v", v)
+	}
+	if out, err := exec.Command("e2fsck", "-fn", filepath.Join(v.Dir, "data.ext4")).CombinedOutput(); err != nil {
+		t.Errorf("writable disk not clean after stop: %v\n%s", err, out)
+	}
+	in.fails("not running", "vm", "stop", "t1")
+	in.jsonOut(&v, "vm", "start", "t1", "--json")
+	if v.State != "running" || !processAlive(v.PID) {
+		t.Errorf("after start: %+v", v)
+	}
+
+	// The daemon can go away and come back without the VM noticing.
+	pid := v.PID
+	in.ok("daemon", "stop")
+	if !processAlive(pid) {
+		t.Fatalf("stopping the daemon killed the VM")
+	}
+	in.jsonOut(&v, "vm", "show", "t1", "--json")
+	if v.State != "running" || v.PID != pid {
+		t.Errorf("after daemon restart: %+v", v)
+	}
+	in.fails("is running", "vm", "rm", "t1")
+	in.ok("vm", "rm", "-f", "t1")
+	if processAlive(pid) {
+		t.Errorf("VM process %d survived rm -f", pid)
+	}
+	if _, err := os.Stat(v.Dir); !os.IsNotExist(err) {
+		t.Errorf("VM directory left after rm")
+	}
+	in.fails("not found", "vm", "show", "t1")
+}
+
+func TestVMThatCannotBootEndsInError(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	// The bare vmlinux has no initramfs: its virtio drivers are modules,
+	// so it cannot reach the image and panics.
+	var k struct{ Vmlinux string }
+	in.jsonOut(&k, "kernel", "show", "k", "--json")
+	in.ok("kernel", "import", "bare", "--from", k.Vmlinux)
+	r := in.fails("failed to start", "vm", "create", "--name", "doomed", "--image", "bb", "--kernel", "bare", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu")
+	if !strings.Contains(r.stderr, "Kernel panic") && !strings.Contains(r.stderr, "VFS") {
+		t.Errorf("error lacks the console's tail: %s", r.stderr)
+	}
+	var v vmJSON
+	in.jsonOut(&v, "vm", "show", "doomed", "--json")
+	if v.State != "error" || v.PID != 0 || v.Error == "" {
+		t.Errorf("failed VM = %+v", v)
+	}
+	in.ok("vm", "rm", "doomed")
+	if _, err := os.Stat(v.Dir); !os.IsNotExist(err) {
+		t.Errorf("VM directory left after rm")
+	}
+}
