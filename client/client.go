@@ -341,3 +341,9 @@ func (c *Client) VMLogs(ctx context.Context, name string, follow bool, w io.Writ
 	}
 	return err
 }
+
+// PruneVMs removes every VM that is not running and returns their names.
+func (c *Client) PruneVMs(ctx context.Context) ([]string, error) {
+	var out []string
+	return out, c.getJSON(ctx, http.MethodPost, "/v1/vms/prune", nil, &out)
+}

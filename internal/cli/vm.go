@@ -16,7 +16,7 @@ import (
 func newVMCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Aliases: []string{"vms"}, Short: "Create and run VMs"}
 	cmd.AddCommand(newVMCreateCommand(a), newVMListCommand(a), newVMShowCommand(a), newVMLogsCommand(a),
-		newVMRmCommand(a))
+		newVMRmCommand(a), newVMPruneCommand(a))
 	for _, action := range []struct{ name, short string }{
 		{"start", "Start a VM and wait until it is ready"},
 		{"stop", "Shut a VM down gracefully (killed after 30 s)"},
@@ -207,5 +207,33 @@ func newVMRmCommand(a *app) *cobra.Command {
 			return err
 		})
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "kill a running VM first")
+	return cmd
+}
+
+func newVMPruneCommand(a *app) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Remove every VM that is not running (created, stopped, error)",
+		Args:  argsError(cobra.NoArgs),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			names, err := c.PruneVMs(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), names)
+			}
+			for _, n := range names {
+				fmt.Fprintln(cmd.OutOrStdout(), n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }

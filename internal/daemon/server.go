@@ -46,6 +46,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
 	mux.Handle("GET /v1/vms", d.wrap(d.handleVMs))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
+	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
 	mux.Handle("GET /v1/vms/{name}", d.wrap(d.handleVM))
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))

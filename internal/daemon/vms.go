@@ -507,6 +507,30 @@ func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handlePruneVMs removes every VM that is not live (created, stopped or
+// in error) and returns their names.
+func (d *Daemon) handlePruneVMs(w http.ResponseWriter, r *http.Request) error {
+	vms, err := d.store.VMs(r.Context())
+	if err != nil {
+		return err
+	}
+	removed := []string{}
+	for _, v := range vms {
+		unlock := d.vmLock(v.Name)
+		cur, err := d.store.VM(r.Context(), v.Name)
+		if err == nil && !vm.State(cur.State).Live() {
+			if _, err := d.store.DeleteVM(r.Context(), cur.Name); err == nil {
+				os.RemoveAll(cur.Dir)
+				removed = append(removed, cur.Name)
+			}
+		}
+		unlock()
+	}
+	d.log.Info("vms pruned", "count", len(removed))
+	writeJSON(w, http.StatusOK, removed)
+	return nil
+}
+
 // handleVMLogs streams the console log; with follow=1 it keeps streaming
 // new output until the client goes away.
 func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
@@ -564,15 +588,24 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 		if !vm.State(v.State).Live() {
 			continue
 		}
-		if vmmProcess(v.PID, v.Dir) {
+		alive := vmmProcess(v.PID, v.Dir)
+		switch {
+		case alive && v.State == string(vm.Starting):
+			// The daemon died while the VM booted: nobody saw it
+			// become ready. Start over cleanly rather than guess.
+			killPID(v.PID, v.Dir, true)
+			if err := d.transition(ctx, &v, vm.EvFail, 0, "interrupted: bangerd stopped while the VM was starting; start it again"); err != nil {
+				return err
+			}
+			d.log.Info("vm start interrupted", "vm", v.Name)
+		case alive:
 			d.log.Info("vm still running", "vm", v.Name, "pid", v.PID)
-			continue
+		default:
+			if err := d.transition(ctx, &v, vm.EvExited, 0, ""); err != nil {
+				return err
+			}
+			d.log.Info("vm found stopped", "vm", v.Name)
 		}
-		ev := vm.EvExited
-		if err := d.transition(ctx, &v, ev, 0, ""); err != nil {
-			return err
-		}
-		d.log.Info("vm found stopped", "vm", v.Name)
 	}
 	return removeLeftovers(d, d.layout.VMsDir(), known)
 }

@@ -75,7 +75,10 @@ func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string
 		os.Remove(disk)
 		return "", err
 	}
-	if _, err := runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-d", seed, disk); err != nil {
+	// Lazy init and no resize inode (its reserved descriptor blocks cost
+	// about 4 MiB per disk) keep a new VM's disk at about 200 KiB; an
+	// offline resize2fs can still grow it.
+	if _, err := runner.Run(ctx, "mkfs.ext4", "-q", "-F", "-O", "^resize_inode", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-d", seed, disk); err != nil {
 		os.Remove(disk)
 		return "", fmt.Errorf("formatting the writable disk: %w", err)
 	}

@@ -1,10 +1,13 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 
 	"banger/internal/imagepull/imagetest"
@@ -130,5 +133,92 @@ func TestVMThatCannotBootEndsInError(t *testing.T) {
 	in.ok("vm", "rm", "doomed")
 	if _, err := os.Stat(v.Dir); !os.IsNotExist(err) {
 		t.Errorf("VM directory left after rm")
+	}
+}
+
+// diskUsage is the bytes files under dir occupy.
+func diskUsage(t *testing.T, dir string) int64 {
+	var total int64
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				total += st.Blocks * 512
+			}
+		}
+		return nil
+	})
+	return total
+}
+
+func TestVMsCostLittleDiskAndSurviveConcurrency(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	vmsDir := in.path("state", "vms")
+	before := diskUsage(t, vmsDir)
+	base := []string{"vm", "create", "--no-start", "--image", "bb", "--kernel", "k", "--vmm", "qemu"}
+
+	// Ten distinct names and ten of one name, all at once.
+	var wg sync.WaitGroup
+	results := make([]result, 20)
+	for i := range results {
+		name := fmt.Sprintf("c%d", i)
+		if i >= 10 {
+			name = "same"
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = in.run(append(base, "--name", name)...)
+		}()
+	}
+	wg.Wait()
+	sameOK := 0
+	for i, r := range results {
+		switch {
+		case i < 10 && r.code != 0:
+			t.Errorf("create c%d: %s", i, r.stderr)
+		case i >= 10 && r.code == 0:
+			sameOK++
+		case i >= 10 && !strings.Contains(r.stderr, "exists"):
+			t.Errorf("losing create of 'same': %q", r.stderr)
+		}
+	}
+	if sameOK != 1 {
+		t.Errorf("%d creates of one name succeeded, want 1", sameOK)
+	}
+	// Ten more, sequentially: twenty VMs from one image in all.
+	for i := 10; i < 19; i++ {
+		in.ok(append(base, "--name", fmt.Sprintf("c%d", i))...)
+	}
+	added := diskUsage(t, vmsDir) - before
+	t.Logf("20 VMs from one image added %d KiB of disk", added>>10)
+	if added > 5<<20 {
+		t.Errorf("20 VMs added %d bytes, want under 5 MiB: creating a VM must copy no image data", added)
+	}
+	var list []vmJSON
+	in.jsonOut(&list, "vm", "ls", "--json")
+	if len(list) != 20 {
+		t.Fatalf("%d VMs listed, want 20", len(list))
+	}
+	// Remove half concurrently, prune the rest.
+	for i := 0; i < 10; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if r := in.run("vm", "rm", fmt.Sprintf("c%d", i)); r.code != 0 {
+				t.Errorf("rm c%d: %s", i, r.stderr)
+			}
+		}()
+	}
+	wg.Wait()
+	var pruned []string
+	in.jsonOut(&pruned, "vm", "prune", "--json")
+	if len(pruned) != 10 {
+		t.Errorf("prune removed %v, want the 10 left", pruned)
+	}
+	entries, _ := os.ReadDir(vmsDir)
+	in.jsonOut(&list, "vm", "ls", "--json")
+	if len(list) != 0 || len(entries) != 0 {
+		t.Errorf("after rm and prune: %d records, %d directories", len(list), len(entries))
 	}
 }
