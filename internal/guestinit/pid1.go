@@ -28,7 +28,7 @@ func stayPID1() error {
 	sigs := make(chan os.Signal, 32)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGPWR)
 	power := make(chan struct{}, 1)
-	go watchPowerButton(power)
+	watchPowerButton(power)
 
 	spec, err := readRunSpec(dataDir + "/" + RunSpecPath)
 	if err != nil {
@@ -105,33 +105,55 @@ func shutdown(main *int) {
 	reap(main)
 }
 
-// watchPowerButton signals power once when any input device reports the
-// power key (the ACPI power button QEMU's system_powerdown presses). It
-// gives up quietly when the kernel has no input devices.
+// watchPowerButton signals power when any input device reports the
+// power key (the ACPI power button QEMU's system_powerdown presses). A
+// press reaches only devices someone holds open, so it first waits (up
+// to a second) until every input device the kernel registered, which
+// sysfs lists at once, has its /dev node open; only then may the VM say
+// it is ready. It keeps looking for new devices for 30 seconds.
 func watchPowerButton(power chan<- struct{}) {
-	devs, _ := filepath.Glob("/dev/input/event*")
-	for _, d := range devs {
-		go func() {
-			f, err := os.Open(d)
-			if err != nil {
-				return
-			}
-			defer f.Close()
-			ev := make([]byte, 24) // struct input_event on 64-bit
-			for {
-				if _, err := io.ReadFull(f, ev); err != nil {
-					return
-				}
-				typ, code := binary.NativeEndian.Uint16(ev[16:]), binary.NativeEndian.Uint16(ev[18:])
-				value := int32(binary.NativeEndian.Uint32(ev[20:]))
-				if typ == evKey && code == keyPower && value == 1 {
-					select {
-					case power <- struct{}{}:
-					default:
-					}
+	watching := map[string]bool{}
+	scan := func() {
+		devs, _ := filepath.Glob("/dev/input/event*")
+		for _, d := range devs {
+			if !watching[d] {
+				watching[d] = true
+				if f, err := os.Open(d); err == nil {
+					go watchInput(f, power)
 				}
 			}
-		}()
+		}
+	}
+	registered, _ := filepath.Glob("/sys/class/input/event*")
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		scan()
+		if len(watching) >= len(registered) {
+			break
+		}
+	}
+	go func() {
+		for i := 0; i < 120; i++ {
+			time.Sleep(250 * time.Millisecond)
+			scan()
+		}
+	}()
+}
+
+func watchInput(f *os.File, power chan<- struct{}) {
+	defer f.Close()
+	ev := make([]byte, 24) // struct input_event on 64-bit
+	for {
+		if _, err := io.ReadFull(f, ev); err != nil {
+			return
+		}
+		typ, code := binary.NativeEndian.Uint16(ev[16:]), binary.NativeEndian.Uint16(ev[18:])
+		value := int32(binary.NativeEndian.Uint32(ev[20:]))
+		if typ == evKey && code == keyPower && value == 1 {
+			select {
+			case power <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 

@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/vmm/qemu"
+)
+
+// TestVMOverheadMeasurement compares `banger vm start` (CLI, daemon,
+// readiness) with launching the very same QEMU command line by hand and
+// waiting for the same ready line, in one run, and reports bangerd's
+// memory with 10 VMs running. It is a measurement, not a check: run it
+// with BANGER_VM_BENCH=1 (bench/vm.sh does).
+func TestVMOverheadMeasurement(t *testing.T) {
+	if os.Getenv("BANGER_VM_BENCH") != "1" {
+		t.Skip("a measurement: run bench/vm.sh")
+	}
+	in := newInstance(t)
+	vmFixtures(t, in)
+	in.ok("vm", "create", "--no-start", "--name", "m1", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu")
+	const rounds = 5
+	var banger, byHand []time.Duration
+	var argv []string
+	var dir string
+	for i := 0; i < rounds; i++ {
+		start := time.Now()
+		var v vmJSON
+		in.jsonOut(&v, "vm", "start", "m1", "--json")
+		banger = append(banger, time.Since(start))
+		if argv == nil {
+			raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", v.PID))
+			argv = strings.Split(strings.TrimRight(string(raw), "\x00"), "\x00")
+			dir = v.Dir
+		}
+		in.ok("vm", "stop", "m1")
+	}
+	console := filepath.Join(dir, qemu.ConsoleLog)
+	for i := 0; i < rounds; i++ {
+		os.Remove(filepath.Join(dir, qemu.QMPSocket))
+		offset := int64(0)
+		if fi, err := os.Stat(console); err == nil {
+			offset = fi.Size()
+		}
+		start := time.Now()
+		cmd := exec.Command(argv[0], argv[1:]...)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			b, _ := os.ReadFile(console)
+			if int64(len(b)) > offset && bytes.Contains(b[offset:], []byte("banger-vsock-agent: ready")) {
+				break
+			}
+			if time.Since(start) > 2*time.Minute {
+				t.Fatal("hand-started VM never ready")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		byHand = append(byHand, time.Since(start))
+		q, err := qemu.DialQMP(context.Background(), filepath.Join(dir, qemu.QMPSocket))
+		if err != nil {
+			t.Logf("QMP: %v", err)
+		} else {
+			q.Execute(context.Background(), "system_powerdown", nil)
+			q.Close()
+		}
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Logf("hand-started VM ignored the power button; killed")
+			cmd.Process.Kill()
+			<-done
+		}
+	}
+	mb, mh := median(banger), median(byHand)
+	t.Logf("vm start to ready, median of %d: banger %s, QEMU by hand %s: banger/by-hand = %.2f (+%s)",
+		rounds, mb.Round(time.Millisecond), mh.Round(time.Millisecond), float64(mb)/float64(mh), (mb - mh).Round(time.Millisecond))
+
+	// Daemon memory with 10 VMs running.
+	for i := 0; i < 10; i++ {
+		in.ok("vm", "create", "--name", fmt.Sprintf("mem%d", i), "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu")
+	}
+	pid := in.daemonPID()
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	for _, l := range strings.Split(string(status), "\n") {
+		if strings.HasPrefix(l, "VmRSS:") {
+			kb, _ := strconv.Atoi(strings.Fields(l)[1])
+			t.Logf("bangerd resident memory with 10 VMs running: %d KiB", kb)
+		}
+	}
+	for i := 0; i < 10; i++ {
+		in.ok("vm", "rm", "-f", fmt.Sprintf("mem%d", i))
+	}
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
