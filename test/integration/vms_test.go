@@ -2,6 +2,7 @@ package integration
 
 import (
 	"fmt"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"banger/internal/imagepull/imagetest"
 )
@@ -49,9 +51,19 @@ func vmFixtures(t *testing.T, in *instance) {
 	for _, a := range []string{"sh", "ls", "cat", "sleep"} {
 		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
 	}
+	for _, a := range []string{"echo", "sync"} {
+		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
+	}
 	reg := imagetest.StartRegistry(t)
-	ref := reg.Push(t, "test/busybox:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{imagetest.Layer(t, ents...)}}))
+	layer := imagetest.Layer(t, ents...)
+	ref := reg.Push(t, "test/busybox:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{layer}}))
 	in.ok("image", "pull", "-q", ref, "--name", "bb")
+	// The same, with a command that reports and leaves a mark on the
+	// VM's writable disk: what a user's program writes must survive a
+	// stop and start.
+	mark := reg.Push(t, "test/busybox:mark", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{layer},
+		Config: v1.Config{Cmd: []string{"/bin/sh", "-c", "if [ -f /mark ]; then echo MARK-FOUND; else echo MARK-NEW; fi; echo x > /mark; sync"}}}))
+	in.ok("image", "pull", "-q", mark, "--name", "bbmark")
 	in.ok("kernel", "import", "k", "--from", deb)
 }
 
@@ -104,6 +116,27 @@ func TestVMLifecycle(t *testing.T) {
 	}
 	in.fails("is running", "vm", "rm", "t1")
 	in.ok("vm", "rm", "-f", "t1")
+
+	// A write survives stop and start, and rm leaves nothing.
+	var m vmJSON
+	in.jsonOut(&m, "vm", "create", "--name", "w1", "--image", "bbmark", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--json")
+	in.waitLogs("w1", "MARK-NEW")
+	in.ok("vm", "stop", "w1")
+	in.ok("vm", "start", "w1")
+	in.waitLogs("w1", "MARK-FOUND")
+	in.ok("vm", "stop", "w1")
+	logs := in.ok("vm", "logs", "w1")
+	lines := map[string]int{}
+	for _, l := range strings.Split(logs, "\n") {
+		lines[strings.TrimSpace(l)]++
+	}
+	if lines["MARK-NEW"] != 1 || lines["MARK-FOUND"] != 1 {
+		t.Errorf("the first boot's write was not there on the second:\n%s", logs)
+	}
+	in.ok("vm", "rm", "w1")
+	if _, err := os.Stat(m.Dir); !os.IsNotExist(err) {
+		t.Errorf("VM directory left after rm")
+	}
 	if processAlive(pid) {
 		t.Errorf("VM process %d survived rm -f", pid)
 	}
@@ -221,4 +254,19 @@ func TestVMsCostLittleDiskAndSurviveConcurrency(t *testing.T) {
 	if len(list) != 0 || len(entries) != 0 {
 		t.Errorf("after rm and prune: %d records, %d directories", len(list), len(entries))
 	}
+}
+
+// waitLogs waits until a VM's console shows s as a line of its own.
+func (in *instance) waitLogs(name, s string) {
+	in.t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		for _, l := range strings.Split(in.ok("vm", "logs", name), "\n") {
+			if strings.TrimSpace(l) == s { // the console ends lines with \r\n
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	in.t.Fatalf("VM %s never printed %q:\n%s", name, s, in.ok("vm", "logs", name))
 }
