@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -465,6 +466,20 @@ func vmmProcess(pid int, dir string) bool {
 	return err == nil && bytes.Contains(b, []byte(dir))
 }
 
+// vmmProcesses finds every process whose command line names the VM
+// directory dir: the VMMs of that VM, recorded or not.
+func vmmProcesses(dir string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err == nil && pid != os.Getpid() && vmmProcess(pid, dir) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 func killPID(pid int, dir string, now bool) {
 	if !vmmProcess(pid, dir) {
 		return
@@ -590,10 +605,13 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 		}
 		alive := vmmProcess(v.PID, v.Dir)
 		switch {
-		case alive && v.State == string(vm.Starting):
+		case v.State == string(vm.Starting):
 			// The daemon died while the VM booted: nobody saw it
-			// become ready. Start over cleanly rather than guess.
-			killPID(v.PID, v.Dir, true)
+			// become ready, and its pid may not even be recorded. Stop
+			// every VMM of this VM and start over cleanly.
+			for _, pid := range vmmProcesses(v.Dir) {
+				killPID(pid, v.Dir, true)
+			}
 			if err := d.transition(ctx, &v, vm.EvFail, 0, "interrupted: bangerd stopped while the VM was starting; start it again"); err != nil {
 				return err
 			}

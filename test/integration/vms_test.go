@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"os"
@@ -269,4 +270,47 @@ func (in *instance) waitLogs(name, s string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	in.t.Fatalf("VM %s never printed %q:\n%s", name, s, in.ok("vm", "logs", name))
+}
+
+func TestDaemonKilledDuringVMCreate(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	pid := in.daemonPID()
+	cmd := exec.Command(filepath.Join(binDir, "banger"), "vm", "create", "--name", "k9", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu")
+	cmd.Env = in.env
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the VM is booting, then kill the daemon hard.
+	deadline := time.Now().Add(time.Minute)
+	var v vmJSON
+	for time.Now().Before(deadline) {
+		r := in.run("vm", "show", "k9", "--json")
+		if r.code == 0 && json.Unmarshal([]byte(r.stdout), &v) == nil && v.State == "starting" {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if v.State != "starting" {
+		t.Fatalf("never saw the VM starting: %+v", v)
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	cmd.Wait()
+	for processAlive(pid) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	// The next command starts a new daemon, which cleans up.
+	in.jsonOut(&v, "vm", "show", "k9", "--json")
+	if v.State != "error" || v.PID != 0 || !strings.Contains(v.Error, "interrupted") {
+		t.Errorf("after restart: %+v", v)
+	}
+	if out, _ := exec.Command("pgrep", "-f", v.Dir).Output(); len(out) > 0 {
+		t.Errorf("a VMM of the interrupted VM still runs: %s", out)
+	}
+	// And the VM starts normally afterwards.
+	in.jsonOut(&v, "vm", "start", "k9", "--json")
+	if v.State != "running" {
+		t.Errorf("start after recovery: %+v", v)
+	}
+	in.ok("vm", "rm", "-f", "k9")
 }
