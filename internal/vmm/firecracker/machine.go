@@ -2,13 +2,10 @@ package firecracker
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"sync"
-	"syscall"
 	"time"
 
 	"banger/internal/system"
@@ -47,13 +44,9 @@ func (b *Backend) Features() vmm.Features {
 
 // Machine is one Firecracker process.
 type Machine struct {
+	*vmm.Process
 	dir    string
-	proc   *os.Process
 	client *Client
-	exit   chan struct{}
-	once   sync.Once
-	state  *os.ProcessState
-	werr   error
 }
 
 var (
@@ -81,19 +74,15 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 		return nil, err
 	}
 	defer vmmLog.Close()
-	proc, err := system.Spawn(b.bin, []string{"--api-sock", sock, "--id", id}, os.Environ(), console, vmmLog)
+	proc, err := vmm.StartProcess(b.bin, []string{"--api-sock", sock, "--id", id}, console, vmmLog)
 	if err != nil {
 		return nil, err
 	}
-	m = &Machine{dir: dir, proc: proc, client: NewClient(sock), exit: make(chan struct{})}
-	go func() {
-		m.state, m.werr = proc.Wait()
-		close(m.exit)
-	}()
+	m = &Machine{Process: proc, dir: dir, client: NewClient(sock)}
 	defer func() {
 		if err != nil {
 			m.Kill()
-			<-m.exit
+			<-m.Exited()
 		}
 	}()
 	if err := m.waitSocket(ctx, sock); err != nil {
@@ -112,8 +101,8 @@ func (m *Machine) waitSocket(ctx context.Context, sock string) error {
 			return nil
 		}
 		select {
-		case <-m.exit:
-			return fmt.Errorf("%w before its API socket appeared (%s): %s", vmm.ErrExited, m.state, m.logTail())
+		case <-m.Exited():
+			return fmt.Errorf("%w before its API socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.logTail())
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-time.After(2 * time.Millisecond):
@@ -143,7 +132,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	defer func() {
 		if err != nil {
 			m.Kill()
-			<-m.exit
+			<-m.Exited()
 		}
 	}()
 	c := m.client
@@ -206,7 +195,7 @@ func (b *Backend) Restore(ctx context.Context, id, dir, statePath, memPath strin
 	defer func() {
 		if err != nil {
 			m.Kill()
-			<-m.exit
+			<-m.Exited()
 		}
 	}()
 	if err := m.configureLogs(ctx); err != nil {
@@ -222,34 +211,15 @@ func (b *Backend) Restore(ctx context.Context, id, dir, statePath, memPath strin
 // Client is the machine's API client.
 func (m *Machine) Client() *Client { return m.client }
 
-func (m *Machine) PID() int            { return m.proc.Pid }
+// ConsolePath implements vmm.Machine.
 func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
-
-// Wait implements vmm.Machine.
-func (m *Machine) Wait(ctx context.Context) error {
-	select {
-	case <-m.exit:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// Kill implements vmm.Machine.
-func (m *Machine) Kill() error {
-	err := m.proc.Signal(syscall.SIGKILL)
-	if errors.Is(err, os.ErrProcessDone) {
-		return nil
-	}
-	return err
-}
 
 // Stop sends Ctrl-Alt-Del (banger's init stage powers off on it, systemd
 // reboots, and Firecracker exits either way), waits for the process until
 // ctx ends, then kills it.
 func (m *Machine) Stop(ctx context.Context) error {
 	select {
-	case <-m.exit:
+	case <-m.Exited():
 		return nil
 	default:
 	}
@@ -264,7 +234,7 @@ func (m *Machine) Stop(ctx context.Context) error {
 	if err := m.Kill(); err != nil {
 		return err
 	}
-	<-m.exit
+	<-m.Exited()
 	return nil
 }
 

@@ -2,12 +2,10 @@ package qemu
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
-	"syscall"
 	"time"
 
 	"banger/internal/system"
@@ -37,10 +35,9 @@ func (b *Backend) Caps() Caps { return b.caps }
 
 // Machine is one QEMU process.
 type Machine struct {
-	dir  string
-	proc *os.Process
-	qmp  *QMP
-	exit chan struct{}
+	*vmm.Process
+	dir string
+	qmp *QMP
 }
 
 var (
@@ -65,19 +62,15 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 		return nil, err
 	}
 	defer logf.Close()
-	proc, err := system.Spawn(b.bin, Args(spec, b.caps), os.Environ(), logf, logf)
+	proc, err := vmm.StartProcess(b.bin, Args(spec, b.caps), logf, logf)
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{dir: spec.Dir, proc: proc, exit: make(chan struct{})}
-	go func() {
-		proc.Wait()
-		close(m.exit)
-	}()
+	m := &Machine{Process: proc, dir: spec.Dir}
 	defer func() {
 		if err != nil {
 			m.Kill()
-			<-m.exit
+			<-m.Exited()
 		}
 	}()
 	sock := filepath.Join(spec.Dir, QMPSocket)
@@ -89,8 +82,8 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 			return m, nil
 		}
 		select {
-		case <-m.exit:
-			return nil, fmt.Errorf("%w before its QMP socket appeared: %s", vmm.ErrExited, m.logTail())
+		case <-m.Exited():
+			return nil, fmt.Errorf("%w before its QMP socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.logTail())
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-time.After(5 * time.Millisecond):
@@ -109,27 +102,8 @@ func (m *Machine) logTail() string {
 // QMP is the machine's QMP client.
 func (m *Machine) QMP() *QMP { return m.qmp }
 
-func (m *Machine) PID() int            { return m.proc.Pid }
+// ConsolePath implements vmm.Machine.
 func (m *Machine) ConsolePath() string { return filepath.Join(m.dir, ConsoleLog) }
-
-// Wait implements vmm.Machine.
-func (m *Machine) Wait(ctx context.Context) error {
-	select {
-	case <-m.exit:
-		return nil
-	case <-ctx.Done():
-		return context.Cause(ctx)
-	}
-}
-
-// Kill implements vmm.Machine.
-func (m *Machine) Kill() error {
-	err := m.proc.Signal(syscall.SIGKILL)
-	if errors.Is(err, os.ErrProcessDone) {
-		return nil
-	}
-	return err
-}
 
 // Stop presses the ACPI power button (banger's init stage and systemd
 // both shut down cleanly on it; microvm has no keyboard for
@@ -137,7 +111,7 @@ func (m *Machine) Kill() error {
 // kills it.
 func (m *Machine) Stop(ctx context.Context) error {
 	select {
-	case <-m.exit:
+	case <-m.Exited():
 		return nil
 	default:
 	}
@@ -150,14 +124,14 @@ func (m *Machine) Stop(ctx context.Context) error {
 	m.qmp.Execute(qctx, "quit", nil)
 	cancel()
 	select {
-	case <-m.exit:
+	case <-m.Exited():
 		return nil
 	case <-time.After(2 * time.Second):
 	}
 	if err := m.Kill(); err != nil {
 		return err
 	}
-	<-m.exit
+	<-m.Exited()
 	return nil
 }
 

@@ -1,0 +1,67 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"syscall"
+
+	"banger/internal/system"
+)
+
+// Process is a VMM process a backend started: its pid, its end and a way
+// to kill it. Backends embed it in their Machine. Safe for concurrent
+// use; any number of callers may Wait.
+type Process struct {
+	proc  *os.Process
+	exit  chan struct{}
+	state *os.ProcessState
+}
+
+// StartProcess starts bin in a new session (it outlives its starter) with
+// standard output and error on the given files.
+func StartProcess(bin string, args []string, stdout, stderr *os.File) (*Process, error) {
+	proc, err := system.Spawn(bin, args, os.Environ(), stdout, stderr)
+	if err != nil {
+		return nil, err
+	}
+	p := &Process{proc: proc, exit: make(chan struct{})}
+	go func() {
+		p.state, _ = proc.Wait()
+		close(p.exit)
+	}()
+	return p, nil
+}
+
+// PID is the process id.
+func (p *Process) PID() int { return p.proc.Pid }
+
+// Exited is closed when the process has ended.
+func (p *Process) Exited() <-chan struct{} { return p.exit }
+
+// ExitState describes how the process ended; call it after Exited.
+func (p *Process) ExitState() string {
+	if p.state == nil {
+		return "still running"
+	}
+	return p.state.String()
+}
+
+// Wait blocks until the process exits or ctx ends.
+func (p *Process) Wait(ctx context.Context) error {
+	select {
+	case <-p.exit:
+		return nil
+	case <-ctx.Done():
+		return context.Cause(ctx)
+	}
+}
+
+// Kill ends the process at once; an already ended one is fine.
+func (p *Process) Kill() error {
+	err := p.proc.Signal(syscall.SIGKILL)
+	if errors.Is(err, os.ErrProcessDone) {
+		return nil
+	}
+	return err
+}
