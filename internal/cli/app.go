@@ -5,10 +5,12 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -133,7 +135,8 @@ func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
 	if a.layout.Home != "" {
 		args = append(args, "--home", a.layout.Home)
 	}
-	if _, err := system.StartDetached(bin, args, os.Environ()); err != nil {
+	_, exited, err := system.StartDetached(bin, args, os.Environ())
+	if err != nil {
 		return err
 	}
 	deadline := time.Now().Add(15 * time.Second)
@@ -144,6 +147,8 @@ func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
 		select {
 		case <-ctx.Done():
 			return context.Cause(ctx)
+		case err := <-exited:
+			return fmt.Errorf("bangerd exited before it answered (%v): %s", err, lastLogLine(a.layout.DaemonLog()))
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
@@ -158,4 +163,26 @@ func argsError(v cobra.PositionalArgs) cobra.PositionalArgs {
 		}
 		return nil
 	}
+}
+
+// lastLogLine is the message of the daemon log's last line, or where the
+// log is when there is none.
+func lastLogLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil || len(strings.TrimSpace(string(b))) == 0 {
+		return "see " + path
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var rec struct {
+		Msg string `json:"msg"`
+		Err string `json:"err"`
+	}
+	last := lines[len(lines)-1]
+	if json.Unmarshal([]byte(last), &rec) == nil && rec.Msg != "" {
+		if rec.Err != "" {
+			return rec.Msg + ": " + rec.Err
+		}
+		return rec.Msg
+	}
+	return last
 }

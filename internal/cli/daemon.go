@@ -3,6 +3,7 @@ package cli
 import (
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -71,15 +72,16 @@ func newDaemonStopCommand(a *app) *cobra.Command {
 			if err := c.StopDaemon(cmd.Context()); err != nil {
 				return err
 			}
-			// Wait until the socket stops answering, so a following
+			// Wait until the process is gone, not only its socket: it
+			// holds its lock until its clean-up is done, and a following
 			// command starts a fresh daemon.
 			deadline := time.Now().Add(15 * time.Second)
 			for time.Now().Before(deadline) {
-				if _, err := c.Status(cmd.Context()); errors.As(err, &de) {
+				if syscall.Kill(st.PID, 0) != nil {
 					fmt.Fprintf(cmd.ErrOrStderr(), "bangerd (pid %d) stopped\n", st.PID)
 					return nil
 				}
-				time.Sleep(50 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond)
 			}
 			return fmt.Errorf("bangerd (pid %d) is still answering after 15s: kill it with `kill %d`", st.PID, st.PID)
 		},

@@ -99,6 +99,11 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	var cleanups []func() error
 	defer func() {
+		// Also into the log: an autostarted daemon's stderr goes
+		// nowhere, and the CLI quotes the log's last line.
+		if err != nil && d.log != nil {
+			d.log.Error("bangerd failed", "err", err)
+		}
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			err = errors.Join(err, cleanups[i]())
 		}
@@ -221,16 +226,22 @@ func (d *Daemon) listen() (net.Listener, error) {
 	return ln, nil
 }
 
-// lockFile takes an exclusive lock on path, failing at once when another
-// process holds it.
+// lockFile takes an exclusive lock on path. A daemon that is stopping
+// holds it until its clean-up ends, so it waits up to 10 seconds before
+// concluding that another daemon runs.
 func lockFile(path string) (io.Closer, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("opening lock %s: %w", path, err)
 	}
-	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("another bangerd holds %s: stop it with `banger daemon stop`", path)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if time.Now().After(deadline) {
+			f.Close()
+			return nil, fmt.Errorf("another bangerd holds %s: stop it with `banger daemon stop`", path)
+		}
 	}
-	return f, nil
 }

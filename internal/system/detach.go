@@ -9,11 +9,13 @@ import (
 
 // StartDetached starts path in a new session with standard input and
 // output on /dev/null and returns its pid without waiting for it. The
-// process outlives the caller; it is how the CLI starts bangerd.
-func StartDetached(path string, args []string, env []string) (int, error) {
+// process outlives the caller; it is how the CLI starts bangerd. The
+// channel yields the process's exit, should it end while the caller
+// still runs (a daemon that fails to start).
+func StartDetached(path string, args []string, env []string) (int, <-chan error, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
-		return 0, fmt.Errorf("opening %s: %w", os.DevNull, err)
+		return 0, nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
 	cmd := exec.Command(path, args...)
@@ -21,12 +23,11 @@ func StartDetached(path string, args []string, env []string) (int, error) {
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
-		return 0, fmt.Errorf("starting %s: %w", path, err)
+		return 0, nil, fmt.Errorf("starting %s: %w", path, err)
 	}
-	pid := cmd.Process.Pid
-	// Release so the child is not reaped by us; it belongs to init now.
-	_ = cmd.Process.Release()
-	return pid, nil
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	return cmd.Process.Pid, exited, nil
 }
 
 // Spawn starts path in a new session with standard input on /dev/null
