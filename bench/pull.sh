@@ -21,7 +21,9 @@ echo "$out" | awk '
 	END {
 		if (banger == "" || base == "" || floor == "") { print "missing results"; exit 1 }
 		printf "image: %s MiB\n", ENVIRON["BANGER_BENCH_MIB"] == "" ? 300 : ENVIRON["BANGER_BENCH_MIB"]
-		printf "banger / baseline = %.2f   (goal: at most 0.50)\n", banger / base
+		mib = ENVIRON["BANGER_BENCH_MIB"] == "" ? 300 : ENVIRON["BANGER_BENCH_MIB"]
+		goal = mib >= 300 ? "   (goal: at most 0.50)" : "   (the goal is set for the 300 MiB image; small images carry fixed costs)"
+		printf "banger / baseline = %.2f%s\n", banger / base, goal
 		printf "banger / floor    = %.2f\n", banger / floor
 		printf "baseline / floor  = %.2f\n", base / floor
 	}'
