@@ -40,24 +40,6 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-func (d *Daemon) handleImages(w http.ResponseWriter, r *http.Request) error {
-	imgs, err := d.store.Images(r.Context())
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, imgs)
-	return nil
-}
-
-func (d *Daemon) handleImage(w http.ResponseWriter, r *http.Request) error {
-	img, err := d.store.Image(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return withHint(err, "list images with `banger image list`")
-	}
-	writeJSON(w, http.StatusOK, img)
-	return nil
-}
-
 func withHint(err error, hint string) error {
 	if errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("%w: %s", err, hint)

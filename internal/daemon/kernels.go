@@ -32,24 +32,6 @@ func validateKernelName(name string) error {
 	return nil
 }
 
-func (d *Daemon) handleKernels(w http.ResponseWriter, r *http.Request) error {
-	ks, err := d.store.Kernels(r.Context())
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, ks)
-	return nil
-}
-
-func (d *Daemon) handleKernel(w http.ResponseWriter, r *http.Request) error {
-	k, err := d.store.Kernel(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return withHint(err, "list kernels with `banger kernel list`")
-	}
-	writeJSON(w, http.StatusOK, k)
-	return nil
-}
-
 func (d *Daemon) handleRemoveKernel(w http.ResponseWriter, r *http.Request) error {
 	k, err := d.store.DeleteKernel(r.Context(), r.PathValue("name"))
 	if err != nil {

@@ -32,22 +32,22 @@ func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/daemon", d.wrap(d.handleStatus))
 	mux.Handle("POST /v1/daemon/stop", d.wrap(d.handleStop))
-	mux.Handle("GET /v1/images", d.wrap(d.handleImages))
+	mux.Handle("GET /v1/images", d.wrap(listHandler(d.store.Images)))
 	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
-	mux.Handle("GET /v1/images/{name...}", d.wrap(d.handleImage))
+	mux.Handle("GET /v1/images/{name...}", d.wrap(getHandler(d.store.Image, "banger image list")))
 	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
 	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
-	mux.Handle("GET /v1/kernels", d.wrap(d.handleKernels))
+	mux.Handle("GET /v1/kernels", d.wrap(listHandler(d.store.Kernels)))
 	mux.Handle("GET /v1/kernels/catalog", d.wrap(d.handleKernelCatalog))
 	mux.Handle("POST /v1/kernels/import", d.wrap(d.handleKernelImport))
 	mux.Handle("POST /v1/kernels/pull", d.wrap(d.handleKernelPull))
 	mux.Handle("POST /v1/kernels/default", d.wrap(d.handleDefaultKernel))
-	mux.Handle("GET /v1/kernels/{name}", d.wrap(d.handleKernel))
+	mux.Handle("GET /v1/kernels/{name}", d.wrap(getHandler(d.store.Kernel, "banger kernel list")))
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
-	mux.Handle("GET /v1/vms", d.wrap(d.handleVMs))
+	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.store.VMs)))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
-	mux.Handle("GET /v1/vms/{name}", d.wrap(d.handleVM))
+	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.store.VM, "banger vm ls")))
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
 	mux.Handle("GET /v1/vms/{name}/logs", d.wrap(d.handleVMLogs))
@@ -55,6 +55,31 @@ func (d *Daemon) routes() http.Handler {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))
 	return mux
+}
+
+// listHandler answers with everything fetch returns, [] when nothing.
+func listHandler[T any](fetch func(context.Context) ([]T, error)) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		items, err := fetch(r.Context())
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, items)
+		return nil
+	}
+}
+
+// getHandler answers with the object named in the path; a miss names
+// the command that lists what there is.
+func getHandler[T any](fetch func(context.Context, string) (T, error), listCmd string) handler {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		item, err := fetch(r.Context(), r.PathValue("name"))
+		if err != nil {
+			return withHint(err, "see `"+listCmd+"`")
+		}
+		writeJSON(w, http.StatusOK, item)
+		return nil
+	}
 }
 
 // wrap checks the caller's credentials and turns a handler's error into

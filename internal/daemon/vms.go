@@ -119,24 +119,6 @@ func vmHint(err error) error {
 	return withHint(err, "list VMs with `banger vm ls`")
 }
 
-func (d *Daemon) handleVMs(w http.ResponseWriter, r *http.Request) error {
-	vms, err := d.store.VMs(r.Context())
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusOK, vms)
-	return nil
-}
-
-func (d *Daemon) handleVM(w http.ResponseWriter, r *http.Request) error {
-	v, err := d.store.VM(r.Context(), r.PathValue("name"))
-	if err != nil {
-		return vmHint(err)
-	}
-	writeJSON(w, http.StatusOK, v)
-	return nil
-}
-
 func (d *Daemon) handleCreateVM(w http.ResponseWriter, r *http.Request) error {
 	var req api.VMCreateRequest
 	if err := decodeBody(r, &req); err != nil {
