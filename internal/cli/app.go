@@ -135,7 +135,7 @@ func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
 	if a.layout.Home != "" {
 		args = append(args, "--home", a.layout.Home)
 	}
-	_, exited, err := system.StartDetached(bin, args, os.Environ())
+	exited, err := system.StartDetached(bin, args, os.Environ())
 	if err != nil {
 		return err
 	}

@@ -1,33 +1,37 @@
 package system
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"syscall"
 )
 
-// StartDetached starts path in a new session with standard input and
-// output on /dev/null and returns its pid without waiting for it. The
-// process outlives the caller; it is how the CLI starts bangerd. The
-// channel yields the process's exit, should it end while the caller
-// still runs (a daemon that fails to start).
-func StartDetached(path string, args []string, env []string) (int, <-chan error, error) {
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+// StartDetached starts path like Spawn, with its output on /dev/null, and
+// returns without waiting for it: the process outlives the caller; it is
+// how the CLI starts bangerd. The channel yields how the process ended,
+// should it end while the caller still runs (a daemon that fails to
+// start).
+func StartDetached(path string, args []string, env []string) (<-chan error, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
-		return 0, nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
-	cmd := exec.Command(path, args...)
-	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, devnull
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return 0, nil, fmt.Errorf("starting %s: %w", path, err)
+	proc, err := Spawn(path, args, env, devnull, devnull)
+	if err != nil {
+		return nil, err
 	}
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	return cmd.Process.Pid, exited, nil
+	go func() {
+		state, err := proc.Wait()
+		if err == nil {
+			err = errors.New(state.String())
+		}
+		exited <- err
+	}()
+	return exited, nil
 }
 
 // Spawn starts path in a new session with standard input on /dev/null

@@ -9,11 +9,8 @@ package vm
 import (
 	"bufio"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,6 +26,7 @@ import (
 	"banger/internal/imagepull/imagetest"
 	"banger/internal/kernel"
 	"banger/internal/system"
+	"banger/internal/vmm/qemu"
 )
 
 var (
@@ -271,18 +269,6 @@ func (r bootResult) check(key string) string {
 	return "(missing)"
 }
 
-func tscKHz() string {
-	b, _ := os.ReadFile("/proc/cpuinfo")
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.HasPrefix(l, "cpu MHz") {
-			if _, v, ok := strings.Cut(l, ":"); ok {
-				mhz, _ := strconv.ParseFloat(strings.TrimSpace(v), 64)
-				return strconv.Itoa(int(mhz * 1000))
-			}
-		}
-	}
-	return ""
-}
 
 // boot runs one VM to completion (it must power itself off) and returns
 // its console, line by line, timed from the VMM's start.
@@ -296,9 +282,9 @@ func boot(t testing.TB, s vmSpec) bootResult {
 		s.timeout = 3 * time.Minute
 	}
 	cmdline := "console=ttyS0 panic=-1 reboot=t"
-	if k := tscKHz(); k != "" {
+	if k := qemu.Probe().TSCkHz; k > 0 {
 		// Without it, guests hang calibrating the TSC under emulation.
-		cmdline += " tsc_early_khz=" + k
+		cmdline += " tsc_early_khz=" + strconv.Itoa(k)
 	}
 	cmdline += " " + s.append
 	args := []string{
@@ -350,12 +336,9 @@ func boot(t testing.TB, s vmSpec) bootResult {
 
 func hashFile(t testing.TB, p string) string {
 	t.Helper()
-	f, err := os.Open(p)
+	h, err := kernel.HashFile(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	h := sha256.New()
-	io.Copy(h, f)
-	return hex.EncodeToString(h.Sum(nil))
+	return h
 }
