@@ -2,6 +2,7 @@ package imagepull
 
 import (
 	"archive/tar"
+	"banger/internal/testenv"
 	"bytes"
 	"compress/gzip"
 	"context"
@@ -113,7 +114,7 @@ func remoteBenchImage(b *testing.B) v1.Image {
 // BenchmarkPullBanger is banger's pipeline, cold cache: fetch, flatten,
 // ext4, inject.
 func BenchmarkPullBanger(b *testing.B) {
-	requireBinary(b, "debugfs")
+	testenv.RequireBinary(b, "debugfs", "apt-get install e2fsprogs")
 	setupBenchImage(b)
 	agent, _ := fakeAgent(b)
 	for b.Loop() {
@@ -134,7 +135,7 @@ func BenchmarkPullBanger(b *testing.B) {
 // mutate.Extract, extract into a directory, mkfs.ext4 -d, fix owners with
 // debugfs, inject.
 func BenchmarkPullBaseline(b *testing.B) {
-	requireBinary(b, "mkfs.ext4")
+	testenv.RequireBinary(b, "mkfs.ext4", "apt-get install e2fsprogs")
 	setupBenchImage(b)
 	agent, _ := fakeAgent(b)
 	for b.Loop() {

@@ -3,6 +3,7 @@ package imagepull
 import (
 	"banger/internal/imagepull/flatten"
 	"banger/internal/imagepull/imagetest"
+	"banger/internal/testenv"
 	"bytes"
 	"context"
 	"os"
@@ -37,20 +38,10 @@ func flattenLayers(tb testing.TB, layers ...[]byte) (*flatten.Tree, error) {
 	return f, nil
 }
 
-func requireBinary(tb testing.TB, name string) {
-	tb.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			tb.Fatalf("%s not on PATH (BANGER_TEST_STRICT=1): install e2fsprogs", name)
-		}
-		tb.Skipf("%s not on PATH: install e2fsprogs to run this test", name)
-	}
-}
-
 // buildImage flattens layers and builds an ext4 from them.
 func buildImage(tb testing.TB, layers ...[]byte) (string, Ext4Stats) {
 	tb.Helper()
-	requireBinary(tb, "debugfs")
+	testenv.RequireBinary(tb, "debugfs", "apt-get install e2fsprogs")
 	f, err := flattenLayers(tb, layers...)
 	if err != nil {
 		tb.Fatalf("flatten: %v", err)

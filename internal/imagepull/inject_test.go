@@ -1,6 +1,7 @@
 package imagepull
 
 import (
+	"banger/internal/testenv"
 	"context"
 	"os/exec"
 	"path/filepath"
@@ -108,7 +109,7 @@ func TestScanInjectOutput(t *testing.T) {
 
 func mkfs(tb testing.TB) string {
 	tb.Helper()
-	requireBinary(tb, "mkfs.ext4")
+	testenv.RequireBinary(tb, "mkfs.ext4", "apt-get install e2fsprogs")
 	img := filepath.Join(tb.TempDir(), "img.ext4")
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img, "32M").CombinedOutput(); err != nil {
 		tb.Fatalf("mkfs: %v %s", err, out)
@@ -136,7 +137,7 @@ func TestInjectGuestAgentsIntoRealExt4(t *testing.T) {
 }
 
 func TestInjectGuestAgentsFullImage(t *testing.T) {
-	requireBinary(t, "mkfs.ext4")
+	testenv.RequireBinary(t, "mkfs.ext4", "apt-get install e2fsprogs")
 	img := filepath.Join(t.TempDir(), "tiny.ext4")
 	// 128 inodes, nearly all used: the writes cannot allocate.
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", "-N", "16", img, "1M").CombinedOutput(); err != nil {

@@ -3,6 +3,7 @@ package imagepull
 import (
 	"archive/tar"
 	"banger/internal/imagepull/imagetest"
+	"banger/internal/testenv"
 	"context"
 	"errors"
 	"os"
@@ -19,7 +20,7 @@ import (
 
 func newTestPuller(tb testing.TB, opts ...Option) *Puller {
 	tb.Helper()
-	requireBinary(tb, "debugfs")
+	testenv.RequireBinary(tb, "debugfs", "apt-get install e2fsprogs")
 	p, err := New(filepath.Join(tb.TempDir(), "blobs"), system.Runner{}, opts...)
 	if err != nil {
 		tb.Fatal(err)

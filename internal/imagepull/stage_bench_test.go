@@ -1,6 +1,7 @@
 package imagepull
 
 import (
+	"banger/internal/testenv"
 	"context"
 	"testing"
 	"time"
@@ -10,7 +11,7 @@ import (
 // seconds per pull for each stage (download overlaps flattening; the
 // figure is until the first layer is ready to flatten).
 func BenchmarkPullStages(b *testing.B) {
-	requireBinary(b, "debugfs")
+	testenv.RequireBinary(b, "debugfs", "apt-get install e2fsprogs")
 	setupBenchImage(b)
 	agent, _ := fakeAgent(b)
 	totals := map[string]time.Duration{}

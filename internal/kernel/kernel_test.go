@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"banger/internal/testenv"
 	"bytes"
 	"errors"
 	"io"
@@ -12,20 +13,6 @@ import (
 
 	"github.com/klauspost/compress/gzip"
 )
-
-// testDeb returns a Debian cloud kernel package: $BANGER_TEST_KERNEL_DEB
-// (CI sets it after `apt-get download`), else the test skips.
-func testDeb(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("BANGER_TEST_KERNEL_DEB")
-	if p == "" {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatal("BANGER_TEST_KERNEL_DEB is not set (BANGER_TEST_STRICT=1): see .ci/run")
-		}
-		t.Skip("set BANGER_TEST_KERNEL_DEB to a linux-image-*-cloud-amd64 .deb (apt-get download)")
-	}
-	return p
-}
 
 func fakeAgent(t *testing.T) string {
 	p := filepath.Join(t.TempDir(), "agent")
@@ -81,7 +68,7 @@ func readInitramfs(t *testing.T, path string) (map[string]cpioEntry, []string) {
 }
 
 func TestImportDebianPackage(t *testing.T) {
-	deb := testDeb(t)
+	deb := testenv.KernelPackage(t)
 	dir := t.TempDir()
 	agent := fakeAgent(t)
 	b, err := Import(deb, dir, agent)
@@ -159,7 +146,7 @@ func TestImportDebianPackage(t *testing.T) {
 }
 
 func TestImportBzImageAndVmlinux(t *testing.T) {
-	deb := testDeb(t)
+	deb := testenv.KernelPackage(t)
 	work := t.TempDir()
 	c, err := readDeb(deb, work)
 	if err != nil {
@@ -189,7 +176,7 @@ func TestImportRejects(t *testing.T) {
 		t.Errorf("text file: err = %v, want ErrNotKernel", err)
 	}
 	// A boot header whose payload is cut short.
-	deb := testDeb(t)
+	deb := testenv.KernelPackage(t)
 	c, err := readDeb(deb, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -233,10 +220,7 @@ func TestImportRejects(t *testing.T) {
 // modules and the agent) from the files an import keeps; it is what the
 // daemon does when the agent changes.
 func BenchmarkBuildInitramfs(b *testing.B) {
-	deb := os.Getenv("BANGER_TEST_KERNEL_DEB")
-	if deb == "" {
-		b.Skip("set BANGER_TEST_KERNEL_DEB")
-	}
+	deb := testenv.KernelPackage(b)
 	dir := b.TempDir()
 	agent := filepath.Join(b.TempDir(), "agent")
 	// A realistic agent size: this test binary.

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"archive/tar"
+	"banger/internal/testenv"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -62,7 +63,7 @@ func randomImage(t *testing.T, reg *imagetest.Registry, repoTag string, sizes ..
 }
 
 func TestImageLifecycle(t *testing.T) {
-	requireBinary(t, "debugfs")
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	ref := smallImage(t, reg, "demo/app:1", "app/main", "app/data")
 	in := newInstance(t)
@@ -171,7 +172,7 @@ func TestImageLifecycle(t *testing.T) {
 }
 
 func TestPullFailuresLeaveNothing(t *testing.T) {
-	requireBinary(t, "debugfs")
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	in := newInstance(t)
 	good := smallImage(t, reg, "ok/img:1", "f")
@@ -226,7 +227,7 @@ func TestPullFailuresLeaveNothing(t *testing.T) {
 }
 
 func TestConcurrentPullsDoTheWorkOnce(t *testing.T) {
-	requireBinary(t, "debugfs")
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	ref := randomImage(t, reg, "conc/img:1", 4<<20)
 	reg.SetDelay(300 * time.Millisecond) // keep the first pull in flight
@@ -259,7 +260,7 @@ func TestConcurrentPullsDoTheWorkOnce(t *testing.T) {
 }
 
 func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
-	requireBinary(t, "debugfs")
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	ref := randomImage(t, reg, "slow/img:1", 4<<20, 4<<20)
 	reg.SetDelay(2 * time.Second)
@@ -302,7 +303,7 @@ func TestKillDuringPullIsCleanedOnRestart(t *testing.T) {
 }
 
 func TestRegistryAuthUsesTheCallersDockerConfig(t *testing.T) {
-	requireBinary(t, "debugfs")
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	reg.SetAuth("alice", "s3cret")
 	ref := smallImage(t, reg, "priv/img:1", "secret")
@@ -324,7 +325,7 @@ func TestRegistryAuthUsesTheCallersDockerConfig(t *testing.T) {
 }
 
 func TestSocketRejectsOtherUsers(t *testing.T) {
-	requireRoot(t)
+	testenv.RequireRoot(t)
 	in := newInstance(t)
 	in.daemonPID()
 	sock := in.path("run", "bangerd.sock")
@@ -349,8 +350,8 @@ func TestSocketRejectsOtherUsers(t *testing.T) {
 }
 
 func TestDiskFullMidPull(t *testing.T) {
-	requireRoot(t)
-	requireBinary(t, "debugfs")
+	testenv.RequireRoot(t)
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	reg := imagetest.StartRegistry(t)
 	ref := randomImage(t, reg, "big/img:1", 24<<20)
 	in := newInstance(t)

@@ -2,6 +2,7 @@ package integration
 
 import (
 	"banger/internal/imagepull/imagetest"
+	"banger/internal/testenv"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -24,18 +25,6 @@ type kernelJSON struct {
 	AgentHash string   `json:"agent_hash"`
 }
 
-func kernelDeb(t *testing.T) string {
-	t.Helper()
-	p := os.Getenv("BANGER_TEST_KERNEL_DEB")
-	if p == "" {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatal("BANGER_TEST_KERNEL_DEB not set (BANGER_TEST_STRICT=1): eval \"$(scripts/vm-fixtures.sh)\"")
-		}
-		t.Skip("set BANGER_TEST_KERNEL_DEB (scripts/vm-fixtures.sh)")
-	}
-	return p
-}
-
 // kernelLeftovers lists staging and orphan directories under state/kernels.
 func (in *instance) kernelLeftovers(known ...kernelJSON) []string {
 	ok := map[string]bool{}
@@ -53,7 +42,7 @@ func (in *instance) kernelLeftovers(known ...kernelJSON) []string {
 }
 
 func TestKernelImportLifecycle(t *testing.T) {
-	deb := kernelDeb(t)
+	deb := testenv.KernelPackage(t)
 	in := newInstance(t)
 	agent := filepath.Join(t.TempDir(), "agent")
 	b, _ := os.ReadFile(filepath.Join(binDir, "banger-vsock-agent"))
@@ -125,7 +114,7 @@ func TestKernelImportBadInput(t *testing.T) {
 }
 
 func TestKernelDefaultImportsInstalledKernel(t *testing.T) {
-	deb := kernelDeb(t)
+	deb := testenv.KernelPackage(t)
 	root := t.TempDir()
 	if out, err := exec.Command("dpkg-deb", "-x", deb, root).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb: %v %s", err, out)
@@ -140,7 +129,7 @@ func TestKernelDefaultImportsInstalledKernel(t *testing.T) {
 }
 
 func TestKernelPullFromCatalog(t *testing.T) {
-	deb := kernelDeb(t)
+	deb := testenv.KernelPackage(t)
 	data, err := os.ReadFile(deb)
 	if err != nil {
 		t.Fatal(err)
@@ -185,7 +174,7 @@ func TestKernelPullFromCatalog(t *testing.T) {
 }
 
 func TestKernelPullFromOCIImage(t *testing.T) {
-	deb := kernelDeb(t)
+	deb := testenv.KernelPackage(t)
 	in := newInstance(t)
 	// The image carries an ELF vmlinux (banger's own extraction of the
 	// package's bzImage) and the package's modules.

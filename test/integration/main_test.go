@@ -198,23 +198,3 @@ func processAlive(pid int) bool {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	return err == nil && !strings.Contains(string(b), ") Z ")
 }
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatal("needs root (BANGER_TEST_STRICT=1)")
-		}
-		t.Skip("needs root")
-	}
-}
-
-func requireBinary(t *testing.T, name string) {
-	t.Helper()
-	if _, err := exec.LookPath(name); err != nil {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatalf("%s not on PATH (BANGER_TEST_STRICT=1)", name)
-		}
-		t.Skipf("%s not on PATH", name)
-	}
-}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"banger/internal/testenv"
 	"encoding/json"
 	"fmt"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -35,14 +36,9 @@ type vmJSON struct {
 // into the instance, as a user would.
 func vmFixtures(t *testing.T, in *instance) {
 	t.Helper()
-	deb := kernelDeb(t)
-	bbDeb := os.Getenv("BANGER_TEST_BUSYBOX_DEB")
-	if bbDeb == "" {
-		t.Skip("set BANGER_TEST_BUSYBOX_DEB (scripts/vm-fixtures.sh)")
-	}
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		t.Skip("qemu-system-x86_64 not installed")
-	}
+	deb := testenv.KernelPackage(t)
+	bbDeb := testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb (scripts/vm-fixtures.sh)")
+	testenv.RequireBinary(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")
 	x := t.TempDir()
 	if out, err := exec.Command("dpkg-deb", "-x", bbDeb, x).CombinedOutput(); err != nil {
 		t.Fatalf("dpkg-deb: %v %s", err, out)

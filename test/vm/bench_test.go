@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"banger/internal/testenv"
 	"os"
 	"path/filepath"
 	"testing"
@@ -61,8 +62,8 @@ func BenchmarkBoot(b *testing.B) {
 		run(b, spec, map[string]string{"init-s": "init stage started", "ready-s": "ready: running"})
 	})
 	b.Run("systemd", func(b *testing.B) {
-		if os.Getenv("BANGER_TEST_DEBIAN_ROOT") == "" {
-			b.Skip("BANGER_TEST_DEBIAN_ROOT not set")
+		if os.Getenv(testenv.DebianRoot) == "" {
+			b.Skip(testenv.DebianRoot + " not set")
 		}
 		spec := vmSpec{vmlinux: k.Vmlinux, initrd: k.Initrd, root: debianImage(b), data: dataDisk(b, nil),
 			append: "banger.root=/dev/vda banger.data=/dev/vdb banger.hostname=deb " + netArgs}

@@ -29,7 +29,7 @@ func waitConsole(t *testing.T, path, s string, d time.Duration) {
 }
 
 func TestQEMUBackendLifecycle(t *testing.T) {
-	needQEMU(t)
+	requireQEMU(t)
 	k := importKernel(t)
 	data := dataDisk(t, &guestinit.RunSpec{Cmd: []string{"/bin/sh", "-c", "echo STARTED; sleep 600"}, PowerOffOnExit: true})
 	b, err := qemu.New("/usr/bin/qemu-system-x86_64", qemu.Probe())

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"banger/internal/testenv"
 	"bytes"
 	"compress/gzip"
 	"os"
@@ -37,7 +38,7 @@ var (
 // ($BANGER_TEST_DEBIAN_ROOT is its directory), through banger's pipeline.
 func debianImage(t testing.TB) string {
 	t.Helper()
-	dir := need(t, "BANGER_TEST_DEBIAN_ROOT", "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (see .ci/run)")
+	dir := testenv.Fixture(t, testenv.DebianRoot, "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (scripts/vm-fixtures.sh)")
 	debOnce.Do(func() {
 		start := time.Now()
 		defer func() { t.Logf("Debian image built and pulled in %s", time.Since(start).Round(time.Millisecond)) }()

@@ -7,6 +7,7 @@
 package vm
 
 import (
+	"banger/internal/testenv"
 	"bufio"
 	"context"
 	"encoding/json"
@@ -65,33 +66,6 @@ func goBuild(out, pkg string) error {
 	return nil
 }
 
-// need returns an environment variable naming a file the tests need, or
-// skips (fails under BANGER_TEST_STRICT=1).
-func need(t testing.TB, env, what string) string {
-	t.Helper()
-	p := os.Getenv(env)
-	if p == "" {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatalf("%s is not set (BANGER_TEST_STRICT=1): %s", env, what)
-		}
-		t.Skipf("set %s: %s", env, what)
-	}
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("%s: %v", env, err)
-	}
-	return p
-}
-
-func needQEMU(t testing.TB) {
-	t.Helper()
-	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
-		if os.Getenv("BANGER_TEST_STRICT") == "1" {
-			t.Fatal("qemu-system-x86_64 not installed (BANGER_TEST_STRICT=1): apt-get install qemu-system-x86")
-		}
-		t.Skip("qemu-system-x86_64 not installed: apt-get install qemu-system-x86")
-	}
-}
-
 // The kernel and the busybox image are built once per run.
 var (
 	kernelOnce sync.Once
@@ -117,7 +91,7 @@ func sharedDir(t testing.TB) string {
 
 func importKernel(t testing.TB) *kernel.Built {
 	t.Helper()
-	deb := need(t, "BANGER_TEST_KERNEL_DEB", "a linux-image-*-cloud-amd64 .deb (apt-get download)")
+	deb := testenv.KernelPackage(t)
 	kernelOnce.Do(func() {
 		dir := filepath.Join(sharedDir(t), "kernel")
 		os.MkdirAll(dir, 0o755)
@@ -153,7 +127,7 @@ exit $EXIT
 // registry on loopback and returns its ext4.
 func busyboxImage(t testing.TB) string {
 	t.Helper()
-	deb := need(t, "BANGER_TEST_BUSYBOX_DEB", "the busybox-static .deb (apt-get download busybox-static)")
+	deb := testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb (scripts/vm-fixtures.sh)")
 	bbOnce.Do(func() {
 		bbRootfs, bbErr = buildBusyboxImage(t, deb)
 	})
@@ -269,12 +243,11 @@ func (r bootResult) check(key string) string {
 	return "(missing)"
 }
 
-
 // boot runs one VM to completion (it must power itself off) and returns
 // its console, line by line, timed from the VMM's start.
 func boot(t testing.TB, s vmSpec) bootResult {
 	t.Helper()
-	needQEMU(t)
+	requireQEMU(t)
 	if s.memMiB == 0 {
 		s.memMiB = 512
 	}
@@ -341,4 +314,9 @@ func hashFile(t testing.TB, p string) string {
 		t.Fatal(err)
 	}
 	return h
+}
+
+func requireQEMU(tb testing.TB) {
+	tb.Helper()
+	testenv.RequireBinary(tb, "qemu-system-x86_64", "apt-get install qemu-system-x86")
 }

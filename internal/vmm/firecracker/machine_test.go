@@ -1,6 +1,7 @@
 package firecracker
 
 import (
+	"banger/internal/testenv"
 	"context"
 	"os"
 	"os/exec"
@@ -29,10 +30,7 @@ func requireFirecracker(t *testing.T) string {
 
 func testSpec(t *testing.T) vmm.Spec {
 	t.Helper()
-	deb := os.Getenv("BANGER_TEST_KERNEL_DEB")
-	if deb == "" {
-		t.Skip("set BANGER_TEST_KERNEL_DEB (scripts/vm-fixtures.sh)")
-	}
+	deb := testenv.KernelPackage(t)
 	kdir := t.TempDir()
 	agent := filepath.Join(t.TempDir(), "agent")
 	os.WriteFile(agent, []byte("agent"), 0o755)

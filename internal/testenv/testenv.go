@@ -1,0 +1,64 @@
+// Package testenv gates tests on what the machine has: root, host
+// binaries, and fixture files located by environment variables (the VM
+// tests' kernel and busybox packages, which scripts/vm-fixtures.sh
+// fetches). A gate skips with the reason, or fails when
+// BANGER_TEST_STRICT=1 (CI as root), so a missing tool cannot hide a
+// test. Test code only; nothing in banger's binaries imports it.
+package testenv
+
+import (
+	"banger/internal/system"
+	"os"
+	"testing"
+)
+
+func skipOrFail(tb testing.TB, why string) {
+	tb.Helper()
+	if os.Getenv("BANGER_TEST_STRICT") == "1" {
+		tb.Fatalf("%s (BANGER_TEST_STRICT=1)", why)
+	}
+	tb.Skip(why)
+}
+
+// RequireRoot skips unless the test runs as root.
+func RequireRoot(tb testing.TB) {
+	tb.Helper()
+	if os.Geteuid() != 0 {
+		skipOrFail(tb, "needs root")
+	}
+}
+
+// RequireBinary skips unless name is on PATH; install says how to get it.
+func RequireBinary(tb testing.TB, name, install string) {
+	tb.Helper()
+	if _, err := system.LookPath(name); err != nil {
+		skipOrFail(tb, name+" not on PATH: "+install)
+	}
+}
+
+// Fixture returns the file the environment variable env names, skipping
+// when it is unset; what says what the file is and how to get one.
+func Fixture(tb testing.TB, env, what string) string {
+	tb.Helper()
+	p := os.Getenv(env)
+	if p == "" {
+		skipOrFail(tb, "set "+env+": "+what)
+	}
+	if _, err := os.Stat(p); err != nil {
+		tb.Fatalf("%s: %v", env, err)
+	}
+	return p
+}
+
+// The VM tests' fixtures (scripts/vm-fixtures.sh).
+const (
+	KernelDeb  = "BANGER_TEST_KERNEL_DEB"
+	BusyboxDeb = "BANGER_TEST_BUSYBOX_DEB"
+	DebianRoot = "BANGER_TEST_DEBIAN_ROOT"
+)
+
+// KernelPackage is the Debian cloud kernel package the tests import.
+func KernelPackage(tb testing.TB) string {
+	tb.Helper()
+	return Fixture(tb, KernelDeb, "a linux-image-*-cloud-amd64 .deb (eval \"$(scripts/vm-fixtures.sh)\")")
+}
