@@ -16,6 +16,7 @@ type Process struct {
 	proc  *os.Process
 	exit  chan struct{}
 	state *os.ProcessState
+	log   string // the file its standard error goes to
 }
 
 // StartProcess starts bin in a new session (it outlives its starter) with
@@ -25,12 +26,19 @@ func StartProcess(bin string, args []string, stdout, stderr *os.File) (*Process,
 	if err != nil {
 		return nil, err
 	}
-	p := &Process{proc: proc, exit: make(chan struct{})}
+	p := &Process{proc: proc, exit: make(chan struct{}), log: stderr.Name()}
 	go func() {
 		p.state, _ = proc.Wait()
 		close(p.exit)
 	}()
 	return p, nil
+}
+
+// LogTail is the end of the process's standard error log, on one line,
+// for error messages.
+func (p *Process) LogTail() string {
+	b, _ := os.ReadFile(p.log)
+	return system.Tail(string(b), 400)
 }
 
 // PID is the process id.

@@ -102,20 +102,15 @@ func (m *Machine) waitSocket(ctx context.Context, sock string) error {
 		}
 		select {
 		case <-m.Exited():
-			return fmt.Errorf("%w before its API socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.logTail())
+			return fmt.Errorf("%w before its API socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.LogTail())
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-time.After(2 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("firecracker API socket %s did not appear within 10s: %s", sock, m.logTail())
+			return fmt.Errorf("firecracker API socket %s did not appear within 10s: %s", sock, m.LogTail())
 		}
 	}
-}
-
-func (m *Machine) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(m.dir, VMMLog))
-	return system.Tail(string(b), 400)
 }
 
 // Start launches Firecracker for spec, configures it and boots the guest.

@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"banger/internal/system"
 	"banger/internal/vmm"
 )
 
@@ -83,20 +82,15 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 		}
 		select {
 		case <-m.Exited():
-			return nil, fmt.Errorf("%w before its QMP socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.logTail())
+			return nil, fmt.Errorf("%w before its QMP socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.LogTail())
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-time.After(5 * time.Millisecond):
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("QMP socket %s did not answer within 10s: %s", sock, m.logTail())
+			return nil, fmt.Errorf("QMP socket %s did not answer within 10s: %s", sock, m.LogTail())
 		}
 	}
-}
-
-func (m *Machine) logTail() string {
-	b, _ := os.ReadFile(filepath.Join(m.dir, VMMLog))
-	return system.Tail(string(b), 400)
 }
 
 // QMP is the machine's QMP client.
