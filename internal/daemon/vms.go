@@ -42,6 +42,9 @@ type vmRuntime struct {
 	mu       sync.Mutex
 	locks    map[string]*sync.Mutex // by VM name
 	machines map[string]vmm.Machine // by VM id
+
+	probeOnce sync.Once
+	caps      qemu.Caps
 }
 
 func (d *Daemon) vmLock(name string) func() {
@@ -83,7 +86,10 @@ func (d *Daemon) setMachine(id string, m vmm.Machine) {
 // auto (Firecracker when its binary exists and guests run at hardware
 // speed, QEMU otherwise).
 func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec) (vmm.Machine, error), error) {
-	caps := qemu.Probe()
+	// Probed once per daemon: what the host can do does not change
+	// between VMs.
+	d.vms.probeOnce.Do(func() { d.vms.caps = qemu.Probe() })
+	caps := d.vms.caps
 	fcBin, fcErr := system.LookPath("firecracker")
 	if choice == "" || choice == "auto" {
 		choice = "qemu"
