@@ -85,7 +85,9 @@ type VM struct {
 	VCPU      int       `json:"vcpu"`
 	MemoryMiB int       `json:"memory_mib"`
 	DiskBytes int64     `json:"disk_bytes"` // size of the writable disk
-	IP        string    `json:"ip"`         // empty until networking exists
+	Network   string    `json:"network"`    // nat, shared or none
+	IP        string    `json:"ip"`         // empty with network none
+	Ports     []string  `json:"ports"`      // published ports, HOSTIP:HOST:GUEST/tcp
 	PID       int       `json:"pid"`        // VMM process, 0 when not running
 	Dir       string    `json:"dir"`
 	Error     string    `json:"error,omitempty"`
@@ -102,6 +104,10 @@ type VMCreateRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	NoStart   bool   `json:"no_start,omitempty"`
+	// Network is nat (default), shared or none; Ports are -p values,
+	// [IP:]HOST:GUEST[/tcp].
+	Network string   `json:"network,omitempty"`
+	Ports   []string `json:"ports,omitempty"`
 }
 
 // RegistryAuth carries credentials the CLI resolved from the user's own
@@ -185,6 +191,7 @@ const (
 	CodeBadKernel   = "bad_kernel"
 	CodeDownload    = "download_failed"
 	CodeVMStart     = "vm_start_failed"
+	CodeNetwork     = "network_unavailable"
 	CodeCanceled    = "canceled"
 	CodeInternal    = "internal"
 )

@@ -63,7 +63,9 @@ func newVMCreateCommand(a *app) *cobra.Command {
 		Use:   "create",
 		Short: "Create a VM from an image and start it (unless --no-start)",
 		Example: "  banger vm create --image alpine:3.20\n" +
-			"  banger vm create --name dev --image debian --vcpu 4 --memory 4G --disk-size 20G --vmm qemu",
+			"  banger vm create --name dev --image debian --vcpu 4 --memory 4G --disk-size 20G --vmm qemu\n" +
+			"  banger vm create --name web --image nginx -p 8080:80      # http://localhost:8080, http://web.vm\n" +
+			"  banger vm create --image alpine --network none            # no network device at all",
 		Args: argsError(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			mem, err := parseSize(memory)
@@ -89,7 +91,7 @@ func newVMCreateCommand(a *app) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), v)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\n", v.Name, v.State, time.Since(start).Round(10*time.Millisecond))
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s\t%s\n", v.Name, v.State, orDash(v.IP), time.Since(start).Round(10*time.Millisecond))
 			return nil
 		},
 	}
@@ -102,8 +104,17 @@ func newVMCreateCommand(a *app) *cobra.Command {
 	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
 	f.StringVar(&disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default 8G)")
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM without starting it")
+	f.StringVar(&req.Network, "network", "nat", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none")
+	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 func newVMActionCommand(a *app, action, short string) *cobra.Command {
@@ -137,9 +148,9 @@ func newVMListCommand(a *app) *cobra.Command {
 		short: "List VMs",
 		fetch: (*client.Client).VMs,
 		name:  func(v api.VM) string { return v.Name },
-		head:  "NAME\tSTATE\tIMAGE\tKERNEL\tVMM\tVCPU\tMEMORY\tCREATED",
+		head:  "NAME\tSTATE\tIP\tIMAGE\tKERNEL\tVMM\tVCPU\tMEMORY\tCREATED",
 		row: func(v api.VM) string {
-			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, humanBytes(int64(v.MemoryMiB)<<20), humanAgo(v.CreatedAt))
+			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", v.Name, v.State, orDash(v.IP), v.Image, v.Kernel, v.VMM, v.VCPU, humanBytes(int64(v.MemoryMiB)<<20), humanAgo(v.CreatedAt))
 		},
 		empty: "no VMs yet: `banger vm create --image IMAGE`",
 	})
@@ -167,6 +178,7 @@ func newVMShowCommand(a *app) *cobra.Command {
 			for _, kv := range [][2]string{
 				{"name", v.Name}, {"state", v.State}, {"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM},
 				{"vcpu", strconv.Itoa(v.VCPU)}, {"memory", humanBytes(int64(v.MemoryMiB) << 20)}, {"disk", humanBytes(v.DiskBytes)},
+				{"network", v.Network}, {"ip", orDash(v.IP)}, {"ports", orDash(strings.Join(v.Ports, " "))},
 				{"pid", strconv.Itoa(v.PID)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
 			} {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/hostnet"
 	"banger/internal/imagepull"
 	"banger/internal/paths"
 	"banger/internal/store"
@@ -48,6 +49,12 @@ type Options struct {
 	// ReadyTimeout bounds how long a VM may take to become ready
 	// (default 2 minutes: software emulation is slow).
 	ReadyTimeout time.Duration
+	// Network places the VM network: bridge, subnet and namespace
+	// (zero values: banger0, 10.253.0.0/24, the daemon's own).
+	Network hostnet.Config
+	// DNSUpstreams are where the VM DNS server forwards other names
+	// (default: the host's /etc/resolv.conf).
+	DNSUpstreams []string
 }
 
 // Daemon is one bangerd instance.
@@ -65,6 +72,7 @@ type Daemon struct {
 	// httpClient fetches catalog kernels.
 	httpClient *http.Client
 	vms        vmRuntime
+	netrt      netRuntime
 	// pruning is set while the blob cache is pruned; pulls wait for it.
 	pruning bool
 
@@ -187,6 +195,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		srv.Close()
 	}
+	d.closeNetwork()
 	d.log.Info("bangerd stopped")
 	return nil
 }

@@ -37,6 +37,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	if err := d.reconcileVMs(ctx); err != nil {
 		return err
 	}
+	if err := d.reconcileNet(ctx); err != nil {
+		return err
+	}
 	n, err := d.puller.Blobs().RemoveTemps()
 	if n > 0 {
 		d.log.Info("removed interrupted blob downloads", "count", n)

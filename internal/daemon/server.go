@@ -114,6 +114,8 @@ func classify(err error) (int, string) {
 		return http.StatusBadRequest, api.CodeInvalid
 	case errors.Is(err, vm.ErrInvalidState):
 		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, errNetwork):
+		return http.StatusServiceUnavailable, api.CodeNetwork
 	case errors.Is(err, errVMStart):
 		return http.StatusInternalServerError, api.CodeVMStart
 	case errors.Is(err, imagepull.ErrAuth):

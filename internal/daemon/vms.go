@@ -17,6 +17,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/guestinit"
+	"banger/internal/hostnet"
 	"banger/internal/store"
 	"banger/internal/system"
 	"banger/internal/vm"
@@ -177,8 +178,33 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	if err != nil {
 		return nil, err
 	}
+	mode, err := hostnet.ParseMode(req.Network)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errInvalid, err)
+	}
+	ports, err := parsePorts(mode, req.Ports)
+	if err != nil {
+		return nil, err
+	}
+	alloc, err := d.allocator(mode)
+	if err != nil {
+		return nil, err
+	}
+	if mode != hostnet.None {
+		// Before anything is recorded: a network that cannot exist (a
+		// colliding subnet, no privileges) or a port that is taken fails
+		// the create with nothing left behind.
+		n, err := d.networkUp()
+		if err != nil {
+			return nil, err
+		}
+		if err := portsFree(n, ports); err != nil {
+			return nil, err
+		}
+	}
 	v := api.VM{ID: newID(), Name: name, State: string(vm.Created), Image: img.Name, Kernel: k.Name, VMM: choice,
-		VCPU: orInt(req.VCPU, defaultVCPU), MemoryMiB: orInt(req.MemoryMiB, defaultMemoryMiB), DiskBytes: req.DiskBytes}
+		VCPU: orInt(req.VCPU, defaultVCPU), MemoryMiB: orInt(req.MemoryMiB, defaultMemoryMiB), DiskBytes: req.DiskBytes,
+		Network: string(mode), Ports: ports}
 	if v.DiskBytes == 0 {
 		v.DiskBytes = defaultDiskBytes
 	}
@@ -196,7 +222,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 		return nil, err
 	}
 	v.CreatedAt = time.Now().UTC()
-	if err := d.store.InsertVM(ctx, v); err != nil {
+	if err := d.store.InsertVM(ctx, &v, alloc); err != nil {
 		os.RemoveAll(v.Dir)
 		return nil, err
 	}
@@ -205,6 +231,19 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 		return &v, nil
 	}
 	return d.startVMLocked(v)
+}
+
+// inVMNet runs fn (a VMM start) in the VM network's namespace when the
+// VM is networked, so the VMM finds its TAP there.
+func (d *Daemon) inVMNet(v api.VM, fn func() error) error {
+	if v.Network == string(hostnet.None) || v.Network == "" {
+		return fn()
+	}
+	n, err := d.hostNet()
+	if err != nil {
+		return err
+	}
+	return n.Do(fn)
 }
 
 func orInt(v, def int) int {
@@ -246,17 +285,27 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 	if err := d.transition(ctx, &v, vm.EvStart, 0, ""); err != nil {
 		return nil, err
 	}
+	began := time.Now()
+	netArgs, err := d.attachNet(ctx, v)
+	if err != nil {
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		return nil, err
+	}
 	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
-		Cmdline: vm.Cmdline(v.Name),
+		Cmdline: vm.Cmdline(v.Name, netArgs...),
 		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}}}
+	if netArgs != nil {
+		spec.TAP, spec.MAC = hostnet.TAPName(v.ID), hostnet.MAC(v.ID).String()
+	}
 	console := filepath.Join(v.Dir, "console.log")
 	offset := fileSize(console)
-	began := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	m, err := start(sctx, spec)
+	var m vmm.Machine
+	err = d.inVMNet(v, func() (err error) { m, err = start(sctx, spec); return })
 	cancel()
 	if err != nil {
 		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.detachNet(ctx, v)
 		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
 	}
 	d.setMachine(v.ID, m)
@@ -267,13 +316,14 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 		m.Wait(ctx)
 		d.setMachine(v.ID, nil)
 		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.detachNet(ctx, v)
 		d.log.Warn("vm failed to start", "vm", v.Name, "err", err)
 		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", errVMStart, v.Name, v.Name, err)
 	}
 	if err := d.transition(ctx, &v, vm.EvReady, m.PID(), ""); err != nil {
 		return nil, err
 	}
-	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ready_after", time.Since(began))
+	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
 	go d.watchExit(v, m)
 	return &v, nil
 }
@@ -369,6 +419,7 @@ func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
 		return
 	}
 	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
+	d.detachNet(context.Background(), cur)
 	d.log.Info("vm exited", "vm", v.Name)
 }
 
@@ -440,6 +491,7 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 	}
 	d.store.SetVMState(ctx, v.Name, v.State, 0, "")
 	v.PID = 0
+	d.detachNet(ctx, v)
 	d.log.Info("vm stopped", "vm", v.Name, "killed", kill)
 	return &v, nil
 }
@@ -502,6 +554,7 @@ func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
 	if _, err := d.store.DeleteVM(r.Context(), name); err != nil {
 		return err
 	}
+	d.removeNet(v)
 	if err := os.RemoveAll(v.Dir); err != nil {
 		d.log.Warn("removing VM files", "vm", name, "err", err)
 	}
@@ -523,6 +576,7 @@ func (d *Daemon) handlePruneVMs(w http.ResponseWriter, r *http.Request) error {
 		cur, err := d.store.VM(r.Context(), v.Name)
 		if err == nil && !vm.State(cur.State).Live() {
 			if _, err := d.store.DeleteVM(r.Context(), cur.Name); err == nil {
+				d.removeNet(cur)
 				os.RemoveAll(cur.Dir)
 				removed = append(removed, cur.Name)
 			}

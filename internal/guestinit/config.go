@@ -25,11 +25,13 @@ import (
 //	banger.gw=10.0.2.2        default gateway
 //	banger.mtu=1500
 //	banger.dns=10.0.2.3       resolver for /etc/resolv.conf
+//	banger.domain=vm          search domain, and the host name's domain in /etc/hosts
 //	banger.hostname=NAME
 //	banger.init=PATH|none     exec PATH after the root switch; none: stay PID 1
 type Config struct {
 	Root, Data              string
 	Iface, IP, GW, DNS, MTU string
+	Domain                  string
 	Hostname, Init          string
 	MMIODevices             []string // virtio_mmio.device= values, for the module
 }
@@ -53,6 +55,8 @@ func ParseCmdline(cmdline string) Config {
 			c.IP = v
 		case "banger.gw":
 			c.GW = v
+		case "banger.domain":
+			c.Domain = v
 		case "banger.dns":
 			c.DNS = v
 		case "banger.mtu":

@@ -349,13 +349,21 @@ func writeIdentity(c Config, root string) error {
 		if !containsPrefix(lines, "127.0.0.1") {
 			lines = append([]string{"127.0.0.1\tlocalhost"}, lines...)
 		}
-		lines = append(lines, addr+"\t"+c.Hostname)
+		names := c.Hostname
+		if c.Domain != "" {
+			names = c.Hostname + "." + c.Domain + " " + c.Hostname
+		}
+		lines = append(lines, addr+"\t"+names)
 		if err := writeIfChanged(root+"/etc/hosts", strings.Join(lines, "\n")+"\n"); err != nil {
 			return err
 		}
 	}
 	if c.DNS != "" {
-		if err := writeIfChanged(root+"/etc/resolv.conf", "nameserver "+c.DNS+"\n"); err != nil {
+		conf := "nameserver " + c.DNS + "\n"
+		if c.Domain != "" {
+			conf += "search " + c.Domain + "\n"
+		}
+		if err := writeIfChanged(root+"/etc/resolv.conf", conf); err != nil {
 			return err
 		}
 	}

@@ -64,6 +64,11 @@ var migrations = []string{
 		error       TEXT NOT NULL DEFAULT '',
 		created_at  TEXT NOT NULL
 	)`,
+	// 4: VM networking. VMs from before it had no network: 'none'.
+	`ALTER TABLE vms ADD COLUMN network TEXT NOT NULL DEFAULT 'none';
+	ALTER TABLE vms ADD COLUMN ip TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
+	CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip != ''`,
 }
 
 // Store is the database. It is safe for concurrent use.

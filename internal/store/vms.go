@@ -2,19 +2,25 @@ package store
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"banger/internal/api"
 )
 
-const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at`
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports`
 
 func scanVM(row scanner) (api.VM, error) {
 	var v api.VM
-	var created string
-	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created); err != nil {
+	var created, ports string
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports); err != nil {
 		return v, err
+	}
+	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
+		return v, fmt.Errorf("vm %q: decoding ports: %w", v.Name, err)
 	}
 	t, err := time.Parse(time.RFC3339Nano, created)
 	if err != nil {
@@ -24,20 +30,62 @@ func scanVM(row scanner) (api.VM, error) {
 	return v, nil
 }
 
-// InsertVM records a new VM; ErrExists when its name is taken.
-func (s *Store) InsertVM(ctx context.Context, v api.VM) error {
+// InsertVM records a new VM; ErrExists when its name is taken. With
+// alloc, the VM's address is chosen in the same transaction from the
+// addresses every other VM holds, so concurrent creates never share one.
+func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip.Addr) (netip.Addr, error)) error {
 	if v.CreatedAt.IsZero() {
 		v.CreatedAt = time.Now()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano))
+	if v.Ports == nil {
+		v.Ports = []string{}
+	}
+	ports, _ := json.Marshal(v.Ports)
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if alloc != nil {
+		used, err := usedAddrs(ctx, tx)
+		if err != nil {
+			return err
+		}
+		a, err := alloc(used)
+		if err != nil {
+			return err
+		}
+		v.IP = a.String()
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano),
+		v.Network, v.IP, string(ports))
 	if isUnique(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
 	}
 	if err != nil {
 		return fmt.Errorf("recording vm %q: %w", v.Name, err)
 	}
-	return nil
+	return tx.Commit()
+}
+
+func usedAddrs(ctx context.Context, tx *sql.Tx) ([]netip.Addr, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT ip FROM vms WHERE ip != ''`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []netip.Addr
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return nil, err
+		}
+		if a, err := netip.ParseAddr(s); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out, rows.Err()
 }
 
 // VM returns the named VM, or ErrNotFound.

@@ -7,9 +7,13 @@
 package testenv
 
 import (
-	"banger/internal/system"
+	"context"
+	"crypto/rand"
+	"fmt"
 	"os"
 	"testing"
+
+	"banger/internal/system"
 )
 
 func skipOrFail(tb testing.TB, why string) {
@@ -61,4 +65,39 @@ const (
 func KernelPackage(tb testing.TB) string {
 	tb.Helper()
 	return Fixture(tb, KernelDeb, "a linux-image-*-cloud-amd64 .deb (eval \"$(scripts/vm-fixtures.sh)\")")
+}
+
+// NetNS creates a named network namespace with loopback up for this
+// test and deletes it (and everything in it) when the test ends. Tests
+// send traffic only inside namespaces they made this way.
+func NetNS(tb testing.TB) string {
+	tb.Helper()
+	RequireRoot(tb)
+	RequireBinary(tb, "ip", "apt-get install iproute2")
+	b := make([]byte, 4)
+	rand.Read(b)
+	name := fmt.Sprintf("bgt-%x", b)
+	r := system.Runner{}
+	if _, err := r.Run(context.Background(), "ip", "netns", "add", name); err != nil {
+		tb.Fatalf("creating network namespace: %v", err)
+	}
+	tb.Cleanup(func() {
+		if _, err := r.Run(context.Background(), "ip", "netns", "delete", name); err != nil {
+			tb.Errorf("deleting network namespace %s: %v", name, err)
+		}
+	})
+	if _, err := r.Run(context.Background(), "ip", "-n", name, "link", "set", "lo", "up"); err != nil {
+		tb.Fatalf("bringing lo up in %s: %v", name, err)
+	}
+	return name
+}
+
+// IP runs `ip ARGS...` for test setup and fails the test on error.
+func IP(tb testing.TB, args ...string) string {
+	tb.Helper()
+	out, err := system.Runner{}.Run(context.Background(), "ip", args...)
+	if err != nil {
+		tb.Fatalf("ip %v: %v", args, err)
+	}
+	return string(out)
 }

@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"banger/internal/testenv"
 )
 
 // binDir holds banger, bangerd and banger-vsock-agent built for this run.
@@ -53,9 +55,10 @@ func TestMain(m *testing.M) {
 
 // instance is one banger home with its own daemon.
 type instance struct {
-	t    *testing.T
-	home string
-	env  []string
+	t     *testing.T
+	home  string
+	env   []string
+	netns string // the VM network's namespace, "" when not root
 }
 
 func newInstance(t *testing.T) *instance {
@@ -66,6 +69,13 @@ func newInstance(t *testing.T) *instance {
 		t.Fatal(err)
 	}
 	in := &instance{t: t, home: home, env: append(os.Environ(), "BANGER_HOME="+home, "PATH="+binDir+":"+os.Getenv("PATH"))}
+	if os.Geteuid() == 0 {
+		// The daemon's VM network (bridge, TAPs, rules, DNS, published
+		// ports) lives in a namespace of the test's own, deleted after
+		// the daemon stops: tests never touch the host's network.
+		in.netns = testenv.NetNS(t)
+		in.env = append(in.env, "BANGER_NETNS="+in.netns)
+	}
 	t.Cleanup(func() {
 		in.stopDaemon()
 		os.RemoveAll(home)

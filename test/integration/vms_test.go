@@ -18,18 +18,36 @@ import (
 )
 
 type vmJSON struct {
-	Name      string `json:"name"`
-	State     string `json:"state"`
-	Image     string `json:"image"`
-	Kernel    string `json:"kernel"`
-	VMM       string `json:"vmm"`
-	VCPU      int    `json:"vcpu"`
-	MemoryMiB int    `json:"memory_mib"`
-	IP        string `json:"ip"`
-	PID       int    `json:"pid"`
-	Dir       string `json:"dir"`
-	Error     string `json:"error"`
-	CreatedAt string `json:"created_at"`
+	Name      string   `json:"name"`
+	State     string   `json:"state"`
+	Image     string   `json:"image"`
+	Kernel    string   `json:"kernel"`
+	VMM       string   `json:"vmm"`
+	VCPU      int      `json:"vcpu"`
+	MemoryMiB int      `json:"memory_mib"`
+	IP        string   `json:"ip"`
+	Network   string   `json:"network"`
+	Ports     []string `json:"ports"`
+	PID       int      `json:"pid"`
+	Dir       string   `json:"dir"`
+	Error     string   `json:"error"`
+	CreatedAt string   `json:"created_at"`
+}
+
+// busyboxLayer is a layer with a static busybox and a few applets.
+func busyboxLayer(t *testing.T) []byte {
+	t.Helper()
+	bbDeb := testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb (scripts/vm-fixtures.sh)")
+	x := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", bbDeb, x).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	bb, _ := os.ReadFile(filepath.Join(x, "bin", "busybox"))
+	ents := []imagetest.Entry{{Name: "bin/busybox", Body: string(bb), Mode: 0o755}, {Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\n"}}
+	for _, a := range []string{"sh", "ls", "cat", "sleep", "echo", "sync"} {
+		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
+	}
+	return imagetest.Layer(t, ents...)
 }
 
 // vmFixtures imports the Debian cloud kernel and pulls a busybox image
@@ -37,22 +55,9 @@ type vmJSON struct {
 func vmFixtures(t *testing.T, in *instance) {
 	t.Helper()
 	deb := testenv.KernelPackage(t)
-	bbDeb := testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb (scripts/vm-fixtures.sh)")
 	testenv.RequireBinary(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")
-	x := t.TempDir()
-	if out, err := exec.Command("dpkg-deb", "-x", bbDeb, x).CombinedOutput(); err != nil {
-		t.Fatalf("dpkg-deb: %v %s", err, out)
-	}
-	bb, _ := os.ReadFile(filepath.Join(x, "bin", "busybox"))
-	ents := []imagetest.Entry{{Name: "bin/busybox", Body: string(bb), Mode: 0o755}, {Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\n"}}
-	for _, a := range []string{"sh", "ls", "cat", "sleep"} {
-		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
-	}
-	for _, a := range []string{"echo", "sync"} {
-		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
-	}
 	reg := imagetest.StartRegistry(t)
-	layer := imagetest.Layer(t, ents...)
+	layer := busyboxLayer(t)
 	ref := reg.Push(t, "test/busybox:1", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{layer}}))
 	in.ok("image", "pull", "-q", ref, "--name", "bb")
 	// The same, with a command that reports and leaves a mark on the

@@ -1,0 +1,138 @@
+package hostnet
+
+import (
+	"context"
+	"fmt"
+	"crypto/rand"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"banger/internal/system"
+	"banger/internal/testenv"
+)
+
+// BenchmarkVMNetworkSetup measures what starting and stopping one VM
+// costs the network: its TAP on the bridge and its rules, then their
+// removal. banger does it over netlink in-process; the baseline runs the
+// same steps as `ip` and `nft` commands, as the first banger did.
+func BenchmarkVMNetworkSetup(b *testing.B) {
+	testenv.RequireBinary(b, "nft", "apt-get install nftables")
+	ns := testenv.NetNS(b)
+	n, err := Open(Config{NetNS: ns, StateDir: b.TempDir()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.EnsureBridge(); err != nil {
+		b.Fatal(err)
+	}
+	// Steady state: another VM is running, so the tables stay.
+	other := Endpoint{VM: "other", TAP: "bg-other", IP: netip.MustParseAddr("10.253.0.3"), Mode: NAT}
+	ep := Endpoint{VM: "bench", TAP: TAPName("bench"), IP: netip.MustParseAddr("10.253.0.2"), Mode: NAT}
+	// A VM keeps its TAP while it exists: a stop and start changes the
+	// rules only.
+	b.Run("banger-stop-start", func(b *testing.B) {
+		if err := n.AddTAP(ep.TAP); err != nil {
+			b.Fatal(err)
+		}
+		defer n.DelTAP(ep.TAP)
+		for i := 0; i < b.N; i++ {
+			if err := n.AddTAP(ep.TAP); err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Apply([]Endpoint{other, ep}); err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Apply([]Endpoint{other}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("banger-create-rm", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if err := n.AddTAP(ep.TAP); err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Apply([]Endpoint{other, ep}); err != nil {
+				b.Fatal(err)
+			}
+			if err := n.DelTAP(ep.TAP); err != nil {
+				b.Fatal(err)
+			}
+			if err := n.Apply([]Endpoint{other}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	const table = `table inet banger {
+	chain postrouting { type nat hook postrouting priority srcnat; ip saddr 10.253.0.3 oifname != "banger0" masquerade; %s}
+}
+table bridge banger {
+	chain forward { type filter hook forward priority 0; iifname "bg-*" oifname "bg-*" drop; }
+}
+`
+	up := "flush ruleset\n" + fmt.Sprintf(table, `ip saddr 10.253.0.2 oifname != "banger0" masquerade; `)
+	down := "flush ruleset\n" + fmt.Sprintf(table, "")
+	r := system.Runner{}
+	ctx := context.Background()
+	run := func(b *testing.B, stdin string, name string, args ...string) {
+		var err error
+		if stdin != "" {
+			_, err = r.RunStdin(ctx, strings.NewReader(stdin), name, args...)
+		} else {
+			_, err = r.Run(ctx, name, args...)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.Run("ip-nft-commands", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			run(b, "", "ip", "-n", ns, "tuntap", "add", "dev", ep.TAP, "mode", "tap", "vnet_hdr")
+			run(b, "", "ip", "-n", ns, "link", "set", ep.TAP, "master", DefaultBridge, "up")
+			run(b, up, "nsenter", "--net=/run/netns/"+ns, "nft", "-f", "-")
+			run(b, "", "ip", "-n", ns, "link", "del", ep.TAP)
+			run(b, down, "nsenter", "--net=/run/netns/"+ns, "nft", "-f", "-")
+		}
+	})
+}
+
+// BenchmarkForward compares a TCP stream through a published port (the
+// userspace proxy) with the same stream straight to the guest.
+func BenchmarkForward(b *testing.B) {
+	n, ns := netWithGuest(b)
+	p, _ := ParsePort("18081:7")
+	f, err := n.Forward(p, netip.MustParseAddr("10.253.0.11"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 256<<10)
+	rand.Read(chunk)
+	for _, c := range []struct{ name, addr string }{{"proxy", "127.0.0.1:18081"}, {"direct", "10.253.0.11:7"}} {
+		b.Run(c.name, func(b *testing.B) {
+			var conn net.Conn
+			if err := InNetNS(ns, func() (err error) { conn, err = net.Dial("tcp", c.addr); return }); err != nil {
+				b.Fatal(err)
+			}
+			defer conn.Close()
+			b.SetBytes(int64(len(chunk)))
+			done := make(chan error, 1)
+			go func() {
+				_, err := io.CopyN(io.Discard, conn, int64(b.N)*int64(len(chunk)))
+				done <- err
+			}()
+			for i := 0; i < b.N; i++ {
+				if _, err := conn.Write(chunk); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
