@@ -2,13 +2,14 @@ package hostnet
 
 import (
 	"context"
-	"fmt"
 	"crypto/rand"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"banger/internal/system"
 	"banger/internal/testenv"
@@ -39,17 +40,23 @@ func BenchmarkVMNetworkSetup(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer n.DelTAP(ep.TAP)
+		var start, stop time.Duration
 		for i := 0; i < b.N; i++ {
+			t0 := time.Now()
 			if err := n.AddTAP(ep.TAP); err != nil {
 				b.Fatal(err)
 			}
 			if err := n.Apply([]Endpoint{other, ep}); err != nil {
 				b.Fatal(err)
 			}
+			t1 := time.Now()
 			if err := n.Apply([]Endpoint{other}); err != nil {
 				b.Fatal(err)
 			}
+			start, stop = start+t1.Sub(t0), stop+time.Since(t1)
 		}
+		b.ReportMetric(float64(start.Microseconds())/float64(b.N)/1000, "start-ms")
+		b.ReportMetric(float64(stop.Microseconds())/float64(b.N)/1000, "stop-ms")
 	})
 	b.Run("banger-create-rm", func(b *testing.B) {
 		for i := 0; i < b.N; i++ {

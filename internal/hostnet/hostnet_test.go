@@ -204,22 +204,22 @@ func TestBridgeTAPsRulesAndTraffic(t *testing.T) {
 	wantRules := `table inet banger {
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
-		ip saddr 10.253.0.11 oifname != "banger0" masquerade comment "vm one"
-		ip saddr 10.253.0.12 oifname != "banger0" masquerade comment "vm two"
-		ip saddr 10.253.0.13 oifname != "banger0" masquerade comment "vm three"
+		ip saddr 10.253.0.11 oifname != "banger0" masquerade comment "vm one 10.253.0.11"
+		ip saddr 10.253.0.12 oifname != "banger0" masquerade comment "vm two 10.253.0.12"
+		ip saddr 10.253.0.13 oifname != "banger0" masquerade comment "vm three 10.253.0.13"
 	}
 }
 table bridge banger {
 	chain forward {
 		type filter hook forward priority 0; policy accept;
-		iifname "bg-g1" jump shared comment "vm one"
-		iifname "bg-g2" jump shared comment "vm two"
+		iifname "bg-g1" jump shared comment "vm one bg-g1"
+		iifname "bg-g2" jump shared comment "vm two bg-g2"
 		iifname "bg-*" oifname "bg-*" drop comment "isolate VMs"
 	}
 
 	chain shared {
-		oifname "bg-g1" accept comment "vm one"
-		oifname "bg-g2" accept comment "vm two"
+		oifname "bg-g1" accept comment "vm one bg-g1"
+		oifname "bg-g2" accept comment "vm two bg-g2"
 	}
 }
 `

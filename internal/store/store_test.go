@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -145,5 +146,72 @@ func TestKernelsRoundTrip(t *testing.T) {
 	}
 	if _, err := s.Kernel(ctx, "cloud"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("after delete: %v", err)
+	}
+}
+
+// TestVMAddressesAreUniqueUnderConcurrency creates VMs from many
+// goroutines with an allocator over a small pool: every VM gets its own
+// address, the pool's end is a clean error, and a removed VM's address
+// is handed out again.
+func TestVMAddressesAreUniqueUnderConcurrency(t *testing.T) {
+	s, _ := openTest(t)
+	ctx := context.Background()
+	pool := []netip.Addr{}
+	for i := 2; i <= 9; i++ {
+		pool = append(pool, netip.AddrFrom4([4]byte{10, 9, 0, byte(i)}))
+	}
+	errFull := errors.New("pool full")
+	alloc := func(used []netip.Addr) (netip.Addr, error) {
+		taken := map[netip.Addr]bool{}
+		for _, u := range used {
+			taken[u] = true
+		}
+		for _, a := range pool {
+			if !taken[a] {
+				return a, nil
+			}
+		}
+		return netip.Addr{}, errFull
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 12)
+	for i := 0; i < 12; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			v := api.VM{ID: fmt.Sprint(i), Name: fmt.Sprintf("vm%d", i), State: "created", Network: "nat"}
+			errs <- s.InsertVM(ctx, &v, alloc)
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	full := 0
+	for err := range errs {
+		if errors.Is(err, errFull) {
+			full++
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	vms, _ := s.VMs(ctx)
+	seen := map[string]bool{}
+	for _, v := range vms {
+		if seen[v.IP] || v.IP == "" {
+			t.Fatalf("address %q twice or missing: %+v", v.IP, vms)
+		}
+		seen[v.IP] = true
+	}
+	if len(vms) != 8 || full != 4 {
+		t.Fatalf("%d VMs, %d refused; want 8 and 4", len(vms), full)
+	}
+	gone, _ := s.DeleteVM(ctx, vms[3].Name)
+	v := api.VM{ID: "new", Name: "new", State: "created", Network: "nat"}
+	if err := s.InsertVM(ctx, &v, alloc); err != nil || v.IP != gone.IP {
+		t.Fatalf("after removing %s (%s): got %s, %v", gone.Name, gone.IP, v.IP, err)
+	}
+	// Without an allocator (--network none) there is no address.
+	n := api.VM{ID: "none", Name: "none", State: "created", Network: "none"}
+	if err := s.InsertVM(ctx, &n, nil); err != nil || n.IP != "" {
+		t.Fatalf("network none: %q, %v", n.IP, err)
 	}
 }

@@ -222,7 +222,7 @@ func TestVMNetwork(t *testing.T) {
 		}
 	}
 	rules := in.nft()
-	for _, want := range []string{`ip saddr ` + srv.IP + ` oifname != "banger0" masquerade comment "vm srv"`, `comment "vm cli"`, `comment "vm iso"`} {
+	for _, want := range []string{`ip saddr ` + srv.IP + ` oifname != "banger0" masquerade comment "vm srv ` + srv.IP + `"`, `comment "vm cli `, `comment "vm iso `} {
 		if !strings.Contains(rules, want) {
 			t.Errorf("ruleset lacks %q:\n%s", want, rules)
 		}

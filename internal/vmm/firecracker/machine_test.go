@@ -1,15 +1,17 @@
 package firecracker
 
 import (
-	"banger/internal/testenv"
 	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"banger/internal/hostnet"
 	"banger/internal/kernel"
+	"banger/internal/testenv"
 	"banger/internal/vmm"
 )
 
@@ -138,5 +140,53 @@ func TestFirecrackerStartFailsCleanly(t *testing.T) {
 	}
 	if _, err := New("/nonexistent/firecracker"); err == nil {
 		t.Errorf("New accepted a missing binary")
+	}
+}
+
+// TestFirecrackerOpensBangersTAP checks that a TAP as banger makes it
+// (persistent, vnet header, on the bridge, in a namespace) is one
+// Firecracker opens: the VMM started in the namespace attaches to it
+// and the TAP gets its carrier.
+func TestFirecrackerOpensBangersTAP(t *testing.T) {
+	bin := requireFirecracker(t)
+	testenv.RequireRoot(t)
+	ns := testenv.NetNS(t)
+	n, err := hostnet.Open(hostnet.Config{NetNS: ns, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	tap := hostnet.TAPName("fc-test")
+	if err := n.EnsureBridge(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.AddTAP(tap); err != nil {
+		t.Fatal(err)
+	}
+	if flags := testenv.IP(t, "-n", ns, "-o", "link", "show", "dev", tap); !strings.Contains(flags, "NO-CARRIER") {
+		t.Fatalf("TAP has a carrier before any VMM opened it: %s", flags)
+	}
+	spec := testSpec(t)
+	spec.TAP, spec.MAC = tap, hostnet.MAC("fc-test").String()
+	b, err := New(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var m *Machine
+	if err := n.Do(func() (err error) { m, err = b.Start(ctx, spec); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Kill(); m.Wait(ctx) }()
+	cfg, err := m.Client().VMConfig(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nics, _ := cfg["network-interfaces"].([]any)
+	if len(nics) != 1 || nics[0].(map[string]any)["host_dev_name"] != tap || nics[0].(map[string]any)["guest_mac"] != spec.MAC {
+		t.Errorf("network interfaces = %v", cfg["network-interfaces"])
+	}
+	if flags := testenv.IP(t, "-n", ns, "-o", "link", "show", "dev", tap); strings.Contains(flags, "NO-CARRIER") || !strings.Contains(flags, "master "+hostnet.DefaultBridge) {
+		t.Errorf("TAP after Firecracker opened it: %s", flags)
 	}
 }

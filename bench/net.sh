@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# VM network costs, each against a baseline in the same run, inside
+# network namespaces the benchmarks create and delete (root, nftables):
+#   - a VM's network setup and teardown (TAP on the bridge, nftables
+#     rules) over netlink, against the same steps as `ip`/`nft` commands;
+#   - a TCP stream through a published port (banger's proxy) against the
+#     same stream straight to the guest;
+#   - DNS: NAME.vm answered by banger, and a name banger forwards,
+#     against the same question asked of the upstream directly
+#     (queries per second from parallel clients on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+go test -count=1 -run XXX -bench 'VMNetworkSetup|Forward' -benchtime "${BENCHTIME:-50x}" ./internal/hostnet | grep -E '^Benchmark|^(ok|FAIL)'
+go test -count=1 -run XXX -bench DNS -benchtime "${DNS_BENCHTIME:-2s}" ./internal/vmdns | grep -E '^Benchmark|^(ok|FAIL)'
