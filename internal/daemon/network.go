@@ -188,8 +188,8 @@ func (d *Daemon) attachNet(ctx context.Context, v api.VM) (cmdline []string, err
 		return nil, err
 	}
 	ip, err := netip.ParseAddr(v.IP)
-	if err != nil {
-		return nil, fmt.Errorf("%w: VM %q has no valid address (%q): remove and create it again", errNetwork, v.Name, v.IP)
+	if err != nil || !n.Subnet().Contains(ip) {
+		return nil, fmt.Errorf("%w: VM %q has address %q, outside banger's subnet %s (was --subnet changed?): remove and create it again", errNetwork, v.Name, v.IP, n.Subnet())
 	}
 	defer func() {
 		if err != nil {
