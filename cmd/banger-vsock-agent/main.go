@@ -31,7 +31,7 @@ func main() {
 	case "serve":
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 		defer stop()
-		vsockagent.Serve(ctx, version.Version, os.Stdout)
+		vsockagent.Serve(ctx, guestinit.AgentOptions(guestinit.ReadAgentRunSpec(), nil), os.Stdout)
 	default:
 		fmt.Fprintln(os.Stderr, "usage: banger-vsock-agent version|serve (as PID 1 it is the VM's init stage)")
 		os.Exit(2)

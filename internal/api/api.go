@@ -192,6 +192,7 @@ const (
 	CodeDownload    = "download_failed"
 	CodeVMStart     = "vm_start_failed"
 	CodeNetwork     = "network_unavailable"
+	CodeAgent       = "agent_unavailable"
 	CodeCanceled    = "canceled"
 	CodeInternal    = "internal"
 )

@@ -73,6 +73,7 @@ type Daemon struct {
 	httpClient *http.Client
 	vms        vmRuntime
 	netrt      netRuntime
+	agents     agentRuntime
 	// pruning is set while the blob cache is pruned; pulls wait for it.
 	pruning bool
 

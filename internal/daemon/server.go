@@ -51,6 +51,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
 	mux.Handle("GET /v1/vms/{name}/logs", d.wrap(d.handleVMLogs))
+	mux.Handle("GET /v1/vms/{name}/agent", d.wrap(d.handleAgent))
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))
@@ -114,6 +115,8 @@ func classify(err error) (int, string) {
 		return http.StatusBadRequest, api.CodeInvalid
 	case errors.Is(err, vm.ErrInvalidState):
 		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, errAgent):
+		return http.StatusBadGateway, api.CodeAgent
 	case errors.Is(err, errNetwork):
 		return http.StatusServiceUnavailable, api.CodeNetwork
 	case errors.Is(err, errVMStart):

@@ -419,6 +419,7 @@ func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
 		return
 	}
 	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
+	d.dropAgent(cur.ID)
 	d.detachNet(context.Background(), cur)
 	d.log.Info("vm exited", "vm", v.Name)
 }
@@ -471,18 +472,33 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 		return nil, err
 	}
 	m := d.machine(v.ID)
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// A graceful stop asks the agent to sync and power off; a VM whose
+	// agent does not answer gets the VMM's own request (ACPI power
+	// button, Ctrl-Alt-Del), and either is killed at the deadline.
+	viaAgent := !kill && d.agentPowerOff(sctx, v) == nil
 	switch {
 	case m != nil && kill:
 		m.Kill()
 		m.Wait(context.Background())
+	case m != nil && viaAgent:
+		if m.Wait(sctx) != nil {
+			m.Kill()
+			m.Wait(context.Background())
+		}
 	case m != nil:
-		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		m.Stop(sctx)
-		cancel()
+	case viaAgent:
+		// No handle (the daemon restarted): watch the process go.
+		for vmmProcess(v.PID, v.Dir) && sctx.Err() == nil {
+			time.Sleep(20 * time.Millisecond)
+		}
+		killPID(v.PID, v.Dir, true)
 	default:
-		// No handle (the daemon restarted): signal the process itself.
 		killPID(v.PID, v.Dir, kill)
 	}
+	d.dropAgent(v.ID)
 	d.setMachine(v.ID, nil)
 	if vm.State(v.State).Live() {
 		if err := d.transition(ctx, &v, vm.EvExited, 0, ""); err != nil {

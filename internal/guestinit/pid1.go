@@ -37,7 +37,8 @@ func stayPID1() error {
 	// The agent serves beside the command, as its systemd unit would.
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go vsockagent.Serve(ctx, version.Version, io.Discard)
+	agentReaper = vsockagent.NewReaper()
+	go vsockagent.Serve(ctx, AgentOptions(spec, agentReaper), io.Discard)
 
 	main := 0
 	if spec != nil && len(spec.Argv()) > 0 {
@@ -74,6 +75,28 @@ func stayPID1() error {
 	}
 }
 
+// agentReaper passes the agent's children's statuses on: as PID 1 this
+// process reaps every child, the agent's included.
+var agentReaper *vsockagent.Reaper
+
+// AgentOptions are the agent's options for a VM whose run spec is spec
+// (nil: none): the image's environment and directory are exec's
+// defaults.
+func AgentOptions(spec *RunSpec, reaper *vsockagent.Reaper) vsockagent.Options {
+	o := vsockagent.Options{Version: version.Version, Reaper: reaper}
+	if spec != nil {
+		o.Env, o.Dir = spec.Env, spec.WorkingDir
+	}
+	return o
+}
+
+// ReadAgentRunSpec reads the VM's run spec where it is after the root
+// switch, for the agent service systemd starts.
+func ReadAgentRunSpec() *RunSpec {
+	spec, _ := readRunSpec(dataDir + "/" + RunSpecPath)
+	return spec
+}
+
 // reap collects every exited child and reports whether the command was
 // among them.
 func reap(main *int) bool {
@@ -83,6 +106,9 @@ func reap(main *int) bool {
 		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
 		if pid <= 0 || err != nil {
 			return ended
+		}
+		if agentReaper != nil && agentReaper.Reaped(pid, ws) {
+			continue // one of the agent's commands: its status is the agent's
 		}
 		if pid == *main {
 			logf("command exited: %s", describe(ws))
@@ -174,7 +200,7 @@ func describe(ws unix.WaitStatus) string {
 // directory, with its environment, its output on the console.
 func startCommand(spec *RunSpec) (int, error) {
 	argv := spec.Argv()
-	uid, gid, home, err := lookupUser("", spec.User)
+	uid, gid, home, err := vsockagent.LookupUser("", spec.User)
 	if err != nil {
 		return 0, err
 	}

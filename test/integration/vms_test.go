@@ -44,7 +44,7 @@ func busyboxLayer(t *testing.T) []byte {
 	}
 	bb, _ := os.ReadFile(filepath.Join(x, "bin", "busybox"))
 	ents := []imagetest.Entry{{Name: "bin/busybox", Body: string(bb), Mode: 0o755}, {Name: "etc/passwd", Body: "root:x:0:0:root:/root:/bin/sh\n"}}
-	for _, a := range []string{"sh", "ls", "cat", "sleep", "echo", "sync"} {
+	for _, a := range []string{"sh", "ls", "cat", "sleep", "echo", "sync", "true", "false", "mkdir"} {
 		ents = append(ents, imagetest.Entry{Name: "bin/" + a, Type: '2', Link: "busybox"})
 	}
 	return imagetest.Layer(t, ents...)

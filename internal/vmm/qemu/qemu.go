@@ -5,6 +5,7 @@
 package qemu
 
 import (
+	"banger/internal/vsockagent"
 	"os"
 	"strconv"
 	"strings"
@@ -20,7 +21,7 @@ const (
 	VMMLog      = "qemu.log"
 	// AgentPortName is the virtio-serial port the guest agent opens
 	// (/dev/virtio-ports/banger.agent).
-	AgentPortName = "banger.agent"
+	AgentPortName = vsockagent.SerialPortName
 )
 
 // Caps is what the host can do for QEMU, probed once.

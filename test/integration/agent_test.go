@@ -1,0 +1,195 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/client"
+	"banger/internal/vsockagent"
+)
+
+// cli starts the banger CLI as a process of the instance.
+func (in *instance) cli(args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(binDir, "banger"), args...)
+	cmd.Env = in.env
+	return cmd
+}
+
+// code runs the CLI and returns its exit status.
+func (in *instance) code(stdin io.Reader, args ...string) (int, string, string) {
+	in.t.Helper()
+	cmd := in.cli(args...)
+	cmd.Stdin = stdin
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return ee.ExitCode(), out.String(), errb.String()
+	}
+	if err != nil {
+		in.t.Fatal(err)
+	}
+	return 0, out.String(), errb.String()
+}
+
+func TestAgentExecCopyPortsForward(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	in.ok("vm", "create", "--name", "ag", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "none")
+
+	// Exit statuses pass through.
+	for _, c := range []struct {
+		args []string
+		want int
+	}{{[]string{"true"}, 0}, {[]string{"sh", "-c", "exit 1"}, 1}, {[]string{"sh", "-c", "kill -9 $$"}, 137}, {[]string{"sh", "-c", "exit 42"}, 42}} {
+		if got, _, stderr := in.code(nil, append([]string{"vm", "exec", "ag", "--"}, c.args...)...); got != c.want {
+			t.Errorf("exec %v: exit %d, want %d (%s)", c.args, got, c.want, stderr)
+		}
+	}
+	if code, _, stderr := in.code(nil, "vm", "exec", "ag", "--", "no-such-thing"); code == 0 || !strings.Contains(stderr, "command not found") {
+		t.Errorf("missing command: %d %q", code, stderr)
+	}
+	// 10 MiB through stdin, checksummed in the guest.
+	data := make([]byte, 10<<20)
+	rand.Read(data)
+	sum := sha256.Sum256(data)
+	code, out, stderr := in.code(bytes.NewReader(data), "vm", "exec", "-i", "ag", "--", "busybox", "sha256sum")
+	if code != 0 || !strings.HasPrefix(out, fmt.Sprintf("%x", sum)) {
+		t.Errorf("sha256sum of 10 MiB of stdin: %d %q %q", code, out, stderr)
+	}
+	// Separate stdout and stderr.
+	if code, out, stderr := in.code(nil, "vm", "exec", "ag", "--", "sh", "-c", "echo to-out; echo to-err >&2"); code != 0 || out != "to-out\n" || stderr != "to-err\n" {
+		t.Errorf("streams: %d %q %q", code, out, stderr)
+	}
+
+	// Ctrl-C reaches the guest's command.
+	cmd := in.cli("vm", "exec", "ag", "--", "sleep", "30")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+	began := time.Now()
+	cmd.Process.Signal(syscall.SIGINT)
+	err := cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 || time.Since(began) > 5*time.Second {
+		t.Errorf("Ctrl-C on sleep 30: %v after %s", err, time.Since(began))
+	}
+
+	// A terminal: its size, and a resize.
+	c := client.New(in.path("run", "bangerd.sock"))
+	s, err := c.Agent(context.Background(), "ag")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Open(vsockagent.Request{Op: "exec", TTY: true, Rows: 33, Cols: 91,
+		Argv: []string{"sh", "-c", "busybox tty; busybox stty size; read x; busybox stty size"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tout bytes.Buffer
+	done := make(chan struct{})
+	go func() { io.Copy(&tout, st); close(done) }()
+	time.Sleep(700 * time.Millisecond)
+	st.Resize(vsockagent.Winsize{Rows: 44, Cols: 120})
+	time.Sleep(200 * time.Millisecond)
+	st.Write([]byte("\n"))
+	if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
+		t.Errorf("pty exec: %+v %v", e, err)
+	}
+	<-done
+	if got := strings.ReplaceAll(tout.String(), "\r", ""); !strings.Contains(got, "/dev/pts/") || !strings.Contains(got, "33 91\n") || !strings.Contains(got, "44 120\n") {
+		t.Errorf("pty output %q", got)
+	}
+
+	// cp of a tree both ways keeps modes.
+	src := filepath.Join(t.TempDir(), "tree")
+	os.MkdirAll(filepath.Join(src, "bin"), 0o750)
+	os.WriteFile(filepath.Join(src, "bin", "tool"), []byte("#!/bin/sh\necho tool ran\n"), 0o755)
+	os.WriteFile(filepath.Join(src, "secret"), []byte("shh"), 0o600)
+	os.Symlink("bin/tool", filepath.Join(src, "link"))
+	in.ok("vm", "exec", "ag", "--", "mkdir", "-p", "/root")
+	in.ok("vm", "cp", src, "ag:/root")
+	if code, out, _ := in.code(nil, "vm", "exec", "ag", "--", "sh", "-c", "/root/tree/link; busybox stat -c '%a %n' /root/tree/secret /root/tree/bin"); code != 0 || out != "tool ran\n600 /root/tree/secret\n750 /root/tree/bin\n" {
+		t.Errorf("tree in the guest: %d %q", code, out)
+	}
+	back := t.TempDir()
+	in.ok("vm", "cp", "ag:/root/tree", filepath.Join(back, "again"))
+	for rel, mode := range map[string]os.FileMode{"bin/tool": 0o755, "secret": 0o600, "bin": os.ModeDir | 0o750} {
+		if fi, err := os.Stat(filepath.Join(back, "again", rel)); err != nil || fi.Mode() != mode {
+			t.Errorf("copied back %s: %v %v", rel, fi.Mode(), err)
+		}
+	}
+	in.fails("no such file", "vm", "cp", "ag:/nope", back)
+
+	// A listening port is found and forwarded from localhost.
+	in.ok("vm", "exec", "ag", "--", "sh", "-c", "busybox nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &")
+	var ports []vsockagent.Port
+	for i := 0; i < 50; i++ {
+		in.jsonOut(&ports, "vm", "ports", "ag", "--json")
+		if hasPort(ports, 8080) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !hasPort(ports, 8080) {
+		t.Fatalf("port 8080 not listed: %+v", ports)
+	}
+	fwd := in.cli("vm", "forward", "ag", "18090:8080")
+	fwdErr, _ := fwd.StderrPipe()
+	if err := fwd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { fwd.Process.Signal(syscall.SIGINT); fwd.Wait() }()
+	if line, _ := bufio.NewReader(fwdErr).ReadString('\n'); !strings.Contains(line, "127.0.0.1:18090") {
+		t.Fatalf("forward said %q", line)
+	}
+	conn, err := net.Dial("tcp", "127.0.0.1:18090")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintln(conn, "echo through the agent")
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != "echo through the agent\n" {
+		t.Errorf("forwarded echo: %q %v", line, err)
+	}
+	conn.Close()
+
+	// A write survives a graceful stop (through the agent) and a start.
+	in.ok("vm", "exec", "ag", "--", "sh", "-c", "echo persisted > /root/mark")
+	began = time.Now()
+	in.ok("vm", "stop", "ag")
+	stopTook := time.Since(began)
+	in.ok("vm", "start", "ag")
+	if code, out, _ := in.code(nil, "vm", "exec", "ag", "--", "cat", "/root/mark"); code != 0 || out != "persisted\n" {
+		t.Errorf("after stop and start: %d %q", code, out)
+	}
+	if stopTook > 10*time.Second {
+		t.Errorf("graceful stop took %s", stopTook)
+	}
+	in.ok("vm", "rm", "-f", "ag")
+	in.fails("not found", "vm", "exec", "ag", "--", "true")
+}
+
+func hasPort(ports []vsockagent.Port, port int) bool {
+	for _, p := range ports {
+		if p.Port == port && strings.HasPrefix(p.Proto, "tcp") {
+			return true
+		}
+	}
+	return false
+}
+
