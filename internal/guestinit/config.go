@@ -107,4 +107,3 @@ func readRunSpec(path string) (*RunSpec, error) {
 	}
 	return &r, nil
 }
-

@@ -192,4 +192,3 @@ func hasPort(ports []vsockagent.Port, port int) bool {
 	}
 	return false
 }
-
