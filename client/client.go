@@ -296,6 +296,11 @@ func (c *Client) VM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, c.getJSON(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name), nil, &v)
 }
 
+// AddSSHKey authorizes a public key in every VM.
+func (c *Client) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
+	return c.getJSON(ctx, http.MethodPost, "/v1/ssh/keys", req, nil)
+}
+
 // CreateVM creates a VM and, unless asked not to, starts it and waits
 // until its agent is ready. A VM that failed to start comes back as an
 // *APIError whose message carries the console's last lines.

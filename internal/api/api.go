@@ -76,22 +76,31 @@ type CatalogKernel struct {
 
 // VM is one virtual machine.
 type VM struct {
-	ID        string    `json:"id"`
-	Name      string    `json:"name"`
-	State     string    `json:"state"` // created, starting, running, stopping, stopped, error
-	Image     string    `json:"image"`
-	Kernel    string    `json:"kernel"`
-	VMM       string    `json:"vmm"` // firecracker or qemu
-	VCPU      int       `json:"vcpu"`
-	MemoryMiB int       `json:"memory_mib"`
-	DiskBytes int64     `json:"disk_bytes"` // size of the writable disk
-	Network   string    `json:"network"`    // nat, shared or none
-	IP        string    `json:"ip"`         // empty with network none
-	Ports     []string  `json:"ports"`      // published ports, HOSTIP:HOST:GUEST/tcp
-	PID       int       `json:"pid"`        // VMM process, 0 when not running
-	Dir       string    `json:"dir"`
-	Error     string    `json:"error,omitempty"`
-	CreatedAt time.Time `json:"created_at"`
+	ID        string   `json:"id"`
+	Name      string   `json:"name"`
+	State     string   `json:"state"` // created, starting, running, stopping, stopped, error
+	Image     string   `json:"image"`
+	Kernel    string   `json:"kernel"`
+	VMM       string   `json:"vmm"` // firecracker or qemu
+	VCPU      int      `json:"vcpu"`
+	MemoryMiB int      `json:"memory_mib"`
+	DiskBytes int64    `json:"disk_bytes"` // size of the writable disk
+	Network   string   `json:"network"`    // nat, shared or none
+	IP        string   `json:"ip"`         // empty with network none
+	Ports     []string `json:"ports"`      // published ports, HOSTIP:HOST:GUEST/tcp
+	// SSHHostKey is the VM's SSH host key, authorized_keys format: what
+	// known_hosts should hold for NAME.vm.
+	SSHHostKey string    `json:"ssh_host_key,omitempty"`
+	PID        int       `json:"pid"` // VMM process, 0 when not running
+	Dir        string    `json:"dir"`
+	Error      string    `json:"error,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+}
+
+// SSHKeyRequest is the body of POST /v1/ssh/keys: a public key, in
+// authorized_keys format, that may log in to every VM as any user.
+type SSHKeyRequest struct {
+	Key string `json:"key"`
 }
 
 // VMCreateRequest is the body of POST /v1/vms.

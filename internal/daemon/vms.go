@@ -217,7 +217,12 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	}
 	spec := &guestinit.RunSpec{Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
 		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
-	if _, err := vm.CreateDataDisk(ctx, d.opts.Runner, v.Dir, v.DiskBytes, spec); err != nil {
+	seed, err := d.sshSeed(v)
+	if err != nil {
+		os.RemoveAll(v.Dir)
+		return nil, err
+	}
+	if _, err := vm.CreateDataDisk(ctx, d.opts.Runner, v.Dir, v.DiskBytes, spec, seed); err != nil {
 		os.RemoveAll(v.Dir)
 		return nil, err
 	}
@@ -324,6 +329,9 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 		return nil, err
 	}
 	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
+	// Keys registered since the VM's disk was made reach it now.
+	d.jobs.Add(1)
+	go func() { defer d.jobs.Done(); d.pushAuthorizedKeys(d.jobCtx, v) }()
 	go d.watchExit(v, m)
 	return &v, nil
 }

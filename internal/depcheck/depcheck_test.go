@@ -29,6 +29,8 @@ var agentAllowed = map[string]bool{
 	"banger/internal/guestinit":     true,
 	"golang.org/x/sys/unix":         true,
 	"golang.org/x/crypto/ssh":       true,
+	// sftp for the agent's SSH server (scp, rsync and editors need it).
+	"github.com/kr/fs": true,
 }
 
 func TestGuestAgentDependencies(t *testing.T) {
@@ -40,7 +42,7 @@ func TestGuestAgentDependencies(t *testing.T) {
 		t.Fatalf("go list: %v", err)
 	}
 	for _, pkg := range strings.Fields(string(out)) {
-		if !agentAllowed[pkg] && !strings.HasPrefix(pkg, "golang.org/x/sys/") && !strings.HasPrefix(pkg, "golang.org/x/crypto/") {
+		if !agentAllowed[pkg] && !strings.HasPrefix(pkg, "golang.org/x/sys/") && !strings.HasPrefix(pkg, "golang.org/x/crypto/") && !strings.HasPrefix(pkg, "github.com/pkg/sftp") {
 			t.Errorf("banger-vsock-agent depends on %s: the agent ships in every image; keep it to the allowlist in %s", pkg, "internal/depcheck")
 		}
 	}

@@ -83,7 +83,7 @@ var agentReaper *vsockagent.Reaper
 // (nil: none): the image's environment and directory are exec's
 // defaults.
 func AgentOptions(spec *RunSpec, reaper *vsockagent.Reaper) vsockagent.Options {
-	o := vsockagent.Options{Version: version.Version, Reaper: reaper}
+	o := vsockagent.Options{Version: version.Version, Reaper: reaper, DataDir: dataDir}
 	if spec != nil {
 		o.Env, o.Dir = spec.Env, spec.WorkingDir
 	}

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -43,7 +44,7 @@ const DataDisk = "data.ext4"
 // CreateDataDisk makes the VM's writable disk: a sparse file of size
 // bytes, formatted on the host with the run spec the init stage reads.
 // Lazy initialisation keeps it sparse: a new VM costs little disk.
-func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string, size int64, spec *guestinit.RunSpec) (string, error) {
+func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string, size int64, spec *guestinit.RunSpec, files map[string][]byte) (string, error) {
 	seed, err := os.MkdirTemp(dir, ".seed-")
 	if err != nil {
 		return "", err
@@ -54,11 +55,20 @@ func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string
 		if err != nil {
 			return "", err
 		}
-		p := filepath.Join(seed, guestinit.RunSpecPath)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		files = maps.Clone(files)
+		if files == nil {
+			files = map[string][]byte{}
+		}
+		files[guestinit.RunSpecPath] = b
+	}
+	// Seed files are the VM's own (run spec, SSH host key, authorized
+	// keys): readable by root only.
+	for rel, b := range files {
+		p := filepath.Join(seed, rel)
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
 			return "", err
 		}
-		if err := os.WriteFile(p, b, 0o644); err != nil {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
 			return "", err
 		}
 	}

@@ -29,11 +29,15 @@ type Options struct {
 	Reaper *Reaper
 	// PowerOff asks the VM to shut down cleanly.
 	PowerOff func()
+	// DataDir is where the VM's writable disk is mounted (its SSH keys
+	// live there); "" means no SSH server.
+	DataDir string
 }
 
 // Agent serves streams: exec, files, ports, connections.
 type Agent struct {
 	opts Options
+	ssh  *SSH // nil without a host key
 }
 
 // NewAgent makes an agent.
@@ -70,6 +74,12 @@ func (a *Agent) Handle(st *Stream) {
 		st.SendExit(exitFor(err))
 	case "dial":
 		a.dial(st)
+	case "ssh":
+		if a.ssh == nil {
+			st.Fail(errors.New("this VM has no SSH host key: it was created by an older banger; recreate it"))
+			return
+		}
+		a.ssh.ServeConn(streamConn{st})
 	case "ports":
 		ports, err := ListeningPorts("/proc")
 		if err == nil {
@@ -118,9 +128,26 @@ func (a *Agent) dial(st *Stream) {
 	st.SendExit(Exit{})
 }
 
+// execIO is where a command's input, output, signals and status go: an
+// agent stream, or an SSH session channel.
+type execIO interface {
+	io.Reader // standard input
+	io.Writer // standard output (and the terminal)
+	StderrWriter() io.Writer
+	CloseWrite() error
+	CloseStderr() error
+	Resizes() <-chan Winsize
+	Signals() <-chan int
+	Done() <-chan struct{}
+	SendExit(Exit) error
+	Fail(error)
+}
+
 // exec runs Req.Argv with the image's environment, in a PTY when asked.
-func (a *Agent) exec(st *Stream) {
-	req := st.Req
+func (a *Agent) exec(st *Stream) { a.run(st.Req, st) }
+
+// run runs req's command with its I/O on st.
+func (a *Agent) run(req Request, st execIO) {
 	if len(req.Argv) == 0 {
 		st.Fail(errors.New("exec: no command"))
 		return

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,19 @@ const VsockPort = 1024
 // prints the ready line once its channels are open.
 func Serve(ctx context.Context, opts Options, stdout io.Writer) error {
 	a := NewAgent(opts)
+	if opts.DataDir != "" {
+		if srv, err := a.NewSSH(filepath.Join(opts.DataDir, SSHHostKeyPath), filepath.Join(opts.DataDir, SSHAuthorizedKeysPath), "/root/.ssh/authorized_keys"); err == nil {
+			a.ssh = srv
+			// Port 22 of the VM's address too, unless the image brings
+			// its own sshd: that one keeps the port.
+			if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
+				if ln, err := net.Listen("tcp", ":22"); err == nil {
+					go srv.Serve(ln)
+					go func() { <-ctx.Done(); ln.Close() }()
+				}
+			}
+		}
+	}
 	host, _ := os.Hostname()
 	SetPong(Hello{Agent: opts.Version, Hostname: host})
 	hello := func() Hello {

@@ -189,3 +189,15 @@ func noSymlinkBetween(root, dir string) error {
 	}
 	return nil
 }
+
+// WriteFileTar writes a tar stream of one regular file named name.
+func WriteFileTar(w io.Writer, name string, data []byte, mode int64) error {
+	tw := tar.NewWriter(w)
+	if err := tw.WriteHeader(&tar.Header{Name: name, Mode: mode, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Now()}); err != nil {
+		return err
+	}
+	if _, err := tw.Write(data); err != nil {
+		return err
+	}
+	return tw.Close()
+}

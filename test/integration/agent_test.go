@@ -168,6 +168,41 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 	}
 	conn.Close()
 
+	// SSH: the stanza from ssh-config, plain ssh with exit statuses, and
+	// sftp put and get, all through the agent (this VM has no network).
+	conf := filepath.Join(t.TempDir(), "ssh_config")
+	os.WriteFile(conf, []byte(in.ok("ssh-config")), 0o644)
+	ssh := func(args ...string) (int, string, string) {
+		cmd := exec.Command("ssh", append([]string{"-F", conf, "-o", "BatchMode=yes", "ag.vm"}, args...)...)
+		cmd.Env = in.env
+		var out, errb bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &errb
+		err := cmd.Run()
+		if ee, ok := err.(*exec.ExitError); ok {
+			return ee.ExitCode(), out.String(), errb.String()
+		}
+		return 0, out.String(), errb.String()
+	}
+	if code, out, stderr := ssh("echo", "hello over ssh"); code != 0 || out != "hello over ssh\n" {
+		t.Errorf("ssh echo: %d %q %q", code, out, stderr)
+	}
+	if code, _, _ := ssh("exit", "3"); code != 3 {
+		t.Errorf("ssh exit 3: %d", code)
+	}
+	local := filepath.Join(t.TempDir(), "up.bin")
+	payload := make([]byte, 1<<20)
+	rand.Read(payload)
+	os.WriteFile(local, payload, 0o640)
+	batch := filepath.Join(t.TempDir(), "batch")
+	os.WriteFile(batch, []byte("put "+local+" /root/up.bin\nget /root/up.bin "+local+".back\n"), 0o644)
+	sftp := exec.Command("sftp", "-F", conf, "-b", batch, "ag.vm")
+	sftp.Env = in.env
+	if out, err := sftp.CombinedOutput(); err != nil {
+		t.Errorf("sftp: %v\n%s", err, out)
+	} else if back, _ := os.ReadFile(local + ".back"); !bytes.Equal(back, payload) {
+		t.Errorf("sftp round trip changed the file (%d bytes back)", len(back))
+	}
+
 	// A write survives a graceful stop (through the agent) and a start.
 	in.ok("vm", "exec", "ag", "--", "sh", "-c", "echo persisted > /root/mark")
 	began = time.Now()
