@@ -3,6 +3,7 @@ package integration
 import (
 	"bufio"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"banger/client"
+	"banger/internal/imagepull/imagetest"
+	"banger/internal/testenv"
 	"banger/internal/vsockagent"
 )
 
@@ -226,4 +229,48 @@ func hasPort(ports []vsockagent.Port, port int) bool {
 		}
 	}
 	return false
+}
+
+// TestAgentOnSystemdImage runs the agent as the systemd service it is on
+// images with systemd: exec as root and as another user, ssh, and a
+// graceful stop through the agent (systemd's own poweroff) that keeps
+// what was written.
+func TestAgentOnSystemdImage(t *testing.T) {
+	dir := testenv.Fixture(t, testenv.DebianRoot, "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (scripts/vm-fixtures.sh)")
+	in := newInstance(t)
+	vmFixtures(t, in)
+	var raw bytes.Buffer
+	tarCmd := exec.Command("tar", "--numeric-owner", "--xattrs", "-C", dir, "-cf", "-", ".")
+	tarCmd.Stdout = &raw
+	if err := tarCmd.Run(); err != nil {
+		t.Fatal(err)
+	}
+	reg := imagetest.StartRegistry(t)
+	ref := reg.Push(t, "test/debian:bookworm", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{raw.Bytes()}, GzipLevel: gzip.BestSpeed}))
+	in.ok("image", "pull", "-q", ref, "--name", "deb")
+	in.ok("vm", "create", "--name", "sd", "--image", "deb", "--kernel", "k", "--vcpu", "2", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu", "--network", "none")
+
+	code, out, stderr := in.code(nil, "vm", "exec", "sd", "--", "sh", "-c", "cat /proc/1/comm; id -un; systemctl is-active banger-vsock-agent.service")
+	if code != 0 || out != "systemd\nroot\nactive\n" {
+		t.Errorf("exec on systemd: %d %q %q", code, out, stderr)
+	}
+	if code, out, _ := in.code(nil, "vm", "exec", "-u", "nobody", "sd", "--", "id", "-un"); code != 0 || out != "nobody\n" {
+		t.Errorf("exec -u nobody: %d %q", code, out)
+	}
+	conf := filepath.Join(t.TempDir(), "ssh_config")
+	os.WriteFile(conf, []byte(in.ok("ssh-config")), 0o644)
+	sshCmd := exec.Command("ssh", "-F", conf, "-o", "BatchMode=yes", "sd.vm", "cat", "/etc/debian_version")
+	sshCmd.Env = in.env
+	if out, err := sshCmd.CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "12") {
+		t.Errorf("ssh to the systemd VM: %v %q", err, out)
+	}
+	in.ok("vm", "exec", "sd", "--", "sh", "-c", "echo kept > /root/mark")
+	began := time.Now()
+	in.ok("vm", "stop", "sd")
+	t.Logf("graceful stop of a systemd VM through its agent: %s", time.Since(began).Round(time.Millisecond))
+	in.ok("vm", "start", "sd")
+	if code, out, _ := in.code(nil, "vm", "exec", "sd", "--", "cat", "/root/mark"); code != 0 || out != "kept\n" {
+		t.Errorf("after stop and start: %d %q", code, out)
+	}
+	in.ok("vm", "rm", "-f", "sd")
 }
