@@ -120,7 +120,7 @@ func (a *app) runInVM(cmd *cobra.Command, vm string, req vsockagent.Request, std
 	}()
 	if stdin {
 		go func() {
-			io.Copy(st, os.Stdin)
+			vsockagent.Copy(st, os.Stdin)
 			if !req.TTY {
 				st.CloseWrite()
 			}
@@ -130,7 +130,7 @@ func (a *app) runInVM(cmd *cobra.Command, vm string, req vsockagent.Request, std
 	}
 	var outputs sync.WaitGroup
 	outputs.Add(2)
-	go func() { defer outputs.Done(); io.Copy(cmd.OutOrStdout(), st) }()
+	go func() { defer outputs.Done(); vsockagent.Copy(cmd.OutOrStdout(), st) }()
 	go func() { defer outputs.Done(); io.Copy(cmd.ErrOrStderr(), st.Stderr()) }()
 	e, err := st.Wait(ctx)
 	outputs.Wait()
@@ -395,10 +395,10 @@ func (f *forwarder) relay(c net.Conn, guest int) {
 	}
 	defer st.Close()
 	go func() {
-		io.Copy(st, c)
+		vsockagent.Copy(st, c)
 		st.CloseWrite()
 	}()
-	io.Copy(c, st)
+	vsockagent.Copy(c, st)
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}

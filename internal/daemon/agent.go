@@ -179,12 +179,12 @@ func relay(front *vsockagent.Stream, s *vsockagent.Session) {
 		return
 	}
 	go func() {
-		io.Copy(back, front)
+		vsockagent.Copy(back, front)
 		back.CloseWrite()
 	}()
 	var outputs sync.WaitGroup
 	outputs.Add(2)
-	go func() { defer outputs.Done(); io.Copy(front, back); front.CloseWrite() }()
+	go func() { defer outputs.Done(); vsockagent.Copy(front, back); front.CloseWrite() }()
 	go func() { defer outputs.Done(); io.Copy(front.StderrWriter(), back.Stderr()); front.CloseStderr() }()
 	go func() {
 		for {

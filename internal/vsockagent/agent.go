@@ -119,10 +119,10 @@ func (a *Agent) dial(st *Stream) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		io.Copy(c, st)
+		Copy(c, st)
 		c.(*net.TCPConn).CloseWrite()
 	}()
-	io.Copy(st, c)
+	Copy(st, c)
 	st.CloseWrite()
 	wg.Wait()
 	st.SendExit(Exit{})
@@ -215,7 +215,7 @@ func (a *Agent) run(req Request, st execIO) {
 		closeAfterStart = append(closeAfterStart, inR, outW, errW)
 		stdinW = inW
 		outputs.Add(2)
-		go func() { defer outputs.Done(); io.Copy(st, outR); outR.Close() }()
+		go func() { defer outputs.Done(); Copy(st, outR); outR.Close() }()
 		go func() { defer outputs.Done(); io.Copy(st.StderrWriter(), errR); errR.Close() }()
 	}
 	statusCh, pid, err := a.start(path, req.Argv, attr)
@@ -234,9 +234,9 @@ func (a *Agent) run(req Request, st execIO) {
 	if req.TTY {
 		outputs.Add(1)
 		go func() { defer outputs.Done(); copyPTY(st, ptm) }()
-		go io.Copy(ptm, st)
+		go Copy(ptm, st)
 	} else {
-		go func() { io.Copy(stdinW, st); stdinW.Close() }()
+		go func() { Copy(stdinW, st); stdinW.Close() }()
 	}
 	var timeout <-chan time.Time
 	if req.TimeoutMs > 0 {

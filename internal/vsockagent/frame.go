@@ -38,7 +38,7 @@ const headerLen = 10
 // most maxChunk.
 const (
 	MaxPayload = 1 << 20
-	maxChunk   = 32 << 10
+	maxChunk   = 128 << 10
 )
 
 // syncMarker precedes a 16-byte nonce at the start of every session, in

@@ -68,7 +68,13 @@ type Channel struct {
 
 // NewChannel wraps a byte stream.
 func NewChannel(rw io.ReadWriter) *Channel {
-	return &Channel{rw: rw, r: bufio.NewReaderSize(rw, 64<<10)}
+	return &Channel{rw: rw, r: bufio.NewReaderSize(rw, 256<<10)}
+}
+
+// Copy copies with a buffer as large as a frame's data chunk, so a
+// stream's frames are as few as its reads allow.
+func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	return io.CopyBuffer(dst, src, make([]byte, maxChunk))
 }
 
 // NewChannelReader makes a channel whose reads continue from r (which

@@ -27,7 +27,7 @@ func TestVMOverheadMeasurement(t *testing.T) {
 	}
 	in := newInstance(t)
 	vmFixtures(t, in)
-	in.ok("vm", "create", "--no-start", "--name", "m1", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu")
+	in.ok("vm", "create", "--no-start", "--name", "m1", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu", "--network", "none")
 	const rounds = 5
 	var banger, byHand []time.Duration
 	var argv []string
