@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, go vet, the whole test suite with the race
-# detector, a short fuzz of the layer flattener and a small pull benchmark.
+# detector, short fuzzes of the layer flattener and the agent's frame
+# decoder, and a small pull benchmark.
 # As root, the root-only integration tests run too and a test that would
 # skip for lack of a tool fails instead (BANGER_TEST_STRICT=1).
 set -euo pipefail
@@ -21,4 +22,5 @@ if [ "$(id -u)" = 0 ]; then
 fi
 go test -race -count=1 ./...
 go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/imagepull/flatten
+go test -run '^$' -fuzz FuzzReadFrame -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/vsockagent
 BANGER_BENCH_MIB=${BANGER_BENCH_MIB:-32} COUNT=1 bench/pull.sh

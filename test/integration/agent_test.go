@@ -49,6 +49,8 @@ func (in *instance) code(stdin io.Reader, args ...string) (int, string, string) 
 }
 
 func TestAgentExecCopyPortsForward(t *testing.T) {
+	testenv.RequireBinary(t, "ssh", "apt-get install openssh-client")
+	testenv.RequireBinary(t, "sftp", "apt-get install openssh-client")
 	in := newInstance(t)
 	vmFixtures(t, in)
 	in.ok("vm", "create", "--name", "ag", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "none")
@@ -237,6 +239,7 @@ func hasPort(ports []vsockagent.Port, port int) bool {
 // what was written.
 func TestAgentOnSystemdImage(t *testing.T) {
 	dir := testenv.Fixture(t, testenv.DebianRoot, "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (scripts/vm-fixtures.sh)")
+	testenv.RequireBinary(t, "ssh", "apt-get install openssh-client")
 	in := newInstance(t)
 	vmFixtures(t, in)
 	var raw bytes.Buffer
