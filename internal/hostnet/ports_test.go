@@ -50,20 +50,7 @@ func netWithGuest(t testing.TB) (*Net, string) {
 	if err := InNetNS(g, func() (err error) { ln, err = net.Listen("tcp", "10.253.0.11:7"); return }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
-				c.Close()
-			}()
-		}
-	}()
+	testenv.Serve(t, ln, testenv.Echo)
 	return n, ns
 }
 

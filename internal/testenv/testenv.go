@@ -10,6 +10,8 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"testing"
 
@@ -100,4 +102,34 @@ func IP(tb testing.TB, args ...string) string {
 		tb.Fatalf("ip %v: %v", args, err)
 	}
 	return string(out)
+}
+
+// Serve accepts connections on ln until the test ends, handling each in
+// its own goroutine and closing it after.
+func Serve(tb testing.TB, ln net.Listener, handle func(net.Conn)) {
+	tb.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// TellRemoteIP answers a connection with the address it came from: what
+// a server beyond a NAT sees.
+func TellRemoteIP(c net.Conn) { fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP) }
+
+// Echo sends back what it reads, then half-closes.
+func Echo(c net.Conn) {
+	io.Copy(c, c)
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.CloseWrite()
+	}
 }

@@ -132,17 +132,7 @@ func (in *instance) outside() {
 	if err := hostnet.InNetNS(out, func() (err error) { ln, err = net.Listen("tcp", "198.51.100.2:7000"); return }); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, c.RemoteAddr().(*net.TCPAddr).IP)
-			c.Close()
-		}
-	}()
+	testenv.Serve(t, ln, testenv.TellRemoteIP)
 }
 
 func TestVMNetwork(t *testing.T) {
