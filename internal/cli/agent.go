@@ -294,15 +294,15 @@ func newVMForwardCommand(a *app) *cobra.Command {
 		Short: "Forward localhost ports into a VM through its agent until Ctrl-C",
 		Long: "Listen on localhost and carry each connection to a port inside the VM\n" +
 			"through the agent: no VM network, NAT or published port needed. With\n" +
-			"--auto, every port that starts listening in the VM is forwarded too\n" +
+			"--auto-forward, every port that starts listening in the VM is forwarded too\n" +
 			"(on the same port number here, when it is free).",
 		Example: "  banger vm forward dev 8080            # localhost:8080 → dev's 8080\n" +
-			"  banger vm forward dev 5433:5432 --auto",
+			"  banger vm forward dev 5433:5432 --auto-forward",
 		Args: argsError(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			vm := args[0]
 			if len(args) == 1 && !auto {
-				return errors.New("name ports to forward (HOSTPORT:GUESTPORT or GUESTPORT), or use --auto")
+				return errors.New("name ports to forward (HOSTPORT:GUESTPORT or GUESTPORT), or use --auto-forward")
 			}
 			c, err := a.client(cmd.Context())
 			if err != nil {
@@ -335,7 +335,7 @@ func newVMForwardCommand(a *app) *cobra.Command {
 			}
 		},
 	}
-	cmd.Flags().BoolVar(&auto, "auto", false, "also forward every port that starts listening in the VM")
+	cmd.Flags().BoolVar(&auto, "auto-forward", false, "also forward every port that starts listening in the VM")
 	cmd.Flags().StringVar(&bind, "address", "127.0.0.1", "local address to listen on")
 	return cmd
 }

@@ -215,7 +215,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
 		return nil, err
 	}
-	spec := &guestinit.RunSpec{Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
+	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
 		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
 	seed, err := d.sshSeed(v)
 	if err != nil {

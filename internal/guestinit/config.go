@@ -81,6 +81,8 @@ type RunSpec struct {
 	Env        []string `json:"env,omitempty"`
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"`
+	// Image names the image the VM was made from (the agent reports it).
+	Image string `json:"image,omitempty"`
 	// PowerOffOnExit powers the VM off when the command ends, like a
 	// container; otherwise the init stage keeps serving.
 	PowerOffOnExit bool `json:"poweroff_on_exit,omitempty"`

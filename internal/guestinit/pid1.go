@@ -85,7 +85,7 @@ var agentReaper *vsockagent.Reaper
 func AgentOptions(spec *RunSpec, reaper *vsockagent.Reaper) vsockagent.Options {
 	o := vsockagent.Options{Version: version.Version, Reaper: reaper, DataDir: dataDir}
 	if spec != nil {
-		o.Env, o.Dir = spec.Env, spec.WorkingDir
+		o.Env, o.Dir, o.Image = spec.Env, spec.WorkingDir, spec.Image
 	}
 	return o
 }

@@ -18,8 +18,9 @@ import (
 
 // Options are what the agent needs from whoever starts it.
 type Options struct {
-	// Version is reported in the Hello.
-	Version string
+	// Version and Image (the image the VM was made from) are reported
+	// in the Hello.
+	Version, Image string
 	// Env and Dir are the image's environment and working directory,
 	// the defaults of every exec (like `docker exec`).
 	Env []string

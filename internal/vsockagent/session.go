@@ -23,6 +23,7 @@ type Hello struct {
 	Proto    int    `json:"proto"`
 	Agent    string `json:"agent,omitempty"` // the agent's version
 	Hostname string `json:"hostname,omitempty"`
+	Image    string `json:"image,omitempty"`
 	UptimeMs int64  `json:"uptime_ms,omitempty"`
 	Pong     bool   `json:"pong,omitempty"`
 }

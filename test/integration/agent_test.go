@@ -100,6 +100,9 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	if p := s.Peer(); p.Image != "bb" || p.Hostname != "ag" || p.Agent == "" || p.UptimeMs <= 0 {
+		t.Errorf("agent hello = %+v", p)
+	}
 	st, err := s.Open(vsockagent.Request{Op: "exec", TTY: true, Rows: 33, Cols: 91,
 		Argv: []string{"sh", "-c", "busybox tty; busybox stty size; read x; busybox stty size"}})
 	if err != nil {
@@ -162,16 +165,30 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 	if line, _ := bufio.NewReader(fwdErr).ReadString('\n'); !strings.Contains(line, "127.0.0.1:18090") {
 		t.Fatalf("forward said %q", line)
 	}
-	conn, err := net.Dial("tcp", "127.0.0.1:18090")
-	if err != nil {
+	if err := echoOnce("127.0.0.1:18090", "echo through the agent"); err != nil {
+		t.Error(err)
+	}
+
+	// --auto-forward picks up a port that starts listening later.
+	auto := in.cli("vm", "forward", "ag", "--auto-forward")
+	autoErr, _ := auto.StderrPipe()
+	if err := auto.Start(); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintln(conn, "echo through the agent")
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != "echo through the agent\n" {
-		t.Errorf("forwarded echo: %q %v", line, err)
+	defer func() { auto.Process.Signal(syscall.SIGINT); auto.Wait() }()
+	in.ok("vm", "exec", "ag", "--", "sh", "-c", "busybox nc -ll -p 18731 -e /bin/cat </dev/null >/dev/null 2>&1 &")
+	lines := bufio.NewScanner(autoErr)
+	found := false
+	for deadline := time.Now().Add(15 * time.Second); !found && time.Now().Before(deadline) && lines.Scan(); {
+		found = strings.Contains(lines.Text(), "guest port 18731")
 	}
-	conn.Close()
+	if !found {
+		t.Fatal("--auto-forward did not pick up port 18731")
+	}
+	go io.Copy(io.Discard, autoErr)
+	if err := echoOnce("127.0.0.1:18731", "auto forwarded"); err != nil {
+		t.Error(err)
+	}
 
 	// SSH: the stanza from ssh-config, plain ssh with exit statuses, and
 	// sftp put and get, all through the agent (this VM has no network).
@@ -276,4 +293,19 @@ func TestAgentOnSystemdImage(t *testing.T) {
 		t.Errorf("after stop and start: %d %q", code, out)
 	}
 	in.ok("vm", "rm", "-f", "sd")
+}
+
+// echoOnce sends a line to an echo server and checks it comes back.
+func echoOnce(addr, msg string) error {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	fmt.Fprintln(conn, msg)
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if line, err := bufio.NewReader(conn).ReadString('\n'); err != nil || line != msg+"\n" {
+		return fmt.Errorf("echo through %s: %q %v", addr, line, err)
+	}
+	return nil
 }

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bufio"
 	"fmt"
 	"net"
 	"os"
@@ -49,20 +48,10 @@ func (in *instance) dial(addr string) (net.Conn, error) {
 	return c, err
 }
 
-// echoes checks a TCP round trip through addr to an echo server.
+// echoes checks a TCP round trip through addr to an echo server, from
+// the instance's namespace.
 func (in *instance) echoes(addr, msg string) error {
-	c, err := in.dial(addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	fmt.Fprintln(c, msg)
-	line, err := bufio.NewReader(c).ReadString('\n')
-	if err != nil || strings.TrimSpace(line) != msg {
-		return fmt.Errorf("echo through %s: got %q, %v", addr, line, err)
-	}
-	return nil
+	return in.inNS(func() error { return echoOnce(addr, msg) })
 }
 
 // lookup asks the VM DNS server (on the bridge, in the namespace).
