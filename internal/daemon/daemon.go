@@ -162,12 +162,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		ln.Close()
 		return err
 	}
+	// Jobs may start while reconciling: watchers of the VMs still running.
+	d.jobCtx, d.jobCancel = context.WithCancel(context.Background())
 	if err := d.reconcile(ctx); err != nil {
+		d.jobCancel()
 		ln.Close()
 		return fmt.Errorf("reconciling state: %w", err)
 	}
 
-	d.jobCtx, d.jobCancel = context.WithCancel(context.Background())
 	d.started = time.Now()
 	d.allowed = newAllowedPeers(d.opts.Group)
 	srv := &http.Server{

@@ -52,7 +52,6 @@ func (d *Daemon) vmLock(name string) func() {
 	d.vms.mu.Lock()
 	if d.vms.locks == nil {
 		d.vms.locks = map[string]*sync.Mutex{}
-		d.vms.machines = map[string]vmm.Machine{}
 	}
 	l := d.vms.locks[name]
 	if l == nil {
@@ -236,6 +235,16 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 		return &v, nil
 	}
 	return d.startVMLocked(v)
+}
+
+// attach adopts the running VMM of v after a daemon restart.
+func (d *Daemon) attach(ctx context.Context, v api.VM) (vmm.Machine, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if v.VMM == "firecracker" {
+		return firecracker.Attach(ctx, v.Dir, v.PID)
+	}
+	return qemu.Attach(ctx, v.Dir, v.PID)
 }
 
 // inVMNet runs fn (a VMM start) in the VM network's namespace when the
@@ -683,6 +692,15 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 			}
 			d.log.Info("vm start interrupted", "vm", v.Name)
 		case alive:
+			// Adopt the VMM again: stop, pause and the VM's own
+			// power-off are noticed as if this daemon had started it.
+			m, err := d.attach(ctx, v)
+			if err != nil {
+				d.log.Warn("vm still running, but its VMM does not answer: it can be killed, not stopped gracefully", "vm", v.Name, "pid", v.PID, "err", err)
+				continue
+			}
+			d.setMachine(v.ID, m)
+			go d.watchExit(v, m)
 			d.log.Info("vm still running", "vm", v.Name, "pid", v.PID)
 		default:
 			if err := d.transition(ctx, &v, vm.EvExited, 0, ""); err != nil {

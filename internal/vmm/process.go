@@ -3,8 +3,11 @@ package vmm
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/system"
 )
@@ -72,4 +75,32 @@ func (p *Process) Kill() error {
 		return nil
 	}
 	return err
+}
+
+// AttachProcess adopts a VMM process someone else started (this daemon
+// before a restart): pid must be running, log is its standard error
+// file. Its end is watched through a pidfd, since it is not our child;
+// the pidfd also keeps a reused pid from being signalled by mistake.
+func AttachProcess(pid int, log string) (*Process, error) {
+	fd, err := unix.PidfdOpen(pid, 0)
+	if err != nil {
+		return nil, fmt.Errorf("attaching to VMM process %d: %w", pid, err)
+	}
+	proc, err := os.FindProcess(pid)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	p := &Process{proc: proc, exit: make(chan struct{}), log: log}
+	go func() {
+		defer unix.Close(fd)
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for {
+			if _, err := unix.Poll(fds, -1); err != unix.EINTR {
+				break
+			}
+		}
+		close(p.exit)
+	}()
+	return p, nil
 }

@@ -315,3 +315,34 @@ func TestDaemonKilledDuringVMCreate(t *testing.T) {
 	}
 	in.ok("vm", "rm", "-f", "k9")
 }
+
+// TestDaemonRestartAdoptsVMs restarts the daemon under a running VM: the
+// new daemon adopts the VMM, so when the guest powers itself off the VM
+// is recorded as stopped at once, not at the next reconcile.
+func TestDaemonRestartAdoptsVMs(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	var v vmJSON
+	in.jsonOut(&v, "vm", "create", "--name", "ad", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "none", "--json")
+	in.ok("daemon", "stop")
+	// The guest's init powers off a second later (the exec returns first);
+	// the CLI starts the daemon again on the way.
+	in.ok("vm", "exec", "ad", "--", "sh", "-c", "(sleep 1; busybox kill -TERM 1) </dev/null >/dev/null 2>&1 &")
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		in.jsonOut(&v, "vm", "show", "ad", "--json")
+		if v.State == "stopped" {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v.State != "stopped" || v.PID != 0 {
+		dlog, _ := os.ReadFile(in.path("state", "bangerd.log"))
+		t.Fatalf("a VM that powered off under a restarted daemon: %+v (process alive: %v)\ndaemon log:\n%s\nconsole:\n%s", v, processAlive(v.PID), dlog, in.ok("vm", "logs", "ad"))
+	}
+	if logs := in.ok("vm", "logs", "ad"); !strings.Contains(logs, "SIGTERM: shutting down") && !strings.Contains(logs, "terminated: shutting down") {
+		t.Logf("console:\n%s", logs)
+	}
+	in.ok("vm", "start", "ad")
+	in.ok("vm", "rm", "-f", "ad")
+}

@@ -49,6 +49,20 @@ type Machine struct {
 	client *Client
 }
 
+// Attach adopts the running Firecracker of the VM in dir (after a daemon
+// restart): its process and its API socket, checked with a request.
+func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
+	proc, err := vmm.AttachProcess(pid, filepath.Join(dir, VMMLog))
+	if err != nil {
+		return nil, err
+	}
+	m := &Machine{Process: proc, dir: dir, client: NewClient(filepath.Join(dir, APISocket))}
+	if _, err := m.client.InstanceInfo(ctx); err != nil {
+		return nil, fmt.Errorf("attaching to Firecracker %d: %w", pid, err)
+	}
+	return m, nil
+}
+
 var (
 	_ vmm.Machine     = (*Machine)(nil)
 	_ vmm.Pauser      = (*Machine)(nil)

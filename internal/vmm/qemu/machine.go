@@ -93,6 +93,20 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	}
 }
 
+// Attach adopts the running QEMU of the VM in dir (after a daemon
+// restart): its process and its QMP socket.
+func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
+	proc, err := vmm.AttachProcess(pid, filepath.Join(dir, VMMLog))
+	if err != nil {
+		return nil, err
+	}
+	q, err := DialQMP(ctx, filepath.Join(dir, QMPSocket))
+	if err != nil {
+		return nil, fmt.Errorf("attaching to QEMU %d: %w", pid, err)
+	}
+	return &Machine{Process: proc, dir: dir, qmp: q}, nil
+}
+
 // QMP is the machine's QMP client.
 func (m *Machine) QMP() *QMP { return m.qmp }
 
