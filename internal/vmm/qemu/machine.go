@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"banger/internal/vmm"
@@ -26,8 +27,11 @@ func New(bin string, caps Caps) (*Backend, error) {
 	return &Backend{bin: bin, caps: caps}, nil
 }
 
-// Features of QEMU microvm: pause, no snapshots, agent over virtio-serial.
-func (b *Backend) Features() vmm.Features { return vmm.Features{Pause: true} }
+// Features of QEMU microvm: pause, no snapshots, the agent over vsock
+// where the host has vhost-vsock (virtio-serial otherwise).
+func (b *Backend) Features() vmm.Features {
+	return vmm.Features{Pause: true, AgentOverVsock: b.caps.VhostVsock}
+}
 
 // Caps returns the capabilities the backend was made with.
 func (b *Backend) Caps() Caps { return b.caps }
@@ -37,6 +41,7 @@ type Machine struct {
 	*vmm.Process
 	dir string
 	qmp *QMP
+	cid uint32 // vhost-vsock context id, 0 without vhost-vsock
 }
 
 var (
@@ -66,6 +71,9 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 		return nil, err
 	}
 	m := &Machine{Process: proc, dir: spec.Dir}
+	if b.caps.VhostVsock {
+		m.cid = GuestCID(spec.Dir)
+	}
 	defer func() {
 		if err != nil {
 			m.Kill()
@@ -104,7 +112,11 @@ func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
 	if err != nil {
 		return nil, fmt.Errorf("attaching to QEMU %d: %w", pid, err)
 	}
-	return &Machine{Process: proc, dir: dir, qmp: q}, nil
+	m := &Machine{Process: proc, dir: dir, qmp: q}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "vhost-vsock-device") {
+		m.cid = GuestCID(dir)
+	}
+	return m, nil
 }
 
 // QMP is the machine's QMP client.
@@ -157,7 +169,14 @@ func (m *Machine) Resume(ctx context.Context) error {
 
 // DialAgent implements vmm.Machine: the virtio-serial port's host end.
 // There is one channel; port is ignored.
+// The agent channel is vhost-vsock when the VM has it, with the
+// virtio-serial port (every VM has one) as the fallback.
 func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) {
+	if m.cid != 0 {
+		if c, err := vmm.DialVsock(ctx, m.cid, port); err == nil {
+			return c, nil
+		}
+	}
 	var d net.Dialer
 	return d.DialContext(ctx, "unix", filepath.Join(m.dir, AgentSocket))
 }

@@ -6,6 +6,8 @@ package qemu
 
 import (
 	"banger/internal/vsockagent"
+	"fmt"
+	"hash/fnv"
 	"os"
 	"strconv"
 	"strings"
@@ -32,6 +34,9 @@ type Caps struct {
 	// TSCkHz is the host TSC frequency; guests under emulation hang
 	// calibrating their TSC without it.
 	TSCkHz int
+	// VhostVsock: /dev/vhost-vsock exists, so the agent channel can be
+	// vsock (virtio-serial stays as the fallback).
+	VhostVsock bool
 }
 
 // Probe reads the host's capabilities.
@@ -41,7 +46,22 @@ func Probe() Caps {
 		f.Close()
 		c.KVM = !fileExists("/sys/module/kvm_pvm")
 	}
+	if f, err := os.OpenFile("/dev/vhost-vsock", os.O_RDWR, 0); err == nil {
+		f.Close()
+		c.VhostVsock = true
+	}
 	return c
+}
+
+// GuestCID is the vsock context id of the VM whose directory is dir
+// under vhost-vsock. Unlike Firecracker's per-VM vsock sockets,
+// vhost-vsock ids are host-wide (across banger instances too), so each
+// VM gets its own: a hash of its directory, above the reserved 0-2. QEMU refuses a taken one, so a collision fails the
+// start clearly instead of crossing wires.
+func GuestCID(dir string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(dir))
+	return 3 + h.Sum32()%(1<<31-4)
 }
 
 func tscKHz() int {
@@ -100,6 +120,9 @@ func Args(spec vmm.Spec, caps Caps) []string {
 			nic += ",mac=" + spec.MAC
 		}
 		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.TAP+",script=no,downscript=no", "-device", nic)
+	}
+	if caps.VhostVsock {
+		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", GuestCID(dir)))
 	}
 	args = append(args,
 		"-device", "virtio-serial-device",

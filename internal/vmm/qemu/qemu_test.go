@@ -1,12 +1,20 @@
 package qemu
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
 
 	"banger/internal/vmm"
 )
+
+func TestGuestCID(t *testing.T) {
+	a, b := GuestCID("/var/lib/banger/vms/a"), GuestCID("/var/lib/banger/vms/b")
+	if a == b || a < 3 || b < 3 || a >= 1<<31 || GuestCID("/var/lib/banger/vms/a") != a {
+		t.Errorf("GuestCID: %d %d", a, b)
+	}
+}
 
 func TestArgs(t *testing.T) {
 	spec := vmm.Spec{ID: "dev", Dir: "/vm", VCPUs: 2, MemoryMiB: 512, Kernel: "/k/vmlinux", Initrd: "/k/initrd.img",
@@ -45,6 +53,7 @@ func TestArgs(t *testing.T) {
 		{"kvm", nil, Caps{KVM: true, TSCkHz: 1}, []string{"kvm", "host"}, []string{"tcg,thread=multi"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"no tap, no initrd", func(s *vmm.Spec) { s.TAP, s.Initrd = "", "" }, Caps{}, nil, []string{"-netdev", "-initrd"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"tsc already given", func(s *vmm.Spec) { s.Cmdline = "tsc_early_khz=5" }, Caps{TSCkHz: 9}, nil, nil, "tsc_early_khz=5"},
+		{"vhost-vsock", nil, Caps{VhostVsock: true}, []string{fmt.Sprintf("vhost-vsock-device,guest-cid=%d", GuestCID("/vm")), "virtserialport,chardev=agent,name=banger.agent"}, nil, "console=ttyS0 banger.root=/dev/vda"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
