@@ -18,6 +18,7 @@ import (
 	"banger/internal/hostnet"
 	"banger/internal/paths"
 	"banger/internal/version"
+	"banger/internal/vmm/firecracker"
 )
 
 func main() {
@@ -30,6 +31,9 @@ func main() {
 	subnet := flag.String("subnet", envOr("BANGER_SUBNET", hostnet.DefaultSubnet), "private IPv4 network of the VMs, /16 to /29; the bridge takes its first address (default $BANGER_SUBNET or "+hostnet.DefaultSubnet+")")
 	netns := flag.String("netns", os.Getenv("BANGER_NETNS"), "named network namespace for the VM network (default $BANGER_NETNS, else the daemon's own)")
 	upstream := flag.String("dns-upstream", os.Getenv("BANGER_DNS_UPSTREAM"), "comma-separated resolvers for names outside .vm (default $BANGER_DNS_UPSTREAM, else /etc/resolv.conf)")
+	jailer := flag.String("jailer", os.Getenv("BANGER_JAILER"), "run Firecracker VMs under this jailer binary (default $BANGER_JAILER; none: unjailed)")
+	jailUID := flag.Int("jailer-uid", 30000, "unprivileged uid jailed Firecrackers run as")
+	jailGID := flag.Int("jailer-gid", 30000, "unprivileged gid jailed Firecrackers run as")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -56,12 +60,17 @@ func main() {
 	if *debug {
 		level = slog.LevelDebug
 	}
+	var jail *firecracker.Jailer
+	if *jailer != "" {
+		jail = &firecracker.Jailer{Bin: *jailer, UID: *jailUID, GID: *jailGID}
+	}
 	d, err := daemon.New(layout, daemon.Options{
 		Group:         *group,
 		KernelCatalog: *catalog,
 		HostRoot:      *hostRoot,
 		Network:       hostnet.Config{Bridge: *bridge, Subnet: prefix, NetNS: *netns},
 		DNSUpstreams:  upstreams,
+		Jailer:        jail,
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {

@@ -27,6 +27,7 @@ import (
 	"banger/internal/paths"
 	"banger/internal/store"
 	"banger/internal/system"
+	"banger/internal/vmm/firecracker"
 )
 
 // Options configure a Daemon. The zero value is valid.
@@ -55,6 +56,9 @@ type Options struct {
 	// DNSUpstreams are where the VM DNS server forwards other names
 	// (default: the host's /etc/resolv.conf).
 	DNSUpstreams []string
+	// Jailer, when set, runs every Firecracker VM under Firecracker's
+	// jailer (ChrootBase defaults to STATE/jail).
+	Jailer *firecracker.Jailer
 }
 
 // Daemon is one bangerd instance.

@@ -39,6 +39,9 @@ func (d *Daemon) hostNet() (*hostnet.Net, error) {
 	}
 	cfg := d.opts.Network
 	cfg.StateDir = d.layout.RunDir
+	if j := d.opts.Jailer; j != nil {
+		cfg.TAPOwner, cfg.TAPGroup = j.UID, j.GID
+	}
 	n, err := hostnet.Open(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errNetwork, err)

@@ -102,7 +102,7 @@ func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec)
 		if fcErr != nil {
 			return "", nil, fmt.Errorf("%w: --vmm firecracker: no firecracker binary on PATH: install it, or use --vmm qemu", errInvalid)
 		}
-		b, err := firecracker.New(fcBin)
+		b, err := d.firecracker(fcBin)
 		if err != nil {
 			return "", nil, err
 		}
@@ -237,12 +237,35 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	return d.startVMLocked(v)
 }
 
+// firecracker is the Firecracker backend for bin, jailed when the
+// daemon is configured with a jailer (its jails live under the state
+// directory, on the filesystem of the files they hard-link).
+func (d *Daemon) firecracker(bin string) (*firecracker.Backend, error) {
+	b, err := firecracker.New(bin)
+	if err != nil || d.opts.Jailer == nil {
+		return b, err
+	}
+	j := *d.opts.Jailer
+	if j.ChrootBase == "" {
+		j.ChrootBase = filepath.Join(d.layout.StateDir, "jail")
+	}
+	return b.WithJailer(j)
+}
+
 // attach adopts the running VMM of v after a daemon restart.
 func (d *Daemon) attach(ctx context.Context, v api.VM) (vmm.Machine, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if v.VMM == "firecracker" {
-		return firecracker.Attach(ctx, v.Dir, v.PID)
+		bin, err := system.LookPath("firecracker")
+		if err != nil {
+			return nil, err
+		}
+		b, err := d.firecracker(bin)
+		if err != nil {
+			return nil, err
+		}
+		return b.Attach(ctx, v.Dir, v.PID)
 	}
 	return qemu.Attach(ctx, v.Dir, v.PID)
 }

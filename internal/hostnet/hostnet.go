@@ -67,6 +67,10 @@ type Config struct {
 	// StateDir keeps the record of whether banger turned IPv4
 	// forwarding on, so that it is turned off again only then.
 	StateDir string
+	// TAPOwner and TAPGroup own every TAP (TUNSETOWNER/TUNSETGROUP): a
+	// VMM that runs unprivileged (Firecracker under the jailer) may then
+	// attach to it. 0 is root.
+	TAPOwner, TAPGroup int
 }
 
 // Net is the VM network of one daemon. Methods are safe for concurrent use.
@@ -311,7 +315,8 @@ func (n *Net) AddTAP(name string) error {
 		// IFF_NO_PI|IFF_VNET_HDR, and a persistent TAP's queue mode
 		// must match its openers'.
 		tap := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
-			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE}
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_VNET_HDR | netlink.TUNTAP_ONE_QUEUE,
+			Owner: uint32(n.cfg.TAPOwner), Group: uint32(n.cfg.TAPGroup)}
 		if err := netlink.LinkAdd(tap); err != nil {
 			return fmt.Errorf("creating TAP %s: %w", name, err)
 		}

@@ -26,7 +26,8 @@ const (
 
 // Backend starts Firecracker VMs. It is safe for concurrent use.
 type Backend struct {
-	bin string
+	bin    string
+	jailer *Jailer // nil: Firecracker runs as its starter, unjailed
 }
 
 // New returns a backend running the firecracker binary at bin.
@@ -47,16 +48,45 @@ type Machine struct {
 	*vmm.Process
 	dir    string
 	client *Client
+	// root is the jail's root as seen from the host, "" without the
+	// jailer; sockets live there, and files Firecracker opens are
+	// placed there (see place).
+	root string
+	jail *Jailer
+}
+
+// sock is the host path of one of the VM's sockets.
+func (m *Machine) sock(name string) string {
+	if m.root != "" {
+		return filepath.Join(m.root, name)
+	}
+	return filepath.Join(m.dir, name)
+}
+
+// at is the path Firecracker is given for a socket it creates.
+func (m *Machine) at(name string) string {
+	if m.root != "" {
+		return "/" + name
+	}
+	return filepath.Join(m.dir, name)
 }
 
 // Attach adopts the running Firecracker of the VM in dir (after a daemon
 // restart): its process and its API socket, checked with a request.
-func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
+func (b *Backend) Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
 	proc, err := vmm.AttachProcess(pid, filepath.Join(dir, VMMLog))
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{Process: proc, dir: dir, client: NewClient(filepath.Join(dir, APISocket))}
+	m := &Machine{Process: proc, dir: dir, jail: b.jailer}
+	if b.jailer != nil {
+		m.root = filepath.Join(b.jailDir(dir), "root")
+		go func() {
+			<-m.Exited()
+			b.removeJail(dir)
+		}()
+	}
+	m.client = NewClient(m.sock(APISocket))
 	if _, err := m.client.InstanceInfo(ctx); err != nil {
 		return nil, fmt.Errorf("attaching to Firecracker %d: %w", pid, err)
 	}
@@ -74,9 +104,25 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	sock := filepath.Join(dir, APISocket)
+	m = &Machine{dir: dir, jail: b.jailer}
+	bin, args := b.bin, []string{"--api-sock", filepath.Join(dir, APISocket), "--id", id}
+	if b.jailer != nil {
+		jid, err := jailID(dir)
+		if err != nil {
+			return nil, err
+		}
+		// A jail left by a VMM that died is stale: the jailer wants a
+		// fresh one.
+		jail := b.jailDir(dir)
+		os.RemoveAll(jail)
+		m.root = filepath.Join(jail, "root")
+		if err := os.MkdirAll(m.root, 0o755); err != nil {
+			return nil, err
+		}
+		bin, args = b.jailer.Bin, b.jailArgs(jid)
+	}
 	for _, f := range []string{APISocket, VsockSocket} {
-		os.Remove(filepath.Join(dir, f))
+		os.Remove(m.sock(f))
 	}
 	console, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -88,25 +134,29 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 		return nil, err
 	}
 	defer vmmLog.Close()
-	proc, err := vmm.StartProcess(b.bin, []string{"--api-sock", sock, "--id", id}, console, vmmLog)
+	proc, err := vmm.StartProcess(bin, args, console, vmmLog)
 	if err != nil {
 		return nil, err
 	}
-	m = &Machine{Process: proc, dir: dir, client: NewClient(sock)}
+	m.Process, m.client = proc, NewClient(m.sock(APISocket))
+	if m.root != "" {
+		go func() {
+			<-m.Exited()
+			b.removeJail(dir)
+		}()
+	}
 	defer func() {
 		if err != nil {
 			m.Kill()
 			<-m.Exited()
 		}
 	}()
-	if err := m.waitSocket(ctx, sock); err != nil {
+	if err := m.waitSocket(ctx, m.sock(APISocket)); err != nil {
 		return nil, err
 	}
 	return m, nil
 }
 
-// waitSocket waits for the API socket to answer, failing as soon as the
-// process exits, with the tail of its log in the error.
 func (m *Machine) waitSocket(ctx context.Context, sock string) error {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
@@ -151,11 +201,25 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	if err := c.PutMachineConfig(ctx, MachineConfig{VCPUCount: spec.VCPUs, MemSizeMiB: spec.MemoryMiB}); err != nil {
 		return nil, err
 	}
-	if err := c.PutBootSource(ctx, BootSource{KernelImagePath: spec.Kernel, InitrdPath: spec.Initrd, BootArgs: spec.Cmdline}); err != nil {
+	kernel, err := m.place(spec.Kernel, "vmlinux", false)
+	if err != nil {
+		return nil, err
+	}
+	initrd := spec.Initrd
+	if initrd != "" {
+		if initrd, err = m.place(initrd, "initrd.img", false); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.PutBootSource(ctx, BootSource{KernelImagePath: kernel, InitrdPath: initrd, BootArgs: spec.Cmdline}); err != nil {
 		return nil, err
 	}
 	for _, d := range spec.Drives {
-		if err := c.PutDrive(ctx, Drive{DriveID: d.ID, PathOnHost: d.Path, IsReadOnly: d.ReadOnly}); err != nil {
+		p, err := m.place(d.Path, "drive-"+d.ID, !d.ReadOnly)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.PutDrive(ctx, Drive{DriveID: d.ID, PathOnHost: p, IsReadOnly: d.ReadOnly}); err != nil {
 			return nil, err
 		}
 	}
@@ -164,7 +228,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 			return nil, err
 		}
 	}
-	if err := c.PutVsock(ctx, Vsock{GuestCID: GuestCID, UDSPath: filepath.Join(spec.Dir, VsockSocket)}); err != nil {
+	if err := c.PutVsock(ctx, Vsock{GuestCID: GuestCID, UDSPath: m.at(VsockSocket)}); err != nil {
 		return nil, err
 	}
 	if err := c.Action(ctx, "InstanceStart"); err != nil {
@@ -175,17 +239,22 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 
 func (m *Machine) configureLogs(ctx context.Context) error {
 	// Firecracker opens these, it does not create them.
+	paths := map[string]string{}
 	for _, f := range []string{VMMLog, MetricsFile} {
-		fh, err := os.OpenFile(filepath.Join(m.dir, f), os.O_CREATE|os.O_WRONLY, 0o644)
+		p := filepath.Join(m.dir, f)
+		fh, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o644)
 		if err != nil {
 			return err
 		}
 		fh.Close()
+		if paths[f], err = m.place(p, f, true); err != nil {
+			return err
+		}
 	}
-	if err := m.client.PutLogger(ctx, Logger{LogPath: filepath.Join(m.dir, VMMLog), Level: "Info", ShowLevel: true}); err != nil {
+	if err := m.client.PutLogger(ctx, Logger{LogPath: paths[VMMLog], Level: "Info", ShowLevel: true}); err != nil {
 		return err
 	}
-	return m.client.PutMetrics(ctx, Metrics{MetricsPath: filepath.Join(m.dir, MetricsFile)})
+	return m.client.PutMetrics(ctx, Metrics{MetricsPath: paths[MetricsFile]})
 }
 
 func (m *Machine) consoleTail() string {
@@ -208,6 +277,12 @@ func (b *Backend) Restore(ctx context.Context, id, dir, statePath, memPath strin
 		}
 	}()
 	if err := m.configureLogs(ctx); err != nil {
+		return nil, err
+	}
+	if statePath, err = m.place(statePath, "vm.state", false); err != nil {
+		return nil, err
+	}
+	if memPath, err = m.place(memPath, "vm.mem", false); err != nil {
 		return nil, err
 	}
 	if err := m.client.LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: statePath,
@@ -255,10 +330,21 @@ func (m *Machine) Resume(ctx context.Context) error { return m.client.SetState(c
 
 // CreateSnapshot implements vmm.Snapshotter; the VM must be paused.
 func (m *Machine) CreateSnapshot(ctx context.Context, statePath, memPath string) error {
-	return m.client.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: statePath, MemFilePath: memPath})
+	if m.root == "" {
+		return m.client.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: statePath, MemFilePath: memPath})
+	}
+	// A jailed Firecracker writes inside its chroot; the files move out
+	// (same filesystem) once written.
+	if err := m.client.CreateSnapshot(ctx, SnapshotCreate{SnapshotType: "Full", SnapshotPath: "/vm.state", MemFilePath: "/vm.mem"}); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(m.root, "vm.state"), statePath); err != nil {
+		return err
+	}
+	return os.Rename(filepath.Join(m.root, "vm.mem"), memPath)
 }
 
 // DialAgent implements vmm.Machine over hybrid vsock.
 func (m *Machine) DialAgent(ctx context.Context, port uint32) (net.Conn, error) {
-	return DialVsock(ctx, filepath.Join(m.dir, VsockSocket), port)
+	return DialVsock(ctx, m.sock(VsockSocket), port)
 }

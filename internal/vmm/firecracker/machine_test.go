@@ -2,10 +2,12 @@ package firecracker
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -188,5 +190,124 @@ func TestFirecrackerOpensBangersTAP(t *testing.T) {
 	}
 	if flags := testenv.IP(t, "-n", ns, "-o", "link", "show", "dev", tap); strings.Contains(flags, "NO-CARRIER") || !strings.Contains(flags, "master "+hostnet.DefaultBridge) {
 		t.Errorf("TAP after Firecracker opened it: %s", flags)
+	}
+}
+
+// TestFirecrackerJailer starts Firecracker under the real jailer: an
+// unprivileged uid, a chroot with the kernel and drives hard-linked in
+// (same inodes, no copies), a TAP it may open as that uid, a snapshot
+// written in the jail and moved out, and the jail gone with the process.
+func TestFirecrackerJailer(t *testing.T) {
+	bin := requireFirecracker(t)
+	testenv.RequireRoot(t)
+	jailerBin, err := exec.LookPath("jailer")
+	if err != nil {
+		t.Skip("no jailer binary on PATH: the jailer tests run where Firecracker's jailer is installed")
+	}
+	spec := testSpec(t)
+	data := filepath.Join(spec.Dir, "data.ext4")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", data, "16M").CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	spec.Drives = append(spec.Drives, vmm.Drive{ID: "data", Path: data})
+	ns := testenv.NetNS(t)
+	n, err := hostnet.Open(hostnet.Config{NetNS: ns, StateDir: t.TempDir(), TAPOwner: 30000, TAPGroup: 30000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	spec.TAP, spec.MAC = hostnet.TAPName("jailed"), hostnet.MAC("jailed").String()
+	if err := n.EnsureBridge(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.AddTAP(spec.TAP); err != nil {
+		t.Fatal(err)
+	}
+	base, _ := os.MkdirTemp("", "jail") // short: sockets live in the jail
+	t.Cleanup(func() { os.RemoveAll(base) })
+	plain, err := New(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := plain.WithJailer(Jailer{Bin: jailerBin, ChrootBase: base, UID: 30000, GID: 30000, Cgroups: []string{"cpu.shares=512"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	var m *Machine
+	if err := n.Do(func() (err error) { m, err = b.Start(ctx, spec); return }); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { m.Kill(); m.Wait(ctx) }()
+	jail := filepath.Join(base, "firecracker", filepath.Base(spec.Dir), "root")
+	if info, err := m.Client().InstanceInfo(ctx); err != nil || info.State != "Running" {
+		t.Fatalf("jailed instance = %+v, %v", info, err)
+	}
+	status, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", m.PID()))
+	if !strings.Contains(string(status), "Uid:\t30000\t30000") {
+		t.Errorf("jailed Firecracker does not run as uid 30000:\n%s", status)
+	}
+	// The jailer pivots into the jail in a mount namespace of its own:
+	// the process's / is the jail, holding the very kernel file.
+	k, _ := os.Stat(spec.Kernel)
+	if seen, err := os.Stat(fmt.Sprintf("/proc/%d/root/vmlinux", m.PID())); err != nil || !os.SameFile(k, seen) {
+		t.Errorf("jailed Firecracker's / is not the jail: %v", err)
+	}
+	if _, err := os.Stat(fmt.Sprintf("/proc/%d/root%s", m.PID(), spec.Kernel)); err == nil {
+		t.Errorf("jailed Firecracker sees the host's %s", spec.Kernel)
+	}
+	for host, inJail := range map[string]string{spec.Kernel: "vmlinux", spec.Drives[0].Path: "drive-root", data: "drive-data"} {
+		a, errA := os.Stat(host)
+		j, errB := os.Stat(filepath.Join(jail, inJail))
+		if errA != nil || errB != nil || !os.SameFile(a, j) {
+			t.Errorf("%s is not hard-linked into the jail as %s: %v %v", host, inJail, errA, errB)
+		}
+	}
+	if fi, _ := os.Stat(data); fi.Sys().(*syscall.Stat_t).Uid != 30000 {
+		t.Errorf("the writable drive is not the jail user's")
+	}
+	// cgroup v1 here: the jailer made the VM a cpu cgroup of its own.
+	cg, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", m.PID()))
+	want := "firecracker/" + filepath.Base(spec.Dir)
+	shares, _ := os.ReadFile(filepath.Join("/sys/fs/cgroup/cpu/firecracker", filepath.Base(spec.Dir), "cpu.shares"))
+	if !strings.Contains(string(cg), want) || strings.TrimSpace(string(shares)) != "512" {
+		t.Errorf("cgroup: %q, cpu.shares %q", cg, shares)
+	}
+	if sock := m.sock(APISocket); len(sock) >= 108 {
+		t.Errorf("API socket path %s is too long for a Unix socket", sock)
+	}
+	cfg, _ := m.Client().VMConfig(ctx)
+	if bs, _ := cfg["boot-source"].(map[string]any); bs["kernel_image_path"] != "/vmlinux" {
+		t.Errorf("boot source = %v", cfg["boot-source"])
+	}
+	if flags := testenv.IP(t, "-n", ns, "-o", "link", "show", "dev", spec.TAP); strings.Contains(flags, "NO-CARRIER") {
+		t.Errorf("the jailed Firecracker did not attach to its TAP: %s", flags)
+	}
+	if err := m.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	state, mem := filepath.Join(spec.Dir, "vm.state"), filepath.Join(spec.Dir, "vm.mem")
+	if err := m.CreateSnapshot(ctx, state, mem); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(mem); err != nil || fi.Size() != 128<<20 {
+		t.Errorf("snapshot memory file out of the jail: %v %v", fi, err)
+	}
+	m.Kill()
+	m.Wait(ctx)
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(filepath.Dir(jail)); os.IsNotExist(err) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(filepath.Dir(jail)); !os.IsNotExist(err) {
+		t.Errorf("the jail outlived its Firecracker: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup/cpu/firecracker", filepath.Base(spec.Dir))); !os.IsNotExist(err) {
+		t.Errorf("the VM's cgroup outlived its Firecracker: %v", err)
+	}
+	if _, err := os.Stat(spec.Kernel); err != nil {
+		t.Errorf("removing the jail removed the kernel it linked: %v", err)
 	}
 }
