@@ -304,13 +304,34 @@ func (c *Client) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 // CreateVM creates a VM and, unless asked not to, starts it and waits
 // until its agent is ready. A VM that failed to start comes back as an
 // *APIError whose message carries the console's last lines.
-func (c *Client) CreateVM(ctx context.Context, req api.VMCreateRequest) (*api.VM, error) {
+// With onEvent, progress events (stages disk, network, vmm, boot) are
+// passed to it as they happen.
+func (c *Client) CreateVM(ctx context.Context, req api.VMCreateRequest, onEvent func(api.Event)) (*api.VM, error) {
+	if onEvent != nil {
+		return c.vmStream(ctx, "/v1/vms?stream=1", req, onEvent)
+	}
 	return c.vmCall(ctx, http.MethodPost, "/v1/vms", req)
 }
 
+func (c *Client) vmStream(ctx context.Context, path string, body any, onEvent func(api.Event)) (*api.VM, error) {
+	ev, err := c.stream(ctx, path, body, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.VM == nil {
+		return nil, errors.New("bangerd ended the stream without a VM")
+	}
+	return ev.VM, nil
+}
+
 // VMAction runs start, stop, kill or restart on a VM.
-func (c *Client) VMAction(ctx context.Context, name, action string) (*api.VM, error) {
-	return c.vmCall(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/"+action, nil)
+// With onEvent, start and restart report their progress like CreateVM.
+func (c *Client) VMAction(ctx context.Context, name, action string, onEvent func(api.Event)) (*api.VM, error) {
+	path := "/v1/vms/" + url.PathEscape(name) + "/" + action
+	if onEvent != nil && (action == "start" || action == "restart") {
+		return c.vmStream(ctx, path+"?stream=1", nil, onEvent)
+	}
+	return c.vmCall(ctx, http.MethodPost, path, nil)
 }
 
 // RemoveVM removes a VM; force kills a running one first.

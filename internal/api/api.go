@@ -157,6 +157,7 @@ type Event struct {
 	Cached  bool      `json:"cached,omitempty"`
 	Image   *Image    `json:"image,omitempty"`
 	Kernel  *Kernel   `json:"kernel,omitempty"`
+	VM      *VM       `json:"vm,omitempty"`
 	Error   *Error    `json:"error,omitempty"`
 }
 

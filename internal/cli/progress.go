@@ -3,6 +3,7 @@ package cli
 import (
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"banger/internal/api"
@@ -116,4 +117,72 @@ func (p *pullProgress) finish() {
 	if p.tty && p.drawn {
 		fmt.Fprint(p.w, "\r\033[K")
 	}
+}
+
+// vmProgress is a VM's start on a terminal: one live line with its
+// stage and the time so far, redrawn as the time passes.
+type vmProgress struct {
+	w     io.Writer
+	name  string
+	began time.Time
+	mu    sync.Mutex
+	stage string
+	done  chan struct{}
+	wg    sync.WaitGroup
+}
+
+var vmStageText = map[string]string{
+	"disk":    "making its disk",
+	"network": "connecting its network",
+	"vmm":     "starting the VMM",
+	"boot":    "booting, waiting for its agent",
+}
+
+func newVMProgress(w io.Writer, name string) *vmProgress {
+	p := &vmProgress{w: w, name: name, began: time.Now(), stage: "starting", done: make(chan struct{})}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			p.draw()
+			select {
+			case <-p.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return p
+}
+
+func (p *vmProgress) event(ev api.Event) {
+	if ev.Type != api.EventProgress {
+		return
+	}
+	p.mu.Lock()
+	if t, ok := vmStageText[ev.Stage]; ok {
+		p.stage = t
+	} else {
+		p.stage = ev.Stage
+	}
+	p.mu.Unlock()
+	p.draw()
+}
+
+func (p *vmProgress) draw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.w, "\r\033[K%s: %s… %.1fs", p.name, p.stage, time.Since(p.began).Seconds())
+}
+
+// finish clears the live line; a nil progress does nothing.
+func (p *vmProgress) finish() {
+	if p == nil {
+		return
+	}
+	close(p.done)
+	p.wg.Wait()
+	fmt.Fprint(p.w, "\r\033[K")
 }

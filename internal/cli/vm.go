@@ -81,11 +81,21 @@ func newVMCreateCommand(a *app) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if !asJSON {
+			var onEvent func(api.Event)
+			var prog *vmProgress
+			if !asJSON && isTerminal(cmd.ErrOrStderr()) && !req.NoStart {
+				name := req.Name
+				if name == "" {
+					name = "new VM from " + req.Image
+				}
+				prog = newVMProgress(cmd.ErrOrStderr(), name)
+				onEvent = prog.event
+			} else if !asJSON {
 				fmt.Fprintf(cmd.ErrOrStderr(), "creating VM from %s…\n", req.Image)
 			}
 			start := time.Now()
-			v, err := c.CreateVM(cmd.Context(), req)
+			v, err := c.CreateVM(cmd.Context(), req, onEvent)
+			prog.finish()
 			if err != nil {
 				return err
 			}
@@ -129,7 +139,14 @@ func newVMActionCommand(a *app, action, short string) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			v, err := c.VMAction(cmd.Context(), args[0], action)
+			var onEvent func(api.Event)
+			var prog *vmProgress
+			if !asJSON && isTerminal(cmd.ErrOrStderr()) && (action == "start" || action == "restart") {
+				prog = newVMProgress(cmd.ErrOrStderr(), args[0])
+				onEvent = prog.event
+			}
+			v, err := c.VMAction(cmd.Context(), args[0], action, onEvent)
+			prog.finish()
 			if err != nil {
 				return err
 			}

@@ -130,15 +130,39 @@ func (d *Daemon) handleCreateVM(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	v, err := d.createVM(r.Context(), req)
-	if err != nil {
-		return err
-	}
-	writeJSON(w, http.StatusCreated, v)
-	return nil
+	return respondVM(w, r, http.StatusCreated, func(progress func(string)) (*api.VM, error) {
+		return d.createVM(r.Context(), req, progress)
+	})
 }
 
-func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM, error) {
+// respondVM runs a VM operation and answers with the VM, or, with
+// ?stream=1, with NDJSON progress events (stages: disk, network, vmm,
+// boot) and a final result or error event.
+func respondVM(w http.ResponseWriter, r *http.Request, status int, op func(progress func(string)) (*api.VM, error)) error {
+	if r.URL.Query().Get("stream") != "1" {
+		v, err := op(nil)
+		if err != nil {
+			return err
+		}
+		writeJSON(w, status, v)
+		return nil
+	}
+	ew := newEventWriter(w)
+	v, err := op(func(stage string) { ew.emit(api.Event{Type: api.EventProgress, Stage: stage}) })
+	if err != nil {
+		return ew.emit(api.Event{Type: api.EventError, Error: apiError(err)})
+	}
+	return ew.emit(api.Event{Type: api.EventResult, VM: v})
+}
+
+// say reports a stage to progress, when someone listens.
+func say(progress func(string), stage string) {
+	if progress != nil {
+		progress(stage)
+	}
+}
+
+func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress func(string)) (*api.VM, error) {
 	name := req.Name
 	if name == "" {
 		for i := 0; i < 10; i++ {
@@ -216,6 +240,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	}
 	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
 		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	say(progress, "disk")
 	seed, err := d.sshSeed(v)
 	if err != nil {
 		os.RemoveAll(v.Dir)
@@ -234,7 +259,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest) (*api.VM
 	if req.NoStart {
 		return &v, nil
 	}
-	return d.startVMLocked(v)
+	return d.startVMLocked(v, progress)
 }
 
 // firecracker is the Firecracker backend for bin, jailed when the
@@ -305,7 +330,7 @@ func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int
 // startVMLocked boots v and waits for its agent. The VMM outlives the
 // request: it runs on the daemon's own context. A VM that does not become
 // ready goes to error, its VMM killed, the console's tail in the message.
-func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
+func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error) {
 	ctx := context.Background()
 	img, err := d.store.Image(ctx, v.Image)
 	if err != nil {
@@ -323,6 +348,9 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 		return nil, err
 	}
 	began := time.Now()
+	if v.Network != "" && v.Network != "none" {
+		say(progress, "network")
+	}
 	netArgs, err := d.attachNet(ctx, v)
 	if err != nil {
 		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
@@ -336,6 +364,7 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 	}
 	console := filepath.Join(v.Dir, "console.log")
 	offset := fileSize(console)
+	say(progress, "vmm")
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	var m vmm.Machine
 	err = d.inVMNet(v, func() (err error) { m, err = start(sctx, spec); return })
@@ -348,6 +377,7 @@ func (d *Daemon) startVMLocked(v api.VM) (*api.VM, error) {
 	d.setMachine(v.ID, m)
 	d.store.SetVMState(ctx, v.Name, v.State, m.PID(), "")
 	v.PID = m.PID()
+	say(progress, "boot")
 	if err := waitReady(m, m.ConsolePath(), offset, d.readyTimeout()); err != nil {
 		m.Kill()
 		m.Wait(ctx)
@@ -472,25 +502,27 @@ func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return vmHint(err)
 	}
+	if action == "start" || action == "restart" {
+		return respondVM(w, r, http.StatusOK, func(progress func(string)) (*api.VM, error) {
+			if action == "start" {
+				if _, err := vm.Next(vm.State(v.State), vm.EvStart); err != nil {
+					return nil, fmt.Errorf("VM %q: %w", name, err)
+				}
+			} else if vm.State(v.State).Live() {
+				if _, err := d.stopVMLocked(r.Context(), v, false); err != nil {
+					return nil, err
+				}
+				v, _ = d.store.VM(r.Context(), name)
+			}
+			return d.startVMLocked(v, progress)
+		})
+	}
 	var out *api.VM
 	switch action {
-	case "start":
-		if _, err := vm.Next(vm.State(v.State), vm.EvStart); err != nil {
-			return fmt.Errorf("VM %q: %w", name, err)
-		}
-		out, err = d.startVMLocked(v)
 	case "stop":
 		out, err = d.stopVMLocked(r.Context(), v, false)
 	case "kill":
 		out, err = d.stopVMLocked(r.Context(), v, true)
-	case "restart":
-		if vm.State(v.State).Live() {
-			if _, err := d.stopVMLocked(r.Context(), v, false); err != nil {
-				return err
-			}
-			v, _ = d.store.VM(r.Context(), name)
-		}
-		out, err = d.startVMLocked(v)
 	default:
 		return fmt.Errorf("%w: no VM action %q", store.ErrNotFound, action)
 	}

@@ -1,8 +1,12 @@
 package integration
 
 import (
-	"banger/internal/testenv"
+	"context"
 	"encoding/json"
+
+	"banger/client"
+	"banger/internal/api"
+	"banger/internal/testenv"
 	"fmt"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"os"
@@ -345,4 +349,34 @@ func TestDaemonRestartAdoptsVMs(t *testing.T) {
 	}
 	in.ok("vm", "start", "ad")
 	in.ok("vm", "rm", "-f", "ad")
+}
+
+// TestVMProgressStream follows a create and a start through their
+// progress events (what the CLI draws on a terminal).
+func TestVMProgressStream(t *testing.T) {
+	in := newInstance(t)
+	vmFixtures(t, in)
+	c := client.New(in.path("run", "bangerd.sock"))
+	var stages []string
+	record := func(ev api.Event) {
+		if ev.Type == api.EventProgress {
+			stages = append(stages, ev.Stage)
+		}
+	}
+	v, err := c.CreateVM(context.Background(), api.VMCreateRequest{Name: "pg", Image: "bb", Kernel: "k", VCPU: 1, MemoryMiB: 256, DiskBytes: 128 << 20, VMM: "qemu"}, record)
+	if err != nil || v.State != "running" || strings.Join(stages, " ") != "disk network vmm boot" {
+		t.Fatalf("create: %+v %v, stages %v", v, err, stages)
+	}
+	in.ok("vm", "stop", "pg")
+	stages = nil
+	v, err = c.VMAction(context.Background(), "pg", "start", record)
+	if err != nil || v.State != "running" || strings.Join(stages, " ") != "network vmm boot" {
+		t.Errorf("start: %+v %v, stages %q", v, err, stages)
+	}
+	// A failure arrives as the stream's error event, one clear line.
+	_, err = c.VMAction(context.Background(), "pg", "start", func(api.Event) {})
+	if err == nil || !strings.Contains(err.Error(), "already running") {
+		t.Errorf("starting a running VM: %v", err)
+	}
+	in.ok("vm", "rm", "-f", "pg")
 }
