@@ -175,11 +175,7 @@ func TestFirecrackerOpensBangersTAP(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var m *Machine
-	if err := n.Do(func() (err error) { m, err = b.Start(ctx, spec); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { m.Kill(); m.Wait(ctx) }()
+	m := startIn(t, n, b, spec)
 	cfg, err := m.Client().VMConfig(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -234,11 +230,7 @@ func TestFirecrackerJailer(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var m *Machine
-	if err := n.Do(func() (err error) { m, err = b.Start(ctx, spec); return }); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { m.Kill(); m.Wait(ctx) }()
+	m := startIn(t, n, b, spec)
 	jail := filepath.Join(base, "firecracker", filepath.Base(spec.Dir), "root")
 	if info, err := m.Client().InstanceInfo(ctx); err != nil || info.State != "Running" {
 		t.Fatalf("jailed instance = %+v, %v", info, err)
@@ -310,4 +302,16 @@ func TestFirecrackerJailer(t *testing.T) {
 	if _, err := os.Stat(spec.Kernel); err != nil {
 		t.Errorf("removing the jail removed the kernel it linked: %v", err)
 	}
+}
+
+// startIn starts spec's Firecracker in the VM network's namespace and
+// kills it when the test ends.
+func startIn(t *testing.T, n *hostnet.Net, b *Backend, spec vmm.Spec) *Machine {
+	t.Helper()
+	var m *Machine
+	if err := n.Do(func() (err error) { m, err = b.Start(context.Background(), spec); return }); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Kill(); m.Wait(context.Background()) })
+	return m
 }

@@ -1,6 +1,7 @@
 package firecracker
 
 import (
+	"banger/internal/testenv"
 	"bufio"
 	"context"
 	"errors"
@@ -23,25 +24,15 @@ func fakeHybridVsock(t *testing.T, open map[string]bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				line, _ := bufio.NewReader(c).ReadString('\n')
-				if !open[line] {
-					return
-				}
-				// The reply and the guest's greeting arrive together.
-				c.Write([]byte("OK 1073741824\nhello from the guest"))
-				io.Copy(io.Discard, c)
-			}()
+	testenv.Serve(t, ln, func(c net.Conn) {
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		if !open[line] {
+			return
 		}
-	}()
+		// The reply and the guest's greeting arrive together.
+		c.Write([]byte("OK 1073741824\nhello from the guest"))
+		io.Copy(io.Discard, c)
+	})
 	return p
 }
 
