@@ -296,6 +296,12 @@ func (c *Client) VM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, c.getJSON(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name), nil, &v)
 }
 
+// Config returns the daemon's effective configuration.
+func (c *Client) Config(ctx context.Context) (*api.Config, error) {
+	var cfg api.Config
+	return &cfg, c.getJSON(ctx, http.MethodGet, "/v1/config", nil, &cfg)
+}
+
 // AddSSHKey authorizes a public key in every VM.
 func (c *Client) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 	return c.getJSON(ctx, http.MethodPost, "/v1/ssh/keys", req, nil)

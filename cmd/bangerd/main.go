@@ -11,9 +11,9 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
+	"banger/internal/config"
 	"banger/internal/daemon"
 	"banger/internal/hostnet"
 	"banger/internal/paths"
@@ -27,13 +27,26 @@ func main() {
 	debug := flag.Bool("debug", false, "log at debug level to stderr as well")
 	catalog := flag.String("kernel-catalog", os.Getenv("BANGER_KERNEL_CATALOG"), "JSON file of extra kernel catalog entries (default $BANGER_KERNEL_CATALOG)")
 	hostRoot := flag.String("host-root", envOr("BANGER_HOST_ROOT", "/"), "where installed kernels are looked for: ROOT/boot, ROOT/lib/modules (default $BANGER_HOST_ROOT or /)")
-	bridge := flag.String("bridge", hostnet.DefaultBridge, "bridge the VMs' TAPs attach to")
-	subnet := flag.String("subnet", envOr("BANGER_SUBNET", hostnet.DefaultSubnet), "private IPv4 network of the VMs, /16 to /29; the bridge takes its first address (default $BANGER_SUBNET or "+hostnet.DefaultSubnet+")")
 	netns := flag.String("netns", os.Getenv("BANGER_NETNS"), "named network namespace for the VM network (default $BANGER_NETNS, else the daemon's own)")
-	upstream := flag.String("dns-upstream", os.Getenv("BANGER_DNS_UPSTREAM"), "comma-separated resolvers for names outside .vm (default $BANGER_DNS_UPSTREAM, else /etc/resolv.conf)")
-	jailer := flag.String("jailer", os.Getenv("BANGER_JAILER"), "run Firecracker VMs under this jailer binary (default $BANGER_JAILER; none: unjailed)")
-	jailUID := flag.Int("jailer-uid", 30000, "unprivileged uid jailed Firecrackers run as")
-	jailGID := flag.Int("jailer-gid", 30000, "unprivileged gid jailed Firecrackers run as")
+	// Settings of the config file: a flag wins over its variable, which
+	// wins over the file, which wins over the default.
+	settings := []struct{ flag, env, key, usage string }{
+		{"bridge", "", "net.bridge", "bridge the VMs' TAPs attach to"},
+		{"subnet", "BANGER_SUBNET", "net.subnet", "private IPv4 network of the VMs, /16 to /29; the bridge takes its first address"},
+		{"dns-upstream", "BANGER_DNS_UPSTREAM", "net.dns_upstream", "comma-separated resolvers for names outside .vm (default: /etc/resolv.conf)"},
+		{"firecracker", "BANGER_FIRECRACKER", "firecracker.binary", "the firecracker binary (default: firecracker on PATH)"},
+		{"jailer", "BANGER_JAILER", "firecracker.jailer", "run Firecracker VMs under this jailer binary (default: unjailed)"},
+		{"jailer-uid", "", "firecracker.jailer_uid", "unprivileged uid jailed Firecrackers run as"},
+		{"jailer-gid", "", "firecracker.jailer_gid", "unprivileged gid jailed Firecrackers run as"},
+	}
+	vals := map[string]*string{}
+	for _, st := range settings {
+		usage := st.usage + " (config " + st.key
+		if st.env != "" {
+			usage += ", $" + st.env
+		}
+		vals[st.flag] = flag.String(st.flag, "", usage+")")
+	}
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
 	if *showVersion {
@@ -42,47 +55,60 @@ func main() {
 	}
 	layout, err := paths.FromEnv(*home)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bangerd:", err)
-		os.Exit(1)
+		fail(err)
 	}
-	prefix, err := netip.ParsePrefix(*subnet)
+	cfg, err := config.Load(config.Path(layout.Home))
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "bangerd: --subnet %q: %v: give a CIDR such as %s\n", *subnet, err, hostnet.DefaultSubnet)
-		os.Exit(2)
+		fail(err)
 	}
-	var upstreams []string
-	for _, u := range strings.Split(*upstream, ",") {
-		if u = strings.TrimSpace(u); u != "" {
-			upstreams = append(upstreams, u)
+	explicit := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { explicit[f.Name] = true })
+	for _, st := range settings {
+		v, src := *vals[st.flag], "flag --"+st.flag
+		if !explicit[st.flag] {
+			if v, src = os.Getenv(st.env), "$"+st.env; st.env == "" || v == "" {
+				continue
+			}
 		}
+		if err := cfg.Set(st.key, v, src); err != nil {
+			fail(fmt.Errorf("%s: %w", src, err))
+		}
+	}
+	prefix, err := netip.ParsePrefix(cfg.Net.Subnet)
+	if err != nil {
+		fail(fmt.Errorf("subnet %q: %v: give a CIDR such as %s", cfg.Net.Subnet, err, hostnet.DefaultSubnet))
+	}
+	var jail *firecracker.Jailer
+	if cfg.Firecracker.Jailer != "" {
+		jail = &firecracker.Jailer{Bin: cfg.Firecracker.Jailer, UID: cfg.Firecracker.JailerUID, GID: cfg.Firecracker.JailerGID}
 	}
 	level := slog.LevelInfo
 	if *debug {
 		level = slog.LevelDebug
 	}
-	var jail *firecracker.Jailer
-	if *jailer != "" {
-		jail = &firecracker.Jailer{Bin: *jailer, UID: *jailUID, GID: *jailGID}
-	}
 	d, err := daemon.New(layout, daemon.Options{
 		Group:         *group,
 		KernelCatalog: *catalog,
 		HostRoot:      *hostRoot,
-		Network:       hostnet.Config{Bridge: *bridge, Subnet: prefix, NetNS: *netns},
-		DNSUpstreams:  upstreams,
+		Network:       hostnet.Config{Bridge: cfg.Net.Bridge, Subnet: prefix, NetNS: *netns},
+		DNSUpstreams:  cfg.Net.DNSUpstream,
 		Jailer:        jail,
+		Config:        cfg,
 		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "bangerd:", err)
-		os.Exit(1)
+		fail(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := d.Run(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "bangerd:", err)
-		os.Exit(1)
+		fail(err)
 	}
+}
+
+func fail(err error) {
+	fmt.Fprintln(os.Stderr, "bangerd:", err)
+	os.Exit(1)
 }
 
 func envOr(key, def string) string {

@@ -97,6 +97,20 @@ type VM struct {
 	CreatedAt  time.Time `json:"created_at"`
 }
 
+// Config is the daemon's effective configuration: GET /v1/config.
+type Config struct {
+	Path     string    `json:"path"` // the file read, "" when there is none
+	Settings []Setting `json:"settings"`
+}
+
+// Setting is one effective setting and where it came from: "default",
+// FILE:LINE, "flag --NAME" or "$VARIABLE".
+type Setting struct {
+	Key    string `json:"key"`
+	Value  string `json:"value"`
+	Source string `json:"source"`
+}
+
 // SSHKeyRequest is the body of POST /v1/ssh/keys: a public key, in
 // authorized_keys format, that may log in to every VM as any user.
 type SSHKeyRequest struct {

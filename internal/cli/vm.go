@@ -11,6 +11,7 @@ import (
 
 	"banger/client"
 	"banger/internal/api"
+	"banger/internal/config"
 )
 
 func newVMCommand(a *app) *cobra.Command {
@@ -29,33 +30,6 @@ func newVMCommand(a *app) *cobra.Command {
 	return cmd
 }
 
-// parseSize reads sizes such as 512M, 8G, 1T or plain bytes.
-func parseSize(s string) (int64, error) {
-	if s == "" {
-		return 0, nil
-	}
-	mult := int64(1)
-	switch strings.ToUpper(s[len(s)-1:]) {
-	case "K":
-		mult = 1 << 10
-	case "M":
-		mult = 1 << 20
-	case "G":
-		mult = 1 << 30
-	case "T":
-		mult = 1 << 40
-	}
-	num := s
-	if mult != 1 {
-		num = s[:len(s)-1]
-	}
-	n, err := strconv.ParseInt(strings.TrimSuffix(strings.ToUpper(num), "I"), 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("size %q: use a number with K, M, G or T", s)
-	}
-	return n * mult, nil
-}
-
 func newVMCreateCommand(a *app) *cobra.Command {
 	var req api.VMCreateRequest
 	var memory, disk string
@@ -69,12 +43,12 @@ func newVMCreateCommand(a *app) *cobra.Command {
 			"  banger vm create --image alpine --network none            # no network device at all",
 		Args: argsError(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			mem, err := parseSize(memory)
+			mem, err := config.ParseSize(memory)
 			if err != nil {
 				return err
 			}
 			req.MemoryMiB = int(mem >> 20)
-			if req.DiskBytes, err = parseSize(disk); err != nil {
+			if req.DiskBytes, err = config.ParseSize(disk); err != nil {
 				return err
 			}
 			c, err := a.client(cmd.Context())
@@ -108,14 +82,14 @@ func newVMCreateCommand(a *app) *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
-	f.StringVar(&req.Image, "image", "", "image name (see `banger image list`)")
+	f.StringVar(&req.Image, "image", "", "image name (see `banger image list`; default: config default_image)")
 	f.StringVar(&req.Kernel, "kernel", "", "kernel name (default: `banger kernel default`)")
-	f.StringVar(&req.VMM, "vmm", "auto", "firecracker, qemu or auto")
+	f.StringVar(&req.VMM, "vmm", "", "firecracker, qemu or auto (default: config vmm, auto)")
 	f.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default 2)")
 	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
 	f.StringVar(&disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default 8G)")
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM without starting it")
-	f.StringVar(&req.Network, "network", "nat", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none")
+	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network, nat)")
 	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/config"
 	"banger/internal/hostnet"
 	"banger/internal/imagepull"
 	"banger/internal/paths"
@@ -59,6 +60,10 @@ type Options struct {
 	// Jailer, when set, runs every Firecracker VM under Firecracker's
 	// jailer (ChrootBase defaults to STATE/jail).
 	Jailer *firecracker.Jailer
+	// Config holds the VM defaults (image, kernel, VMM, sizes, network)
+	// and, for `banger config show`, every effective setting and where
+	// it came from. Zero: config.Defaults().
+	Config config.Loaded
 }
 
 // Daemon is one bangerd instance.
@@ -97,6 +102,9 @@ func New(layout paths.Layout, opts Options) (*Daemon, error) {
 	}
 	if opts.Runner == nil {
 		opts.Runner = system.Runner{}
+	}
+	if opts.Config.Source == nil {
+		opts.Config = config.Loaded{Config: config.Defaults(), Source: config.Source{}}
 	}
 	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, stopCh: make(chan struct{}),
 		httpClient: &http.Client{Transport: http.DefaultTransport}}, nil

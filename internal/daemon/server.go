@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/imagepull"
 	"banger/internal/kernel"
 	"banger/internal/store"
@@ -46,6 +47,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
 	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.listVMs)))
 	mux.Handle("POST /v1/ssh/keys", d.wrap(d.handleAddSSHKey))
+	mux.Handle("GET /v1/config", d.wrap(d.handleConfig))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
 	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.getVM, "banger vm ls")))
@@ -194,6 +196,16 @@ func (ew *eventWriter) emit(ev api.Event) error {
 		return err
 	}
 	return ew.rc.Flush()
+}
+
+func (d *Daemon) handleConfig(w http.ResponseWriter, r *http.Request) error {
+	c := d.opts.Config
+	out := api.Config{Path: c.Path, Settings: []api.Setting{}}
+	for _, k := range config.Keys() {
+		out.Settings = append(out.Settings, api.Setting{Key: k, Value: c.Value(k), Source: c.Source[k]})
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
 }
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/guestinit"
 	"banger/internal/hostnet"
 	"banger/internal/store"
@@ -29,13 +30,6 @@ import (
 
 // errVMStart means a VM did not start or did not become ready.
 var errVMStart = errors.New("VM failed to start")
-
-// VM defaults until the config file arrives.
-const (
-	defaultVCPU      = 2
-	defaultMemoryMiB = 1024
-	defaultDiskBytes = 8 << 30
-)
 
 // vmRuntime is the daemon's live view of VMs: per-VM locks and the
 // handles of the VMM processes it holds.
@@ -90,7 +84,7 @@ func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec)
 	// between VMs.
 	d.vms.probeOnce.Do(func() { d.vms.caps = qemu.Probe() })
 	caps := d.vms.caps
-	fcBin, fcErr := system.LookPath("firecracker")
+	fcBin, fcErr := d.firecrackerBin()
 	if choice == "" || choice == "auto" {
 		choice = "qemu"
 		if fcErr == nil && caps.KVM {
@@ -180,8 +174,9 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if _, err := d.store.VM(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: VM %q exists: pick another --name or remove it with `banger vm rm %s`", store.ErrExists, name, name)
 	}
+	cfg := d.opts.Config.Config
 	if req.Image == "" {
-		return nil, fmt.Errorf("%w: --image is required (default images come with the config)", errInvalid)
+		req.Image = cfg.DefaultImage
 	}
 	img, err := d.store.Image(ctx, req.Image)
 	if err != nil {
@@ -194,8 +189,16 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 			return nil, withHint(err, "list kernels with `banger kernel list`")
 		}
 		k = &kk
+	} else if kk, err := d.store.Kernel(ctx, cfg.DefaultKernel); err == nil {
+		k = &kk
 	} else if k, err = d.defaultKernel(ctx); err != nil {
 		return nil, err
+	}
+	if req.VMM == "" {
+		req.VMM = cfg.VMM
+	}
+	if req.Network == "" {
+		req.Network = cfg.Network
 	}
 	choice, _, err := d.backend(req.VMM)
 	if err != nil {
@@ -225,11 +228,12 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 			return nil, err
 		}
 	}
+	mem, _ := config.ParseSize(cfg.Memory)
 	v := api.VM{ID: newID(), Name: name, State: string(vm.Created), Image: img.Name, Kernel: k.Name, VMM: choice,
-		VCPU: orInt(req.VCPU, defaultVCPU), MemoryMiB: orInt(req.MemoryMiB, defaultMemoryMiB), DiskBytes: req.DiskBytes,
+		VCPU: orInt(req.VCPU, cfg.VCPU), MemoryMiB: orInt(req.MemoryMiB, int(mem>>20)), DiskBytes: req.DiskBytes,
 		Network: string(mode), Ports: ports}
 	if v.DiskBytes == 0 {
-		v.DiskBytes = defaultDiskBytes
+		v.DiskBytes, _ = config.ParseSize(cfg.DiskSize)
 	}
 	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
 		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", errInvalid)
@@ -262,6 +266,18 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	return d.startVMLocked(v, progress)
 }
 
+// firecrackerBin is the configured firecracker binary, else the one on
+// PATH.
+func (d *Daemon) firecrackerBin() (string, error) {
+	if b := d.opts.Config.Firecracker.Binary; b != "" {
+		if _, err := os.Stat(b); err != nil {
+			return "", fmt.Errorf("firecracker binary %s (config firecracker.binary): %w", b, err)
+		}
+		return b, nil
+	}
+	return system.LookPath("firecracker")
+}
+
 // firecracker is the Firecracker backend for bin, jailed when the
 // daemon is configured with a jailer (its jails live under the state
 // directory, on the filesystem of the files they hard-link).
@@ -282,7 +298,7 @@ func (d *Daemon) attach(ctx context.Context, v api.VM) (vmm.Machine, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	if v.VMM == "firecracker" {
-		bin, err := system.LookPath("firecracker")
+		bin, err := d.firecrackerBin()
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -32,16 +33,29 @@ func requireFirecracker(t *testing.T) string {
 	return bin
 }
 
+// testKernel imports the test kernel once per run: under the race
+// detector an import takes most of a minute.
+var testKernel = struct {
+	sync.Once
+	k   *kernel.Built
+	dir string
+	err error
+}{}
+
 func testSpec(t *testing.T) vmm.Spec {
 	t.Helper()
 	deb := testenv.KernelPackage(t)
-	kdir := t.TempDir()
-	agent := filepath.Join(t.TempDir(), "agent")
-	os.WriteFile(agent, []byte("agent"), 0o755)
-	k, err := kernel.Import(deb, kdir, agent)
-	if err != nil {
-		t.Fatal(err)
+	testKernel.Do(func() {
+		testKernel.dir, _ = os.MkdirTemp("", "fck")
+		agent := filepath.Join(testKernel.dir, "agent")
+		os.WriteFile(agent, []byte("agent"), 0o755)
+		os.Mkdir(filepath.Join(testKernel.dir, "k"), 0o755)
+		testKernel.k, testKernel.err = kernel.Import(deb, filepath.Join(testKernel.dir, "k"), agent)
+	})
+	if testKernel.err != nil {
+		t.Fatal(testKernel.err)
 	}
+	k := testKernel.k
 	disk := filepath.Join(t.TempDir(), "disk.ext4")
 	if out, err := exec.Command("mkfs.ext4", "-q", "-F", disk, "16M").CombinedOutput(); err != nil {
 		t.Fatalf("mkfs: %v %s", err, out)
@@ -314,4 +328,12 @@ func startIn(t *testing.T, n *hostnet.Net, b *Backend, spec vmm.Spec) *Machine {
 	}
 	t.Cleanup(func() { m.Kill(); m.Wait(context.Background()) })
 	return m
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if testKernel.dir != "" {
+		os.RemoveAll(testKernel.dir)
+	}
+	os.Exit(code)
 }

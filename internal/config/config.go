@@ -1,0 +1,303 @@
+// Package config is banger's configuration file: every default in one
+// documented TOML file ($BANGER_HOME/config.toml, else
+// /etc/banger/config.toml), validated with errors that name the file and
+// line, and an account of where each effective value came from.
+package config
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Config is every setting, with its default until something sets it.
+type Config struct {
+	// VM defaults (banger vm run / create).
+	DefaultImage  string `toml:"default_image"`
+	DefaultKernel string `toml:"default_kernel"`
+	VMM           string `toml:"vmm"`
+	VCPU          int    `toml:"vcpu"`
+	Memory        string `toml:"memory"`
+	DiskSize      string `toml:"disk_size"`
+	Network       string `toml:"network"`
+
+	Net         Net         `toml:"net"`
+	Firecracker Firecracker `toml:"firecracker"`
+}
+
+// Net is the VM network.
+type Net struct {
+	Bridge      string   `toml:"bridge"`
+	Subnet      string   `toml:"subnet"`
+	DNSUpstream []string `toml:"dns_upstream"`
+}
+
+// Firecracker is where Firecracker and its jailer are.
+type Firecracker struct {
+	Binary    string `toml:"binary"`
+	Jailer    string `toml:"jailer"`
+	JailerUID int    `toml:"jailer_uid"`
+	JailerGID int    `toml:"jailer_gid"`
+}
+
+// Defaults is the configuration with no file.
+func Defaults() Config {
+	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat",
+		Net:         Net{Bridge: "banger0", Subnet: "10.253.0.0/24"},
+		Firecracker: Firecracker{JailerUID: 30000, JailerGID: 30000}}
+}
+
+// Source says where an effective value came from: "default", a file
+// and line ("/etc/banger/config.toml:4"), or a flag or variable.
+type Source map[string]string
+
+// Loaded is a configuration and the sources of its values.
+type Loaded struct {
+	Config
+	Path   string // the file read, "" when there was none
+	Source Source
+}
+
+// Path is the config file for an instance home ("" for the system one).
+func Path(home string) string {
+	if home != "" {
+		return home + "/config.toml"
+	}
+	return "/etc/banger/config.toml"
+}
+
+// Load reads path over the defaults. A missing file is the defaults;
+// anything wrong in it is one error naming the file and line.
+func Load(path string) (Loaded, error) {
+	l := Loaded{Config: Defaults(), Source: Source{}}
+	for _, k := range Keys() {
+		l.Source[k] = "default"
+	}
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return l, nil
+	}
+	if err != nil {
+		return l, fmt.Errorf("reading %s: %w", path, err)
+	}
+	l.Path = path
+	md, err := toml.Decode(string(b), &l.Config)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return l, fmt.Errorf("%s:%d: %s", path, pe.Position.Line, pe.Message)
+		}
+		// A type mismatch: say which key.
+		return l, fmt.Errorf("%s: %v", path, err)
+	}
+	lines := keyLines(b)
+	for _, k := range md.Undecoded() {
+		return l, fmt.Errorf("%s:%d: unknown setting %q (known: %s)", path, lines[k.String()], k.String(), strings.Join(Keys(), ", "))
+	}
+	for _, k := range md.Keys() {
+		if _, ok := l.Source[k.String()]; ok {
+			l.Source[k.String()] = fmt.Sprintf("%s:%d", path, lines[k.String()])
+		}
+	}
+	for key, err := range l.Config.validate() {
+		line := lines[key]
+		if line == 0 {
+			return l, fmt.Errorf("%s: %s: %v", path, key, err)
+		}
+		return l, fmt.Errorf("%s:%d: %s: %v", path, line, key, err)
+	}
+	return l, nil
+}
+
+// Keys lists every setting's dotted name, in file order.
+func Keys() []string {
+	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network",
+		"net.bridge", "net.subnet", "net.dns_upstream",
+		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid"}
+}
+
+// Value is one setting's effective value as text.
+func (c Config) Value(key string) string {
+	switch key {
+	case "default_image":
+		return c.DefaultImage
+	case "default_kernel":
+		return c.DefaultKernel
+	case "vmm":
+		return c.VMM
+	case "vcpu":
+		return strconv.Itoa(c.VCPU)
+	case "memory":
+		return c.Memory
+	case "disk_size":
+		return c.DiskSize
+	case "network":
+		return c.Network
+	case "net.bridge":
+		return c.Net.Bridge
+	case "net.subnet":
+		return c.Net.Subnet
+	case "net.dns_upstream":
+		return strings.Join(c.Net.DNSUpstream, ",")
+	case "firecracker.binary":
+		return c.Firecracker.Binary
+	case "firecracker.jailer":
+		return c.Firecracker.Jailer
+	case "firecracker.jailer_uid":
+		return strconv.Itoa(c.Firecracker.JailerUID)
+	case "firecracker.jailer_gid":
+		return strconv.Itoa(c.Firecracker.JailerGID)
+	}
+	return ""
+}
+
+// validate returns the first problem of each bad setting, by key, in
+// file order (a map iterated in Keys order by the caller).
+func (c Config) validate() func(func(string, error) bool) {
+	errs := map[string]error{}
+	switch c.VMM {
+	case "auto", "qemu", "firecracker":
+	default:
+		errs["vmm"] = fmt.Errorf("%q: use auto, qemu or firecracker", c.VMM)
+	}
+	if c.VCPU < 1 || c.VCPU > 32 {
+		errs["vcpu"] = fmt.Errorf("%d: use 1 to 32", c.VCPU)
+	}
+	if n, err := ParseSize(c.Memory); err != nil || n < 128<<20 {
+		errs["memory"] = fmt.Errorf("%q: a size of at least 128M, such as 1G", c.Memory)
+	}
+	if n, err := ParseSize(c.DiskSize); err != nil || n < 64<<20 {
+		errs["disk_size"] = fmt.Errorf("%q: a size of at least 64M, such as 8G", c.DiskSize)
+	}
+	switch c.Network {
+	case "nat", "shared", "none":
+	default:
+		errs["network"] = fmt.Errorf("%q: use nat, shared or none", c.Network)
+	}
+	if _, err := netip.ParsePrefix(c.Net.Subnet); err != nil {
+		errs["net.subnet"] = fmt.Errorf("%q: a CIDR such as 10.253.0.0/24", c.Net.Subnet)
+	}
+	if c.Net.Bridge == "" || len(c.Net.Bridge) > 15 {
+		errs["net.bridge"] = fmt.Errorf("%q: an interface name of 1 to 15 characters", c.Net.Bridge)
+	}
+	for _, u := range c.Net.DNSUpstream {
+		if _, err := netip.ParseAddr(u); err != nil {
+			if _, err := netip.ParseAddrPort(u); err != nil {
+				errs["net.dns_upstream"] = fmt.Errorf("%q: an IP address, or IP:PORT", u)
+			}
+		}
+	}
+	if c.Firecracker.JailerUID <= 0 || c.Firecracker.JailerGID <= 0 {
+		errs["firecracker.jailer_uid"] = errors.New("the jailer's uid and gid must not be root (0)")
+	}
+	return func(yield func(string, error) bool) {
+		for _, k := range Keys() {
+			if err, ok := errs[k]; ok && !yield(k, err) {
+				return
+			}
+		}
+	}
+}
+
+var (
+	tableRE = regexp.MustCompile(`^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]`)
+	keyRE   = regexp.MustCompile(`^\s*([A-Za-z0-9_-]+)\s*=`)
+)
+
+// keyLines finds the line of each top-level and table key: the TOML
+// decoder keeps positions to itself.
+func keyLines(b []byte) map[string]int {
+	out := map[string]int{}
+	table := ""
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		l := sc.Text()
+		if m := tableRE.FindStringSubmatch(l); m != nil {
+			table = m[1] + "."
+			out[m[1]] = n
+			continue
+		}
+		if m := keyRE.FindStringSubmatch(l); m != nil {
+			out[table+m[1]] = n
+		}
+	}
+	return out
+}
+
+// ParseSize reads sizes such as 512M, 8G (or 8Gi), 1T or plain bytes.
+func ParseSize(s string) (int64, error) {
+	if s == "" {
+		return 0, nil
+	}
+	u := strings.TrimSuffix(strings.ToUpper(s), "I")
+	mult := int64(1)
+	switch u[len(u)-1:] {
+	case "K":
+		mult = 1 << 10
+	case "M":
+		mult = 1 << 20
+	case "G":
+		mult = 1 << 30
+	case "T":
+		mult = 1 << 40
+	}
+	if mult > 1 {
+		u = u[:len(u)-1]
+	}
+	n, err := strconv.ParseInt(u, 10, 64)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("size %q: use a number with K, M, G or T, e.g. 512M or 8G", s)
+	}
+	return n * mult, nil
+}
+
+// Set overrides one setting from a flag or variable (src says which),
+// validating it as the file would.
+func (l *Loaded) Set(key, value, src string) error {
+	c := l.Config
+	switch key {
+	case "net.bridge":
+		c.Net.Bridge = value
+	case "net.subnet":
+		c.Net.Subnet = value
+	case "net.dns_upstream":
+		c.Net.DNSUpstream = nil
+		for _, u := range strings.Split(value, ",") {
+			if u = strings.TrimSpace(u); u != "" {
+				c.Net.DNSUpstream = append(c.Net.DNSUpstream, u)
+			}
+		}
+	case "firecracker.binary":
+		c.Firecracker.Binary = value
+	case "firecracker.jailer":
+		c.Firecracker.Jailer = value
+	case "firecracker.jailer_uid", "firecracker.jailer_gid":
+		n, err := strconv.Atoi(value)
+		if err != nil {
+			return fmt.Errorf("%q is not a number", value)
+		}
+		if key == "firecracker.jailer_uid" {
+			c.Firecracker.JailerUID = n
+		} else {
+			c.Firecracker.JailerGID = n
+		}
+	default:
+		return fmt.Errorf("%s cannot be set this way", key)
+	}
+	for k, err := range c.validate() {
+		if k == key {
+			return err
+		}
+	}
+	l.Config = c
+	l.Source[key] = src
+	return nil
+}
