@@ -39,6 +39,12 @@ var _ error = (*APIError)(nil)
 
 func (e *APIError) Error() string { return e.Message }
 
+// IsNotFound reports whether err is the daemon saying "not found".
+func IsNotFound(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.Code == api.CodeNotFound
+}
+
 // Is matches the sentinel errors of this package by code.
 func (e *APIError) Is(target error) bool {
 	switch target {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -135,7 +136,9 @@ func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
 	if a.layout.Home != "" {
 		args = append(args, "--home", a.layout.Home)
 	}
-	exited, err := system.StartDetached(bin, args, os.Environ())
+	errLog := filepath.Join(a.layout.RunDir, "bangerd.stderr")
+	os.MkdirAll(a.layout.RunDir, 0o755)
+	exited, err := system.StartDetached(bin, args, os.Environ(), errLog)
 	if err != nil {
 		return err
 	}
@@ -148,6 +151,12 @@ func (a *app) startDaemon(ctx context.Context, c *client.Client) error {
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case err := <-exited:
+			// Its own last word (a bad config, a taken socket) beats the
+			// log, which it may not have reached.
+			if b, _ := os.ReadFile(errLog); len(strings.TrimSpace(string(b))) > 0 {
+				lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+				return errors.New(strings.TrimPrefix(lines[len(lines)-1], "bangerd: "))
+			}
 			return fmt.Errorf("bangerd exited before it answered (%v): %s", err, lastLogLine(a.layout.DaemonLog()))
 		case <-time.After(50 * time.Millisecond):
 		}

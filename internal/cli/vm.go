@@ -18,7 +18,8 @@ func newVMCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "vm", Aliases: []string{"vms"}, Short: "Create and run VMs"}
 	cmd.AddCommand(newVMCreateCommand(a), newVMListCommand(a), newVMShowCommand(a), newVMLogsCommand(a),
 		newVMRmCommand(a), newVMPruneCommand(a), newVMExecCommand(a), newVMShellCommand(a), newVMCopyCommand(a),
-		newVMPortsCommand(a), newVMForwardCommand(a), newVMSSHCommand(a), newVMSSHProxyCommand(a), newVMKnownHostsCommand(a))
+		newVMPortsCommand(a), newVMForwardCommand(a), newVMSSHCommand(a), newVMSSHProxyCommand(a), newVMKnownHostsCommand(a),
+		newVMRunCommand(a), newVMWorkspaceCommand(a))
 	for _, action := range []struct{ name, short string }{
 		{"start", "Start a VM and wait until it is ready"},
 		{"stop", "Shut a VM down gracefully (killed after 30 s)"},

@@ -8,18 +8,26 @@ import (
 	"syscall"
 )
 
-// StartDetached starts path like Spawn, with its output on /dev/null, and
-// returns without waiting for it: the process outlives the caller; it is
-// how the CLI starts bangerd. The channel yields how the process ended,
-// should it end while the caller still runs (a daemon that fails to
-// start).
-func StartDetached(path string, args []string, env []string) (<-chan error, error) {
+// StartDetached starts path like Spawn, with its standard output on
+// /dev/null and its standard error in the file errPath (truncated; ""
+// for /dev/null), and returns without waiting for it: the process
+// outlives the caller; it is how the CLI starts bangerd. The channel
+// yields how the process ended, should it end while the caller still
+// runs (a daemon that fails to start says why in errPath).
+func StartDetached(path string, args []string, env []string, errPath string) (<-chan error, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_WRONLY, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
-	proc, err := Spawn(path, args, env, devnull, devnull)
+	errOut := devnull
+	if errPath != "" {
+		if errOut, err = os.OpenFile(errPath, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600); err != nil {
+			return nil, err
+		}
+		defer errOut.Close()
+	}
+	proc, err := Spawn(path, args, env, devnull, errOut)
 	if err != nil {
 		return nil, err
 	}

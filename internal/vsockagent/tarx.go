@@ -78,6 +78,12 @@ func ExtractTar(r io.Reader, dst string, chown bool) error {
 	if fi, err := os.Stat(dst); err == nil && fi.IsDir() {
 		root, rename = dst, ""
 	}
+	if _, err := os.Stat(root); errors.Is(err, fs.ErrNotExist) {
+		// Like `mkdir -p`: a destination's missing parents are made.
+		if err := os.MkdirAll(root, 0o755); err != nil {
+			return fmt.Errorf("copying to %s: %w", dst, err)
+		}
+	}
 	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
 		return fmt.Errorf("copying to %s: %s is not a directory", dst, root)
 	}

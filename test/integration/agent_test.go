@@ -3,7 +3,6 @@ package integration
 import (
 	"bufio"
 	"bytes"
-	"compress/gzip"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"banger/client"
-	"banger/internal/imagepull/imagetest"
 	"banger/internal/testenv"
 	"banger/internal/vsockagent"
 )
@@ -255,19 +253,10 @@ func hasPort(ports []vsockagent.Port, port int) bool {
 // graceful stop through the agent (systemd's own poweroff) that keeps
 // what was written.
 func TestAgentOnSystemdImage(t *testing.T) {
-	dir := testenv.Fixture(t, testenv.DebianRoot, "a debootstrap --variant=minbase --include=systemd,systemd-sysv directory (scripts/vm-fixtures.sh)")
 	testenv.RequireBinary(t, "ssh", "apt-get install openssh-client")
 	in := newInstance(t)
 	vmFixtures(t, in)
-	var raw bytes.Buffer
-	tarCmd := exec.Command("tar", "--numeric-owner", "--xattrs", "-C", dir, "-cf", "-", ".")
-	tarCmd.Stdout = &raw
-	if err := tarCmd.Run(); err != nil {
-		t.Fatal(err)
-	}
-	reg := imagetest.StartRegistry(t)
-	ref := reg.Push(t, "test/debian:bookworm", imagetest.Image(t, imagetest.ImageSpec{Layers: [][]byte{raw.Bytes()}, GzipLevel: gzip.BestSpeed}))
-	in.ok("image", "pull", "-q", ref, "--name", "deb")
+	debianImage(t, in)
 	in.ok("vm", "create", "--name", "sd", "--image", "deb", "--kernel", "k", "--vcpu", "2", "--memory", "512M", "--disk-size", "256M", "--vmm", "qemu", "--network", "none")
 
 	code, out, stderr := in.code(nil, "vm", "exec", "sd", "--", "sh", "-c", "cat /proc/1/comm; id -un; systemctl is-active banger-vsock-agent.service")
