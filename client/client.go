@@ -302,6 +302,12 @@ func (c *Client) VM(ctx context.Context, name string) (*api.VM, error) {
 	return &v, c.getJSON(ctx, http.MethodGet, "/v1/vms/"+url.PathEscape(name), nil, &v)
 }
 
+// Doctor runs the daemon's checks.
+func (c *Client) Doctor(ctx context.Context) ([]api.Check, error) {
+	var out []api.Check
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/doctor", nil, &out)
+}
+
 // Config returns the daemon's effective configuration.
 func (c *Client) Config(ctx context.Context) (*api.Config, error) {
 	var cfg api.Config

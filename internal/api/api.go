@@ -97,6 +97,21 @@ type VM struct {
 	CreatedAt  time.Time `json:"created_at"`
 }
 
+// Check is one line of `banger doctor`.
+type Check struct {
+	Name   string `json:"name"`
+	Status string `json:"status"` // PASS, WARN or FAIL
+	Detail string `json:"detail"`
+	Fix    string `json:"fix,omitempty"`
+}
+
+// Check statuses.
+const (
+	Pass = "PASS"
+	Warn = "WARN"
+	Fail = "FAIL"
+)
+
 // Config is the daemon's effective configuration: GET /v1/config.
 type Config struct {
 	Path     string    `json:"path"` // the file read, "" when there is none

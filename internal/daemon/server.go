@@ -48,6 +48,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.listVMs)))
 	mux.Handle("POST /v1/ssh/keys", d.wrap(d.handleAddSSHKey))
 	mux.Handle("GET /v1/config", d.wrap(d.handleConfig))
+	mux.Handle("GET /v1/doctor", d.wrap(d.handleDoctor))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
 	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.getVM, "banger vm ls")))

@@ -270,3 +270,15 @@ func ifname(s string) []byte {
 func comment(s string) []byte {
 	return userdata.AppendString(nil, userdata.TypeComment, s)
 }
+
+// Tables checks that nftables answers in the namespace (doctor).
+func (n *Net) Tables() error {
+	return n.Do(func() error {
+		c, err := nftables.New()
+		if err != nil {
+			return err
+		}
+		_, err = c.ListTablesOfFamily(nftables.TableFamilyINet)
+		return err
+	})
+}

@@ -15,6 +15,7 @@ import (
 
 	"banger/internal/imagepull/imagetest"
 	"banger/internal/testenv"
+	"banger/internal/vmm/qemu"
 )
 
 // TestVMRunAsANewUser is banger as a new user meets it: a config file
@@ -46,6 +47,32 @@ func TestVMRunAsANewUser(t *testing.T) {
 	for _, want := range []string{`default_image = "bb"`, in.path("config.toml") + ":1", `vcpu = "1"`, in.path("config.toml") + ":3", `net.bridge = "banger0"`, "# default"} {
 		if !strings.Contains(show, want) {
 			t.Errorf("config show lacks %q:\n%s", want, show)
+		}
+	}
+
+	// doctor, checked against what this machine is.
+	var checks []struct{ Name, Status, Detail, Fix string }
+	in.jsonOut(&checks, "doctor", "--json")
+	want := map[string]string{"daemon": "PASS", "versions": "PASS", "qemu": "PASS", "e2fsprogs": "PASS", "nftables": "PASS",
+		"bridge": "PASS", "dns": "PASS", "default image": "PASS", "default kernel": "PASS", "jailer": "PASS", ".vm names": "PASS"}
+	want["kvm"] = "WARN"
+	if qemu.Probe().KVM {
+		want["kvm"] = "PASS"
+	}
+	want["firecracker"] = "WARN"
+	if _, err := exec.LookPath("firecracker"); err == nil {
+		want["firecracker"] = "PASS"
+	}
+	got := map[string]string{}
+	for _, c := range checks {
+		got[c.Name] = c.Status
+		if c.Status != "PASS" && c.Fix == "" {
+			t.Errorf("doctor %s is %s without a fix", c.Name, c.Status)
+		}
+	}
+	for name, status := range want {
+		if got[name] != status {
+			t.Errorf("doctor %s = %q, want %s (%+v)", name, got[name], status, checks)
 		}
 	}
 

@@ -1,0 +1,167 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/system"
+	"banger/internal/vmm/qemu"
+)
+
+// handleDoctor checks what the daemon depends on, as the daemon sees it
+// (its user, its PATH, its namespace): one result per check, each
+// WARN and FAIL with the fix.
+func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
+	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	defer cancel()
+	var out []api.Check
+	add := func(name, status, detail, fix string) {
+		out = append(out, api.Check{Name: name, Status: status, Detail: detail, Fix: fix})
+	}
+	version := func(bin string, args ...string) string {
+		b, err := d.opts.Runner.Run(ctx, bin, args...)
+		if err != nil {
+			return "version unknown"
+		}
+		return strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0])
+	}
+
+	// KVM: usable for ordinary guests, not merely present.
+	caps := qemu.Probe()
+	switch {
+	case caps.KVM:
+		add("kvm", api.Pass, "/dev/kvm runs guests", "")
+	case fileExists("/sys/module/kvm_pvm"):
+		add("kvm", api.Warn, "/dev/kvm is kvm_pvm, which runs only PVM guest kernels: VMs run under QEMU's emulation (slow)", "use a host with hardware virtualization (VT-x/AMD-V, nested virtualization on clouds) for Firecracker and full speed")
+	case fileExists("/dev/kvm"):
+		add("kvm", api.Warn, "/dev/kvm cannot be opened by bangerd", "run bangerd as root, or add its user to group kvm")
+	default:
+		add("kvm", api.Warn, "no /dev/kvm: VMs run under QEMU's emulation (slow)", "enable virtualization in the firmware, or nested virtualization on a cloud VM; `modprobe kvm_intel` or `kvm_amd`")
+	}
+
+	qbin, qerr := system.LookPath("qemu-system-x86_64")
+	if qerr == nil {
+		add("qemu", api.Pass, qbin+": "+version(qbin, "--version"), "")
+	}
+	fbin, ferr := d.firecrackerBin()
+	switch {
+	case ferr == nil:
+		add("firecracker", api.Pass, fbin+": "+version(fbin, "--version"), "")
+	case qerr == nil:
+		add("firecracker", api.Warn, "no firecracker binary: VMs use QEMU", "install Firecracker (github.com/firecracker-microvm/firecracker releases) on PATH or set firecracker.binary")
+	}
+	if qerr != nil {
+		status := api.Fail
+		if ferr == nil && caps.KVM {
+			status = api.Warn
+		}
+		add("qemu", status, "no qemu-system-x86_64 on PATH", "apt-get install qemu-system-x86")
+	}
+	if j := d.opts.Jailer; j != nil {
+		if _, err := os.Stat(j.Bin); err != nil {
+			add("jailer", api.Fail, "configured jailer "+j.Bin+" is missing", "install Firecracker's jailer there, or remove firecracker.jailer from the config")
+		} else {
+			add("jailer", api.Pass, j.Bin+": "+version(j.Bin, "--version")+fmt.Sprintf(", uid %d gid %d", j.UID, j.GID), "")
+		}
+	} else {
+		add("jailer", api.Pass, "not configured: Firecracker runs unjailed", "")
+	}
+
+	var missing []string
+	for _, tool := range []string{"mkfs.ext4", "e2fsck", "tune2fs", "resize2fs", "debugfs"} {
+		if _, err := system.LookPath(tool); err != nil {
+			missing = append(missing, tool)
+		}
+	}
+	if len(missing) == 0 {
+		add("e2fsprogs", api.Pass, "mkfs.ext4, e2fsck, tune2fs, resize2fs, debugfs", "")
+	} else {
+		add("e2fsprogs", api.Fail, "missing "+strings.Join(missing, ", "), "apt-get install e2fsprogs")
+	}
+
+	d.doctorNetwork(ctx, add)
+
+	var st unix.Statfs_t
+	if err := unix.Statfs(d.layout.StateDir, &st); err == nil {
+		free := int64(st.Bavail) * st.Bsize
+		switch {
+		case free < 1<<30:
+			add("disk", api.Fail, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "free space: `banger image cache prune`, `banger vm prune`, remove images")
+		case free < 5<<30:
+			add("disk", api.Warn, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "images and VM disks need room: free some")
+		default:
+			add("disk", api.Pass, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "")
+		}
+	}
+
+	cfg := d.opts.Config.Config
+	if _, err := d.store.Image(ctx, cfg.DefaultImage); err == nil {
+		add("default image", api.Pass, cfg.DefaultImage, "")
+	} else {
+		add("default image", api.Warn, cfg.DefaultImage+" is not pulled yet", "it is pulled by the first `banger vm run` (or `banger image pull "+cfg.DefaultImage+"`)")
+	}
+	if _, err := d.store.Kernel(ctx, cfg.DefaultKernel); err == nil {
+		add("default kernel", api.Pass, cfg.DefaultKernel, "")
+	} else {
+		add("default kernel", api.Warn, cfg.DefaultKernel+" is not imported yet", "it is fetched by the first `banger vm run` (or `banger kernel pull "+cfg.DefaultKernel+"`)")
+	}
+	writeJSON(w, http.StatusOK, out)
+	return nil
+}
+
+// doctorNetwork checks nftables, the bridge and the DNS server.
+func (d *Daemon) doctorNetwork(ctx context.Context, add func(name, status, detail, fix string)) {
+	if os.Geteuid() != 0 {
+		add("network", api.Warn, "bangerd is not root: VMs get no network", "run the system bangerd (`banger system install`), or create VMs with --network none")
+		return
+	}
+	n, err := d.hostNet()
+	if err != nil {
+		add("network", api.Fail, err.Error(), "fix the net settings in the config (`banger config show`)")
+		return
+	}
+	if err := n.Tables(); err != nil {
+		add("nftables", api.Fail, err.Error(), "`modprobe nf_tables` (and `apt-get install nftables` for the nft tool)")
+	} else {
+		add("nftables", api.Pass, "the kernel's nf_tables answers", "")
+	}
+	d.netrt.mu.Lock()
+	up := d.netrt.up
+	d.netrt.mu.Unlock()
+	if !up {
+		if err := n.CheckSubnet(); err != nil {
+			add("bridge", api.Fail, err.Error(), "set net.subnet in the config to a free private /24")
+		} else {
+			add("bridge", api.Pass, fmt.Sprintf("%s (%s) is made with the first networked VM; the subnet is free", n.Bridge(), n.Subnet()), "")
+		}
+		add("dns", api.Pass, "starts with the first networked VM", "")
+		return
+	}
+	add("bridge", api.Pass, fmt.Sprintf("%s at %s/%d", n.Bridge(), n.Gateway(), n.Subnet().Bits()), "")
+	addr := net.JoinHostPort(n.Gateway().String(), "53")
+	err = n.Do(func() error {
+		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err != nil {
+		add("dns", api.Fail, "the VM DNS server does not answer on "+addr, "restart bangerd (`banger daemon stop`)")
+	} else {
+		add("dns", api.Pass, "answers NAME.vm on "+addr, "")
+	}
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
