@@ -36,6 +36,7 @@ Set BANGER_HOME=DIR (or --home) for a self-contained per-user instance.`,
 	}
 	root.SetHelpCommandGroupID("admin")
 	root.SetCompletionCommandGroupID("admin")
+	completeNames(a, root)
 	root.Version = version.String()
 	root.SetVersionTemplate(fmt.Sprintf("banger %s\n", version.String()))
 	return root

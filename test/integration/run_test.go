@@ -81,6 +81,12 @@ func TestVMRunAsANewUser(t *testing.T) {
 	if name != "bg1" {
 		t.Errorf("vm run -d printed %q", name)
 	}
+	// Completion of live names, as the shells ask for it.
+	for args, want := range map[string]string{"vm exec": "bg1\n", "vm rm": "bg1\n", "vm cp": "bg1:\n", "image rm": "bb\n", "kernel show": "k\n"} {
+		if out := in.ok(append(append([]string{"__complete"}, strings.Fields(args)...), "")...); !strings.Contains(out, want) {
+			t.Errorf("completion of `banger %s`: %q, want %q in it", args, out, want)
+		}
+	}
 	in.ok("vm", "rm", "-f", "bg1")
 
 	// A mistake in the config stops the daemon with its line.
