@@ -30,7 +30,7 @@ Set BANGER_HOME=DIR (or --home) for a self-contained per-user instance.`,
 		c.GroupID = "main"
 		root.AddCommand(c)
 	}
-	for _, c := range []*cobra.Command{newDoctorCommand(a), newDaemonCommand(a), newConfigCommand(a), newVersionCommand(a)} {
+	for _, c := range []*cobra.Command{newDoctorCommand(a), newDaemonCommand(a), newConfigCommand(a), newSystemCommand(a), newVersionCommand(a)} {
 		c.GroupID = "admin"
 		root.AddCommand(c)
 	}

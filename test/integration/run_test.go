@@ -242,3 +242,41 @@ func TestVMRunWorkspace(t *testing.T) {
 	git("apply", "--check", patch)
 	in.ok("vm", "rm", "-f", "ws")
 }
+
+// TestSystemInstall writes the service below a prefix (nothing is
+// started there): the unit keeps VMs alive across daemon restarts, the
+// group and directories exist, and uninstall --purge takes them away.
+func TestSystemInstall(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	prefix := t.TempDir()
+	os.MkdirAll(filepath.Join(prefix, "etc"), 0o755)
+	for _, f := range []string{"group", "gshadow"} {
+		b, _ := os.ReadFile("/etc/" + f)
+		os.WriteFile(filepath.Join(prefix, "etc", f), b, 0o640)
+	}
+	out := in.ok("system", "install", "--prefix", prefix)
+	unit, err := os.ReadFile(filepath.Join(prefix, "etc/systemd/system/bangerd.service"))
+	if err != nil || !strings.Contains(string(unit), "ExecStart="+filepath.Join(binDir, "bangerd")) || !strings.Contains(string(unit), "KillMode=process") {
+		t.Errorf("unit:\n%s (%v)\n%s", unit, err, out)
+	}
+	if g, _ := os.ReadFile(filepath.Join(prefix, "etc/group")); !strings.Contains(string(g), "\nbanger:") {
+		t.Errorf("no banger group in the prefix")
+	}
+	for _, d := range []string{"var/lib/banger", "var/cache/banger", "run/banger"} {
+		if fi, err := os.Stat(filepath.Join(prefix, d)); err != nil || !fi.IsDir() {
+			t.Errorf("%s: %v", d, err)
+		}
+	}
+	in.ok("system", "install", "--prefix", prefix) // again: nothing breaks
+	in.ok("system", "uninstall", "--purge", "--prefix", prefix)
+	if _, err := os.Stat(filepath.Join(prefix, "etc/systemd/system/bangerd.service")); !os.IsNotExist(err) {
+		t.Errorf("unit left after uninstall")
+	}
+	if g, _ := os.ReadFile(filepath.Join(prefix, "etc/group")); strings.Contains(string(g), "\nbanger:") {
+		t.Errorf("group left after --purge")
+	}
+	if _, err := os.Stat(filepath.Join(prefix, "var/lib/banger")); !os.IsNotExist(err) {
+		t.Errorf("state left after --purge")
+	}
+}
