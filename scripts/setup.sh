@@ -28,6 +28,7 @@ scripts/build.sh
 install -m 0755 bin/banger bin/bangerd "$PREFIX/bin/"
 install -d "$PREFIX/lib/banger"
 install -m 0755 bin/banger-vsock-agent "$PREFIX/lib/banger/"
-# Members of group banger may use the daemon's socket.
-getent group banger >/dev/null || groupadd --system banger
-echo "banger installed. Try: banger image pull alpine:3.20"
+# The service (systemd unit, group banger for socket access, directories);
+# without systemd, the CLI starts bangerd itself for root.
+"$PREFIX/bin/banger" system install
+echo "banger installed. Next: banger vm run   (banger doctor checks the host)"
