@@ -44,45 +44,8 @@ func TestVMOverheadMeasurement(t *testing.T) {
 		}
 		in.ok("vm", "stop", "m1")
 	}
-	console := filepath.Join(dir, qemu.ConsoleLog)
 	for i := 0; i < rounds; i++ {
-		os.Remove(filepath.Join(dir, qemu.QMPSocket))
-		offset := int64(0)
-		if fi, err := os.Stat(console); err == nil {
-			offset = fi.Size()
-		}
-		start := time.Now()
-		cmd := exec.Command(argv[0], argv[1:]...)
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		for {
-			b, _ := os.ReadFile(console)
-			if int64(len(b)) > offset && bytes.Contains(b[offset:], []byte("banger-vsock-agent: ready")) {
-				break
-			}
-			if time.Since(start) > 2*time.Minute {
-				t.Fatal("hand-started VM never ready")
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-		byHand = append(byHand, time.Since(start))
-		q, err := qemu.DialQMP(context.Background(), filepath.Join(dir, qemu.QMPSocket))
-		if err != nil {
-			t.Logf("QMP: %v", err)
-		} else {
-			q.Execute(context.Background(), "system_powerdown", nil)
-			q.Close()
-		}
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			t.Logf("hand-started VM ignored the power button; killed")
-			cmd.Process.Kill()
-			<-done
-		}
+		byHand = append(byHand, bootByHand(t, argv, dir))
 	}
 	mb, mh := median(banger), median(byHand)
 	t.Logf("vm start to ready, median of %d: banger %s, QEMU by hand %s: banger/by-hand = %.2f (+%s)",
@@ -109,4 +72,50 @@ func median(ds []time.Duration) time.Duration {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return s[len(s)/2]
+}
+
+// bootByHand launches the very QEMU command line banger used for the VM
+// in dir, waits for the agent's ready line, and powers it off: the
+// baseline of banger's own start.
+func bootByHand(t *testing.T, argv []string, dir string) time.Duration {
+	t.Helper()
+	console := filepath.Join(dir, qemu.ConsoleLog)
+	os.Remove(filepath.Join(dir, qemu.QMPSocket))
+	offset := int64(0)
+	if fi, err := os.Stat(console); err == nil {
+		offset = fi.Size()
+	}
+	start := time.Now()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		b, _ := os.ReadFile(console)
+		if int64(len(b)) > offset && bytes.Contains(b[offset:], []byte("banger-vsock-agent: ready")) {
+			break
+		}
+		if time.Since(start) > 2*time.Minute {
+			t.Fatal("hand-started VM never ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	took := time.Since(start)
+	q, err := qemu.DialQMP(context.Background(), filepath.Join(dir, qemu.QMPSocket))
+	if err != nil {
+		t.Logf("QMP: %v", err)
+	} else {
+		q.Execute(context.Background(), "system_powerdown", nil)
+		q.Close()
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Logf("hand-started VM ignored the power button; killed")
+		cmd.Process.Kill()
+		<-done
+	}
+	return took
 }
