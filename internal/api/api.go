@@ -194,6 +194,7 @@ type Event struct {
 type DaemonStatus struct {
 	Version   string    `json:"version"`
 	Commit    string    `json:"commit"`
+	Date      string    `json:"date"` // build date
 	PID       int       `json:"pid"`
 	Home      string    `json:"home,omitempty"`
 	Socket    string    `json:"socket"`

@@ -20,6 +20,7 @@ type versionInfo struct {
 	Daemon *struct {
 		Version string `json:"version"`
 		Commit  string `json:"commit"`
+		Date    string `json:"date"`
 	} `json:"daemon,omitempty"`
 	DaemonError string `json:"daemon_error,omitempty"`
 }
@@ -41,7 +42,8 @@ func newVersionCommand(a *app) *cobra.Command {
 				v.Daemon = &struct {
 					Version string `json:"version"`
 					Commit  string `json:"commit"`
-				}{st.Version, st.Commit}
+					Date    string `json:"date"`
+				}{st.Version, st.Commit, st.Date}
 			} else {
 				v.DaemonError = err.Error()
 			}
@@ -51,7 +53,7 @@ func newVersionCommand(a *app) *cobra.Command {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "banger  %s (%s, %s)\n", v.Client.Version, v.Client.Commit, v.Client.Date)
 			if v.Daemon != nil {
-				fmt.Fprintf(out, "bangerd %s (%s)\n", v.Daemon.Version, v.Daemon.Commit)
+				fmt.Fprintf(out, "bangerd %s (%s, %s)\n", v.Daemon.Version, v.Daemon.Commit, v.Daemon.Date)
 				if v.Daemon.Version != v.Client.Version || v.Daemon.Commit != v.Client.Commit {
 					fmt.Fprintln(cmd.ErrOrStderr(), "warning: CLI and daemon differ: restart the daemon (`banger daemon stop`) to run the new one")
 				}

@@ -218,7 +218,7 @@ func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {
 	pulls := len(d.pulls)
 	d.mu.Unlock()
 	writeJSON(w, http.StatusOK, api.DaemonStatus{
-		Version: version.Version, Commit: version.Commit, PID: os.Getpid(),
+		Version: version.Version, Commit: version.Commit, Date: version.Date, PID: os.Getpid(),
 		Home: d.layout.Home, Socket: d.layout.Socket(), StateDir: d.layout.StateDir, CacheDir: d.layout.CacheDir,
 		StartedAt: d.started.UTC(), Images: len(imgs), Pulls: pulls,
 	})
