@@ -17,7 +17,6 @@ import (
 
 	"banger/client"
 	"banger/internal/api"
-	"banger/internal/config"
 	"banger/internal/system"
 	"banger/internal/vsockagent"
 )
@@ -27,7 +26,7 @@ const WorkspaceDir = "/root/repo"
 
 func newVMRunCommand(a *app) *cobra.Command {
 	var req api.VMCreateRequest
-	var memory, disk string
+	var spec vmSpecFlags
 	var rm, detach, untracked bool
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [flags] [-- COMMAND [ARG...]]",
@@ -64,27 +63,14 @@ func newVMRunCommand(a *app) *cobra.Command {
 			if rm && detach {
 				return errors.New("--rm and -d do not go together: a detached VM is meant to stay")
 			}
-			mem, err := config.ParseSize(memory)
-			if err != nil {
-				return err
-			}
-			req.MemoryMiB = int(mem >> 20)
-			if req.DiskBytes, err = config.ParseSize(disk); err != nil {
+			if err := spec.finish(&req); err != nil {
 				return err
 			}
 			return a.run(cmd, req, path, untracked, command, rm, detach)
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
-	f.StringVar(&req.Image, "image", "", "image: a name, a catalog name (debian, ubuntu, alpine, fedora) or a reference (default: config default_image)")
-	f.StringVar(&req.Kernel, "kernel", "", "kernel name or catalog name (default: config default_kernel)")
-	f.StringVar(&req.VMM, "vmm", "", "firecracker, qemu or auto (default: config vmm)")
-	f.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default: config vcpu)")
-	f.StringVar(&memory, "memory", "", "memory, e.g. 2G (default: config memory)")
-	f.StringVar(&disk, "disk-size", "", "writable disk size, e.g. 20G (default: config disk_size)")
-	f.StringVar(&req.Network, "network", "", "nat, shared or none (default: config network)")
-	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port, [IP:]HOSTPORT:GUESTPORT[/tcp]; repeatable")
+	spec.bind(f, &req)
 	f.BoolVar(&rm, "rm", false, "remove the VM when the shell or command ends")
 	f.BoolVarP(&detach, "detach", "d", false, "leave the VM running in the background and say how to reach it")
 	f.BoolVar(&untracked, "include-untracked", false, "with PATH: copy untracked files too (never ignored ones)")

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"banger/client"
 	"banger/internal/api"
@@ -33,7 +34,7 @@ func newVMCommand(a *app) *cobra.Command {
 
 func newVMCreateCommand(a *app) *cobra.Command {
 	var req api.VMCreateRequest
-	var memory, disk string
+	var spec vmSpecFlags
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "create",
@@ -44,12 +45,7 @@ func newVMCreateCommand(a *app) *cobra.Command {
 			"  banger vm create --image alpine --network none            # no network device at all",
 		Args: argsError(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			mem, err := config.ParseSize(memory)
-			if err != nil {
-				return err
-			}
-			req.MemoryMiB = int(mem >> 20)
-			if req.DiskBytes, err = config.ParseSize(disk); err != nil {
+			if err := spec.finish(&req); err != nil {
 				return err
 			}
 			c, err := a.client(cmd.Context())
@@ -82,16 +78,8 @@ func newVMCreateCommand(a *app) *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
-	f.StringVar(&req.Image, "image", "", "image name (see `banger image list`; default: config default_image)")
-	f.StringVar(&req.Kernel, "kernel", "", "kernel name (default: `banger kernel default`)")
-	f.StringVar(&req.VMM, "vmm", "", "firecracker, qemu or auto (default: config vmm, auto)")
-	f.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default 2)")
-	f.StringVar(&memory, "memory", "", "memory, e.g. 512M or 2G (default 1G)")
-	f.StringVar(&disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default 8G)")
+	spec.bind(f, &req)
 	f.BoolVar(&req.NoStart, "no-start", false, "create the VM without starting it")
-	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network, nat)")
-	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
@@ -241,4 +229,31 @@ func newVMPruneCommand(a *app) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// vmSpecFlags are the flags that describe a new VM, shared by create
+// and run; sizes are parsed by finish.
+type vmSpecFlags struct{ memory, disk string }
+
+func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
+	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
+	f.StringVar(&req.Image, "image", "", "image name (`banger vm run` also takes catalog names and references, and pulls them; default: config default_image)")
+	f.StringVar(&req.Kernel, "kernel", "", "kernel name (default: config default_kernel)")
+	f.StringVar(&req.VMM, "vmm", "", "firecracker, qemu or auto (default: config vmm)")
+	f.IntVar(&req.VCPU, "vcpu", 0, "virtual CPUs (default: config vcpu)")
+	f.StringVar(&v.memory, "memory", "", "memory, e.g. 512M or 2G (default: config memory)")
+	f.StringVar(&v.disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default: config disk_size)")
+	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network)")
+	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
+}
+
+// finish puts the parsed sizes into req.
+func (v *vmSpecFlags) finish(req *api.VMCreateRequest) error {
+	mem, err := config.ParseSize(v.memory)
+	if err != nil {
+		return err
+	}
+	req.MemoryMiB = int(mem >> 20)
+	req.DiskBytes, err = config.ParseSize(v.disk)
+	return err
 }
