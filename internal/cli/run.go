@@ -209,6 +209,21 @@ func (a *app) ensureKernel(ctx context.Context, c *client.Client, name string, e
 	if _, err := c.Kernel(ctx, name); err == nil {
 		return name
 	}
+	// Only catalog names are fetched: anything else would be taken for
+	// an OCI reference, and a typo should fail as "not found".
+	inCatalog := false
+	if cat, err := c.KernelCatalog(ctx); err == nil {
+		for _, k := range cat {
+			inCatalog = inCatalog || k.Name == name
+		}
+	}
+	if !inCatalog {
+		if !explicit {
+			fmt.Fprintf(w, "banger: kernel %s is neither imported nor in the catalog; using the daemon's default kernel\n", name)
+			return ""
+		}
+		return name
+	}
 	fmt.Fprintf(w, "banger: fetching kernel %s…\n", name)
 	if k, err := c.PullKernel(ctx, api.KernelPullRequest{Name: name}, nil); err == nil {
 		return k.Name
