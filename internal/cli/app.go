@@ -105,11 +105,19 @@ func (a *app) client(ctx context.Context) (*client.Client, error) {
 	sock, explicit := a.socket()
 	c := client.New(sock)
 	_, err := c.Status(ctx)
+	// A daemon that is starting (reconciling before it serves) or
+	// stopping holds the socket but may drop a connection: ask again for
+	// a little while before judging.
+	var ae *client.APIError
+	var de *client.DialError
+	for deadline := time.Now().Add(15 * time.Second); err != nil && !errors.As(err, &de) && !errors.As(err, &ae) && time.Now().Before(deadline) && ctx.Err() == nil; {
+		time.Sleep(100 * time.Millisecond)
+		_, err = c.Status(ctx)
+	}
 	if err == nil {
 		a.c = c
 		return c, nil
 	}
-	var de *client.DialError
 	if !errors.As(err, &de) {
 		return nil, err
 	}

@@ -37,8 +37,10 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	if err := d.reconcileVMs(ctx); err != nil {
 		return err
 	}
+	// The network is rebuilt from the store at every VM start and stop:
+	// a failure here is worth a warning, not a daemon that cannot start.
 	if err := d.reconcileNet(ctx); err != nil {
-		return err
+		d.log.Warn("reconciling the VM network (retried at the next VM start or stop)", "err", err)
 	}
 	n, err := d.puller.Blobs().RemoveTemps()
 	if n > 0 {
