@@ -407,9 +407,19 @@ func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error)
 		return nil, err
 	}
 	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
-	// Keys registered since the VM's disk was made reach it now.
+	// Open the agent session now, so the first exec does not pay for the
+	// handshake; then keys registered since the VM's disk was made reach
+	// it.
 	d.jobs.Add(1)
-	go func() { defer d.jobs.Done(); d.pushAuthorizedKeys(d.jobCtx, v) }()
+	go func() {
+		defer d.jobs.Done()
+		ctx, cancel := context.WithTimeout(d.jobCtx, 10*time.Second)
+		if _, err := d.agentSession(ctx, v); err != nil {
+			d.log.Info("no agent session yet (the first request retries)", "vm", v.Name, "err", err)
+		}
+		cancel()
+		d.pushAuthorizedKeys(d.jobCtx, v)
+	}()
 	go d.watchExit(v, m)
 	return &v, nil
 }
