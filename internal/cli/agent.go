@@ -66,15 +66,20 @@ func newVMShellCommand(a *app) *cobra.Command {
 	}
 }
 
+// agent opens an agent session to vm through the daemon.
+func (a *app) agent(ctx context.Context, vm string) (*vsockagent.Session, error) {
+	c, err := a.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.Agent(ctx, vm)
+}
+
 // runInVM runs one exec stream and ends the CLI with its exit status.
 func (a *app) runInVM(cmd *cobra.Command, vm string, req vsockagent.Request, stdin bool) error {
-	c, err := a.client(cmd.Context())
-	if err != nil {
-		return err
-	}
 	// The session outlives Ctrl-C: the signal goes to the guest.
 	ctx := context.WithoutCancel(cmd.Context())
-	s, err := c.Agent(ctx, vm)
+	s, err := a.agent(ctx, vm)
 	if err != nil {
 		return err
 	}
@@ -173,13 +178,9 @@ func newVMCopyCommand(a *app) *cobra.Command {
 			if (srcVM == "") == (dstVM == "") {
 				return errors.New("exactly one of SRC and DST is VM:PATH, e.g. `banger vm cp ./dir dev:/root`")
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
 			ctx := cmd.Context()
 			if dstVM != "" {
-				s, err := c.Agent(ctx, dstVM)
+				s, err := a.agent(ctx, dstVM)
 				if err != nil {
 					return err
 				}
@@ -195,7 +196,7 @@ func newVMCopyCommand(a *app) *cobra.Command {
 				st.CloseWrite()
 				return finish(ctx, st, werr)
 			}
-			s, err := c.Agent(ctx, srcVM)
+			s, err := a.agent(ctx, srcVM)
 			if err != nil {
 				return err
 			}
@@ -264,11 +265,7 @@ func newVMPortsCommand(a *app) *cobra.Command {
 }
 
 func (a *app) guestPorts(ctx context.Context, vm string) ([]vsockagent.Port, error) {
-	c, err := a.client(ctx)
-	if err != nil {
-		return nil, err
-	}
-	s, err := c.Agent(ctx, vm)
+	s, err := a.agent(ctx, vm)
 	if err != nil {
 		return nil, err
 	}
@@ -304,11 +301,7 @@ func newVMForwardCommand(a *app) *cobra.Command {
 			if len(args) == 1 && !auto {
 				return errors.New("name ports to forward (HOSTPORT:GUESTPORT or GUESTPORT), or use --auto-forward")
 			}
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			s, err := c.Agent(cmd.Context(), vm)
+			s, err := a.agent(cmd.Context(), vm)
 			if err != nil {
 				return err
 			}

@@ -125,11 +125,7 @@ func newVMSSHProxyCommand(a *app) *cobra.Command {
 		Hidden: true,
 		Args:   argsError(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client(cmd.Context())
-			if err != nil {
-				return err
-			}
-			s, err := c.Agent(context.WithoutCancel(cmd.Context()), vmName(args[0]))
+			s, err := a.agent(context.WithoutCancel(cmd.Context()), vmName(args[0]))
 			if err != nil {
 				return err
 			}
