@@ -270,6 +270,11 @@ func (a *app) guestPorts(ctx context.Context, vm string) ([]vsockagent.Port, err
 		return nil, err
 	}
 	defer s.Close()
+	return portsOver(ctx, s)
+}
+
+// portsOver asks the agent of session s for the guest's listening ports.
+func portsOver(ctx context.Context, s *vsockagent.Session) ([]vsockagent.Port, error) {
 	st, err := s.Open(vsockagent.Request{Op: "ports"})
 	if err != nil {
 		return nil, err
@@ -318,7 +323,7 @@ func newVMForwardCommand(a *app) *cobra.Command {
 				}
 			}
 			if auto {
-				go fw.auto(cmd.Context(), a, vm)
+				go fw.auto(cmd.Context())
 			}
 			select {
 			case <-cmd.Context().Done():
@@ -400,10 +405,11 @@ func (f *forwarder) relay(c net.Conn, guest int) {
 
 // auto forwards new listening TCP ports as they appear (polled every
 // second; the agent reads /proc/net, which is cheap).
-func (f *forwarder) auto(ctx context.Context, a *app, vm string) {
+// It asks over the forwarder's own session: no new connection per poll.
+func (f *forwarder) auto(ctx context.Context) {
 	tried := map[int]bool{}
 	for {
-		if ports, err := a.guestPorts(ctx, vm); err == nil {
+		if ports, err := portsOver(ctx, f.s); err == nil {
 			for _, p := range ports {
 				if strings.HasPrefix(p.Proto, "tcp") && p.Port > 0 && !tried[p.Port] {
 					tried[p.Port] = true

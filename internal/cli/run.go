@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -289,31 +290,8 @@ func writeWorkspace(w io.Writer, root string, files []string, base string) error
 		if err != nil {
 			return err
 		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			link, _ = os.Readlink(p)
-		}
-		h, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return err
-		}
-		h.Name, h.Uname, h.Gname, h.Uid, h.Gid = "repo/"+filepath.ToSlash(rel), "", "", 0, 0
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			_, err = io.Copy(tw, f)
-			return err
-		}
-		return nil
+		// The user's files become root's in the guest.
+		return vsockagent.AddTarEntry(tw, p, "repo/"+filepath.ToSlash(rel), fi, true)
 	}
 	// Parent directories first, so the guest makes them with their modes.
 	dirs := map[string]bool{}
@@ -365,12 +343,11 @@ func sortedByDepth(set map[string]bool) []string {
 	for d := range set {
 		out = append(out, d)
 	}
-	// Shallow first; a directory's parent is always shallower.
-	for i := 1; i < len(out); i++ {
-		for j := i; j > 0 && strings.Count(out[j], "/") < strings.Count(out[j-1], "/"); j-- {
-			out[j], out[j-1] = out[j-1], out[j]
-		}
-	}
+	// Shallow first: a directory's parent is always shallower.
+	sort.Slice(out, func(i, j int) bool {
+		di, dj := strings.Count(out[i], "/"), strings.Count(out[j], "/")
+		return di < dj || di == dj && out[i] < out[j]
+	})
 	return out
 }
 

@@ -453,10 +453,6 @@ func ipNetPrefix(n *net.IPNet) (netip.Prefix, bool) {
 	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
-func prefixNet(p netip.Prefix) *net.IPNet {
-	return &net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
-}
-
 // setForwarding sets net.ipv4.ip_forward in the namespace and returns
 // the value it had.
 func setForwarding(on bool) (bool, error) {

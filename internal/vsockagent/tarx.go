@@ -30,41 +30,50 @@ func WriteTar(w io.Writer, src string) error {
 		if err != nil {
 			return err
 		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(p); err != nil {
-				return err
-			}
-		}
-		h, err := tar.FileInfoHeader(fi, link)
-		if err != nil {
-			return fmt.Errorf("%s: %w", p, err)
-		}
 		rel, _ := filepath.Rel(parent, p)
-		h.Name = filepath.ToSlash(rel)
-		if fi.IsDir() {
-			h.Name += "/"
-		}
-		h.Uname, h.Gname = "", ""
-		h.Format = tar.FormatPAX
-		if err := tw.WriteHeader(h); err != nil {
-			return err
-		}
-		if fi.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return err
-			}
-			_, err = io.Copy(tw, f)
-			f.Close()
-			return err
-		}
-		return nil
+		return AddTarEntry(tw, p, filepath.ToSlash(rel), fi, false)
 	})
 	if err != nil {
 		return fmt.Errorf("copying %s: %w", src, err)
 	}
 	return tw.Close()
+}
+
+// AddTarEntry writes the file at path, described by fi (from Lstat: a
+// symlink is stored, not followed), to tw as name, keeping its mode,
+// times and link target, and its owner unless anonymous (then root's).
+func AddTarEntry(tw *tar.Writer, path, name string, fi fs.FileInfo, anonymous bool) error {
+	link := ""
+	if fi.Mode()&fs.ModeSymlink != 0 {
+		var err error
+		if link, err = os.Readlink(path); err != nil {
+			return err
+		}
+	}
+	h, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	h.Name, h.Uname, h.Gname, h.Format = name, "", "", tar.FormatPAX
+	if fi.IsDir() {
+		h.Name += "/"
+	}
+	if anonymous {
+		h.Uid, h.Gid = 0, 0
+	}
+	if err := tw.WriteHeader(h); err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = io.Copy(tw, f)
+	return err
 }
 
 // ExtractTar writes a tar stream of one tree (as WriteTar makes) to dst,
