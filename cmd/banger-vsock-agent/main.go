@@ -2,6 +2,12 @@
 // every image at /usr/local/bin/banger-vsock-agent and inside every
 // initramfs banger builds as /init. As PID 1 it is the VM's init stage
 // (package guestinit); `serve` is the agent service systemd starts.
+
+// Go's own DNS resolver, even in a cgo build: a static binary's libc
+// resolver would need the guest's NSS libraries of the exact glibc it was
+// linked with.
+//
+//go:debug netdns=go
 package main
 
 import (
