@@ -46,6 +46,9 @@ type Options struct {
 	// KernelCatalog is a JSON file of extra kernel catalog entries
 	// (default: none; the built-in catalog only).
 	KernelCatalog string
+	// AptDir is the host's apt configuration, read for the Debian
+	// mirror that image builds and catalog kernels use. Default /etc/apt.
+	AptDir string
 	// HostRoot is where installed kernels are looked for (default "/").
 	HostRoot string
 	// ReadyTimeout bounds how long a VM may take to become ready
@@ -78,6 +81,8 @@ type Daemon struct {
 
 	mu    sync.Mutex
 	pulls map[string]*pullJob // by image name
+	// building holds the names of images being imported or built.
+	building map[string]bool
 	// httpClient fetches catalog kernels.
 	httpClient *http.Client
 	vms        vmRuntime
@@ -106,7 +111,7 @@ func New(layout paths.Layout, opts Options) (*Daemon, error) {
 	if opts.Config.Source == nil {
 		opts.Config = config.Loaded{Config: config.Defaults(), Source: config.Source{}}
 	}
-	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, stopCh: make(chan struct{}),
+	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, building: map[string]bool{}, stopCh: make(chan struct{}),
 		httpClient: &http.Client{Transport: http.DefaultTransport}}, nil
 }
 
@@ -140,6 +145,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		handler = slog.NewMultiHandler(handler, d.opts.Logger.Handler())
 	}
 	d.log = slog.New(handler)
+
+	// A dynamically linked agent would make every VM panic at boot, long
+	// after the build that produced it: refuse it now, with the fix. A
+	// missing agent is reported by the operations that need one.
+	if err := checkAgent(); err != nil {
+		return err
+	}
 
 	// One daemon per home: the lock is held for the daemon's life.
 	lock, err := lockFile(d.layout.RunDir + "/bangerd.lock")
@@ -268,4 +280,14 @@ func lockFile(path string) (io.Closer, error) {
 			return nil, fmt.Errorf("another bangerd holds %s: stop it with `banger daemon stop`", path)
 		}
 	}
+}
+
+// checkAgent fails when the guest agent banger would use exists but is
+// not a static executable.
+func checkAgent() error {
+	p, err := paths.CompanionBinaryPath(paths.AgentBinaryName)
+	if err != nil {
+		return nil
+	}
+	return paths.CheckStaticBinary(p)
 }

@@ -21,6 +21,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -78,8 +79,13 @@ type Progress struct {
 
 // Result is a pulled image, built inside the request's directory.
 type Result struct {
-	Ref       string // fully qualified reference, e.g. index.docker.io/library/alpine:3.20
-	Digest    string // manifest digest of the linux/amd64 image
+	Ref string // fully qualified reference, e.g. index.docker.io/library/alpine:3.20
+	// Digest identifies the content: the manifest digest of the
+	// linux/amd64 image for registries and OCI layouts, the config digest
+	// (Docker's image ID) for docker save archives, the digest of the
+	// uncompressed tar for root file system tarballs.
+	Digest    string
+	Kind      string // KindRegistry, KindDockerArchive, KindOCILayout or KindRootfs
 	Config    api.ImageConfig
 	Layers    []api.ImageLayer
 	Rootfs    string // path of the ext4 file
@@ -183,6 +189,9 @@ func New(blobsDir string, runner system.CommandRunner, opts ...Option) (*Puller,
 // Blobs returns the puller's blob cache.
 func (p *Puller) Blobs() *BlobCache { return p.blobs }
 
+// repoPathRE is the distribution spec's repository name grammar.
+var repoPathRE = regexp.MustCompile(`^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$`)
+
 // ParseReference parses an image reference the way banger and Docker do:
 // short names resolve on Docker Hub ("alpine" is
 // index.docker.io/library/alpine:latest), and registries on loopback are
@@ -194,6 +203,12 @@ func ParseReference(ref string) (name.Reference, error) {
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %v", ErrBadReference, ref, err)
+	}
+	// The registry library accepts empty path components ("/bars/big",
+	// "a//b", "a/"), which would be sent to a registry as they are; the
+	// distribution spec does not allow them.
+	if repo := r.Context().RepositoryStr(); !repoPathRE.MatchString(repo) {
+		return nil, fmt.Errorf("%w %q: repository %q must be lowercase components joined by single slashes, like library/alpine or acme/devbox", ErrBadReference, ref, repo)
 	}
 	host := r.Context().RegistryStr()
 	if h, _, err := net.SplitHostPort(host); err == nil {
@@ -492,46 +507,58 @@ func (p *Puller) Pull(ctx context.Context, req Request) (*Result, error) {
 		return nil, err
 	}
 	defer f.close()
-	tree, r, digest, cfg, jobs := f.tree, f.ref, f.digest, f.cfg, f.jobs
+	res, err := p.finish(ctx, f, req.Dir, req.Assets, req.report)
+	if err != nil {
+		return nil, err
+	}
+	res.Ref = f.ref.Name()
+	res.Digest = f.digest.String()
+	res.Kind = KindRegistry
+	res.Config = configOf(f.cfg)
+	req.report(Progress{Stage: StageDone, Message: res.Digest})
+	return res, nil
+}
+
+// configOf is the part of an image config a VM needs.
+func configOf(cfg *v1.ConfigFile) api.ImageConfig {
+	return api.ImageConfig{
+		Entrypoint: cfg.Config.Entrypoint,
+		Cmd:        cfg.Config.Cmd,
+		Env:        cfg.Config.Env,
+		WorkingDir: cfg.Config.WorkingDir,
+		User:       cfg.Config.User,
+	}
+}
+
+// finish turns a flattened tree into the image's ext4 in dir: banger's
+// own guest files replace any the image carries, the ext4 is written,
+// the spool is freed and the guest agents are injected. The result has
+// the rootfs, its sizes and the layers; the caller fills in the rest.
+func (p *Puller) finish(ctx context.Context, f *fetched, dir string, assets GuestAgentAssets, report func(Progress)) (*Result, error) {
+	tree := f.tree
 	for _, gp := range InjectedPaths() {
 		tree.Remove(gp)
 	}
-
-	req.report(Progress{Stage: StageExt4, Message: fmt.Sprintf("%d entries", tree.Entries())})
-	rootfs := filepath.Join(req.Dir, "rootfs.ext4")
+	report(Progress{Stage: StageExt4, Message: fmt.Sprintf("%d entries", tree.Entries())})
+	rootfs := filepath.Join(dir, "rootfs.ext4")
 	if _, err := BuildExt4(ctx, p.runner, tree, rootfs, p.headroom); err != nil {
 		return nil, fsError("building ext4", err)
 	}
 	// The spool is no longer needed; free its space before injecting.
 	f.close()
 
-	req.report(Progress{Stage: StageInject})
-	if err := InjectGuestAgents(ctx, p.runner, rootfs, req.Assets); err != nil {
+	report(Progress{Stage: StageInject})
+	if err := InjectGuestAgents(ctx, p.runner, rootfs, assets); err != nil {
 		return nil, fsError("injecting guest agents", err)
 	}
 	stats, err := readSuperBlock(rootfs)
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{
-		Ref:       r.Name(),
-		Digest:    digest.String(),
-		Rootfs:    rootfs,
-		SizeBytes: stats.SizeBytes,
-		DiskBytes: diskUsage(rootfs),
-		Stats:     stats,
-		Config: api.ImageConfig{
-			Entrypoint: cfg.Config.Entrypoint,
-			Cmd:        cfg.Config.Cmd,
-			Env:        cfg.Config.Env,
-			WorkingDir: cfg.Config.WorkingDir,
-			User:       cfg.Config.User,
-		},
-	}
-	for _, j := range jobs {
+	res := &Result{Rootfs: rootfs, SizeBytes: stats.SizeBytes, DiskBytes: diskUsage(rootfs), Stats: stats}
+	for _, j := range f.jobs {
 		res.Layers = append(res.Layers, j.desc)
 	}
-	req.report(Progress{Stage: StageDone, Message: res.Digest})
 	return res, nil
 }
 
@@ -667,7 +694,16 @@ func (p *Puller) flattenLayer(ctx context.Context, tree *flatten.Tree, j *layerJ
 		return fmt.Errorf("opening cached layer: %w", err)
 	}
 	defer f.Close()
-	rc, err := decompress(bufio.NewReaderSize(f, 1<<20))
+	// A layer of a docker save archive is named by path, not digest:
+	// its blob digest is learnt while reading it.
+	var raw io.Reader = f
+	var blobHash *asyncHasher
+	if j.desc.Digest == "" {
+		blobHash = newAsyncHasher()
+		raw = io.TeeReader(f, blobHash)
+		defer func() { j.desc.Digest = blobHash.Sum() }()
+	}
+	rc, err := decompress(bufio.NewReaderSize(raw, 1<<20))
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrBadLayer, err)
 	}
@@ -684,6 +720,12 @@ func (p *Puller) flattenLayer(ctx context.Context, tree *flatten.Tree, j *layerJ
 	if _, err := io.Copy(io.Discard, hr); err != nil {
 		h.Sum()
 		return fmt.Errorf("%w: reading layer: %v", ErrBadLayer, err)
+	}
+	if blobHash != nil {
+		if _, err := io.Copy(io.Discard, raw); err != nil {
+			h.Sum()
+			return fmt.Errorf("reading layer: %w", err)
+		}
 	}
 	if got := h.Sum(); got != j.desc.DiffID {
 		return fmt.Errorf("%w: uncompressed content hashes to %s, config says %s", ErrDigestMismatch, short(got), short(j.desc.DiffID))

@@ -265,8 +265,10 @@ func TestPullDockerHubShortNames(t *testing.T) {
 	if r, _ := ParseReference("127.0.0.1:5000/x"); r.Context().Scheme() != "http" {
 		t.Errorf("loopback registry not spoken to over http")
 	}
-	if _, err := ParseReference("UPPER/Case!!"); !errors.Is(err, ErrBadReference) {
-		t.Errorf("bad reference err = %v", err)
+	for _, bad := range []string{"UPPER/Case!!", "/bars/big:1", "bars//big", "a/", "ghcr.io//x", "-x"} {
+		if _, err := ParseReference(bad); !errors.Is(err, ErrBadReference) {
+			t.Errorf("ParseReference(%q) err = %v, want ErrBadReference", bad, err)
+		}
 	}
 }
 

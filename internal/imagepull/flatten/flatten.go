@@ -102,10 +102,11 @@ func New(spool Spool) *Tree {
 	}
 }
 
-// cleanPath turns a tar entry name into a path relative to the root,
+// CleanPath turns a tar entry name into a path relative to the root,
 // "" for the root itself. Leading "/" and "./" are dropped, as Docker
-// does; a path that climbs above the root is rejected.
-func cleanPath(name string) (string, error) {
+// does; a path with a NUL byte or a ".." component is rejected with
+// ErrUnsafeEntry.
+func CleanPath(name string) (string, error) {
 	if strings.ContainsRune(name, 0) {
 		return "", fmt.Errorf("%w: %q contains a NUL byte", ErrUnsafeEntry, name)
 	}
@@ -140,7 +141,7 @@ func (f *Tree) AddLayer(r io.Reader) error {
 }
 
 func (f *Tree) addEntry(hdr *tar.Header, content io.Reader) error {
-	p, err := cleanPath(hdr.Name)
+	p, err := CleanPath(hdr.Name)
 	if err != nil {
 		return err
 	}
@@ -239,7 +240,7 @@ func (f *Tree) addEntry(hdr *tar.Header, content io.Reader) error {
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
 		n.ino = &inode{hdr: metaOnly(hdr, hdr.Typeflag)}
 	case tar.TypeLink:
-		target, err := cleanPath(hdr.Linkname)
+		target, err := CleanPath(hdr.Linkname)
 		if err != nil || target == "" {
 			return fmt.Errorf("%w: hard link %q points outside the image (%q)", ErrUnsafeEntry, hdr.Name, hdr.Linkname)
 		}
@@ -471,9 +472,48 @@ func (f *Tree) resolvePending() error {
 	return nil
 }
 
+// Exists reports whether p (relative or absolute, as the image sees it)
+// names an entry of the tree once symlinks are followed inside the tree,
+// the way the guest's kernel would resolve it: "bin/bash" exists in a
+// merged-/usr image where bin is a link to usr/bin.
+func (f *Tree) Exists(p string) bool {
+	parts := strings.Split(strings.Trim(path.Clean("/"+p), "/"), "/")
+	var cur []string // resolved components so far
+	for hops := 0; len(parts) > 0; {
+		part := parts[0]
+		parts = parts[1:]
+		switch part {
+		case "", ".":
+			continue
+		case "..":
+			if len(cur) > 0 {
+				cur = cur[:len(cur)-1]
+			}
+			continue
+		}
+		n := f.lookup(strings.Join(append(cur, part), "/"))
+		if n == nil || n.ino == nil {
+			return false
+		}
+		if n.ino.hdr.Typeflag != tar.TypeSymlink {
+			cur = append(cur, part)
+			continue
+		}
+		if hops++; hops > 40 {
+			return false
+		}
+		target := n.ino.hdr.Linkname
+		if strings.HasPrefix(target, "/") {
+			cur = nil
+		}
+		parts = append(strings.Split(target, "/"), parts...)
+	}
+	return true
+}
+
 // Remove drops the entry at p (and everything below it) if it exists.
 func (f *Tree) Remove(p string) {
-	p, err := cleanPath(p)
+	p, err := CleanPath(p)
 	if err != nil || p == "" {
 		return
 	}
