@@ -20,16 +20,17 @@ import (
 // ErrNoInstalledKernel means the host has no distribution kernel to use.
 var ErrNoInstalledKernel = errors.New("no installed kernel")
 
-// Catalog is the built-in list of downloadable kernels. Entries are
-// packages whose checksum comes from the distribution's signed index, so
-// a download is verified before anything is unpacked.
+// Catalog is the built-in list of downloadable kernels. Entries name a
+// Debian suite and a package pattern rather than a file: the newest
+// matching package is looked up in the archive's signed index at pull
+// time (see Resolve), so an entry never goes stale when the archive
+// moves on and removes the old file.
 var Catalog = []api.CatalogKernel{
 	{
 		Name:        "debian-12-cloud",
-		Description: "Debian 12 cloud kernel 6.1.0-56 (virtio drivers as modules; banger packs an initramfs)",
-		URL:         "http://security.debian.org/debian-security/pool/updates/main/l/linux-signed-amd64/linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb",
-		Size:        26713492,
-		SHA256:      "e7d02b943971edcb8790e256c02cfab3bca6c3d37c1bf25392a57c71300615ee",
+		Description: "Debian 12 cloud kernel, the newest in bookworm and its security updates (virtio drivers as modules; banger packs an initramfs)",
+		Suite:       "bookworm",
+		Package:     `^linux-image-[0-9.]+-[0-9]+-cloud-amd64$`,
 	},
 }
 
