@@ -95,19 +95,25 @@ func (c *Client) Socket() string { return c.socket }
 
 func (c *Client) do(ctx context.Context, method, path string, body any) (*http.Response, error) {
 	var rd io.Reader
+	contentType := ""
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
 			return nil, err
 		}
-		rd = bytes.NewReader(b)
+		rd, contentType = bytes.NewReader(b), "application/json"
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://bangerd"+path, rd)
+	return c.send(ctx, method, path, rd, contentType)
+}
+
+// send makes one request with a raw body (nil for none).
+func (c *Client) send(ctx context.Context, method, path string, body io.Reader, contentType string) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, method, "http://bangerd"+path, body)
 	if err != nil {
 		return nil, err
 	}
-	if body != nil {
-		req.Header.Set("Content-Type", "application/json")
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -216,6 +222,43 @@ func (c *Client) PullKernel(ctx context.Context, req api.KernelPullRequest, onEv
 	return ev.Kernel, nil
 }
 
+// ImportImage streams src (a docker save archive, an OCI layout as a tar,
+// or a root file system tarball, compressed or not) to the daemon, which
+// builds an image from it, and reports progress like PullImage. The
+// daemon reads nothing but the stream, so src may be a file only the
+// caller can read.
+func (c *Client) ImportImage(ctx context.Context, opts api.ImportOptions, src io.Reader, onEvent func(api.Event)) (*api.Image, error) {
+	b, err := json.Marshal(opts)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.send(ctx, http.MethodPost, "/v1/images/import?options="+url.QueryEscape(string(b)), src, "application/octet-stream")
+	if err != nil {
+		return nil, err
+	}
+	ev, err := readEvents(ctx, resp, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Image == nil {
+		return nil, errors.New("bangerd ended the import without an image")
+	}
+	return ev.Image, nil
+}
+
+// BuildImage builds an image from a distribution's package archive
+// (mmdebstrap on the daemon's host), reporting progress like PullImage.
+func (c *Client) BuildImage(ctx context.Context, req api.BuildRequest, onEvent func(api.Event)) (*api.Image, error) {
+	ev, err := c.stream(ctx, "/v1/images/build", req, onEvent)
+	if err != nil {
+		return nil, err
+	}
+	if ev.Image == nil {
+		return nil, errors.New("bangerd ended the build without an image")
+	}
+	return ev.Image, nil
+}
+
 // stream posts body to path and reads newline-delimited events until the
 // final result (returned) or error (returned as *APIError).
 func (c *Client) stream(ctx context.Context, path string, body any, onEvent func(api.Event)) (*api.Event, error) {
@@ -223,6 +266,12 @@ func (c *Client) stream(ctx context.Context, path string, body any, onEvent func
 	if err != nil {
 		return nil, err
 	}
+	return readEvents(ctx, resp, onEvent)
+}
+
+// readEvents reads a response's events until the final one, and closes
+// the response.
+func readEvents(ctx context.Context, resp *http.Response, onEvent func(api.Event)) (*api.Event, error) {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)

@@ -20,7 +20,9 @@ if [ "$(id -u)" = 0 ]; then
 		eval "$(scripts/vm-fixtures.sh)"
 	fi
 fi
-go test -race -count=1 ./...
+# The integration and VM packages boot dozens of emulated VMs: more than
+# go test's default 10 minutes on two cores.
+go test -race -count=1 -timeout 45m ./...
 go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/imagepull/flatten
 go test -run '^$' -fuzz FuzzReadFrame -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/vsockagent
 BANGER_BENCH_MIB=${BANGER_BENCH_MIB:-32} COUNT=1 bench/pull.sh

@@ -35,6 +35,33 @@ type Image struct {
 	Config    ImageConfig  `json:"config"`
 	Layers    []ImageLayer `json:"layers"`
 	CreatedAt time.Time    `json:"created_at"`
+	// Source says where the image came from: "registry", or the kind
+	// of an imported source and what the user named ("docker-archive
+	// /home/me/app.tar", "rootfs -"), or "mmdebstrap debian:bookworm".
+	Source string `json:"source"`
+}
+
+// ImportOptions are the query parameters of POST /v1/images/import,
+// whose body is the source stream itself.
+type ImportOptions struct {
+	Name string `json:"name"`
+	// Ref picks one image of an archive or layout that holds several.
+	Ref string `json:"ref,omitempty"`
+	// Source is what the user named (a path, or "-"), for the record.
+	Source string      `json:"source,omitempty"`
+	Config ImageConfig `json:"config"`
+}
+
+// BuildRequest is the body of POST /v1/images/build: an image built from
+// a distribution's package archive.
+type BuildRequest struct {
+	Name string `json:"name,omitempty"` // default: the distribution's name
+	// Spec is DISTRIBUTION[:SUITE]: debian:bookworm, ubuntu:noble.
+	Spec    string   `json:"spec"`
+	Include []string `json:"include,omitempty"` // packages beyond the default set
+	// Why, when set, is told in the progress: why it builds instead of
+	// pulling.
+	Why string `json:"why,omitempty"`
 }
 
 // Kernel is an imported kernel, ready to boot.
@@ -65,13 +92,26 @@ type KernelPullRequest struct {
 	As   string `json:"as,omitempty"` // name to store it under (default: Name)
 }
 
-// CatalogKernel is one downloadable kernel of the built-in catalog.
+// CatalogKernel is one downloadable kernel of the built-in catalog:
+// either a fixed file (URL, Size, SHA256) or, with Package set, the
+// newest package of a Debian suite whose name matches Package, found in
+// the archive's signed index at pull time.
 type CatalogKernel struct {
 	Name        string `json:"name"`
 	Description string `json:"description"`
-	URL         string `json:"url"`
-	Size        int64  `json:"size"`
-	SHA256      string `json:"sha256"`
+	URL         string `json:"url,omitempty"`
+	Size        int64  `json:"size,omitempty"`
+	SHA256      string `json:"sha256,omitempty"`
+	// Archive and Security are the Debian archive and its security
+	// archive (default: the host's apt mirrors, else deb.debian.org);
+	// Suite is the suite (its -updates and -security suites are read
+	// too), Package a regular expression for the package name.
+	Archive  string `json:"archive,omitempty"`
+	Security string `json:"security,omitempty"`
+	Suite    string `json:"suite,omitempty"`
+	Package  string `json:"package,omitempty"`
+	// Version is the package version a resolved entry stands for.
+	Version string `json:"version,omitempty"`
 }
 
 // VM is one virtual machine.
@@ -234,5 +274,7 @@ const (
 	CodeNetwork     = "network_unavailable"
 	CodeAgent       = "agent_unavailable"
 	CodeCanceled    = "canceled"
+	CodeAmbiguous   = "ambiguous"
+	CodeBuild       = "build_failed"
 	CodeInternal    = "internal"
 )

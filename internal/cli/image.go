@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -17,7 +16,7 @@ import (
 
 func newImageCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Aliases: []string{"images"}, Short: "Pull and manage root file system images"}
-	cmd.AddCommand(newImagePullCommand(a), newImageListCommand(a), newImageShowCommand(a), newImageRmCommand(a), newImageCacheCommand(a))
+	cmd.AddCommand(newImagePullCommand(a), newImageImportCommand(a), newImageBuildCommand(a), newImageListCommand(a), newImageShowCommand(a), newImageRmCommand(a), newImageCacheCommand(a))
 	return cmd
 }
 
@@ -46,36 +45,9 @@ your Docker configuration (~/.docker/config.json, credential helpers).`,
 			if err != nil {
 				return err
 			}
-			req := api.PullRequest{Ref: args[0], Name: o.name, Auth: userAuth(args[0])}
-			start := time.Now()
-			var onEvent func(api.Event)
-			var prog *pullProgress
-			switch {
-			case o.asJSON:
-				enc := json.NewEncoder(cmd.OutOrStdout())
-				onEvent = func(ev api.Event) { enc.Encode(ev) }
-			case !o.quiet:
-				prog = newPullProgress(cmd.ErrOrStderr(), args[0], isTerminal(cmd.ErrOrStderr()))
-				onEvent = prog.event
-			}
-			img, err := c.PullImage(cmd.Context(), req, onEvent)
-			if prog != nil {
-				prog.finish()
-			}
-			if err != nil {
-				if o.asJSON {
-					return &exitError{code: 1}
-				}
-				return err
-			}
-			switch {
-			case o.asJSON:
-			case o.quiet:
-				fmt.Fprintln(cmd.OutOrStdout(), img.Name)
-			default:
-				fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\t%s on disk\t%s\n", img.Name, shortDigest(img.Digest), humanBytes(img.DiskBytes), time.Since(start).Round(10*time.Millisecond))
-			}
-			return nil
+			return runImageOp(cmd, o.outputFlags, args[0], 0, func(onEvent func(api.Event)) (*api.Image, error) {
+				return pullOrBuild(cmd.Context(), c, args[0], o.name, cmd.ErrOrStderr(), onEvent)
+			})
 		},
 	}
 	cmd.Flags().StringVar(&o.name, "name", "", "name to store the image under (default: the reference's short form)")
@@ -139,7 +111,8 @@ func newImageShowCommand(a *app) *cobra.Command {
 			}
 			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintf(tw, "name:\t%s\n", img.Name)
-			fmt.Fprintf(tw, "ref:\t%s\n", img.Ref)
+			fmt.Fprintf(tw, "ref:\t%s\n", orDash(img.Ref))
+			fmt.Fprintf(tw, "source:\t%s\n", img.Source)
 			fmt.Fprintf(tw, "digest:\t%s\n", img.Digest)
 			fmt.Fprintf(tw, "rootfs:\t%s\n", img.Rootfs)
 			fmt.Fprintf(tw, "size:\t%s (%s on disk)\n", humanBytes(img.SizeBytes), humanBytes(img.DiskBytes))

@@ -89,16 +89,25 @@ func newKernelPullCommand(a *app) *cobra.Command {
 			case !o.quiet:
 				stage := ""
 				onEvent = func(ev api.Event) {
+					if ev.Type == api.EventResult && ev.Message != "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", args[0], ev.Message)
+					}
 					if ev.Type != api.EventProgress {
 						return
 					}
-					if tty && ev.Stage == "download" {
+					if tty && ev.Stage == "download" && !ev.Cached {
 						fmt.Fprintf(cmd.ErrOrStderr(), "\r\033[K%s: downloading %s / %s", args[0], humanBytes(ev.Current), humanBytes(ev.Total))
-					} else if ev.Stage != stage {
+					} else if ev.Stage != stage || ev.Cached {
 						if tty {
 							fmt.Fprint(cmd.ErrOrStderr(), "\r\033[K")
 						}
-						fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", args[0], ev.Stage)
+						line := ev.Stage
+						if ev.Cached {
+							line += " (cached, not downloaded again)"
+						} else if ev.Message != "" && ev.Stage == "resolve" {
+							line += " " + ev.Message
+						}
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", args[0], line)
 					}
 					stage = ev.Stage
 				}
@@ -229,7 +238,11 @@ func newKernelCatalogCommand(a *app) *cobra.Command {
 			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "NAME\tSIZE\tDESCRIPTION")
 			for _, e := range entries {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", e.Name, humanBytes(e.Size), e.Description)
+				size := "-" // resolved from the archive at pull time
+				if e.Size > 0 {
+					size = humanBytes(e.Size)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", e.Name, size, e.Description)
 			}
 			return tw.Flush()
 		},

@@ -20,6 +20,8 @@ type pullProgress struct {
 	nLayer int
 	last   time.Time
 	drawn  bool
+	// size is the source's size for an import, 0 when unknown.
+	size int64
 }
 
 type layerState struct {
@@ -34,6 +36,8 @@ func newPullProgress(w io.Writer, ref string, tty bool) *pullProgress {
 
 var stageText = map[string]string{
 	"resolve":  "resolving",
+	"receive":  "reading",
+	"build":    "building",
 	"download": "downloading",
 	"flatten":  "flattening layers",
 	"ext4":     "building ext4",
@@ -102,6 +106,19 @@ func (p *pullProgress) draw(ev api.Event) {
 		line = fmt.Sprintf("%s: downloading %d/%d layers  %s / %s", p.ref, done, p.nLayer, humanBytes(cur), humanBytes(total))
 	case "flatten":
 		line = fmt.Sprintf("%s: flattening layer %d/%d", p.ref, ev.Layer, ev.Layers)
+		if ev.Current > 0 { // a tarball flattened while it is read
+			line = fmt.Sprintf("%s: flattening %s", p.ref, humanBytes(ev.Current))
+			if p.size > 0 {
+				line += " / " + humanBytes(p.size)
+			}
+		}
+	case "receive":
+		line = fmt.Sprintf("%s: reading %s", p.ref, humanBytes(ev.Current))
+		if p.size > 0 {
+			line += " / " + humanBytes(p.size)
+		}
+	case "build":
+		line = fmt.Sprintf("%s: %s", p.ref, ev.Message)
 	default:
 		line = p.ref + ": " + stageText[p.stage]
 		if ev.Message != "" && p.stage == "ext4" {

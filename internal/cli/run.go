@@ -186,12 +186,8 @@ func (a *app) ensureImage(ctx context.Context, c *client.Client, name string, w 
 	} else if !client.IsNotFound(err) {
 		return "", err
 	}
-	ref, as := name, ""
-	if r, ok := imageCatalog[name]; ok {
-		ref, as = r, name
-	}
-	prog := newPullProgress(w, ref, isTerminal(w))
-	img, err := c.PullImage(ctx, api.PullRequest{Ref: ref, Name: as, Auth: userAuth(ref)}, prog.event)
+	prog := newPullProgress(w, name, isTerminal(w))
+	img, err := pullOrBuild(ctx, c, name, "", w, prog.event)
 	prog.finish()
 	if err != nil {
 		return "", err

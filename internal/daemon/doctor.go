@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/debarchive"
 	"banger/internal/system"
 	"banger/internal/vmm/qemu"
 )
@@ -85,6 +86,24 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		add("e2fsprogs", api.Pass, "mkfs.ext4, e2fsck, tune2fs, resize2fs, debugfs", "")
 	} else {
 		add("e2fsprogs", api.Fail, "missing "+strings.Join(missing, ", "), "apt-get install e2fsprogs")
+	}
+
+	// Building images from the Debian archive: the default image's way
+	// in when no registry answers, and how catalog kernels are verified.
+	if mm, err := system.LookPath("mmdebstrap"); err == nil {
+		add("image build", api.Pass, mm+": "+version(mm, "--version"), "")
+	} else {
+		add("image build", api.Warn, "no mmdebstrap: `banger image build` and the default image without Docker Hub do not work", "apt-get install mmdebstrap")
+	}
+	_, gerr := system.LookPath("gpgv")
+	_, kerr := os.Stat(debarchive.DefaultKeyring)
+	switch {
+	case gerr == nil && kerr == nil:
+		add("archive keys", api.Pass, "gpgv and "+debarchive.DefaultKeyring, "")
+	case gerr != nil:
+		add("archive keys", api.Warn, "no gpgv: catalog kernels cannot be verified, so `banger kernel pull` fails", "apt-get install gpgv")
+	default:
+		add("archive keys", api.Warn, "no "+debarchive.DefaultKeyring+": catalog kernels cannot be verified, so `banger kernel pull` fails", "apt-get install debian-archive-keyring")
 	}
 
 	d.doctorNetwork(ctx, add)

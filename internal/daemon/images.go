@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -174,7 +173,7 @@ func (d *Daemon) handlePull(w http.ResponseWriter, r *http.Request) error {
 	if err := validateImageName(name); err != nil {
 		return err
 	}
-	if _, err := paths.CompanionBinaryPath("banger-vsock-agent"); err != nil {
+	if _, err := paths.GuestAgentBinary(); err != nil {
 		return err
 	}
 
@@ -241,6 +240,9 @@ func (d *Daemon) startOrJoin(name, ref string, req api.PullRequest) (*pullJob, e
 	if d.pruning {
 		return nil, fmt.Errorf("%w: the blob cache is being pruned: pull again in a moment", errConflict)
 	}
+	if d.building[name] {
+		return nil, fmt.Errorf("%w: image %q is being imported or built: wait for it or pull under another --name", errConflict, name)
+	}
 	if job := d.pulls[name]; job != nil {
 		if job.ref != ref {
 			return nil, fmt.Errorf("%w: image %q is being pulled from %s: wait for it or pull under another --name", errConflict, name, job.ref)
@@ -274,49 +276,15 @@ func (d *Daemon) runPull(job *pullJob) {
 	d.log.Info("image pulled", "image", job.name, "ref", job.ref, "digest", img.Digest, "duration", time.Since(start))
 }
 
-// pullAndPublish builds the image in a staging directory, renames it into
-// place and records it. Any failure removes everything it made.
-func (d *Daemon) pullAndPublish(job *pullJob) (_ *api.Image, err error) {
-	agent, err := paths.CompanionBinaryPath("banger-vsock-agent")
-	if err != nil {
-		return nil, err
-	}
-	id := newID()
-	staging := d.layout.StagingDir(id)
-	if err := os.MkdirAll(staging, 0o755); err != nil {
-		return nil, fmt.Errorf("creating staging directory: %w", err)
-	}
-	defer os.RemoveAll(staging) // a no-op once renamed
-
-	res, err := d.puller.Pull(job.ctx, imagepull.Request{
-		Ref:    job.req.Ref,
-		Dir:    staging,
-		Assets: imagepull.GuestAgentAssets{VsockAgentBin: agent},
-		Auth:   toAuthConfig(job.req.Auth),
-		Progress: func(p imagepull.Progress) {
-			job.publish(api.Event{Type: api.EventProgress, Stage: p.Stage, Message: p.Message, Layer: p.Layer, Layers: p.Layers,
-				Digest: p.Digest, Current: p.Current, Total: p.Total, Cached: p.Cached})
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	final := d.layout.ImageDir(id)
-	if err := os.Rename(staging, final); err != nil {
-		return nil, fmt.Errorf("publishing image: %w", err)
-	}
-	syncDir(d.layout.ImagesDir())
-	img := api.Image{
-		ID: id, Name: job.name, Ref: res.Ref, Digest: res.Digest,
-		Rootfs:    filepath.Join(final, filepath.Base(res.Rootfs)),
-		SizeBytes: res.SizeBytes, DiskBytes: res.DiskBytes,
-		Config: res.Config, Layers: res.Layers, CreatedAt: time.Now().UTC(),
-	}
-	if err := d.store.InsertImage(context.Background(), img); err != nil {
-		os.RemoveAll(final)
-		return nil, err
-	}
-	return &img, nil
+// pullAndPublish pulls the image into a staging directory, renames it
+// into place and records it. Any failure removes everything it made.
+func (d *Daemon) pullAndPublish(job *pullJob) (*api.Image, error) {
+	return d.publishImage(job.ctx, job.name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
+		return d.puller.Pull(ctx, imagepull.Request{
+			Ref: job.req.Ref, Dir: staging, Assets: assets, Auth: toAuthConfig(job.req.Auth),
+			Progress: func(p imagepull.Progress) { job.publish(progressEvent(p)) },
+		})
+	}, func(*imagepull.Result) string { return imagepull.KindRegistry })
 }
 
 // syncDir makes a rename in dir durable.

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/debarchive"
+	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
 	"banger/internal/kernel"
 	"banger/internal/paths"
@@ -104,7 +106,7 @@ func (d *Daemon) importKernel(ctx context.Context, name, from, modules, source s
 	if _, err := d.store.Kernel(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pick another name", store.ErrExists, name, name)
 	}
-	agent, err := paths.CompanionBinaryPath("banger-vsock-agent")
+	agent, err := paths.GuestAgentBinary()
 	if err != nil {
 		return nil, err
 	}
@@ -165,8 +167,26 @@ func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error 
 	if err := validateKernelName(name); err != nil {
 		return err
 	}
-	if _, err := d.store.Kernel(r.Context(), name); err == nil {
+	existing, err := d.store.Kernel(r.Context(), name)
+	exists := err == nil
+	if exists && (isRef || entry.Package == "") {
 		return fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pull with --as NAME", store.ErrExists, name, name)
+	}
+	if !isRef {
+		// An archive entry is looked up before anything else: the
+		// newest package decides whether an existing kernel is current.
+		if entry, err = kernel.Resolve(r.Context(), d.archive(), entry, d.debianMirrors()); err != nil {
+			return err
+		}
+		if exists {
+			if existing.Source != kernel.SourceOf(entry) {
+				return fmt.Errorf("%w: kernel %q is %s, but the archive now has %s: remove it with `banger kernel rm %s` and pull again, or pull with --as NAME",
+					store.ErrExists, name, strings.TrimPrefix(existing.Source, "catalog:"+entry.Name+" "), entry.Description, name)
+			}
+			ew := newEventWriter(w)
+			ew.emit(api.Event{Type: api.EventResult, Message: "kernel is up to date (" + entry.Description + ")", Kernel: &existing})
+			return nil
+		}
 	}
 	tmp, err := os.MkdirTemp(d.layout.KernelsDir(), ".download-")
 	if err != nil {
@@ -194,7 +214,8 @@ func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error 
 
 func (d *Daemon) pullCatalogKernel(ctx context.Context, entry api.CatalogKernel, name, tmp string, ew *eventWriter) (*api.Kernel, error) {
 	last := time.Time{}
-	file, err := kernel.Download(ctx, d.httpClient, entry, tmp, func(n int64) {
+	ew.emit(api.Event{Type: api.EventProgress, Stage: "resolve", Message: entry.Description})
+	file, cached, err := kernel.CachedDownload(ctx, d.httpClient, entry, d.layout.KernelCacheDir(), func(n int64) {
 		if time.Since(last) > 100*time.Millisecond || n == entry.Size {
 			last = time.Now()
 			ew.emit(api.Event{Type: api.EventProgress, Stage: "download", Current: n, Total: entry.Size})
@@ -203,8 +224,23 @@ func (d *Daemon) pullCatalogKernel(ctx context.Context, entry api.CatalogKernel,
 	if err != nil {
 		return nil, err
 	}
+	if cached {
+		ew.emit(api.Event{Type: api.EventProgress, Stage: "download", Current: entry.Size, Total: entry.Size, Cached: true})
+	}
 	ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
-	return d.importKernel(ctx, name, file, "", "catalog:"+entry.Name)
+	return d.importKernel(ctx, name, file, "", kernel.SourceOf(entry))
+}
+
+// archive reads Debian archives for catalog kernels, verifying with the
+// host's Debian archive keyring and caching indexes.
+func (d *Daemon) archive() *debarchive.Archive {
+	return &debarchive.Archive{Client: d.httpClient, Runner: d.opts.Runner, CacheDir: d.layout.ArchiveCacheDir()}
+}
+
+// debianMirrors are the host's Debian mirrors, else deb.debian.org's.
+func (d *Daemon) debianMirrors() debarchive.Mirrors {
+	deb := imagebuild.Distros["debian"]
+	return debarchive.HostMirrors(d.aptDir(), debarchive.Mirrors{Archive: deb.Mirror, Security: deb.Security})
 }
 
 // pullOCIKernel pulls an image and imports the kernel it carries:
@@ -300,7 +336,7 @@ func (d *Daemon) reconcileKernels(ctx context.Context) error {
 		return err
 	}
 	known := map[string]bool{}
-	agent, agentErr := paths.CompanionBinaryPath("banger-vsock-agent")
+	agent, agentErr := paths.GuestAgentBinary()
 	var agentHash string
 	if agentErr == nil {
 		agentHash, _ = kernel.HashFile(agent)

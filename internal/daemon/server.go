@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/config"
+	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
 	"banger/internal/kernel"
 	"banger/internal/store"
@@ -35,6 +36,8 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("POST /v1/daemon/stop", d.wrap(d.handleStop))
 	mux.Handle("GET /v1/images", d.wrap(listHandler(d.store.Images)))
 	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
+	mux.Handle("POST /v1/images/import", d.wrap(d.handleImport))
+	mux.Handle("POST /v1/images/build", d.wrap(d.handleBuild))
 	mux.Handle("GET /v1/images/{name...}", d.wrap(getHandler(d.store.Image, "banger image list")))
 	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
 	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
@@ -115,6 +118,8 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeExists
 	case errors.Is(err, errConflict):
 		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, imagepull.ErrAmbiguous):
+		return http.StatusConflict, api.CodeAmbiguous
 	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference):
 		return http.StatusBadRequest, api.CodeInvalid
 	case errors.Is(err, vm.ErrInvalidState):
@@ -131,10 +136,12 @@ func classify(err error) (int, string) {
 		return http.StatusBadGateway, api.CodeUnreachable
 	case errors.Is(err, imagepull.ErrNoPlatform), errors.Is(err, imagepull.ErrBadLayer),
 		errors.Is(err, imagepull.ErrUnsafeEntry), errors.Is(err, imagepull.ErrDigestMismatch),
-		errors.Is(err, imagepull.ErrTruncated):
+		errors.Is(err, imagepull.ErrTruncated), errors.Is(err, imagepull.ErrBadSource):
 		return http.StatusUnprocessableEntity, api.CodeBadImage
 	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule):
 		return http.StatusUnprocessableEntity, api.CodeBadKernel
+	case errors.Is(err, imagebuild.ErrBuild):
+		return http.StatusBadGateway, api.CodeBuild
 	case errors.Is(err, kernel.ErrDownload):
 		return http.StatusBadGateway, api.CodeDownload
 	case errors.Is(err, imagepull.ErrNoSpace), errors.Is(err, syscall.ENOSPC):

@@ -116,6 +116,13 @@ func (l Layout) VMDir(id string) string { return filepath.Join(l.VMsDir(), id) }
 // BlobsDir holds compressed OCI layer blobs by digest.
 func (l Layout) BlobsDir() string { return filepath.Join(l.CacheDir, "blobs") }
 
+// KernelCacheDir holds downloaded kernel packages by sha256, so a kernel
+// removed and pulled again is not downloaded again.
+func (l Layout) KernelCacheDir() string { return filepath.Join(l.CacheDir, "kernels") }
+
+// ArchiveCacheDir holds Debian package indexes by sha256.
+func (l Layout) ArchiveCacheDir() string { return filepath.Join(l.CacheDir, "debian-index") }
+
 // MkdirAll creates the instance's directories.
 func (l Layout) MkdirAll() error {
 	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.BlobsDir(), l.RunDir} {

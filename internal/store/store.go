@@ -69,6 +69,8 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN ip TEXT NOT NULL DEFAULT '';
 	ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';
 	CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip != ''`,
+	// 5: where an image came from. Images from before it were pulled.
+	`ALTER TABLE images ADD COLUMN source TEXT NOT NULL DEFAULT 'registry'`,
 }
 
 // Store is the database. It is safe for concurrent use.

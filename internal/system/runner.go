@@ -34,6 +34,16 @@ type StdinRunner interface {
 	RunStdin(ctx context.Context, stdin io.Reader, name string, args ...string) ([]byte, error)
 }
 
+// StdoutRunner is implemented by runners that can stream a command's
+// standard output to a writer instead of buffering it, for commands that
+// write a whole file system there. Callers find it by type assertion.
+type StdoutRunner interface {
+	// RunStdout runs name with args, copying its standard output to
+	// stdout as it comes. A non-zero exit is a *CommandError with the
+	// tail of stderr.
+	RunStdout(ctx context.Context, stdout io.Writer, name string, args ...string) error
+}
+
 // CommandError is a host command that could not run or exited non-zero.
 type CommandError struct {
 	Name     string
@@ -66,6 +76,7 @@ type Runner struct {
 var (
 	_ CommandRunner = Runner{}
 	_ StdinRunner   = Runner{}
+	_ StdoutRunner  = Runner{}
 )
 
 func (r Runner) command(ctx context.Context, name string, args []string) *exec.Cmd {
@@ -102,6 +113,35 @@ func (r Runner) RunStdin(ctx context.Context, stdin io.Reader, name string, args
 		return out.Bytes(), commandError(ctx, name, args, err, out.String())
 	}
 	return out.Bytes(), nil
+}
+
+// RunStdout implements StdoutRunner.
+func (r Runner) RunStdout(ctx context.Context, stdout io.Writer, name string, args ...string) error {
+	cmd := r.command(ctx, name, args)
+	var stderr bytes.Buffer
+	cmd.Stdout = stdout
+	cmd.Stderr = &tailBuffer{buf: &stderr, max: 64 << 10}
+	if err := cmd.Run(); err != nil {
+		return commandError(ctx, name, args, err, stderr.String())
+	}
+	return nil
+}
+
+// tailBuffer keeps about the last max bytes written to it: a long-running
+// command's chatter must not grow without bound.
+type tailBuffer struct {
+	buf *bytes.Buffer
+	max int
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.buf.Write(p)
+	if t.buf.Len() > 2*t.max {
+		b := append([]byte(nil), t.buf.Bytes()[t.buf.Len()-t.max:]...)
+		t.buf.Reset()
+		t.buf.Write(b)
+	}
+	return len(p), nil
 }
 
 func commandError(ctx context.Context, name string, args []string, err error, stderr string) error {

@@ -142,13 +142,15 @@ func TestKernelPullFromCatalog(t *testing.T) {
 		}
 		w.Write(data)
 	}))
-	defer srv.Close()
 	catalog := filepath.Join(t.TempDir(), "catalog.json")
-	os.WriteFile(catalog, []byte(fmt.Sprintf(`[
+	writeCatalog := func(url string) {
+		os.WriteFile(catalog, []byte(fmt.Sprintf(`[
 		{"name":"test-cloud","description":"test","url":"%[1]s/k.deb","size":%[2]d,"sha256":"%[3]s"},
 		{"name":"bad-sum","description":"test","url":"%[1]s/k.deb","size":%[2]d,"sha256":"%[4]s"},
-		{"name":"gone","description":"test","url":"%[1]s/missing.deb","size":1,"sha256":"%[3]s"}]`,
-		srv.URL, len(data), hex.EncodeToString(sum[:]), strings.Repeat("0", 64))), 0o644)
+		{"name":"gone","description":"test","url":"%[1]s/missing.deb","size":1,"sha256":"%[5]s"}]`,
+			url, len(data), hex.EncodeToString(sum[:]), strings.Repeat("0", 64), strings.Repeat("1", 64))), 0o644)
+	}
+	writeCatalog(srv.URL)
 	in := newInstance(t)
 	in.env = append(in.env, "BANGER_KERNEL_CATALOG="+catalog)
 
@@ -165,6 +167,17 @@ func TestKernelPullFromCatalog(t *testing.T) {
 	if k.Source != "catalog:test-cloud" || k.Initrd == "" {
 		t.Errorf("pulled kernel = %+v", k)
 	}
+	// Downloaded kernels are kept by hash: after rm, a pull downloads
+	// nothing, even with the server gone.
+	in.ok("kernel", "rm", "test-cloud")
+	srv.Close()
+	if out := in.ok("kernel", "pull", "-q", "test-cloud"); out != "test-cloud\n" {
+		t.Errorf("pull from the cache = %q", out)
+	}
+	in.jsonOut(&k, "kernel", "show", "test-cloud", "--json")
+	srv = httptest.NewServer(srv.Config.Handler)
+	defer srv.Close()
+	writeCatalog(srv.URL)
 	in.fails("sha256", "kernel", "pull", "bad-sum")
 	in.fails("HTTP 404", "kernel", "pull", "gone")
 	in.fails("no kernel \"nope\" in the catalog", "kernel", "pull", "nope")

@@ -96,7 +96,13 @@ func (in *instance) run(args ...string) result {
 
 func (in *instance) runEnv(extra []string, args ...string) result {
 	in.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	return in.runLimit(2*time.Minute, extra, args...)
+}
+
+// runLimit runs the CLI with extra environment, killing it after limit.
+func (in *instance) runLimit(limit time.Duration, extra []string, args ...string) result {
+	in.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "banger"), args...)
 	cmd.Env = append(append([]string{}, in.env...), extra...)

@@ -55,7 +55,8 @@ func TestVMRunAsANewUser(t *testing.T) {
 	var checks []struct{ Name, Status, Detail, Fix string }
 	in.jsonOut(&checks, "doctor", "--json")
 	want := map[string]string{"daemon": "PASS", "versions": "PASS", "qemu": "PASS", "e2fsprogs": "PASS", "nftables": "PASS",
-		"bridge": "PASS", "dns": "PASS", "default image": "PASS", "default kernel": "PASS", "jailer": "PASS", ".vm names": "PASS"}
+		"bridge": "PASS", "dns": "PASS", "default image": "PASS", "default kernel": "PASS", "jailer": "PASS", ".vm names": "PASS",
+		"image build": "PASS", "archive keys": "PASS"}
 	want["kvm"] = "WARN"
 	if qemu.Probe().KVM {
 		want["kvm"] = "PASS"
