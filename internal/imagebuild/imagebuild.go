@@ -36,6 +36,7 @@ var DefaultPackages = []string{
 // Distro is a distribution mmdebstrap can build.
 type Distro struct {
 	Name         string
+	Display      string // as people write it: Debian
 	DefaultSuite string
 	Mirror       string // the archive, when the host names none
 	Security     string // the security archive
@@ -49,13 +50,13 @@ type Distro struct {
 // Distros are the distributions banger builds.
 var Distros = map[string]Distro{
 	"debian": {
-		Name: "debian", DefaultSuite: "bookworm",
+		Name: "debian", Display: "Debian", DefaultSuite: "bookworm",
 		Mirror: "http://deb.debian.org/debian", Security: "http://deb.debian.org/debian-security",
 		Components: "main",
 		Hint:       "check that the Debian archive is reachable (apt-get update), or import a root file system with `banger image import FILE --name debian`",
 	},
 	"ubuntu": {
-		Name: "ubuntu", DefaultSuite: "noble",
+		Name: "ubuntu", Display: "Ubuntu", DefaultSuite: "noble",
 		Mirror: "http://archive.ubuntu.com/ubuntu", Security: "http://security.ubuntu.com/ubuntu",
 		Components: "main universe",
 		Keyring:    "/usr/share/keyrings/ubuntu-archive-keyring.gpg",
@@ -149,7 +150,7 @@ func Build(ctx context.Context, runner system.CommandRunner, spec Spec, m Mirror
 	}
 	if k := spec.Distro.Keyring; k != "" {
 		if _, err := os.Stat(k); err != nil {
-			return fmt.Errorf("%w: building %s needs the archive's keyring %s: `apt-get install %s-keyring`", ErrBuild, spec, k, spec.Distro.Name)
+			return fmt.Errorf("%w: building %s needs the archive's keyring %s (package %s-keyring, in %s and in Debian from trixie on); %s", ErrBuild, spec, k, spec.Distro.Name, spec.Distro.Display, spec.Distro.Hint)
 		}
 	}
 	err := sr.RunStdout(ctx, w, "mmdebstrap", Args(spec, m)...)
