@@ -59,7 +59,7 @@ for i in $(seq "$count"); do
 	t0=$(now)
 	mkdir "$work/x"
 	tar --numeric-owner --xattrs -xf "$work/rootfs.tar" -C "$work/x"
-	mkfs.ext4 -q -F -d "$work/x" "$work/hand.ext4" 2G
+	mkfs.ext4 -q -F -d "$work/x" "$work/hand.ext4" 2G >/dev/null
 	t1=$(now)
 	elapsed >>"$work/hand"
 	rm -rf "$work/x" "$work/hand.ext4"

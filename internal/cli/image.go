@@ -46,7 +46,8 @@ your Docker configuration (~/.docker/config.json, credential helpers).`,
 				return err
 			}
 			return runImageOp(cmd, o.outputFlags, args[0], 0, func(onEvent func(api.Event)) (*api.Image, error) {
-				return pullOrBuild(cmd.Context(), c, args[0], o.name, cmd.ErrOrStderr(), onEvent)
+				img, err := c.PullImage(cmd.Context(), api.PullRequest{Ref: args[0], Name: o.name, Auth: userAuth(args[0])}, onEvent)
+				return img, withBuildHint(err, args[0])
 			})
 		},
 	}

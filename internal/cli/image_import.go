@@ -268,6 +268,24 @@ var buildRecipes = map[string]string{
 	"ubuntu": "ubuntu:noble",
 }
 
+// withBuildHint adds to a pull of Debian or Ubuntu that could not reach
+// its registry how to build the same from the package archive.
+func withBuildHint(err error, ref string) error {
+	var apiErr *client.APIError
+	if err == nil || !errors.As(err, &apiErr) || apiErr.Code != api.CodeUnreachable {
+		return err
+	}
+	repo, tag, _ := strings.Cut(normalizeShort(ref), ":")
+	if _, ok := buildRecipes[repo]; !ok {
+		return err
+	}
+	spec := buildRecipes[repo]
+	if tag != "" && tag != "latest" && !strings.ContainsAny(tag[:1], "0123456789") {
+		spec = repo + ":" + tag // a codename: debian:trixie
+	}
+	return fmt.Errorf("%w; build it from the package archive instead: `banger image build %s`", err, spec)
+}
+
 // pullOrBuild pulls the image a catalog name or reference stands for,
 // and for catalog names with a recipe builds it from the package archive
 // instead when the registry cannot be reached, saying why on w.

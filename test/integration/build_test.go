@@ -65,6 +65,8 @@ func TestVMRunOfflineDefault(t *testing.T) {
 	in.jsonOut(&before, "image", "list", "--json")
 	in.fails("image build failed: mmdebstrap debian:nosuchsuite", "image", "build", "debian:nosuchsuite")
 	in.fails("unknown distribution \"fedora\"", "image", "build", "fedora:40")
+	in.fails("registry unreachable: cannot reach index.docker.io", "image", "pull", "alpine:3.20")
+	in.fails("build it from the package archive instead: `banger image build debian:trixie`", "image", "pull", "debian:trixie")
 	in.fails("already exists", "image", "build", "debian", "--name", "debian")
 	var ids []string
 	for _, i := range before {
