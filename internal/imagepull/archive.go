@@ -168,15 +168,15 @@ func checkPlatform(cfg *v1.ConfigFile, what string) error {
 	return nil
 }
 
-// decompressAny detects gzip, zstd, xz or bzip2 by magic number; anything
-// else is passed through.
-func decompressAny(br *bufio.Reader) (io.ReadCloser, error) {
+// decompress detects gzip, zstd, xz or bzip2 by magic number; anything
+// else is passed through. Layers use the first two; import sources any.
+func decompress(br *bufio.Reader) (io.ReadCloser, error) {
 	magic, _ := br.Peek(6)
 	switch {
 	case bytes.HasPrefix(magic, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
 		zr, err := xz.NewReader(br)
 		if err != nil {
-			return nil, fmt.Errorf("%w: xz: %v", ErrBadSource, err)
+			return nil, fmt.Errorf("xz: %v", err)
 		}
 		return io.NopCloser(zr), nil
 	case bytes.HasPrefix(magic, []byte("BZh")):
@@ -184,13 +184,13 @@ func decompressAny(br *bufio.Reader) (io.ReadCloser, error) {
 	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
 		zr, err := gzip.NewReader(br)
 		if err != nil {
-			return nil, fmt.Errorf("%w: gzip: %v", ErrBadSource, err)
+			return nil, fmt.Errorf("gzip: %v", err)
 		}
 		return zr, nil
 	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
 		zr, err := zstd.NewReader(br)
 		if err != nil {
-			return nil, fmt.Errorf("%w: zstd: %v", ErrBadSource, err)
+			return nil, fmt.Errorf("zstd: %v", err)
 		}
 		return zr.IOReadCloser(), nil
 	}

@@ -140,9 +140,9 @@ func (p *Puller) Import(ctx context.Context, req ImportRequest) (*Result, error)
 		return nil, fmt.Errorf("%w: %v", ErrBadSource, err)
 	}
 	counted := &receiveReader{r: &ctxReader{ctx: ctx, r: req.Source}, report: req.report, stage: StageReceive}
-	raw, err := decompressAny(bufio.NewReaderSize(counted, 1<<20))
+	raw, err := decompress(bufio.NewReaderSize(counted, 1<<20))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %v", ErrBadSource, err)
 	}
 	defer raw.Close()
 	end := &endReader{r: raw}

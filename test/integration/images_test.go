@@ -355,13 +355,7 @@ func TestDiskFullMidPull(t *testing.T) {
 	reg := imagetest.StartRegistry(t)
 	ref := randomImage(t, reg, "big/img:1", 24<<20)
 	in := newInstance(t)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "banger-test", in.home).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		in.stopDaemon()
-		exec.Command("umount", "-l", in.home).Run()
-	})
+	in.smallDisk(t, "20m")
 	r := in.fails("no space left on device", "image", "pull", ref)
 	if !strings.Contains(r.stderr, "prune") {
 		t.Errorf("no advice in %q", r.stderr)
@@ -374,4 +368,17 @@ func TestDiskFullMidPull(t *testing.T) {
 	if len(list) != 0 {
 		t.Errorf("records after disk full: %+v", list)
 	}
+}
+
+// smallDisk puts the instance's home on a tmpfs of the given size, so
+// that a pull or import fills it up.
+func (in *instance) smallDisk(t *testing.T, size string) {
+	t.Helper()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "banger-test", in.home).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() {
+		in.stopDaemon()
+		exec.Command("umount", "-l", in.home).Run()
+	})
 }

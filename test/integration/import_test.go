@@ -221,13 +221,7 @@ func TestDiskFullMidImport(t *testing.T) {
 	testenv.RequireRoot(t)
 	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
 	in := newInstance(t)
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=20m", "banger-test", in.home).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
-	}
-	t.Cleanup(func() {
-		in.stopDaemon()
-		exec.Command("umount", "-l", in.home).Run()
-	})
+	in.smallDisk(t, "20m")
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	tw.WriteHeader(&tar.Header{Name: "bin/sh", Mode: 0o755, Size: 2, Typeflag: tar.TypeReg})
