@@ -118,7 +118,7 @@ type CatalogKernel struct {
 type VM struct {
 	ID        string   `json:"id"`
 	Name      string   `json:"name"`
-	State     string   `json:"state"` // created, starting, running, stopping, stopped, error
+	State     string   `json:"state"` // created, starting, running, paused, stopping, stopped, error
 	Image     string   `json:"image"`
 	Kernel    string   `json:"kernel"`
 	VMM       string   `json:"vmm"` // firecracker or qemu
@@ -259,22 +259,23 @@ type Error struct {
 
 // Stable error codes.
 const (
-	CodeNotFound    = "not_found"
-	CodeExists      = "exists"
-	CodeInvalid     = "invalid"
-	CodeConflict    = "conflict"
-	CodeForbidden   = "forbidden"
-	CodeAuth        = "registry_auth"
-	CodeUnreachable = "registry_unreachable"
-	CodeBadImage    = "bad_image"
-	CodeNoSpace     = "no_space"
-	CodeBadKernel   = "bad_kernel"
-	CodeDownload    = "download_failed"
-	CodeVMStart     = "vm_start_failed"
-	CodeNetwork     = "network_unavailable"
-	CodeAgent       = "agent_unavailable"
-	CodeCanceled    = "canceled"
-	CodeAmbiguous   = "ambiguous"
-	CodeBuild       = "build_failed"
-	CodeInternal    = "internal"
+	CodeNotFound     = "not_found"
+	CodeExists       = "exists"
+	CodeInvalid      = "invalid"
+	CodeConflict     = "conflict"
+	CodeForbidden    = "forbidden"
+	CodeAuth         = "registry_auth"
+	CodeUnreachable  = "registry_unreachable"
+	CodeBadImage     = "bad_image"
+	CodeNoSpace      = "no_space"
+	CodeBadKernel    = "bad_kernel"
+	CodeDownload     = "download_failed"
+	CodeVMStart      = "vm_start_failed"
+	CodeNetwork      = "network_unavailable"
+	CodeAgent        = "agent_unavailable"
+	CodeCanceled     = "canceled"
+	CodeAmbiguous    = "ambiguous"
+	CodeNotSupported = "not_supported"
+	CodeBuild        = "build_failed"
+	CodeInternal     = "internal"
 )

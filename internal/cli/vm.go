@@ -26,6 +26,8 @@ func newVMCommand(a *app) *cobra.Command {
 		{"stop", "Shut a VM down gracefully (killed after 30 s)"},
 		{"restart", "Stop a VM, then start it"},
 		{"kill", "Stop a VM at once"},
+		{"pause", "Freeze a running VM: its VMM keeps its memory, the guest stops running"},
+		{"resume", "Thaw a paused VM"},
 	} {
 		cmd.AddCommand(newVMActionCommand(a, action.name, action.short))
 	}

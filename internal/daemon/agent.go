@@ -38,6 +38,9 @@ func (d *Daemon) agentSession(ctx context.Context, v api.VM) (*vsockagent.Sessio
 	if !vm.State(v.State).Live() {
 		return nil, fmt.Errorf("%w: VM %q is %s: start it with `banger vm start %s`", errConflict, v.Name, v.State, v.Name)
 	}
+	if vm.State(v.State) == vm.Paused {
+		return nil, fmt.Errorf("%w: VM %q is paused: resume it with `banger vm resume %s`", errConflict, v.Name, v.Name)
+	}
 	d.agents.mu.Lock()
 	if d.agents.sessions == nil {
 		d.agents.sessions, d.agents.dialing = map[string]*vsockagent.Session{}, map[string]*sync.Mutex{}

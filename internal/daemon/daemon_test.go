@@ -8,9 +8,11 @@ import (
 	"testing"
 
 	"banger/internal/api"
+	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
 	"banger/internal/store"
 	"banger/internal/vm"
+	"banger/internal/vmm"
 )
 
 func TestClassify(t *testing.T) {
@@ -33,6 +35,10 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", errForbidden), http.StatusForbidden, api.CodeForbidden},
 		{fmt.Errorf("x: %w", vm.ErrInvalidState), http.StatusConflict, api.CodeConflict},
 		{fmt.Errorf("x: %w", errVMStart), http.StatusInternalServerError, api.CodeVMStart},
+		{fmt.Errorf("x: %w", vmm.ErrNotSupported), http.StatusNotImplemented, api.CodeNotSupported},
+		{fmt.Errorf("x: %w", imagepull.ErrBadSource), http.StatusUnprocessableEntity, api.CodeBadImage},
+		{fmt.Errorf("x: %w", imagepull.ErrAmbiguous), http.StatusConflict, api.CodeAmbiguous},
+		{fmt.Errorf("x: %w", imagebuild.ErrBuild), http.StatusBadGateway, api.CodeBuild},
 		{errors.New("boom"), http.StatusInternalServerError, api.CodeInternal},
 	}
 	for _, c := range cases {

@@ -19,6 +19,7 @@ import (
 	"banger/internal/store"
 	"banger/internal/version"
 	"banger/internal/vm"
+	"banger/internal/vmm"
 )
 
 // Errors of the daemon itself; writeError maps them to API codes.
@@ -124,6 +125,8 @@ func classify(err error) (int, string) {
 		return http.StatusBadRequest, api.CodeInvalid
 	case errors.Is(err, vm.ErrInvalidState):
 		return http.StatusConflict, api.CodeConflict
+	case errors.Is(err, vmm.ErrNotSupported):
+		return http.StatusNotImplemented, api.CodeNotSupported
 	case errors.Is(err, errAgent):
 		return http.StatusBadGateway, api.CodeAgent
 	case errors.Is(err, errNetwork):

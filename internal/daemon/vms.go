@@ -549,6 +549,8 @@ func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 		out, err = d.stopVMLocked(r.Context(), v, false)
 	case "kill":
 		out, err = d.stopVMLocked(r.Context(), v, true)
+	case "pause", "resume":
+		out, err = d.pauseVMLocked(r.Context(), v, action == "pause")
 	default:
 		return fmt.Errorf("%w: no VM action %q", store.ErrNotFound, action)
 	}
@@ -565,6 +567,15 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 	ev := vm.EvStop
 	if kill {
 		ev = vm.EvKill
+	}
+	if vm.State(v.State) == vm.Paused && !kill {
+		// The guest must run to sync and power off; if it cannot be
+		// thawed, the stop ends in the kill at the deadline.
+		if p, err := d.pauser(v); err == nil {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			p.Resume(rctx)
+			cancel()
+		}
 	}
 	if err := d.transition(ctx, &v, ev, v.PID, ""); err != nil {
 		return nil, err
@@ -782,6 +793,15 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 			}
 			d.setMachine(v.ID, m)
 			go d.watchExit(v, m)
+			if v.State == string(vm.Paused) {
+				// The record says paused: make sure the VMM agrees (the
+				// daemon may have died between a resume and its record).
+				if p, ok := m.(vmm.Pauser); ok {
+					if err := p.Pause(ctx); err != nil {
+						d.log.Warn("vm recorded as paused could not be paused again", "vm", v.Name, "err", err)
+					}
+				}
+			}
 			d.log.Info("vm still running", "vm", v.Name, "pid", v.PID)
 		default:
 			if err := d.transition(ctx, &v, vm.EvExited, 0, ""); err != nil {

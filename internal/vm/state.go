@@ -16,6 +16,7 @@ const (
 	Created  State = "created"  // disks made, never started
 	Starting State = "starting" // VMM launched, waiting for the agent
 	Running  State = "running"  // the agent said ready
+	Paused   State = "paused"   // frozen by the user: the VMM runs, the guest does not
 	Stopping State = "stopping" // asked to shut down
 	Stopped  State = "stopped"  // no VMM process
 	Error    State = "error"    // failed to start or died; can be started again
@@ -32,6 +33,8 @@ const (
 	EvExited  Event = "exited"  // the VMM process is gone
 	EvKill    Event = "kill"    // the user kills it
 	EvRecover Event = "recover" // the daemon found its process alive after a restart
+	EvPause   Event = "pause"   // the user freezes the guest
+	EvResume  Event = "resume"  // the user thaws it
 )
 
 // ErrInvalidState means an operation does not apply to the VM's state.
@@ -40,7 +43,10 @@ var ErrInvalidState = errors.New("invalid state")
 var transitions = map[State]map[Event]State{
 	Created:  {EvStart: Starting},
 	Starting: {EvReady: Running, EvFail: Error, EvExited: Error, EvKill: Stopped, EvStop: Stopping},
-	Running:  {EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Running},
+	Running:  {EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Running, EvPause: Paused},
+	// A paused VM is stopped by thawing it first, so that its guest can
+	// sync and power off.
+	Paused:   {EvResume: Running, EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Paused},
 	Stopping: {EvExited: Stopped, EvKill: Stopped, EvRecover: Stopping},
 	Stopped:  {EvStart: Starting},
 	Error:    {EvStart: Starting, EvKill: Error, EvExited: Error},
@@ -58,9 +64,13 @@ func Next(s State, ev Event) (State, error) {
 		hint = ": it is already " + string(s)
 	case EvStop, EvKill:
 		hint = ": it is not running"
+	case EvPause:
+		hint = ": only a running VM can be paused"
+	case EvResume:
+		hint = ": it is not paused"
 	}
 	return s, fmt.Errorf("%w: cannot %s a VM that is %s%s", ErrInvalidState, ev, s, hint)
 }
 
 // Live reports whether a VMM process should exist in state s.
-func (s State) Live() bool { return s == Starting || s == Running || s == Stopping }
+func (s State) Live() bool { return s == Starting || s == Running || s == Paused || s == Stopping }

@@ -8,8 +8,8 @@ import (
 // Every (state, event) pair: the allowed ones and their target, and that
 // every other pair is refused with ErrInvalidState.
 func TestTransitions(t *testing.T) {
-	states := []State{Created, Starting, Running, Stopping, Stopped, Error}
-	events := []Event{EvStart, EvReady, EvFail, EvStop, EvExited, EvKill, EvRecover}
+	states := []State{Created, Starting, Running, Paused, Stopping, Stopped, Error}
+	events := []Event{EvStart, EvReady, EvFail, EvStop, EvExited, EvKill, EvRecover, EvPause, EvResume}
 	allowed := map[[2]string]State{
 		{"created", "start"}:    Starting,
 		{"starting", "ready"}:   Running,
@@ -21,6 +21,12 @@ func TestTransitions(t *testing.T) {
 		{"running", "exited"}:   Stopped,
 		{"running", "kill"}:     Stopped,
 		{"running", "recover"}:  Running,
+		{"running", "pause"}:    Paused,
+		{"paused", "resume"}:    Running,
+		{"paused", "stop"}:      Stopping,
+		{"paused", "exited"}:    Stopped,
+		{"paused", "kill"}:      Stopped,
+		{"paused", "recover"}:   Paused,
 		{"stopping", "exited"}:  Stopped,
 		{"stopping", "kill"}:    Stopped,
 		{"stopping", "recover"}: Stopping,
@@ -46,10 +52,13 @@ func TestTransitions(t *testing.T) {
 	if _, err := Next(Running, EvStart); err == nil || err.Error() != "invalid state: cannot start a VM that is running: it is already running" {
 		t.Errorf("message: %v", err)
 	}
+	if _, err := Next(Stopped, EvResume); err == nil || err.Error() != "invalid state: cannot resume a VM that is stopped: it is not paused" {
+		t.Errorf("message: %v", err)
+	}
 }
 
 func TestLive(t *testing.T) {
-	for s, want := range map[State]bool{Created: false, Starting: true, Running: true, Stopping: true, Stopped: false, Error: false} {
+	for s, want := range map[State]bool{Created: false, Starting: true, Running: true, Paused: true, Stopping: true, Stopped: false, Error: false} {
 		if s.Live() != want {
 			t.Errorf("%s.Live() = %v", s, !want)
 		}

@@ -1,0 +1,55 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+)
+
+// pauseVMLocked freezes (pause) or thaws v's guest through its VMM: QMP
+// stop/cont under QEMU, PATCH /vm under Firecracker. The state changes
+// only once the VMM did it, so a failed pause leaves the VM running.
+func (d *Daemon) pauseVMLocked(ctx context.Context, v api.VM, pause bool) (*api.VM, error) {
+	ev, doing := vm.EvPause, "pausing"
+	if !pause {
+		ev, doing = vm.EvResume, "resuming"
+	}
+	if _, err := vm.Next(vm.State(v.State), ev); err != nil {
+		return nil, fmt.Errorf("VM %q: %w", v.Name, err)
+	}
+	p, err := d.pauser(v)
+	if err != nil {
+		return nil, err
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	op := p.Resume
+	if pause {
+		op = p.Pause
+	}
+	if err := op(pctx); err != nil {
+		return nil, fmt.Errorf("%s VM %q: %w", doing, v.Name, err)
+	}
+	if err := d.transition(ctx, &v, ev, v.PID, ""); err != nil {
+		return nil, err
+	}
+	d.log.Info("vm "+string(ev)+"d", "vm", v.Name)
+	return &v, nil
+}
+
+// pauser is the VMM handle of a live VM that can pause.
+func (d *Daemon) pauser(v api.VM) (vmm.Pauser, error) {
+	m := d.machine(v.ID)
+	if m == nil {
+		return nil, fmt.Errorf("%w: VM %q: bangerd has no handle on its VMM (it could not adopt it after a restart): it can only be killed, `banger vm kill %s`", errConflict, v.Name, v.Name)
+	}
+	p, ok := m.(vmm.Pauser)
+	if !ok {
+		return nil, fmt.Errorf("%w: VM %q: its VMM (%s) cannot pause", vmm.ErrNotSupported, v.Name, v.VMM)
+	}
+	return p, nil
+}
