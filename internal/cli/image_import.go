@@ -300,13 +300,23 @@ func pullOrBuild(ctx context.Context, c *client.Client, ref, name string, w io.W
 	img, err := c.PullImage(ctx, api.PullRequest{Ref: pullRef, Name: name, Auth: userAuth(pullRef)}, onEvent)
 	spec, buildable := buildRecipes[ref]
 	var apiErr *client.APIError
-	if err == nil || !buildable || !errors.As(err, &apiErr) || apiErr.Code != api.CodeUnreachable {
+	if err == nil || !buildable || !errors.As(err, &apiErr) {
 		return img, err
 	}
-	why := fmt.Sprintf("%s is unreachable", pullRef)
-	if isTerminal(w) {
-		fmt.Fprint(w, "\r\033[K") // the pull's status line
+	why := ""
+	switch apiErr.Code {
+	case api.CodeUnreachable:
+		why = fmt.Sprintf("%s is unreachable", pullRef)
+		if isTerminal(w) {
+			fmt.Fprint(w, "\r\033[K") // the pull's status line
+		}
+		fmt.Fprintf(w, "banger: %s (%s); building %s from the package archive with mmdebstrap instead\n", why, apiErr.Message, spec)
+	case api.CodeConflict:
+		// Another command is building it already: the build request
+		// joins that build (and fails as a conflict if it is something
+		// else under this name).
+	default:
+		return nil, err
 	}
-	fmt.Fprintf(w, "banger: %s (%s); building %s from the package archive with mmdebstrap instead\n", why, apiErr.Message, spec)
 	return c.BuildImage(ctx, api.BuildRequest{Name: name, Spec: spec, Why: why}, onEvent)
 }

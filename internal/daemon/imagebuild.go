@@ -10,6 +10,8 @@ import (
 	"banger/internal/api"
 	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
+	"banger/internal/paths"
+	"banger/internal/store"
 )
 
 // StageBuild reports that mmdebstrap is building a root file system.
@@ -31,27 +33,41 @@ func (d *Daemon) handleBuild(w http.ResponseWriter, r *http.Request) error {
 	if name == "" {
 		name = spec.String()
 	}
-	release, err := d.reserveImageName(r.Context(), name)
-	if err != nil {
+	if err := validateImageName(name); err != nil {
 		return err
 	}
-	defer release()
+	if _, err := paths.GuestAgentBinary(); err != nil {
+		return err
+	}
+	if existing, err := d.store.Image(r.Context(), name); err == nil {
+		return fmt.Errorf("%w: image %q exists (%s): remove it with `banger image rm %s` or choose another --name", store.ErrExists, name, existing.Source, name)
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
 	mirrors := imagebuild.HostMirrors(spec.Distro, d.aptDir())
-	ew := newEventWriter(w)
+	source := "mmdebstrap " + spec.String()
 	msg := fmt.Sprintf("mmdebstrap %s from %s", spec, mirrors.Archive)
 	if req.Why != "" {
 		msg = req.Why + ": " + msg
 	}
-	ew.emit(api.Event{Type: api.EventProgress, Stage: stageBuild, Message: msg})
-	img, err := d.publishImage(r.Context(), name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
-		return d.buildRootfs(ctx, spec, mirrors, func(src io.Reader) (*imagepull.Result, error) {
-			return d.puller.Import(ctx, imagepull.ImportRequest{
-				Source: src, Dir: staging, Assets: assets,
-				Progress: func(p imagepull.Progress) { ew.emit(progressEvent(p)) },
+	// Builds of the same name and spec share one job, as pulls do: two
+	// `vm run`s on a machine without Docker Hub build the default image
+	// once, and both get it.
+	job, sub, err := d.startOrJoin(name, source, func(job *pullJob) (*api.Image, error) {
+		job.publish(api.Event{Type: api.EventProgress, Stage: stageBuild, Message: msg})
+		return d.publishImage(job.ctx, name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
+			return d.buildRootfs(ctx, spec, mirrors, func(src io.Reader) (*imagepull.Result, error) {
+				return d.puller.Import(ctx, imagepull.ImportRequest{
+					Source: src, Dir: staging, Assets: assets,
+					Progress: func(p imagepull.Progress) { job.publish(progressEvent(p)) },
+				})
 			})
-		})
-	}, func(*imagepull.Result) string { return "mmdebstrap " + spec.String() })
-	d.endImageStream(ew, "image built", img, err)
+		}, func(*imagepull.Result) string { return source })
+	})
+	if err != nil {
+		return err
+	}
+	d.streamJob(w, r, job, sub)
 	return nil
 }
 

@@ -100,11 +100,12 @@ func (d *Daemon) handlePrune(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// pullJob is one pull under way; every request for the same image name
-// and reference shares it.
+// pullJob is one pull or build under way; every request for the same
+// image name and source (ref: a reference, or "mmdebstrap SPEC") shares
+// it. run does the work on ctx, which ends when the last waiter leaves.
 type pullJob struct {
 	name, ref string
-	req       api.PullRequest
+	run       func(*pullJob) (*api.Image, error)
 	ctx       context.Context
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -183,11 +184,18 @@ func (d *Daemon) handlePull(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 
-	job, err := d.startOrJoin(name, ref.Name(), req)
+	job, sub, err := d.startOrJoin(name, ref.Name(), func(job *pullJob) (*api.Image, error) { return d.pullAndPublish(job, req) })
 	if err != nil {
 		return err
 	}
-	sub := job.join()
+	d.streamJob(w, r, job, sub)
+	return nil
+}
+
+// streamJob sends a job's progress (from sub, the client's subscription)
+// to one client until the job ends (its result or error last) or the
+// client goes; the last client to go cancels the job.
+func (d *Daemon) streamJob(w http.ResponseWriter, r *http.Request, job *pullJob, sub chan api.Event) {
 	ew := newEventWriter(w)
 	for {
 		select {
@@ -205,10 +213,10 @@ func (d *Daemon) handlePull(w http.ResponseWriter, r *http.Request) error {
 			} else {
 				ew.emit(api.Event{Type: api.EventResult, Stage: imagepull.StageDone, Image: job.img})
 			}
-			return nil
+			return
 		case <-r.Context().Done():
 			job.leave(sub)
-			return nil
+			return
 		}
 	}
 }
@@ -234,34 +242,37 @@ func (d *Daemon) pullExisting(w http.ResponseWriter, r *http.Request, req api.Pu
 	return nil
 }
 
-func (d *Daemon) startOrJoin(name, ref string, req api.PullRequest) (*pullJob, error) {
+func (d *Daemon) startOrJoin(name, ref string, run func(*pullJob) (*api.Image, error)) (*pullJob, chan api.Event, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.pruning {
-		return nil, fmt.Errorf("%w: the blob cache is being pruned: pull again in a moment", errConflict)
+		return nil, nil, fmt.Errorf("%w: the blob cache is being pruned: pull again in a moment", errConflict)
 	}
 	if d.building[name] {
-		return nil, fmt.Errorf("%w: image %q is being imported or built: wait for it or pull under another --name", errConflict, name)
+		return nil, nil, fmt.Errorf("%w: image %q is being imported: wait for it or use another --name", errConflict, name)
 	}
 	if job := d.pulls[name]; job != nil {
 		if job.ref != ref {
-			return nil, fmt.Errorf("%w: image %q is being pulled from %s: wait for it or pull under another --name", errConflict, name, job.ref)
+			return nil, nil, fmt.Errorf("%w: image %q is being made from %s: wait for it or use another --name", errConflict, name, job.ref)
 		}
-		return job, nil
+		return job, job.join(), nil
 	}
 	ctx, cancel := context.WithCancel(d.jobCtx)
-	job := &pullJob{name: name, ref: ref, req: req, ctx: ctx, cancel: cancel, done: make(chan struct{}), subs: map[chan api.Event]struct{}{}}
+	job := &pullJob{name: name, ref: ref, run: run, ctx: ctx, cancel: cancel, done: make(chan struct{}), subs: map[chan api.Event]struct{}{}}
 	d.pulls[name] = job
 	d.jobs.Add(1)
+	// The first client subscribes before the work starts, so it sees
+	// every event.
+	sub := job.join()
 	go d.runPull(job)
-	return job, nil
+	return job, sub, nil
 }
 
 func (d *Daemon) runPull(job *pullJob) {
 	defer d.jobs.Done()
 	defer job.cancel()
 	start := time.Now()
-	img, err := d.pullAndPublish(job)
+	img, err := job.run(job)
 	d.mu.Lock()
 	delete(d.pulls, job.name)
 	d.mu.Unlock()
@@ -270,18 +281,18 @@ func (d *Daemon) runPull(job *pullJob) {
 	job.mu.Unlock()
 	close(job.done)
 	if err != nil {
-		d.log.Warn("pull failed", "image", job.name, "ref", job.ref, "err", err)
+		d.log.Warn("image failed", "image", job.name, "from", job.ref, "err", err)
 		return
 	}
-	d.log.Info("image pulled", "image", job.name, "ref", job.ref, "digest", img.Digest, "duration", time.Since(start))
+	d.log.Info("image made", "image", job.name, "from", job.ref, "digest", img.Digest, "duration", time.Since(start))
 }
 
 // pullAndPublish pulls the image into a staging directory, renames it
 // into place and records it. Any failure removes everything it made.
-func (d *Daemon) pullAndPublish(job *pullJob) (*api.Image, error) {
+func (d *Daemon) pullAndPublish(job *pullJob, req api.PullRequest) (*api.Image, error) {
 	return d.publishImage(job.ctx, job.name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
 		return d.puller.Pull(ctx, imagepull.Request{
-			Ref: job.req.Ref, Dir: staging, Assets: assets, Auth: toAuthConfig(job.req.Auth),
+			Ref: req.Ref, Dir: staging, Assets: assets, Auth: toAuthConfig(req.Auth),
 			Progress: func(p imagepull.Progress) { job.publish(progressEvent(p)) },
 		})
 	}, func(*imagepull.Result) string { return imagepull.KindRegistry })

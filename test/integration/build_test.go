@@ -1,9 +1,12 @@
 package integration
 
 import (
+	"bytes"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -25,12 +28,30 @@ func TestVMRunOfflineDefault(t *testing.T) {
 	in := newInstance(t)
 	in.env = append(in.env, "HTTPS_PROXY=http://127.0.0.1:9", "https_proxy=http://127.0.0.1:9")
 
-	r := in.runLimit(15*time.Minute, nil, "vm", "run", "--network", "none", "--rm", "--", "cat", "/etc/debian_version")
-	if r.code != 0 || !regexp.MustCompile(`^\d+\.\d+\n$`).MatchString(r.stdout) {
-		t.Fatalf("vm run: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	// Two shells at once, as a new user might: one build, both VMs run.
+	var wg sync.WaitGroup
+	results := make([]result, 2)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = in.runLimit(15*time.Minute, nil, "vm", "run", "--network", "none", "--rm", "--", "cat", "/etc/debian_version")
+		}()
+		time.Sleep(2 * time.Second) // the first one starts the daemon
 	}
-	if !strings.Contains(r.stderr, "docker.io/library/debian:bookworm is unreachable") || !strings.Contains(r.stderr, "building debian:bookworm from the package archive with mmdebstrap") {
-		t.Errorf("vm run did not say why it builds: %q", r.stderr)
+	wg.Wait()
+	said := false
+	for _, r := range results {
+		if r.code != 0 || !regexp.MustCompile(`^\d+\.\d+\n$`).MatchString(r.stdout) {
+			t.Fatalf("vm run: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+		}
+		said = said || strings.Contains(r.stderr, "docker.io/library/debian:bookworm is unreachable") && strings.Contains(r.stderr, "building debian:bookworm from the package archive with mmdebstrap")
+	}
+	if !said {
+		t.Errorf("vm run did not say why it builds: %q / %q", results[0].stderr, results[1].stderr)
+	}
+	if log, _ := os.ReadFile(in.path("state", "bangerd.log")); bytes.Count(log, []byte(`"msg":"image made","image":"debian","from":"mmdebstrap debian:bookworm"`)) != 1 {
+		t.Errorf("the default image was not built exactly once:\n%s", log)
 	}
 	var img importJSON
 	in.jsonOut(&img, "image", "show", "debian", "--json")
@@ -38,7 +59,7 @@ func TestVMRunOfflineDefault(t *testing.T) {
 		t.Errorf("image show debian: %+v", img)
 	}
 	// The image has what a sandbox needs.
-	r = in.runLimit(5*time.Minute, nil, "vm", "run", "--network", "none", "--rm", "--", "sh", "-c", "git --version && curl --version | head -1 && ssh -V 2>&1 && ip -V && ls /etc/ssl/certs/ca-certificates.crt")
+	r := in.runLimit(5*time.Minute, nil, "vm", "run", "--network", "none", "--rm", "--", "sh", "-c", "git --version && curl --version | head -1 && ssh -V 2>&1 && ip -V && ls /etc/ssl/certs/ca-certificates.crt")
 	if r.code != 0 || !strings.Contains(r.stdout, "git version") || !strings.Contains(r.stdout, "curl") || !strings.Contains(r.stdout, "OpenSSH") {
 		t.Errorf("tools in the built image: exit %d, %q %q", r.code, r.stdout, r.stderr)
 	}
