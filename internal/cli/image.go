@@ -168,7 +168,7 @@ func newImageCacheCommand(a *app) *cobra.Command {
 			if asJSON {
 				return printJSON(cmd.OutOrStdout(), res)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d blobs, freed %s\n", res.RemovedBlobs, humanBytes(res.FreedBytes))
+			fmt.Fprintf(cmd.OutOrStdout(), "removed %d cached files, freed %s\n", res.RemovedBlobs, humanBytes(res.FreedBytes))
 			return nil
 		},
 	}

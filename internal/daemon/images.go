@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync"
@@ -94,6 +95,17 @@ func (d *Daemon) handlePrune(w http.ResponseWriter, r *http.Request) error {
 	removed, freed, err := d.puller.Blobs().Prune(keep)
 	if err != nil {
 		return fmt.Errorf("pruning blob cache: %w", err)
+	}
+	// Downloaded kernel packages and Debian indexes are only there to
+	// save a download; an explicit prune gives their space back too.
+	for _, dir := range []string{d.layout.KernelCacheDir(), d.layout.ArchiveCacheDir()} {
+		ents, _ := os.ReadDir(dir)
+		for _, e := range ents {
+			if fi, err := e.Info(); err == nil && fi.Mode().IsRegular() && os.Remove(filepath.Join(dir, e.Name())) == nil {
+				removed++
+				freed += fi.Size()
+			}
+		}
 	}
 	d.log.Info("blob cache pruned", "removed", removed, "freed", freed)
 	writeJSON(w, http.StatusOK, api.PruneResult{RemovedBlobs: removed, FreedBytes: freed})
