@@ -17,11 +17,12 @@ apt-get update -qq
 # mmdebstrap, gpgv, debian-archive-keyring: the default image built from
 # the Debian archive when no registry answers, and catalog kernels
 # verified against the archive's signed index.
-# curl, shellcheck, debootstrap, iproute2, nftables, util-linux (nsenter),
+# gpg (the tests sign a Debian archive of their own), curl, shellcheck,
+# debootstrap, iproute2, nftables, util-linux (nsenter),
 # openssh-client (banger vm ssh uses it; the tests too):
 # used by the tests and benchmarks. git: version stamping.
 apt-get install -y -qq --no-install-recommends e2fsprogs ca-certificates curl git shellcheck \
-	qemu-system-x86 debootstrap mmdebstrap gpgv debian-archive-keyring iproute2 nftables util-linux openssh-client >/dev/null
+	qemu-system-x86 debootstrap mmdebstrap gpgv gpg debian-archive-keyring iproute2 nftables util-linux openssh-client >/dev/null
 if ! command -v go >/dev/null; then
 	echo "Go 1.26 or newer is needed (https://go.dev/dl/); put it in /usr/local/go" >&2
 	exit 1
