@@ -13,6 +13,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/debarchive"
+	"banger/internal/imagebuild"
 	"banger/internal/system"
 	"banger/internal/vmm/qemu"
 )
@@ -125,7 +126,11 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 	if _, err := d.store.Image(ctx, cfg.DefaultImage); err == nil {
 		add("default image", api.Pass, cfg.DefaultImage, "")
 	} else {
-		add("default image", api.Warn, cfg.DefaultImage+" is not pulled yet", "it is pulled by the first `banger vm run` (or `banger image pull "+cfg.DefaultImage+"`)")
+		fix := "it is pulled by the first `banger vm run` (or `banger image pull " + cfg.DefaultImage + "`)"
+		if _, ok := imagebuild.Distros[cfg.DefaultImage]; ok {
+			fix = "the first `banger vm run` pulls it, or builds it from the package archive when the registry is unreachable (by hand: `banger image build " + cfg.DefaultImage + " --name " + cfg.DefaultImage + "`)"
+		}
+		add("default image", api.Warn, cfg.DefaultImage+" is not pulled yet", fix)
 	}
 	if _, err := d.store.Kernel(ctx, cfg.DefaultKernel); err == nil {
 		add("default kernel", api.Pass, cfg.DefaultKernel, "")
