@@ -10,11 +10,9 @@ import (
 	"banger/internal/api"
 	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
-	"banger/internal/paths"
-	"banger/internal/store"
 )
 
-// StageBuild reports that mmdebstrap is building a root file system.
+// stageBuild reports that mmdebstrap is building a root file system.
 const stageBuild = "build"
 
 // handleBuild builds an image from a distribution's package archive:
@@ -33,15 +31,7 @@ func (d *Daemon) handleBuild(w http.ResponseWriter, r *http.Request) error {
 	if name == "" {
 		name = spec.String()
 	}
-	if err := validateImageName(name); err != nil {
-		return err
-	}
-	if _, err := paths.GuestAgentBinary(); err != nil {
-		return err
-	}
-	if existing, err := d.store.Image(r.Context(), name); err == nil {
-		return fmt.Errorf("%w: image %q exists (%s): remove it with `banger image rm %s` or choose another --name", store.ErrExists, name, existing.Source, name)
-	} else if !errors.Is(err, store.ErrNotFound) {
+	if err := d.checkNewImage(r.Context(), name); err != nil {
 		return err
 	}
 	mirrors := imagebuild.HostMirrors(spec.Distro, d.aptDir())

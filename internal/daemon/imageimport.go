@@ -38,10 +38,7 @@ func (d *Daemon) handleImport(w http.ResponseWriter, r *http.Request) error {
 	if opts.Name == "" {
 		return fmt.Errorf("%w: an import needs a name: give --name", errInvalid)
 	}
-	override := imagepull.ConfigOverride{
-		Entrypoint: opts.Config.Entrypoint, Cmd: opts.Config.Cmd, Env: opts.Config.Env,
-		WorkingDir: opts.Config.WorkingDir, User: opts.Config.User,
-	}
+	override := imagepull.ConfigOverride(opts.Config)
 	if err := override.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", errInvalid, err)
 	}
@@ -66,18 +63,20 @@ func (d *Daemon) handleImport(w http.ResponseWriter, r *http.Request) error {
 			Progress: func(p imagepull.Progress) { ew.emit(progressEvent(p)) },
 		})
 	}, func(res *imagepull.Result) string { return res.Kind + " " + source })
-	d.endImageStream(ew, "image imported", img, err)
+	if err == nil {
+		d.log.Info("image imported", "image", img.Name, "source", img.Source, "digest", img.Digest)
+	}
+	emitImageEnd(ew, img, err)
 	return nil
 }
 
-// endImageStream sends the final event of an import or build stream:
+// emitImageEnd sends the final event of a pull, import or build stream:
 // the image, or the error that ended it.
-func (d *Daemon) endImageStream(ew *eventWriter, done string, img *api.Image, err error) {
+func emitImageEnd(ew *eventWriter, img *api.Image, err error) {
 	if err != nil {
 		ew.emit(api.Event{Type: api.EventError, Error: apiError(err)})
 		return
 	}
-	d.log.Info(done, "image", img.Name, "source", img.Source, "digest", img.Digest)
 	ew.emit(api.Event{Type: api.EventResult, Stage: imagepull.StageDone, Image: img})
 }
 
@@ -86,18 +85,28 @@ func progressEvent(p imagepull.Progress) api.Event {
 		Digest: p.Digest, Current: p.Current, Total: p.Total, Cached: p.Cached}
 }
 
-// reserveImageName claims name for an import or build: it must be a
-// valid name that no image, pull or other build has. release gives it up.
-func (d *Daemon) reserveImageName(ctx context.Context, name string) (release func(), err error) {
+// checkNewImage fails unless name is a valid image name that no image
+// has yet and the guest agent images need is there.
+func (d *Daemon) checkNewImage(ctx context.Context, name string) error {
 	if err := validateImageName(name); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := paths.GuestAgentBinary(); err != nil {
-		return nil, err
+		return err
 	}
 	if existing, err := d.store.Image(ctx, name); err == nil {
-		return nil, fmt.Errorf("%w: image %q exists (%s): remove it with `banger image rm %s` or choose another --name", store.ErrExists, name, existing.Source, name)
+		return fmt.Errorf("%w: image %q exists (%s): remove it with `banger image rm %s` or choose another --name", store.ErrExists, name, existing.Source, name)
 	} else if !errors.Is(err, store.ErrNotFound) {
+		return err
+	}
+	return nil
+}
+
+// reserveImageName claims name for an import (checkNewImage, and no pull,
+// build or other import of it under way). release gives it up. Imports
+// are never joined, since each brings its own stream.
+func (d *Daemon) reserveImageName(ctx context.Context, name string) (release func(), err error) {
+	if err := d.checkNewImage(ctx, name); err != nil {
 		return nil, err
 	}
 	d.mu.Lock()

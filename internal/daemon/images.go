@@ -220,11 +220,7 @@ func (d *Daemon) streamJob(w http.ResponseWriter, r *http.Request, job *pullJob,
 			for len(sub) > 0 {
 				ew.emit(<-sub)
 			}
-			if job.err != nil {
-				ew.emit(api.Event{Type: api.EventError, Error: apiError(job.err)})
-			} else {
-				ew.emit(api.Event{Type: api.EventResult, Stage: imagepull.StageDone, Image: job.img})
-			}
+			emitImageEnd(ew, job.img, job.err)
 			return
 		case <-r.Context().Done():
 			job.leave(sub)

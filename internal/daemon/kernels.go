@@ -237,10 +237,10 @@ func (d *Daemon) archive() *debarchive.Archive {
 	return &debarchive.Archive{Client: d.httpClient, Runner: d.opts.Runner, CacheDir: d.layout.ArchiveCacheDir()}
 }
 
-// debianMirrors are the host's Debian mirrors, else deb.debian.org's.
+// debianMirrors are the host's Debian mirrors, else deb.debian.org's:
+// the ones a Debian image build uses.
 func (d *Daemon) debianMirrors() debarchive.Mirrors {
-	deb := imagebuild.Distros["debian"]
-	return debarchive.HostMirrors(d.aptDir(), debarchive.Mirrors{Archive: deb.Mirror, Security: deb.Security})
+	return imagebuild.HostMirrors(imagebuild.Distros["debian"], d.aptDir())
 }
 
 // pullOCIKernel pulls an image and imports the kernel it carries:

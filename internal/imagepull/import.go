@@ -66,13 +66,7 @@ func (r ImportRequest) report(p Progress) {
 // ConfigOverride sets parts of an image's configuration. Empty fields
 // keep what the image says; Env entries replace variables of the same
 // name and add the others.
-type ConfigOverride struct {
-	Entrypoint []string
-	Cmd        []string
-	Env        []string
-	WorkingDir string
-	User       string
-}
+type ConfigOverride api.ImageConfig
 
 // Apply returns cfg with the override applied.
 func (o ConfigOverride) Apply(cfg api.ImageConfig) api.ImageConfig {
@@ -92,6 +86,9 @@ func (o ConfigOverride) Apply(cfg api.ImageConfig) api.ImageConfig {
 	}
 	if o.User != "" {
 		cfg.User = o.User
+	}
+	if len(o.Env) > 0 {
+		cfg.Env = append([]string(nil), cfg.Env...) // not the caller's array
 	}
 	for _, kv := range o.Env {
 		k, _, _ := strings.Cut(kv, "=")
@@ -183,11 +180,10 @@ func (p *Puller) Import(ctx context.Context, req ImportRequest) (*Result, error)
 // importRootfs streams a root file system tarball straight into the
 // flattener: one layer, no image config.
 func (p *Puller) importRootfs(ctx context.Context, req ImportRequest, r io.Reader, checkEnd func() error) (*Result, error) {
-	spool, err := os.CreateTemp(req.Dir, ".spool-*")
+	f, err := newFetched(req.Dir)
 	if err != nil {
-		return nil, fsError("creating spool", err)
+		return nil, err
 	}
-	f := &fetched{tree: flatten.New(spool), spool: spool}
 	defer f.close()
 	req.report(Progress{Stage: StageFlatten, Layer: 1, Layers: 1, Message: KindRootfs})
 	h := newAsyncHasher()
@@ -347,11 +343,10 @@ func (p *Puller) importArchive(ctx context.Context, req ImportRequest, r io.Read
 	if len(img.cfg.RootFS.DiffIDs) != len(img.layers) {
 		return nil, fmt.Errorf("%w: %s: the config lists %d layers, the manifest %d", ErrBadSource, img.what, len(img.cfg.RootFS.DiffIDs), len(img.layers))
 	}
-	spool, err := os.CreateTemp(req.Dir, ".spool-*")
+	f, err := newFetched(req.Dir)
 	if err != nil {
-		return nil, fsError("creating spool", err)
+		return nil, err
 	}
-	f := &fetched{tree: flatten.New(spool), spool: spool}
 	defer f.close()
 	for i, l := range img.layers {
 		f.jobs = append(f.jobs, &layerJob{desc: api.ImageLayer{Digest: l.digest, DiffID: img.cfg.RootFS.DiffIDs[i].String(), Size: l.size}, path: l.path})

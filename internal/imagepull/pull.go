@@ -200,6 +200,16 @@ type fetched struct {
 	closed bool
 }
 
+// newFetched starts an empty tree whose file contents spool to a new
+// file in dir.
+func newFetched(dir string) (*fetched, error) {
+	spool, err := os.CreateTemp(dir, ".spool-*")
+	if err != nil {
+		return nil, fsError("creating spool", err)
+	}
+	return &fetched{tree: flatten.New(spool), spool: spool}, nil
+}
+
 func (f *fetched) close() {
 	if !f.closed {
 		f.closed = true
@@ -282,11 +292,11 @@ func (p *Puller) fetch(ctx context.Context, req Request, report func(Progress)) 
 		}()
 	}
 
-	spoolFile, err := os.CreateTemp(req.Dir, ".spool-*")
+	f, err := newFetched(req.Dir)
 	if err != nil {
-		return nil, fsError("creating spool", err)
+		return nil, err
 	}
-	f := &fetched{ref: r, digest: digest, cfg: cfg, jobs: jobs, tree: flatten.New(spoolFile), spool: spoolFile}
+	f.ref, f.digest, f.cfg, f.jobs = r, digest, cfg, jobs
 	defer func() {
 		if err != nil {
 			f.close()

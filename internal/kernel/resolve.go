@@ -2,6 +2,7 @@ package kernel
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -9,7 +10,6 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
-	"strings"
 
 	"banger/internal/api"
 	"banger/internal/debarchive"
@@ -79,7 +79,7 @@ func SourceOf(e api.CatalogKernel) string {
 // a cached copy that still matches it: a kernel is downloaded once, even
 // when it is removed and pulled again. cached tells which happened.
 func CachedDownload(ctx context.Context, client *http.Client, e api.CatalogKernel, cacheDir string, progress func(int64)) (file string, cached bool, err error) {
-	if len(e.SHA256) != 64 || strings.ContainsAny(e.SHA256, "/.") {
+	if _, err := hex.DecodeString(e.SHA256); err != nil || len(e.SHA256) != 64 {
 		return "", false, fmt.Errorf("%w: catalog kernel %s has no sha256", ErrDownload, e.Name)
 	}
 	if err := os.MkdirAll(cacheDir, 0o755); err != nil {
