@@ -440,3 +440,41 @@ func (c *Client) PruneVMs(ctx context.Context) ([]string, error) {
 	var out []string
 	return out, c.getJSON(ctx, http.MethodPost, "/v1/vms/prune", nil, &out)
 }
+
+// SnapshotVM snapshots a running VM (memory, device state and disk at
+// one instant); name "" picks one.
+func (c *Client) SnapshotVM(ctx context.Context, vm, name string) (*api.Snapshot, error) {
+	var s api.Snapshot
+	return &s, c.getJSON(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(vm)+"/snapshot", api.SnapshotRequest{Name: name}, &s)
+}
+
+// Snapshots lists snapshots and warm templates.
+func (c *Client) Snapshots(ctx context.Context) ([]api.Snapshot, error) {
+	var out []api.Snapshot
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/snapshots", nil, &out)
+}
+
+// Snapshot returns one snapshot or template.
+func (c *Client) Snapshot(ctx context.Context, name string) (*api.Snapshot, error) {
+	var s api.Snapshot
+	return &s, c.getJSON(ctx, http.MethodGet, "/v1/snapshots/"+url.PathEscape(name), nil, &s)
+}
+
+// RemoveSnapshot removes a snapshot or template; VMs made from it keep
+// running.
+func (c *Client) RemoveSnapshot(ctx context.Context, name string) (*api.Snapshot, error) {
+	var s api.Snapshot
+	return &s, c.getJSON(ctx, http.MethodDelete, "/v1/snapshots/"+url.PathEscape(name), nil, &s)
+}
+
+// ForkVM makes new running VMs restored from a snapshot or a running VM.
+func (c *Client) ForkVM(ctx context.Context, req api.ForkRequest) ([]api.VM, error) {
+	var out []api.VM
+	return out, c.getJSON(ctx, http.MethodPost, "/v1/vms/fork", req, &out)
+}
+
+// WarmImage makes the warm template for VMs of an image and shape.
+func (c *Client) WarmImage(ctx context.Context, req api.WarmRequest) (*api.Snapshot, error) {
+	var s api.Snapshot
+	return &s, c.getJSON(ctx, http.MethodPost, "/v1/images/warm", req, &s)
+}

@@ -135,6 +135,87 @@ type VM struct {
 	Dir        string    `json:"dir"`
 	Error      string    `json:"error,omitempty"`
 	CreatedAt  time.Time `json:"created_at"`
+	// Origin says how the VM first came to run: "" for a cold boot,
+	// "snapshot NAME" for a fork, "template NAME" for a warm start.
+	Origin string `json:"origin,omitempty"`
+}
+
+// Snapshot kinds.
+const (
+	SnapshotKindSnapshot = "snapshot" // made by `vm snapshot` or `vm fork`
+	SnapshotKindTemplate = "template" // a warm start's template
+)
+
+// Snapshot is a VM's memory, device state and writable disk at one
+// instant: what `vm fork` and warm starts restore from.
+type Snapshot struct {
+	ID    string `json:"id"`
+	Name  string `json:"name"`
+	Kind  string `json:"kind"`  // snapshot or template
+	State string `json:"state"` // creating or ready
+	// SourceVM is the VM it was taken from.
+	SourceVM string `json:"source_vm"`
+	// What a VM restored from it must match.
+	Image       string `json:"image"`
+	ImageID     string `json:"image_id"` // the guest's page cache holds this very ext4 file's blocks
+	ImageDigest string `json:"image_digest"`
+	Kernel      string `json:"kernel"`
+	KernelID    string `json:"kernel_id"`
+	AgentHash   string `json:"agent_hash"`
+	VMM         string `json:"vmm"`
+	VMMVersion  string `json:"vmm_version"`
+	VCPU        int    `json:"vcpu"`
+	MemoryMiB   int    `json:"memory_mib"`
+	DiskBytes   int64  `json:"disk_bytes"` // size of the writable disk
+	Network     string `json:"network"`
+	// TemplateKey is what a warm start matches on (templates only).
+	TemplateKey string `json:"template_key,omitempty"`
+	Dir         string `json:"dir"`
+	// Files: the device state, guest memory and writable disk, each
+	// with its apparent size and the bytes it occupies on disk.
+	Files []SnapshotFile `json:"files"`
+	// SizeBytes is what the snapshot occupies on disk.
+	SizeBytes int64 `json:"size_bytes"`
+	// PausedMs is how long the source's guest was frozen for it.
+	PausedMs  int64     `json:"paused_ms"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// SnapshotFile is one file of a snapshot.
+type SnapshotFile struct {
+	Role      string `json:"role"` // state, memory or disk
+	Name      string `json:"name"` // file name in the snapshot's directory
+	SizeBytes int64  `json:"size_bytes"`
+	DiskBytes int64  `json:"disk_bytes"`
+	SHA256    string `json:"sha256,omitempty"` // the device state's, checked at every restore
+}
+
+// SnapshotRequest is the body of POST /v1/vms/{name}/snapshot.
+type SnapshotRequest struct {
+	Name string `json:"name,omitempty"` // default: VM-YYYYMMDD-HHMMSS
+}
+
+// ForkRequest is the body of POST /v1/vms/fork: new VMs restored from
+// a snapshot, or from a running VM (snapshotted first).
+type ForkRequest struct {
+	// Source is a snapshot's name, or a VM's.
+	Source string `json:"source"`
+	// Name is the new VM's name; with Count > 1, NAME-1 … NAME-N.
+	// Default: generated.
+	Name  string `json:"name,omitempty"`
+	Count int    `json:"count,omitempty"`
+}
+
+// WarmRequest is the body of POST /v1/images/warm: the VM shape
+// the template is for (defaults as for vm create).
+type WarmRequest struct {
+	Image     string `json:"image"`
+	Kernel    string `json:"kernel,omitempty"`
+	VMM       string `json:"vmm,omitempty"`
+	VCPU      int    `json:"vcpu,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskBytes int64  `json:"disk_bytes,omitempty"`
+	Network   string `json:"network,omitempty"`
 }
 
 // Check is one line of `banger doctor`.
@@ -182,6 +263,8 @@ type VMCreateRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	NoStart   bool   `json:"no_start,omitempty"`
+	// Cold boots the VM even when a warm template for it exists.
+	Cold bool `json:"cold,omitempty"`
 	// Network is nat (default), shared or none; Ports are -p values,
 	// [IP:]HOST:GUEST[/tcp].
 	Network string   `json:"network,omitempty"`
@@ -277,5 +360,6 @@ const (
 	CodeAmbiguous    = "ambiguous"
 	CodeNotSupported = "not_supported"
 	CodeBuild        = "build_failed"
+	CodeBadSnapshot  = "bad_snapshot"
 	CodeInternal     = "internal"
 )

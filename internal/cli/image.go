@@ -16,7 +16,7 @@ import (
 
 func newImageCommand(a *app) *cobra.Command {
 	cmd := &cobra.Command{Use: "image", Aliases: []string{"images"}, Short: "Pull and manage root file system images"}
-	cmd.AddCommand(newImagePullCommand(a), newImageImportCommand(a), newImageBuildCommand(a), newImageListCommand(a), newImageShowCommand(a), newImageRmCommand(a), newImageCacheCommand(a))
+	cmd.AddCommand(newImagePullCommand(a), newImageImportCommand(a), newImageBuildCommand(a), newImageListCommand(a), newImageShowCommand(a), newImageRmCommand(a), newImageCacheCommand(a), newImageWarmCommand(a))
 	return cmd
 }
 

@@ -20,7 +20,7 @@ func newVMCommand(a *app) *cobra.Command {
 	cmd.AddCommand(newVMCreateCommand(a), newVMListCommand(a), newVMShowCommand(a), newVMLogsCommand(a),
 		newVMRmCommand(a), newVMPruneCommand(a), newVMExecCommand(a), newVMShellCommand(a), newVMCopyCommand(a),
 		newVMPortsCommand(a), newVMForwardCommand(a), newVMSSHCommand(a), newVMSSHProxyCommand(a), newVMKnownHostsCommand(a),
-		newVMRunCommand(a), newVMWorkspaceCommand(a))
+		newVMRunCommand(a), newVMWorkspaceCommand(a), newVMSnapshotCommand(a), newVMForkCommand(a))
 	for _, action := range []struct{ name, short string }{
 		{"start", "Start a VM and wait until it is ready"},
 		{"stop", "Shut a VM down gracefully (killed after 30 s)"},
@@ -162,7 +162,7 @@ func newVMShowCommand(a *app) *cobra.Command {
 				{"name", v.Name}, {"state", v.State}, {"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM},
 				{"vcpu", strconv.Itoa(v.VCPU)}, {"memory", humanBytes(int64(v.MemoryMiB) << 20)}, {"disk", humanBytes(v.DiskBytes)},
 				{"network", v.Network}, {"ip", orDash(v.IP)}, {"ports", orDash(strings.Join(v.Ports, " "))},
-				{"pid", strconv.Itoa(v.PID)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
+				{"pid", strconv.Itoa(v.PID)}, {"origin", orDash(v.Origin)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
 			} {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 			}
@@ -247,6 +247,7 @@ func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringVar(&v.disk, "disk-size", "", "size of the writable disk (sparse), e.g. 20G (default: config disk_size)")
 	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network)")
 	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
+	f.BoolVar(&req.Cold, "cold", false, "boot, even when a warm template of this image and shape could be restored")
 }
 
 // finish puts the parsed sizes into req.

@@ -28,6 +28,10 @@ type Config struct {
 	Memory        string `toml:"memory"`
 	DiskSize      string `toml:"disk_size"`
 	Network       string `toml:"network"`
+	// Warm: vm run and vm create restore from a warm template of the
+	// same image, kernel and VM shape instead of booting, and a cold
+	// boot leaves one for the next.
+	Warm bool `toml:"warm"`
 
 	Net         Net         `toml:"net"`
 	Firecracker Firecracker `toml:"firecracker"`
@@ -50,7 +54,7 @@ type Firecracker struct {
 
 // Defaults is the configuration with no file.
 func Defaults() Config {
-	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat",
+	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat", Warm: true,
 		Net:         Net{Bridge: "banger0", Subnet: "10.253.0.0/24"},
 		Firecracker: Firecracker{JailerUID: 30000, JailerGID: 30000}}
 }
@@ -119,7 +123,7 @@ func Load(path string) (Loaded, error) {
 
 // Keys lists every setting's dotted name, in file order.
 func Keys() []string {
-	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network",
+	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm",
 		"net.bridge", "net.subnet", "net.dns_upstream",
 		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid"}
 }
@@ -141,6 +145,8 @@ func (c Config) Value(key string) string {
 		return c.DiskSize
 	case "network":
 		return c.Network
+	case "warm":
+		return strconv.FormatBool(c.Warm)
 	case "net.bridge":
 		return c.Net.Bridge
 	case "net.subnet":

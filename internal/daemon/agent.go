@@ -215,13 +215,19 @@ func relay(front *vsockagent.Stream, s *vsockagent.Session) {
 
 // agentPowerOff asks the guest to sync and power off through its agent.
 func (d *Daemon) agentPowerOff(ctx context.Context, v api.VM) error {
+	return d.agentOp(ctx, v, "poweroff")
+}
+
+// agentOp runs an operation without input or output (poweroff,
+// release) on the VM's agent and waits for its status, at most 3 s.
+func (d *Daemon) agentOp(ctx context.Context, v api.VM, op string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	s, err := d.agentSession(ctx, v)
 	if err != nil {
 		return err
 	}
-	st, err := s.Open(vsockagent.Request{Op: "poweroff"})
+	st, err := s.Open(vsockagent.Request{Op: op})
 	if err != nil {
 		return err
 	}

@@ -86,6 +86,7 @@ type Daemon struct {
 	// httpClient fetches catalog kernels.
 	httpClient *http.Client
 	vms        vmRuntime
+	snaps      snapshotState
 	netrt      netRuntime
 	agents     agentRuntime
 	// pruning is set while the blob cache is pruned; pulls wait for it.

@@ -64,6 +64,7 @@ func (d *Daemon) handleRemoveImage(w http.ResponseWriter, r *http.Request) error
 	if err := os.RemoveAll(d.layout.ImageDir(img.ID)); err != nil {
 		d.log.Warn("removing image files", "image", name, "err", err)
 	}
+	d.dropTemplates(r.Context(), "its image was removed", func(sn api.Snapshot) bool { return sn.ImageID == img.ID })
 	d.log.Info("image removed", "image", name, "id", img.ID)
 	writeJSON(w, http.StatusOK, img)
 	return nil

@@ -42,6 +42,7 @@ func (d *Daemon) handleRemoveKernel(w http.ResponseWriter, r *http.Request) erro
 	if err := os.RemoveAll(d.layout.KernelDir(k.ID)); err != nil {
 		d.log.Warn("removing kernel files", "kernel", k.Name, "err", err)
 	}
+	d.dropTemplates(r.Context(), "its kernel was removed", func(sn api.Snapshot) bool { return sn.KernelID == k.ID })
 	d.log.Info("kernel removed", "kernel", k.Name)
 	writeJSON(w, http.StatusOK, k)
 	return nil

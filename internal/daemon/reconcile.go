@@ -37,6 +37,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	if err := d.reconcileVMs(ctx); err != nil {
 		return err
 	}
+	if err := d.reconcileSnapshots(ctx); err != nil {
+		return err
+	}
 	// The network is rebuilt from the store at every VM start and stop:
 	// a failure here is worth a warning, not a daemon that cannot start.
 	if err := d.reconcileNet(ctx); err != nil {

@@ -16,6 +16,7 @@ import (
 	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
 	"banger/internal/kernel"
+	"banger/internal/snapshot"
 	"banger/internal/store"
 	"banger/internal/version"
 	"banger/internal/vm"
@@ -39,6 +40,7 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
 	mux.Handle("POST /v1/images/import", d.wrap(d.handleImport))
 	mux.Handle("POST /v1/images/build", d.wrap(d.handleBuild))
+	mux.Handle("POST /v1/images/warm", d.wrap(d.handleWarm))
 	mux.Handle("GET /v1/images/{name...}", d.wrap(getHandler(d.store.Image, "banger image list")))
 	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
 	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
@@ -55,6 +57,11 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/doctor", d.wrap(d.handleDoctor))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
+	mux.Handle("POST /v1/vms/fork", d.wrap(d.handleFork))
+	mux.Handle("POST /v1/vms/{name}/snapshot", d.wrap(d.handleSnapshotVM))
+	mux.Handle("GET /v1/snapshots", d.wrap(listHandler(d.store.Snapshots)))
+	mux.Handle("GET /v1/snapshots/{name}", d.wrap(getHandler(d.store.Snapshot, "banger snapshot ls")))
+	mux.Handle("DELETE /v1/snapshots/{name}", d.wrap(d.handleRemoveSnapshot))
 	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.getVM, "banger vm ls")))
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
@@ -123,7 +130,7 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeAmbiguous
 	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference):
 		return http.StatusBadRequest, api.CodeInvalid
-	case errors.Is(err, vm.ErrInvalidState):
+	case errors.Is(err, vm.ErrInvalidState), errors.Is(err, snapshot.ErrInvalidState), errors.Is(err, snapshot.ErrIncompatible):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, vmm.ErrNotSupported):
 		return http.StatusNotImplemented, api.CodeNotSupported
@@ -141,6 +148,8 @@ func classify(err error) (int, string) {
 		errors.Is(err, imagepull.ErrUnsafeEntry), errors.Is(err, imagepull.ErrDigestMismatch),
 		errors.Is(err, imagepull.ErrTruncated), errors.Is(err, imagepull.ErrBadSource):
 		return http.StatusUnprocessableEntity, api.CodeBadImage
+	case errors.Is(err, snapshot.ErrDamaged):
+		return http.StatusUnprocessableEntity, api.CodeBadSnapshot
 	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule):
 		return http.StatusUnprocessableEntity, api.CodeBadKernel
 	case errors.Is(err, imagebuild.ErrBuild):

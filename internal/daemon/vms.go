@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -70,10 +71,19 @@ func (d *Daemon) setMachine(id string, m vmm.Machine) {
 	}
 }
 
+// vmmBackend is what the daemon needs of a VMM backend: start a VM,
+// restore one (nil when the backend cannot), and its version.
+type vmmBackend struct {
+	start   func(context.Context, vmm.Spec) (vmm.Machine, error)
+	restore vmm.Restorer
+	// bin is the VMM binary; `bin --version` says its version.
+	bin string
+}
+
 // backend returns the VMM backend for a choice: firecracker, qemu, or
 // auto (Firecracker when its binary exists and guests run at hardware
 // speed, QEMU otherwise).
-func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec) (vmm.Machine, error), error) {
+func (d *Daemon) backend(choice string) (string, vmmBackend, error) {
 	// Probed once per daemon: what the host can do does not change
 	// between VMs.
 	d.vms.probeOnce.Do(func() { d.vms.caps = qemu.Probe() })
@@ -88,25 +98,25 @@ func (d *Daemon) backend(choice string) (string, func(context.Context, vmm.Spec)
 	switch choice {
 	case "firecracker":
 		if fcErr != nil {
-			return "", nil, fmt.Errorf("%w: --vmm firecracker: no firecracker binary on PATH: install it, or use --vmm qemu", errInvalid)
+			return "", vmmBackend{}, fmt.Errorf("%w: --vmm firecracker: no firecracker binary on PATH: install it, or use --vmm qemu", errInvalid)
 		}
 		b, err := d.firecracker(fcBin)
 		if err != nil {
-			return "", nil, err
+			return "", vmmBackend{}, err
 		}
-		return choice, func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, nil
+		return choice, vmmBackend{start: func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, restore: b, bin: fcBin}, nil
 	case "qemu":
 		bin, err := system.LookPath("qemu-system-x86_64")
 		if err != nil {
-			return "", nil, fmt.Errorf("%w: no qemu-system-x86_64 on PATH: apt-get install qemu-system-x86", errInvalid)
+			return "", vmmBackend{}, fmt.Errorf("%w: no qemu-system-x86_64 on PATH: apt-get install qemu-system-x86", errInvalid)
 		}
 		b, err := qemu.New(bin, caps)
 		if err != nil {
-			return "", nil, err
+			return "", vmmBackend{}, err
 		}
-		return choice, func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, nil
+		return choice, vmmBackend{start: func(ctx context.Context, s vmm.Spec) (vmm.Machine, error) { return b.Start(ctx, s) }, restore: b, bin: bin}, nil
 	}
-	return "", nil, fmt.Errorf("%w: --vmm %q: use firecracker, qemu or auto", errInvalid, choice)
+	return "", vmmBackend{}, fmt.Errorf("%w: --vmm %q: use firecracker, qemu or auto", errInvalid, choice)
 }
 
 func vmHint(err error) error {
@@ -151,23 +161,11 @@ func say(progress func(string), stage string) {
 }
 
 func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress func(string)) (*api.VM, error) {
-	name := req.Name
-	if name == "" {
-		for i := 0; i < 10; i++ {
-			name = vm.GenerateName()
-			if _, err := d.store.VM(ctx, name); errors.Is(err, store.ErrNotFound) {
-				break
-			}
-		}
+	v, unlock, err := d.newVMRecord(ctx, req.Name)
+	if err != nil {
+		return nil, err
 	}
-	if err := vm.ValidateName(name); err != nil {
-		return nil, fmt.Errorf("%w: %v", errInvalid, err)
-	}
-	unlock := d.vmLock(name)
 	defer unlock()
-	if _, err := d.store.VM(ctx, name); err == nil {
-		return nil, fmt.Errorf("%w: VM %q exists: pick another --name or remove it with `banger vm rm %s`", store.ErrExists, name, name)
-	}
 	cfg := d.opts.Config.Config
 	if req.Image == "" {
 		req.Image = cfg.DefaultImage
@@ -206,14 +204,102 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if err != nil {
 		return nil, err
 	}
+	alloc, err := d.prepareNet(mode, ports)
+	if err != nil {
+		return nil, err
+	}
+	mem, _ := config.ParseSize(cfg.Memory)
+	v.Image, v.Kernel, v.VMM = img.Name, k.Name, choice
+	v.VCPU, v.MemoryMiB, v.DiskBytes = orInt(req.VCPU, cfg.VCPU), orInt(req.MemoryMiB, int(mem>>20)), req.DiskBytes
+	v.Network, v.Ports = string(mode), ports
+	if v.DiskBytes == 0 {
+		v.DiskBytes, _ = config.ParseSize(cfg.DiskSize)
+	}
+	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
+		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", errInvalid)
+	}
+	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	// A warm start: the template's disk instead of a new one, restored
+	// instead of booted.
+	var from *restoreFrom
+	key := ""
+	if cfg.Warm && !req.Cold && !req.NoStart {
+		key, from = d.warmStart(ctx, v, img, *k)
+	}
+	say(progress, "disk")
+	if from != nil {
+		hostKey, err := d.restoredDisk(v, from.snap)
+		if err != nil {
+			return nil, err
+		}
+		from.hostKey = hostKey
+		v.Origin = "template " + from.snap.Name
+	} else if err := d.newDataDisk(ctx, v, img); err != nil {
+		return nil, err
+	}
+	v.CreatedAt = time.Now().UTC()
+	if err := d.store.InsertVM(ctx, &v, alloc); err != nil {
+		os.RemoveAll(v.Dir)
+		return nil, err
+	}
+	d.log.Info("vm created", "vm", v.Name, "image", img.Name, "kernel", k.Name, "vmm", choice, "origin", v.Origin)
+	if req.NoStart {
+		return &v, nil
+	}
+	if from == nil {
+		return d.launchVMLocked(v, nil, key, progress)
+	}
+	out, err := d.launchVMLocked(v, from, "", progress)
+	if err == nil {
+		return out, nil
+	}
+	// A template that does not restore is of no use to anyone: drop it
+	// and boot this VM cold on a new disk (which makes a new template).
+	d.log.Warn("warm start failed: dropping the template, booting cold", "vm", v.Name, "template", from.snap.Name, "err", err)
+	d.dropSnapshot(ctx, from.snap, "it did not restore")
+	cur, gerr := d.store.VM(ctx, v.Name)
+	if gerr != nil {
+		return nil, err
+	}
+	os.Remove(filepath.Join(cur.Dir, vm.DataDisk))
+	if err := d.newDataDisk(ctx, cur, img); err != nil {
+		return nil, err
+	}
+	cur.Origin = ""
+	if err := d.store.SetVMOrigin(ctx, cur.Name, ""); err != nil {
+		return nil, err
+	}
+	return d.launchVMLocked(cur, nil, key, progress)
+}
+
+// newDataDisk makes v's writable disk, seeded with the image's run spec
+// and the VM's SSH keys. On error v's directory is removed.
+func (d *Daemon) newDataDisk(ctx context.Context, v api.VM, img api.Image) error {
+	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	seed, err := d.sshSeed(v)
+	if err != nil {
+		os.RemoveAll(v.Dir)
+		return err
+	}
+	if _, err := vm.CreateDataDisk(ctx, d.opts.Runner, v.Dir, v.DiskBytes, spec, seed); err != nil {
+		os.RemoveAll(v.Dir)
+		return err
+	}
+	return nil
+}
+
+// prepareNet checks, before anything is recorded, that the network of
+// mode can exist (no colliding subnet, the privileges) and that ports
+// are free, and returns the address allocator of mode.
+func (d *Daemon) prepareNet(mode hostnet.Mode, ports []string) (func([]netip.Addr) (netip.Addr, error), error) {
 	alloc, err := d.allocator(mode)
 	if err != nil {
 		return nil, err
 	}
 	if mode != hostnet.None {
-		// Before anything is recorded: a network that cannot exist (a
-		// colliding subnet, no privileges) or a port that is taken fails
-		// the create with nothing left behind.
 		n, err := d.networkUp()
 		if err != nil {
 			return nil, err
@@ -222,42 +308,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 			return nil, err
 		}
 	}
-	mem, _ := config.ParseSize(cfg.Memory)
-	v := api.VM{ID: newID(), Name: name, State: string(vm.Created), Image: img.Name, Kernel: k.Name, VMM: choice,
-		VCPU: orInt(req.VCPU, cfg.VCPU), MemoryMiB: orInt(req.MemoryMiB, int(mem>>20)), DiskBytes: req.DiskBytes,
-		Network: string(mode), Ports: ports}
-	if v.DiskBytes == 0 {
-		v.DiskBytes, _ = config.ParseSize(cfg.DiskSize)
-	}
-	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
-		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", errInvalid)
-	}
-	v.Dir = d.layout.VMDir(v.ID)
-	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
-		return nil, err
-	}
-	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
-		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
-	say(progress, "disk")
-	seed, err := d.sshSeed(v)
-	if err != nil {
-		os.RemoveAll(v.Dir)
-		return nil, err
-	}
-	if _, err := vm.CreateDataDisk(ctx, d.opts.Runner, v.Dir, v.DiskBytes, spec, seed); err != nil {
-		os.RemoveAll(v.Dir)
-		return nil, err
-	}
-	v.CreatedAt = time.Now().UTC()
-	if err := d.store.InsertVM(ctx, &v, alloc); err != nil {
-		os.RemoveAll(v.Dir)
-		return nil, err
-	}
-	d.log.Info("vm created", "vm", name, "image", img.Name, "kernel", k.Name, "vmm", choice)
-	if req.NoStart {
-		return &v, nil
-	}
-	return d.startVMLocked(v, progress)
+	return alloc, nil
 }
 
 // firecrackerBin is the configured firecracker binary, else the one on
@@ -334,117 +385,11 @@ func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int
 		return err
 	}
 	v.State, v.PID, v.Error = string(next), pid, msg
+	if !next.Live() {
+		// No VMM maps the guest's RAM any more.
+		os.Remove(d.layout.RAMFile(v.ID))
+	}
 	return nil
-}
-
-// startVMLocked boots v and waits for its agent. The VMM outlives the
-// request: it runs on the daemon's own context. A VM that does not become
-// ready goes to error, its VMM killed, the console's tail in the message.
-func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error) {
-	ctx := context.Background()
-	img, err := d.store.Image(ctx, v.Image)
-	if err != nil {
-		return nil, withHint(err, "the VM's image is gone: remove the VM")
-	}
-	k, err := d.store.Kernel(ctx, v.Kernel)
-	if err != nil {
-		return nil, withHint(err, "the VM's kernel is gone: remove the VM")
-	}
-	_, start, err := d.backend(v.VMM)
-	if err != nil {
-		return nil, err
-	}
-	if err := d.transition(ctx, &v, vm.EvStart, 0, ""); err != nil {
-		return nil, err
-	}
-	began := time.Now()
-	if v.Network != "" && v.Network != "none" {
-		say(progress, "network")
-	}
-	netArgs, err := d.attachNet(ctx, v)
-	if err != nil {
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		return nil, err
-	}
-	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
-		Cmdline: vm.Cmdline(v.Name, netArgs...),
-		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}}}
-	if netArgs != nil {
-		spec.TAP, spec.MAC = hostnet.TAPName(v.ID), hostnet.MAC(v.ID).String()
-	}
-	console := filepath.Join(v.Dir, "console.log")
-	offset := fileSize(console)
-	say(progress, "vmm")
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	var m vmm.Machine
-	err = d.inVMNet(v, func() (err error) { m, err = start(sctx, spec); return })
-	cancel()
-	if err != nil {
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		d.detachNet(ctx, v)
-		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
-	}
-	d.setMachine(v.ID, m)
-	d.store.SetVMState(ctx, v.Name, v.State, m.PID(), "")
-	v.PID = m.PID()
-	say(progress, "boot")
-	if err := waitReady(m, m.ConsolePath(), offset, d.readyTimeout()); err != nil {
-		m.Kill()
-		m.Wait(ctx)
-		d.setMachine(v.ID, nil)
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		d.detachNet(ctx, v)
-		d.log.Warn("vm failed to start", "vm", v.Name, "err", err)
-		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", errVMStart, v.Name, v.Name, err)
-	}
-	if err := d.transition(ctx, &v, vm.EvReady, m.PID(), ""); err != nil {
-		return nil, err
-	}
-	d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
-	// Open the agent session now, so the first exec does not pay for the
-	// handshake; then keys registered since the VM's disk was made reach
-	// it.
-	d.jobs.Add(1)
-	go func() {
-		defer d.jobs.Done()
-		ctx, cancel := context.WithTimeout(d.jobCtx, 10*time.Second)
-		if _, err := d.agentSession(ctx, v); err != nil {
-			d.log.Info("no agent session yet (the first request retries)", "vm", v.Name, "err", err)
-		}
-		cancel()
-		d.pushAuthorizedKeys(d.jobCtx, v)
-	}()
-	go d.watchExit(v, m)
-	return &v, nil
-}
-
-func (d *Daemon) readyTimeout() time.Duration {
-	if d.opts.ReadyTimeout > 0 {
-		return d.opts.ReadyTimeout
-	}
-	return 2 * time.Minute
-}
-
-// watchExit records a VM's end when its VMM exits on its own (a power-off
-// in the guest, a crash). Stops and kills record it themselves.
-func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
-	if err := m.Wait(d.jobCtx); err != nil {
-		return // the daemon is stopping; the VM runs on
-	}
-	unlock := d.vmLock(v.Name)
-	defer unlock()
-	if d.machine(v.ID) != m {
-		return
-	}
-	d.setMachine(v.ID, nil)
-	cur, err := d.store.VM(context.Background(), v.Name)
-	if err != nil || !vm.State(cur.State).Live() {
-		return
-	}
-	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
-	d.dropAgent(cur.ID)
-	d.detachNet(context.Background(), cur)
-	d.log.Info("vm exited", "vm", v.Name)
 }
 
 func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {

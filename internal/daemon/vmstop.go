@@ -156,6 +156,20 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 			}
 			d.setMachine(v.ID, m)
 			go d.watchExit(v, m)
+			if v.State == string(vm.Running) {
+				// A daemon killed while it snapshotted this VM left it
+				// frozen: thaw it (a running guest does not mind), and
+				// release a command held for a template that was never
+				// finished.
+				if p, ok := m.(vmm.Pauser); ok {
+					p.Resume(ctx)
+				}
+				d.jobs.Add(1)
+				go func(v api.VM) {
+					defer d.jobs.Done()
+					d.agentOp(d.jobCtx, v, "release")
+				}(v)
+			}
 			if v.State == string(vm.Paused) {
 				// The record says paused: make sure the VMM agrees (the
 				// daemon may have died between a resume and its record).
@@ -184,22 +198,12 @@ func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return vmHint(err)
 	}
-	if vm.State(v.State).Live() {
-		if r.URL.Query().Get("force") != "1" {
-			return fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", errConflict, name, v.State, name, name)
-		}
-		if _, err := d.stopVMLocked(r.Context(), v, true); err != nil {
-			return err
-		}
+	if vm.State(v.State).Live() && r.URL.Query().Get("force") != "1" {
+		return fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", errConflict, name, v.State, name, name)
 	}
-	if _, err := d.store.DeleteVM(r.Context(), name); err != nil {
+	if err := d.removeVMLocked(r.Context(), v); err != nil {
 		return err
 	}
-	d.removeNet(v)
-	if err := os.RemoveAll(v.Dir); err != nil {
-		d.log.Warn("removing VM files", "vm", name, "err", err)
-	}
-	d.log.Info("vm removed", "vm", name)
 	writeJSON(w, http.StatusOK, v)
 	return nil
 }

@@ -27,11 +27,13 @@ import (
 //	banger.domain=vm          search domain, and the host name's domain in /etc/hosts
 //	banger.hostname=NAME
 //	banger.init=PATH|none     exec PATH after the root switch; none: stay PID 1
+//	banger.hold=1             start the image's command only when the host releases it
 type Config struct {
 	Root, Data              string
 	Iface, IP, GW, DNS, MTU string
 	Domain                  string
 	Hostname, Init          string
+	Hold                    bool
 	MMIODevices             []string // virtio_mmio.device= values, for the module
 }
 
@@ -64,6 +66,8 @@ func ParseCmdline(cmdline string) Config {
 			c.Hostname = v
 		case "banger.init":
 			c.Init = v
+		case "banger.hold":
+			c.Hold = v == "1"
 		case "virtio_mmio.device":
 			c.MMIODevices = append(c.MMIODevices, v)
 		}

@@ -125,7 +125,7 @@ func run() error {
 		return nr.err
 	}
 	logf("network: %s", nr.summary)
-	if err := writeIdentity(c, newRoot); err != nil {
+	if err := writeIdentity(c, newRoot, ""); err != nil {
 		return err
 	}
 	if err := switchRoot(); err != nil {
@@ -323,8 +323,9 @@ func buildRoot(c Config, fromInitramfs bool) error {
 
 // writeIdentity sets the host name and writes /etc/hostname, /etc/hosts
 // and /etc/resolv.conf in root from the command line. Unchanged files are
-// not rewritten.
-func writeIdentity(c Config, root string) error {
+// not rewritten. Lines of /etc/hosts naming the host, or the name it had
+// before (old, after a restore), are replaced.
+func writeIdentity(c Config, root, old string) error {
 	if err := os.MkdirAll(root+"/etc", 0o755); err != nil {
 		return err
 	}
@@ -339,10 +340,10 @@ func writeIdentity(c Config, root string) error {
 		if i := strings.IndexByte(c.IP, '/'); i > 0 {
 			addr = c.IP[:i]
 		}
-		old, _ := os.ReadFile(root + "/etc/hosts")
+		hosts, _ := os.ReadFile(root + "/etc/hosts")
 		var lines []string
-		for _, l := range strings.Split(strings.TrimRight(string(old), "\n"), "\n") {
-			if f := strings.Fields(l); l != "" && !(len(f) >= 2 && contains(f[1:], c.Hostname)) {
+		for _, l := range strings.Split(strings.TrimRight(string(hosts), "\n"), "\n") {
+			if f := strings.Fields(l); l != "" && !(len(f) >= 2 && (contains(f[1:], c.Hostname) || (old != "" && contains(f[1:], old)))) {
 				lines = append(lines, l)
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -41,17 +42,37 @@ func stayPID1() error {
 	go vsockagent.Serve(ctx, AgentOptions(spec, agentReaper), io.Discard)
 
 	main := 0
-	if spec != nil && len(spec.Argv()) > 0 {
+	startCmd := func() error {
+		if spec == nil || len(spec.Argv()) == 0 {
+			logf("ready: no command to run")
+			return nil
+		}
+		var err error
 		if main, err = startCommand(spec); err != nil {
 			return err
 		}
 		logf("ready: running %q (pid %d)", strings.Join(spec.Argv(), " "), main)
-	} else {
-		logf("ready: no command to run")
+		return nil
+	}
+	// banger.hold: the host snapshots this VM as a warm template the
+	// moment it is ready, and the image's command must not have run in
+	// it (every VM restored from it runs the command afresh, under its
+	// own name). The host releases the hold through the agent.
+	var held <-chan struct{}
+	if cmdline, _ := os.ReadFile("/proc/cmdline"); ParseCmdline(string(cmdline)).Hold {
+		held = released
+		logf("holding the command until the host releases it")
+	} else if err := startCmd(); err != nil {
+		return err
 	}
 
 	for {
 		select {
+		case <-held:
+			held = nil
+			if err := startCmd(); err != nil {
+				return err
+			}
 		case <-power:
 			logf("power button: shutting down")
 			shutdown(&main)
@@ -75,6 +96,15 @@ func stayPID1() error {
 	}
 }
 
+// released is closed when the host releases a held command (see
+// banger.hold).
+var (
+	released    = make(chan struct{})
+	releaseOnce sync.Once
+)
+
+func release() { releaseOnce.Do(func() { close(released) }) }
+
 // agentReaper passes the agent's children's statuses on: as PID 1 this
 // process reaps every child, the agent's included.
 var agentReaper *vsockagent.Reaper
@@ -83,7 +113,7 @@ var agentReaper *vsockagent.Reaper
 // (nil: none): the image's environment and directory are exec's
 // defaults.
 func AgentOptions(spec *RunSpec, reaper *vsockagent.Reaper) vsockagent.Options {
-	o := vsockagent.Options{Version: version.Version, Reaper: reaper, DataDir: dataDir}
+	o := vsockagent.Options{Version: version.Version, Reaper: reaper, DataDir: dataDir, Reidentify: reidentify, Release: release}
 	if spec != nil {
 		o.Env, o.Dir, o.Image = spec.Env, spec.WorkingDir, spec.Image
 	}

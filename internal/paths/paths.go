@@ -7,6 +7,7 @@ package paths
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"os"
 	"path/filepath"
 )
@@ -123,9 +124,34 @@ func (l Layout) KernelCacheDir() string { return filepath.Join(l.CacheDir, "kern
 // ArchiveCacheDir holds Debian package indexes by sha256.
 func (l Layout) ArchiveCacheDir() string { return filepath.Join(l.CacheDir, "debian-index") }
 
+// SnapshotsDir holds one directory per snapshot and warm template.
+func (l Layout) SnapshotsDir() string { return filepath.Join(l.StateDir, "snapshots") }
+
+// SnapshotDir is the directory of the snapshot with the given id.
+func (l Layout) SnapshotDir(id string) string { return filepath.Join(l.SnapshotsDir(), id) }
+
+// shmDir is where guest RAM files go when the host has a /dev/shm.
+var shmDir = "/dev/shm"
+
+// RAMDir holds the guest RAM files of running QEMU VMs. They live in
+// memory (tmpfs), not on the state disk: a guest's RAM written back to
+// disk would cost I/O for nothing. One directory per instance, named
+// after its state directory, so instances never share one.
+func (l Layout) RAMDir() string {
+	if fi, err := os.Stat(shmDir); err == nil && fi.IsDir() {
+		h := fnv.New32a()
+		h.Write([]byte(l.StateDir))
+		return filepath.Join(shmDir, fmt.Sprintf("banger-%08x", h.Sum32()))
+	}
+	return filepath.Join(l.RunDir, "ram")
+}
+
+// RAMFile is the guest RAM file of the VM with the given id.
+func (l Layout) RAMFile(id string) string { return filepath.Join(l.RAMDir(), id+".ram") }
+
 // MkdirAll creates the instance's directories.
 func (l Layout) MkdirAll() error {
-	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.BlobsDir(), l.RunDir} {
+	for _, d := range []string{l.StateDir, l.ImagesDir(), l.KernelsDir(), l.VMsDir(), l.SnapshotsDir(), l.BlobsDir(), l.RunDir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return fmt.Errorf("creating %s: %w", d, err)
 		}

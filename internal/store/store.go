@@ -71,6 +71,20 @@ var migrations = []string{
 	CREATE UNIQUE INDEX vms_ip ON vms(ip) WHERE ip != ''`,
 	// 5: where an image came from. Images from before it were pulled.
 	`ALTER TABLE images ADD COLUMN source TEXT NOT NULL DEFAULT 'registry'`,
+	// 6: snapshots and warm templates; how a VM first came to run. The
+	// snapshot's record is its JSON (api.Snapshot) with the columns
+	// lookups need beside it.
+	`CREATE TABLE snapshots (
+		id           TEXT PRIMARY KEY,
+		name         TEXT NOT NULL UNIQUE,
+		kind         TEXT NOT NULL,
+		state        TEXT NOT NULL,
+		template_key TEXT NOT NULL DEFAULT '',
+		data         TEXT NOT NULL,
+		created_at   TEXT NOT NULL
+	);
+	CREATE INDEX snapshots_template ON snapshots(template_key) WHERE template_key != '';
+	ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT ''`,
 }
 
 // Store is the database. It is safe for concurrent use.

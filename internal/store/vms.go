@@ -11,12 +11,12 @@ import (
 	"banger/internal/api"
 )
 
-const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports`
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin`
 
 func scanVM(row scanner) (api.VM, error) {
 	var v api.VM
 	var created, ports string
-	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports); err != nil {
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin); err != nil {
 		return v, err
 	}
 	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
@@ -57,9 +57,9 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 		}
 		v.IP = a.String()
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano),
-		v.Network, v.IP, string(ports))
+		v.Network, v.IP, string(ports), v.Origin)
 	if isUnique(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
 	}
@@ -126,4 +126,16 @@ func (s *Store) SetVMState(ctx context.Context, name, state string, pid int, err
 // DeleteVM removes the named VM's record and returns it.
 func (s *Store) DeleteVM(ctx context.Context, name string) (api.VM, error) {
 	return deleteByName(ctx, s, "vms", vmColumns, "vm", name, scanVM)
+}
+
+// SetVMOrigin records how a VM came to run (see api.VM.Origin).
+func (s *Store) SetVMOrigin(ctx context.Context, name, origin string) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET origin = ? WHERE name = ?`, origin, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return nil
 }

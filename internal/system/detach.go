@@ -48,13 +48,19 @@ func StartDetached(path string, args []string, env []string, errPath string) (<-
 // VMMs start: they must outlive the request, and the daemon, that
 // started them.
 func Spawn(path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
+	return SpawnIn("", path, args, env, stdout, stderr)
+}
+
+// SpawnIn is Spawn with dir as the working directory ("" keeps the
+// caller's): a VMM given relative socket paths creates them there.
+func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
 	devnull, err := os.Open(os.DevNull)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
 	}
 	defer devnull.Close()
 	cmd := exec.Command(path, args...)
-	cmd.Env = env
+	cmd.Env, cmd.Dir = env, dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {

@@ -25,7 +25,12 @@ type Process struct {
 // StartProcess starts bin in a new session (it outlives its starter) with
 // standard output and error on the given files.
 func StartProcess(bin string, args []string, stdout, stderr *os.File) (*Process, error) {
-	proc, err := system.Spawn(bin, args, os.Environ(), stdout, stderr)
+	return StartProcessIn("", bin, args, stdout, stderr)
+}
+
+// StartProcessIn is StartProcess with dir as the working directory.
+func StartProcessIn(dir, bin string, args []string, stdout, stderr *os.File) (*Process, error) {
+	proc, err := system.SpawnIn(dir, bin, args, os.Environ(), stdout, stderr)
 	if err != nil {
 		return nil, err
 	}

@@ -12,6 +12,8 @@ import (
 	"context"
 	"errors"
 	"net"
+	"regexp"
+	"strings"
 )
 
 // ErrNotSupported means the backend cannot do what was asked.
@@ -43,6 +45,11 @@ type Spec struct {
 	// TAP is the host TAP device of the VM's NIC, "" for none; MAC is
 	// its guest address.
 	TAP, MAC string
+	// MemoryFile backs guest RAM with a shared file the host can read
+	// (QEMU): a snapshot then copies it instead of streaming RAM through
+	// the VMM, and a restore maps a copy. "" is anonymous memory, which
+	// cannot be snapshotted.
+	MemoryFile string
 }
 
 // Validate reports every problem of the spec at once.
@@ -106,4 +113,36 @@ type Pauser interface {
 // new VMM can start from.
 type Snapshotter interface {
 	CreateSnapshot(ctx context.Context, statePath, memPath string) error
+}
+
+// Snapshot names the files of a snapshot a backend restores from:
+// device state and guest memory, as CreateSnapshot wrote them.
+type Snapshot struct {
+	State, Memory string
+}
+
+// Restorer is a backend that starts a VM from a Snapshot instead of
+// booting it. The spec is the new VM's (its own directory, drives, TAP
+// and MAC); its drives must match the snapshotted VM's in order and
+// kind. The restored guest runs when Restore returns; it still believes
+// it is the VM it was snapshotted from until the caller tells it
+// otherwise.
+type Restorer interface {
+	Restore(ctx context.Context, spec Spec, snap Snapshot) (Machine, error)
+}
+
+var versionRE = regexp.MustCompile(`^v?[0-9]+\.[0-9]+(\.[0-9]+)?$`)
+
+// ParseVersion finds the version in a VMM's `--version` output: "7.2.19"
+// in "QEMU emulator version 7.2.19 (Debian …)", "v1.14.2" in
+// "Firecracker v1.14.2". A snapshot records it: device state is read
+// back only by the version that wrote it.
+func ParseVersion(out string) string {
+	first, _, _ := strings.Cut(out, "\n")
+	for _, f := range strings.Fields(first) {
+		if versionRE.MatchString(f) {
+			return f
+		}
+	}
+	return ""
 }

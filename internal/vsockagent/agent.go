@@ -33,6 +33,13 @@ type Options struct {
 	// DataDir is where the VM's writable disk is mounted (its SSH keys
 	// live there); "" means no SSH server.
 	DataDir string
+	// Reidentify makes a VM restored from a snapshot its own machine:
+	// host name, /etc files, network (see Identity). The agent itself
+	// sets the clock, the entropy pool and the SSH host key first.
+	Reidentify func(Identity) error
+	// Release starts the image's command the init stage holds (kernel
+	// parameter banger.hold) while the host snapshots a warm template.
+	Release func()
 }
 
 // Agent serves streams: exec, files, ports, connections.
@@ -91,12 +98,27 @@ func (a *Agent) Handle(st *Stream) {
 	case "sync":
 		unix.Sync()
 		st.SendExit(Exit{})
+	case "identity":
+		err := a.reidentify(st)
+		if err == nil {
+			a.release()
+		}
+		st.SendExit(exitFor(err))
+	case "release":
+		a.release()
+		st.SendExit(Exit{})
 	case "poweroff":
 		unix.Sync()
 		st.SendExit(Exit{})
 		go a.opts.PowerOff()
 	default:
 		st.Fail(fmt.Errorf("the agent does not know %q: the VM's agent is older than this banger; recreate the VM's image", st.Req.Op))
+	}
+}
+
+func (a *Agent) release() {
+	if a.opts.Release != nil {
+		a.opts.Release()
 	}
 }
 

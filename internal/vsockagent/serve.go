@@ -44,10 +44,9 @@ func Serve(ctx context.Context, opts Options, stdout io.Writer) error {
 			}
 		}
 	}
-	host, _ := os.Hostname()
-	SetPong(Hello{Agent: opts.Version, Hostname: host, Image: opts.Image})
+	SetPong(Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image})
 	hello := func() Hello {
-		return Hello{Agent: opts.Version, Hostname: host, Image: opts.Image, UptimeMs: time.Since(started).Milliseconds()}
+		return Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image, UptimeMs: time.Since(started).Milliseconds()}
 	}
 	if dev := serialPort(SerialPortName); dev != "" {
 		if f, err := os.OpenFile(dev, os.O_RDWR, 0); err == nil {

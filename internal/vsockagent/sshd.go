@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pkg/sftp"
@@ -34,8 +35,8 @@ var LoginShell = []string{"/bin/sh", "-c", "if command -v bash >/dev/null 2>&1; 
 // the way exec streams do.
 type SSH struct {
 	a       *Agent
-	cfg     *ssh.ServerConfig
-	keyFile []string // authorized_keys files, read at each login
+	cfg     atomic.Pointer[ssh.ServerConfig] // replaced when a restored VM gets its own host key
+	keyFile []string                         // authorized_keys files, read at each login
 }
 
 // NewSSH makes the server from the host key file; logins are checked
@@ -50,9 +51,14 @@ func (a *Agent) NewSSH(hostKey string, keyFiles ...string) (*SSH, error) {
 		return nil, fmt.Errorf("parsing the SSH host key: %w", err)
 	}
 	s := &SSH{a: a, keyFile: keyFiles}
-	s.cfg = &ssh.ServerConfig{PublicKeyCallback: s.checkKey, ServerVersion: "SSH-2.0-banger-agent"}
-	s.cfg.AddHostKey(signer)
+	s.cfg.Store(s.config(signer))
 	return s, nil
+}
+
+func (s *SSH) config(hostKey ssh.Signer) *ssh.ServerConfig {
+	cfg := &ssh.ServerConfig{PublicKeyCallback: s.checkKey, ServerVersion: "SSH-2.0-banger-agent"}
+	cfg.AddHostKey(hostKey)
+	return cfg
 }
 
 func (s *SSH) checkKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
@@ -91,7 +97,7 @@ func (s *SSH) Serve(ln net.Listener) {
 // the host opened with op "ssh").
 func (s *SSH) ServeConn(c net.Conn) {
 	defer c.Close()
-	sc, chans, reqs, err := ssh.NewServerConn(c, s.cfg)
+	sc, chans, reqs, err := ssh.NewServerConn(c, s.cfg.Load())
 	if err != nil {
 		return
 	}

@@ -36,6 +36,8 @@ type vmJSON struct {
 	Dir       string   `json:"dir"`
 	Error     string   `json:"error"`
 	CreatedAt string   `json:"created_at"`
+	Origin    string   `json:"origin"`
+	HostKey   string   `json:"ssh_host_key"`
 }
 
 // busyboxLayer is a layer with a static busybox and a few applets.

@@ -156,6 +156,27 @@ type SnapshotLoad struct {
 	MemBackend          MemBackend `json:"mem_backend"`
 	EnableDiffSnapshots bool       `json:"enable_diff_snapshots"`
 	ResumeVM            bool       `json:"resume_vm"`
+	// NetworkOverrides gives a restored VM its own TAP (the snapshot
+	// names the source's).
+	NetworkOverrides []NetworkOverride `json:"network_overrides,omitempty"`
+}
+
+// NetworkOverride is one entry of SnapshotLoad.NetworkOverrides.
+type NetworkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+// DrivePatch is PATCH /drives/{drive_id}: a restored VM's disk moved
+// to its own copy before the guest runs.
+type DrivePatch struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host"`
+}
+
+// PatchDrive points a drive at another file.
+func (c *Client) PatchDrive(ctx context.Context, d DrivePatch) error {
+	return c.do(ctx, http.MethodPatch, "/drives/"+d.DriveID, d, nil)
 }
 
 func (c *Client) PutMachineConfig(ctx context.Context, m MachineConfig) error {

@@ -63,12 +63,14 @@ func (m *Machine) sock(name string) string {
 	return filepath.Join(m.dir, name)
 }
 
-// at is the path Firecracker is given for a socket it creates.
+// at is the path Firecracker is given for a socket it creates: relative
+// to its working directory, the VM's (or the jail's root), so the path a
+// snapshot records fits any VM restored from it.
 func (m *Machine) at(name string) string {
 	if m.root != "" {
 		return "/" + name
 	}
-	return filepath.Join(m.dir, name)
+	return name
 }
 
 // Attach adopts the running Firecracker of the VM in dir (after a daemon
@@ -134,7 +136,10 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 		return nil, err
 	}
 	defer vmmLog.Close()
-	proc, err := vmm.StartProcess(bin, args, console, vmmLog)
+	// Unjailed, Firecracker runs in the VM directory: the vsock socket
+	// is given relative to it, so a snapshot restored elsewhere (a fork)
+	// binds its own socket, not its still-running source's.
+	proc, err := vmm.StartProcessIn(dir, bin, args, console, vmmLog)
 	if err != nil {
 		return nil, err
 	}
@@ -262,11 +267,14 @@ func (m *Machine) consoleTail() string {
 	return system.Tail(string(b), 400)
 }
 
-// Restore starts a new Firecracker in dir from a snapshot written by
-// CreateSnapshot, resumed or still paused. The snapshot names the disks
-// by the paths it was taken with.
-func (b *Backend) Restore(ctx context.Context, id, dir, statePath, memPath string, resume bool) (_ *Machine, err error) {
-	m, err := b.spawn(ctx, id, dir)
+var _ vmm.Restorer = (*Backend)(nil)
+
+// Restore implements vmm.Restorer: a new Firecracker in spec.Dir loads
+// the snapshot paused, with the spec's TAP instead of the source's, its
+// writable drives moved to the spec's files, and then runs the guest.
+// Drives are matched by ID; read-only ones (the shared image) stay.
+func (b *Backend) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (_ vmm.Machine, err error) {
+	m, err := b.spawn(ctx, spec.ID, spec.Dir)
 	if err != nil {
 		return nil, err
 	}
@@ -279,15 +287,35 @@ func (b *Backend) Restore(ctx context.Context, id, dir, statePath, memPath strin
 	if err := m.configureLogs(ctx); err != nil {
 		return nil, err
 	}
-	if statePath, err = m.place(statePath, "vm.state", false); err != nil {
+	state, err := m.place(snap.State, "vm.state", false)
+	if err != nil {
 		return nil, err
 	}
-	if memPath, err = m.place(memPath, "vm.mem", false); err != nil {
+	mem, err := m.place(snap.Memory, "vm.mem", false)
+	if err != nil {
 		return nil, err
 	}
-	if err := m.client.LoadSnapshot(ctx, SnapshotLoad{SnapshotPath: statePath,
-		MemBackend: MemBackend{BackendType: "File", BackendPath: memPath}, ResumeVM: resume}); err != nil {
+	load := SnapshotLoad{SnapshotPath: state, MemBackend: MemBackend{BackendType: "File", BackendPath: mem}}
+	if spec.TAP != "" {
+		load.NetworkOverrides = []NetworkOverride{{IfaceID: "eth0", HostDevName: spec.TAP}}
+	}
+	if err := m.client.LoadSnapshot(ctx, load); err != nil {
 		return nil, fmt.Errorf("loading snapshot: %w", err)
+	}
+	for _, d := range spec.Drives {
+		if d.ReadOnly {
+			continue
+		}
+		p, err := m.place(d.Path, "drive-"+d.ID, true)
+		if err != nil {
+			return nil, err
+		}
+		if err := m.client.PatchDrive(ctx, DrivePatch{DriveID: d.ID, PathOnHost: p}); err != nil {
+			return nil, fmt.Errorf("moving drive %s to the new VM's copy: %w", d.ID, err)
+		}
+	}
+	if err := m.Resume(ctx); err != nil {
+		return nil, err
 	}
 	return m, nil
 }

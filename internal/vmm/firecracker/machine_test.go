@@ -122,17 +122,17 @@ func TestFirecrackerLifecycle(t *testing.T) {
 	}
 
 	// A new Firecracker starts from the snapshot in the VM's directory
-	// (the snapshot names its sockets there), paused.
-	r, err := b.Restore(ctx, "restored", spec.Dir, state, mem, false)
+	// (the snapshot names its sockets there) and runs.
+	rs := spec
+	rs.ID = "restored"
+	rm, err := b.Restore(ctx, rs, vmm.Snapshot{State: state, Memory: mem})
 	if err != nil {
 		t.Fatal(err)
 	}
+	r := rm.(*Machine)
 	defer r.Kill()
-	if info, err := r.Client().InstanceInfo(ctx); err != nil || info.State != "Paused" {
+	if info, err := r.Client().InstanceInfo(ctx); err != nil || info.State != "Running" {
 		t.Errorf("restored = %+v, %v", info, err)
-	}
-	if err := r.Resume(ctx); err != nil {
-		t.Fatal(err)
 	}
 	r.Kill()
 	r.Wait(ctx)

@@ -27,10 +27,11 @@ func New(bin string, caps Caps) (*Backend, error) {
 	return &Backend{bin: bin, caps: caps}, nil
 }
 
-// Features of QEMU microvm: pause, no snapshots, the agent over vsock
-// where the host has vhost-vsock (virtio-serial otherwise).
+// Features of QEMU microvm: pause, snapshots (of VMs whose RAM is a
+// file), the agent over vsock where the host has vhost-vsock
+// (virtio-serial otherwise).
 func (b *Backend) Features() vmm.Features {
-	return vmm.Features{Pause: true, AgentOverVsock: b.caps.VhostVsock}
+	return vmm.Features{Pause: true, Snapshots: true, AgentOverVsock: b.caps.VhostVsock}
 }
 
 // Caps returns the capabilities the backend was made with.
@@ -39,9 +40,10 @@ func (b *Backend) Caps() Caps { return b.caps }
 // Machine is one QEMU process.
 type Machine struct {
 	*vmm.Process
-	dir string
-	qmp *QMP
-	cid uint32 // vhost-vsock context id, 0 without vhost-vsock
+	dir     string
+	qmp     *QMP
+	cid     uint32 // vhost-vsock context id, 0 without vhost-vsock
+	memFile string // the guest RAM file, "" for anonymous memory
 }
 
 var (
@@ -51,7 +53,20 @@ var (
 
 // Start launches QEMU for spec and connects to its QMP socket. The guest
 // boots at once. On error nothing keeps running.
-func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err error) {
+func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (*Machine, error) {
+	if spec.MemoryFile != "" {
+		// A booting guest starts from zeroed RAM, never from a file a
+		// crashed VMM left.
+		os.Remove(spec.MemoryFile)
+		if err := os.MkdirAll(filepath.Dir(spec.MemoryFile), 0o700); err != nil {
+			return nil, err
+		}
+	}
+	return b.start(ctx, spec)
+}
+
+// start launches QEMU with extra arguments after the spec's.
+func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ *Machine, err error) {
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
@@ -66,11 +81,11 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 		return nil, err
 	}
 	defer logf.Close()
-	proc, err := vmm.StartProcess(b.bin, Args(spec, b.caps), logf, logf)
+	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf)
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{Process: proc, dir: spec.Dir}
+	m := &Machine{Process: proc, dir: spec.Dir, memFile: spec.MemoryFile}
 	if b.caps.VhostVsock {
 		m.cid = GuestCID(spec.Dir)
 	}
@@ -113,8 +128,20 @@ func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
 		return nil, fmt.Errorf("attaching to QEMU %d: %w", pid, err)
 	}
 	m := &Machine{Process: proc, dir: dir, qmp: q}
-	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil && strings.Contains(string(b), "vhost-vsock-device") {
-		m.cid = GuestCID(dir)
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); err == nil {
+		args := strings.Split(string(b), "\x00")
+		for i, a := range args {
+			if strings.Contains(a, "vhost-vsock-device") {
+				m.cid = GuestCID(dir)
+			}
+			if i > 0 && args[i-1] == "-object" && strings.HasPrefix(a, "memory-backend-file,") {
+				for _, kv := range strings.Split(a, ",") {
+					if p, ok := strings.CutPrefix(kv, "mem-path="); ok {
+						m.memFile = p
+					}
+				}
+			}
+		}
 	}
 	return m, nil
 }

@@ -82,9 +82,19 @@ func tscKHz() int {
 func Args(spec vmm.Spec, caps Caps) []string {
 	dir := spec.Dir
 	cmdline := spec.Cmdline
+	machine := "microvm,x-option-roms=off,rtc=on"
+	if spec.MemoryFile != "" {
+		machine += ",memory-backend=ram"
+	}
 	args := []string{
 		"-name", spec.ID,
-		"-M", "microvm,x-option-roms=off,rtc=on",
+		"-M", machine,
+	}
+	if spec.MemoryFile != "" {
+		// Guest RAM in a shared file: a snapshot is that file's copy plus
+		// a small device-state stream (migration capability
+		// x-ignore-shared), and a restore maps a copy of it.
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=on", spec.MemoryMiB, spec.MemoryFile))
 	}
 	if caps.KVM {
 		args = append(args, "-accel", "kvm", "-cpu", "host")

@@ -92,3 +92,15 @@ func TestProbeIsConservativeUnderPVM(t *testing.T) {
 		t.Errorf("KVM reported usable under kvm_pvm")
 	}
 }
+
+func TestParseVersion(t *testing.T) {
+	for in, want := range map[string]string{
+		"QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u16)\nCopyright (c) 2003-2022 Fabrice Bellard": "7.2.19",
+		"Firecracker v1.14.2\n": "v1.14.2",
+		"no version here":       "",
+	} {
+		if got := vmm.ParseVersion(in); got != want {
+			t.Errorf("ParseVersion(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

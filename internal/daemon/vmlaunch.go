@@ -1,0 +1,222 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/guestinit"
+	"banger/internal/hostnet"
+	"banger/internal/snapshot"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+	"banger/internal/vsockagent"
+)
+
+// This file is how a VM comes to run: a cold boot, or a restore from a
+// snapshot or warm template followed by the new identity the guest
+// needs, and the template a cold boot leaves for the next one.
+
+// restoreFrom is what a VM is restored from instead of booted.
+type restoreFrom struct {
+	snap api.Snapshot
+	// hostKey is the VM's own SSH host key (private, PEM): its disk is
+	// the snapshot's copy, which holds the source's.
+	hostKey []byte
+}
+
+// startVMLocked boots v and waits for its agent.
+func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error) {
+	return d.launchVMLocked(v, nil, "", progress)
+}
+
+// launchVMLocked boots v, or restores it from a snapshot, and waits
+// until it is ready: the agent's ready line after a boot, the agent
+// having taken the VM's identity after a restore. The VMM outlives the
+// request: it runs on the daemon's own context. A VM that does not
+// become ready goes to error, its VMM killed, the reason in the message.
+// With a template key, a booted VM is snapshotted as that warm template
+// the moment it is ready, before anyone uses it.
+func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string, progress func(string)) (*api.VM, error) {
+	ctx := context.Background()
+	img, err := d.store.Image(ctx, v.Image)
+	if err != nil {
+		return nil, withHint(err, "the VM's image is gone: remove the VM")
+	}
+	k, err := d.store.Kernel(ctx, v.Kernel)
+	if err != nil {
+		return nil, withHint(err, "the VM's kernel is gone: remove the VM")
+	}
+	_, b, err := d.backend(v.VMM)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.transition(ctx, &v, vm.EvStart, 0, ""); err != nil {
+		return nil, err
+	}
+	began := time.Now()
+	if v.Network != "" && v.Network != "none" {
+		say(progress, "network")
+	}
+	netArgs, err := d.attachNet(ctx, v)
+	if err != nil {
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		return nil, err
+	}
+	bootArgs := netArgs
+	if templateKey != "" && from == nil {
+		// The image's command waits until the template is taken.
+		bootArgs = append(append([]string{}, netArgs...), "banger.hold=1")
+	}
+	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
+		Cmdline: vm.Cmdline(v.Name, bootArgs...),
+		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}}}
+	if v.VMM == "qemu" {
+		spec.MemoryFile = d.layout.RAMFile(v.ID)
+	}
+	if netArgs != nil {
+		spec.TAP, spec.MAC = hostnet.TAPName(v.ID), hostnet.MAC(v.ID).String()
+	}
+	console := filepath.Join(v.Dir, "console.log")
+	offset := fileSize(console)
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	var m vmm.Machine
+	if from == nil {
+		say(progress, "vmm")
+		err = d.inVMNet(v, func() (err error) { m, err = b.start(sctx, spec); return })
+	} else {
+		say(progress, "restore")
+		err = d.inVMNet(v, func() (err error) { m, err = b.restore.Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
+	}
+	cancel()
+	if err != nil {
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.detachNet(ctx, v)
+		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
+	}
+	restored := time.Since(began)
+	d.setMachine(v.ID, m)
+	d.store.SetVMState(ctx, v.Name, v.State, m.PID(), "")
+	v.PID = m.PID()
+	if from == nil {
+		say(progress, "boot")
+		err = waitReady(m, m.ConsolePath(), offset, d.readyTimeout())
+	} else {
+		say(progress, "identity")
+		err = d.reidentify(ctx, v, netArgs, from.hostKey)
+	}
+	if err != nil {
+		m.Kill()
+		m.Wait(ctx)
+		d.setMachine(v.ID, nil)
+		d.dropAgent(v.ID)
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.detachNet(ctx, v)
+		d.log.Warn("vm failed to start", "vm", v.Name, "err", err)
+		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", errVMStart, v.Name, v.Name, err)
+	}
+	if err := d.transition(ctx, &v, vm.EvReady, m.PID(), ""); err != nil {
+		return nil, err
+	}
+	if from != nil {
+		d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "restored_from", from.snap.Name,
+			"restore", restored, "ready_after", time.Since(began))
+	} else {
+		d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
+	}
+	if templateKey != "" && from == nil {
+		say(progress, "template")
+		d.captureTemplate(ctx, v, templateKey)
+		if err := d.agentOp(ctx, v, "release"); err != nil {
+			d.log.Warn("the image's command was not released: it waits until the VM restarts", "vm", v.Name, "err", err)
+		}
+	}
+	// Open the agent session now, so the first exec does not pay for the
+	// handshake; then keys registered since the VM's disk was made reach
+	// it.
+	d.jobs.Add(1)
+	go func() {
+		defer d.jobs.Done()
+		ctx, cancel := context.WithTimeout(d.jobCtx, 10*time.Second)
+		if _, err := d.agentSession(ctx, v); err != nil {
+			d.log.Info("no agent session yet (the first request retries)", "vm", v.Name, "err", err)
+		}
+		cancel()
+		d.pushAuthorizedKeys(d.jobCtx, v)
+	}()
+	go d.watchExit(v, m)
+	return &v, nil
+}
+
+// reidentify makes a restored guest the VM v: its agent takes v's host
+// name, MAC, address, resolver and SSH host key, the host's clock and
+// fresh randomness (see vsockagent.Identity). Until it has, the guest is
+// a copy of the snapshot's source and is not ready.
+func (d *Daemon) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, d.readyTimeout())
+	defer cancel()
+	s, err := d.agentSession(ctx, v)
+	if err != nil {
+		return fmt.Errorf("the restored guest's agent did not answer: %w", err)
+	}
+	c := guestinit.ParseCmdline(strings.Join(netArgs, " "))
+	id := vsockagent.Identity{Hostname: v.Name, Domain: c.Domain, Iface: c.Iface, IP: c.IP, GW: c.GW, DNS: c.DNS, MTU: c.MTU,
+		SSHHostKey: hostKey, Entropy: make([]byte, 64)}
+	if netArgs != nil {
+		id.MAC = hostnet.MAC(v.ID).String()
+	}
+	rand.Read(id.Entropy)
+	st, err := s.Open(vsockagent.Request{Op: "identity"})
+	if err != nil {
+		return err
+	}
+	id.UnixNano = time.Now().UnixNano()
+	if err := json.NewEncoder(st).Encode(id); err != nil {
+		st.Close()
+		return fmt.Errorf("sending the VM's identity: %w", err)
+	}
+	st.CloseWrite()
+	e, err := st.Wait(ctx)
+	if err == nil && e.Code != 0 {
+		err = errors.New(e.Error)
+	}
+	if err != nil {
+		return fmt.Errorf("giving the restored guest its identity: %w", err)
+	}
+	return nil
+}
+
+func (d *Daemon) readyTimeout() time.Duration {
+	if d.opts.ReadyTimeout > 0 {
+		return d.opts.ReadyTimeout
+	}
+	return 2 * time.Minute
+}
+
+// watchExit records a VM's end when its VMM exits on its own (a power-off
+// in the guest, a crash). Stops and kills record it themselves.
+func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
+	if err := m.Wait(d.jobCtx); err != nil {
+		return // the daemon is stopping; the VM runs on
+	}
+	unlock := d.vmLock(v.Name)
+	defer unlock()
+	if d.machine(v.ID) != m {
+		return
+	}
+	d.setMachine(v.ID, nil)
+	cur, err := d.store.VM(context.Background(), v.Name)
+	if err != nil || !vm.State(cur.State).Live() {
+		return
+	}
+	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
+	d.dropAgent(cur.ID)
+	d.detachNet(context.Background(), cur)
+	d.log.Info("vm exited", "vm", v.Name)
+}

@@ -1,0 +1,84 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+)
+
+// CopyFile copies src to a new file dst (mode 0600) and keeps it sparse:
+// a reflink when the file system shares extents (XFS, btrfs), otherwise
+// only src's data extents are read (SEEK_DATA) and blocks of zeros
+// become holes. Guest RAM and VM disks are mostly holes and zeros, so
+// this reads and writes a fraction of their size. It returns the bytes
+// written. On error dst is removed.
+func CopyFile(dst, src string) (written int64, err error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	fi, err := in.Stat()
+	if err != nil {
+		return 0, err
+	}
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return 0, err
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			os.Remove(dst)
+		}
+	}()
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return fi.Size(), nil
+	}
+	if err := out.Truncate(fi.Size()); err != nil {
+		return 0, fmt.Errorf("copying %s: %w", src, err)
+	}
+	buf := make([]byte, 1<<20)
+	zero := make([]byte, 64<<10)
+	for off := int64(0); off < fi.Size(); {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break // only a hole is left
+		}
+		if err != nil {
+			return written, fmt.Errorf("copying %s: %w", src, err)
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return written, fmt.Errorf("copying %s: %w", src, err)
+		}
+		for pos := data; pos < hole; {
+			n, err := in.ReadAt(buf[:min(int64(len(buf)), hole-pos)], pos)
+			if n == 0 && err != nil {
+				if err == io.EOF {
+					break
+				}
+				return written, fmt.Errorf("copying %s: %w", src, err)
+			}
+			for i := 0; i < n; i += len(zero) {
+				chunk := buf[i:min(i+len(zero), n)]
+				if bytes.Equal(chunk, zero[:len(chunk)]) {
+					continue
+				}
+				if _, err := out.WriteAt(chunk, pos+int64(i)); err != nil {
+					return written, fmt.Errorf("copying %s to %s: %w", src, dst, err)
+				}
+				written += int64(len(chunk))
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return written, nil
+}
