@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +17,7 @@ import (
 // `image rm` behave.
 func TestVMRunWarm(t *testing.T) {
 	in := newInstance(t)
+	os.WriteFile(in.path("config.toml"), []byte("warm = true\n"), 0o644)
 	vmFixtures(t, in)
 	reg := imagetest.StartRegistry(t)
 	layer := busyboxLayer(t)
