@@ -12,7 +12,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -20,6 +19,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/kernel"
 	"banger/internal/vmm"
 )
 
@@ -153,7 +153,7 @@ func Describe(dir string) ([]api.SnapshotFile, error) {
 		}
 		sf := api.SnapshotFile{Role: f.role, Name: f.name, SizeBytes: fi.Size(), DiskBytes: allocated(fi)}
 		if f.role == "state" {
-			if sf.SHA256, err = sum(p); err != nil {
+			if sf.SHA256, err = kernel.HashFile(p); err != nil {
 				return nil, err
 			}
 		}
@@ -178,19 +178,6 @@ func allocated(fi os.FileInfo) int64 {
 	return fi.Size()
 }
 
-func sum(p string) (string, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
 // Verify checks, before a restore, that the snapshot's files are all
 // there with the sizes recorded and that the device state is the one
 // written. Memory is checked by size only (hashing it would cost more
@@ -209,7 +196,7 @@ func Verify(sn api.Snapshot) error {
 			return damaged(sn, fmt.Sprintf("its %s file is %d bytes, %d were written", f.Role, fi.Size(), f.SizeBytes))
 		}
 		if f.SHA256 != "" {
-			got, err := sum(p)
+			got, err := kernel.HashFile(p)
 			if err != nil {
 				return err
 			}
