@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -223,6 +224,12 @@ func (d *Daemon) agentPowerOff(ctx context.Context, v api.VM) error {
 func (d *Daemon) agentOp(ctx context.Context, v api.VM, op string) error {
 	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
+	return d.agentCall(ctx, v, op, nil)
+}
+
+// agentCall runs op on the VM's agent with body, when not nil, sent as
+// JSON on the stream, and waits for its status until ctx ends.
+func (d *Daemon) agentCall(ctx context.Context, v api.VM, op string, body any) error {
 	s, err := d.agentSession(ctx, v)
 	if err != nil {
 		return err
@@ -230,6 +237,12 @@ func (d *Daemon) agentOp(ctx context.Context, v api.VM, op string) error {
 	st, err := s.Open(vsockagent.Request{Op: op})
 	if err != nil {
 		return err
+	}
+	if body != nil {
+		if err := json.NewEncoder(st).Encode(body); err != nil {
+			st.Close()
+			return fmt.Errorf("sending the %s request: %w", op, err)
+		}
 	}
 	st.CloseWrite()
 	e, err := st.Wait(ctx)

@@ -3,8 +3,6 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -161,32 +159,17 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 func (d *Daemon) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, d.readyTimeout())
 	defer cancel()
-	s, err := d.agentSession(ctx, v)
-	if err != nil {
+	if _, err := d.agentSession(ctx, v); err != nil {
 		return fmt.Errorf("the restored guest's agent did not answer: %w", err)
 	}
 	c := guestinit.ParseCmdline(strings.Join(netArgs, " "))
 	id := vsockagent.Identity{Hostname: v.Name, Domain: c.Domain, Iface: c.Iface, IP: c.IP, GW: c.GW, DNS: c.DNS, MTU: c.MTU,
-		SSHHostKey: hostKey, Entropy: make([]byte, 64)}
+		SSHHostKey: hostKey, Entropy: make([]byte, 64), UnixNano: time.Now().UnixNano()}
 	if netArgs != nil {
 		id.MAC = hostnet.MAC(v.ID).String()
 	}
 	rand.Read(id.Entropy)
-	st, err := s.Open(vsockagent.Request{Op: "identity"})
-	if err != nil {
-		return err
-	}
-	id.UnixNano = time.Now().UnixNano()
-	if err := json.NewEncoder(st).Encode(id); err != nil {
-		st.Close()
-		return fmt.Errorf("sending the VM's identity: %w", err)
-	}
-	st.CloseWrite()
-	e, err := st.Wait(ctx)
-	if err == nil && e.Code != 0 {
-		err = errors.New(e.Error)
-	}
-	if err != nil {
+	if err := d.agentCall(ctx, v, "identity", id); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
 	}
 	return nil
