@@ -54,7 +54,7 @@ type Firecracker struct {
 
 // Defaults is the configuration with no file.
 func Defaults() Config {
-	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat", Warm: false,
+	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat", Warm: true,
 		Net:         Net{Bridge: "banger0", Subnet: "10.253.0.0/24"},
 		Firecracker: Firecracker{JailerUID: 30000, JailerGID: 30000}}
 }

@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"banger/internal/api"
@@ -138,7 +140,12 @@ func (d *Daemon) takeSnapshot(ctx context.Context, v api.VM, name, kind, templat
 	files, st, err := snapshot.Capture(ctx, m, filepath.Join(v.Dir, vm.DataDisk), sn.Dir, v.State == string(vm.Paused))
 	if err != nil {
 		d.log.Warn("snapshot failed", "vm", v.Name, "snapshot", name, "err", err)
-		return fail(fmt.Errorf("snapshot of VM %q: %w (the VM runs on; nothing was kept)", v.Name, err))
+		hint := ""
+		if noSpace(err) {
+			// QEMU's own migration failure reaches us as text only.
+			hint = fmt.Sprintf(": free space under %s (a snapshot needs about the guest's used memory plus its disk's data), or remove old ones with `banger snapshot rm`", d.layout.SnapshotsDir())
+		}
+		return fail(fmt.Errorf("snapshot of VM %q: %w (the VM runs on; nothing was kept)%s", v.Name, err, hint))
 	}
 	next, err := snapshot.Next(snapshot.State(sn.State), snapshot.EvWritten)
 	if err != nil {
@@ -150,6 +157,12 @@ func (d *Daemon) takeSnapshot(ctx context.Context, v api.VM, name, kind, templat
 	}
 	d.log.Info("snapshot taken", "vm", v.Name, "snapshot", name, "kind", kind, "size", sn.SizeBytes, "stages", st.String())
 	return sn, nil
+}
+
+// noSpace reports whether err is a full file system, as an errno or in
+// a VMM's words.
+func noSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || strings.Contains(strings.ToLower(err.Error()), "no space left")
 }
 
 // handleSnapshotVM is POST /v1/vms/{name}/snapshot.

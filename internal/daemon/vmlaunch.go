@@ -90,7 +90,10 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		err = d.inVMNet(v, func() (err error) { m, err = b.start(sctx, spec); return })
 	} else {
 		say(progress, "restore")
-		err = d.inVMNet(v, func() (err error) { m, err = b.restore.Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
+		err = d.tapUp(v, netArgs, false)
+		if err == nil {
+			err = d.inVMNet(v, func() (err error) { m, err = b.restore.Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
+		}
 	}
 	cancel()
 	if err != nil {
@@ -107,7 +110,9 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		err = waitReady(m, m.ConsolePath(), offset, d.readyTimeout())
 	} else {
 		say(progress, "identity")
-		err = d.reidentify(ctx, v, netArgs, from.hostKey)
+		if err = d.reidentify(ctx, v, netArgs, from.hostKey); err == nil {
+			err = d.tapUp(v, netArgs, true)
+		}
 	}
 	if err != nil {
 		m.Kill()
@@ -171,6 +176,21 @@ func (d *Daemon) reidentify(ctx context.Context, v api.VM, netArgs []string, hos
 	rand.Read(id.Entropy)
 	if err := d.agentCall(ctx, v, "identity", id); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
+	}
+	return nil
+}
+
+// tapUp sets a networked VM's TAP up or down (see hostnet.SetTAPUp).
+func (d *Daemon) tapUp(v api.VM, netArgs []string, up bool) error {
+	if netArgs == nil {
+		return nil
+	}
+	n, err := d.networkUp()
+	if err == nil {
+		err = n.SetTAPUp(hostnet.TAPName(v.ID), up)
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", errNetwork, err)
 	}
 	return nil
 }

@@ -1,7 +1,9 @@
 package guestinit
 
 import (
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
 	"net"
 	"net/netip"
@@ -25,6 +27,9 @@ func reidentify(id vsockagent.Identity) error {
 		c.Iface = "eth0"
 	}
 	if err := writeIdentity(c, "", old); err != nil {
+		return err
+	}
+	if err := renewMachineID("/etc/machine-id"); err != nil {
 		return err
 	}
 	if id.MAC == "" && id.IP == "" {
@@ -73,6 +78,30 @@ func reidentify(id vsockagent.Identity) error {
 		if err := setDefaultRoute(ifc.Index, gw); err != nil {
 			return fmt.Errorf("adding default route via %s: %w", gw, err)
 		}
+	}
+	return nil
+}
+
+// renewMachineID gives a restored guest a machine id of its own (its
+// source's would otherwise be shared by every fork: systemd, journald and
+// DHCP clients key on it). An image without the file keeps having none,
+// and an empty one (systemd's "first boot" marker) stays empty. It is
+// written in place, not renamed over: systemd may have bind-mounted it.
+// The kernel's pool was reseeded before this runs.
+func renewMachineID(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil || len(b) == 0 {
+		return nil
+	}
+	id := make([]byte, 16)
+	if _, err := rand.Read(id); err != nil {
+		return err
+	}
+	// A version 4 UUID's bits, as systemd-id128 makes them.
+	id[6] = id[6]&0x0f | 0x40
+	id[8] = id[8]&0x3f | 0x80
+	if err := os.WriteFile(path, []byte(hex.EncodeToString(id)+"\n"), 0o444); err != nil {
+		return fmt.Errorf("renewing %s: %w", path, err)
 	}
 	return nil
 }

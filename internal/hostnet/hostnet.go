@@ -340,6 +340,30 @@ func (n *Net) AddTAP(name string) error {
 	})
 }
 
+// SetTAPUp brings a VM's TAP up or down. A restored guest's TAP stays
+// down until the guest has its new identity: until then it is a copy of
+// its source and would send frames with the source's MAC and address,
+// which the bridge would learn on the wrong port.
+func (n *Net) SetTAPUp(name string, up bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.Do(func() error {
+		l, err := netlink.LinkByName(name)
+		if err != nil {
+			return fmt.Errorf("finding TAP %s: %w", name, err)
+		}
+		if up {
+			err = netlink.LinkSetUp(l)
+		} else {
+			err = netlink.LinkSetDown(l)
+		}
+		if err != nil {
+			return fmt.Errorf("setting TAP %s up=%v: %w", name, up, err)
+		}
+		return nil
+	})
+}
+
 // DelTAP removes a TAP; one that is already gone is not an error.
 func (n *Net) DelTAP(name string) error {
 	n.mu.Lock()

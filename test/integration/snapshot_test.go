@@ -147,6 +147,18 @@ func TestVMSnapshotFork(t *testing.T) {
 			t.Errorf("ping %s from src:\n%s", v.IP, out)
 		}
 	}
+	// The bridge learned the source's MAC on the source's TAP only: a
+	// fork's TAP stays down until the fork has its own MAC.
+	fdb, err := exec.Command("ip", "netns", "exec", in.netns, "bridge", "fdb", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("bridge fdb show: %v %s", err, fdb)
+	}
+	srcMAC, srcTAP := hostnet.MAC(vmID(t, src)).String(), hostnet.TAPName(vmID(t, src))
+	for _, l := range strings.Split(string(fdb), "\n") {
+		if f := strings.Fields(l); len(f) > 2 && f[0] == srcMAC && f[1] == "dev" && f[2] != srcTAP {
+			t.Errorf("the bridge learned the source's MAC on another port: %s", l)
+		}
+	}
 	conf := filepath.Join(t.TempDir(), "ssh_config")
 	os.WriteFile(conf, []byte(in.ok("ssh-config")), 0o644)
 	for _, name := range []string{"f-1", "f-2"} {

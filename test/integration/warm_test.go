@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,8 +15,7 @@ import (
 // the image's command afresh (it never ran in the template); --cold and
 // `image rm` behave.
 func TestVMRunWarm(t *testing.T) {
-	in := newInstance(t)
-	os.WriteFile(in.path("config.toml"), []byte("warm = true\n"), 0o644)
+	in := newInstance(t) // warm starts are the default
 	vmFixtures(t, in)
 	reg := imagetest.StartRegistry(t)
 	layer := busyboxLayer(t)
