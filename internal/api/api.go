@@ -138,6 +138,29 @@ type VM struct {
 	// Origin says how the VM first came to run: "" for a cold boot,
 	// "snapshot NAME" for a fork, "template NAME" for a warm start.
 	Origin string `json:"origin,omitempty"`
+	// Mounts are the host directories the VM sees live (-v).
+	Mounts []Mount `json:"mounts,omitempty"`
+}
+
+// Mount kinds.
+const (
+	MountVirtioFS = "virtiofs" // QEMU: a virtiofsd per mount, shared live
+	MountSync     = "sync"     // Firecracker: copied and kept in sync by the agent
+)
+
+// Mount is a host directory shared with a VM (-v HOST:GUEST[:ro]).
+type Mount struct {
+	Host     string `json:"host"`  // absolute, symlinks resolved
+	Guest    string `json:"guest"` // absolute path in the guest
+	ReadOnly bool   `json:"read_only,omitempty"`
+	Kind     string `json:"kind"`          // virtiofs or sync
+	Tag      string `json:"tag,omitempty"` // the virtio-fs tag the guest mounts
+	// UID and GID are the caller's: the host side accesses files as them.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
+	// PID is the running virtiofsd, 0 when none; Error why it stopped.
+	PID   int    `json:"pid,omitempty"`
+	Error string `json:"error,omitempty"`
 }
 
 // Snapshot kinds.
@@ -269,6 +292,9 @@ type VMCreateRequest struct {
 	// [IP:]HOST:GUEST[/tcp].
 	Network string   `json:"network,omitempty"`
 	Ports   []string `json:"ports,omitempty"`
+	// Mounts are -v values, HOST:GUEST[:ro|:rw]; HOST is resolved by
+	// the CLI (relative to its working directory).
+	Mounts []string `json:"mounts,omitempty"`
 }
 
 // RegistryAuth carries credentials the CLI resolved from the user's own

@@ -149,10 +149,13 @@ type vmProgress struct {
 }
 
 var vmStageText = map[string]string{
-	"disk":    "making its disk",
-	"network": "connecting its network",
-	"vmm":     "starting the VMM",
-	"boot":    "booting, waiting for its agent",
+	"disk":     "making its disk",
+	"network":  "connecting its network",
+	"vmm":      "starting the VMM",
+	"boot":     "booting, waiting for its agent",
+	"restore":  "restoring a snapshot",
+	"identity": "giving the restored guest its own identity",
+	"template": "saving a warm template for the next start",
 }
 
 func newVMProgress(w io.Writer, name string) *vmProgress {

@@ -28,7 +28,7 @@ const WorkspaceDir = "/root/repo"
 func newVMRunCommand(a *app) *cobra.Command {
 	var req api.VMCreateRequest
 	var spec vmSpecFlags
-	var rm, detach, untracked bool
+	var rm, detach, untracked, live bool
 	cmd := &cobra.Command{
 		Use:   "run [PATH] [flags] [-- COMMAND [ARG...]]",
 		Short: "Create and start a VM, then open a shell in it (or run COMMAND); PATH copies a git repository in",
@@ -40,6 +40,8 @@ func newVMRunCommand(a *app) *cobra.Command {
 		Example: "  banger vm run                           # a shell in a fresh VM\n" +
 			"  banger vm run --rm -- make test          # run, exit with its status, remove the VM\n" +
 			"  banger vm run . --name work -d           # this repository in a VM, in the background\n" +
+			"  banger vm run . --live -- make           # the repository shared live (edits on either side show at once)\n" +
+			"  banger vm run -v ~/data:/data:ro         # a host directory, read-only in the VM\n" +
 			"  banger vm run --image alpine -p 8080:80 -- httpd -f",
 		Args: argsError(func(cmd *cobra.Command, args []string) error {
 			if n := cmd.ArgsLenAtDash(); (n == -1 && len(args) > 1) || n > 1 {
@@ -64,10 +66,21 @@ func newVMRunCommand(a *app) *cobra.Command {
 			if rm && detach {
 				return errors.New("--rm and -d do not go together: a detached VM is meant to stay")
 			}
+			if live {
+				if path == "" {
+					return errors.New("--live shares PATH: give the repository's path before `--`")
+				}
+				// The repository itself, live at the workspace path,
+				// instead of a copy.
+				req.Mounts = append(req.Mounts, path+":"+WorkspaceDir)
+			}
 			if err := spec.finish(&req); err != nil {
 				return err
 			}
-			return a.run(cmd, req, path, untracked, command, rm, detach)
+			if live {
+				return a.run(cmd, req, "", untracked, command, rm, detach, WorkspaceDir)
+			}
+			return a.run(cmd, req, path, untracked, command, rm, detach, "")
 		},
 	}
 	f := cmd.Flags()
@@ -75,10 +88,11 @@ func newVMRunCommand(a *app) *cobra.Command {
 	f.BoolVar(&rm, "rm", false, "remove the VM when the shell or command ends")
 	f.BoolVarP(&detach, "detach", "d", false, "leave the VM running in the background and say how to reach it")
 	f.BoolVar(&untracked, "include-untracked", false, "with PATH: copy untracked files too (never ignored ones)")
+	f.BoolVar(&live, "live", false, "with PATH: share the repository live at "+WorkspaceDir+" (like -v PATH:"+WorkspaceDir+") instead of copying it")
 	return cmd
 }
 
-func (a *app) run(cmd *cobra.Command, req api.VMCreateRequest, path string, untracked bool, command []string, rm, detach bool) error {
+func (a *app) run(cmd *cobra.Command, req api.VMCreateRequest, path string, untracked bool, command []string, rm, detach bool, dir string) error {
 	ctx := cmd.Context()
 	stderr := cmd.ErrOrStderr()
 	c, err := a.client(ctx)
@@ -144,7 +158,6 @@ func (a *app) run(cmd *cobra.Command, req api.VMCreateRequest, path string, untr
 			}
 		}()
 	}
-	dir := ""
 	if path != "" {
 		if dir, err = a.copyWorkspace(ctx, c, v.Name, path, untracked); err != nil {
 			return err

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -248,6 +249,7 @@ func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network)")
 	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&req.Cold, "cold", false, "boot, even when a warm template of this image and shape could be restored")
+	f.StringArrayVarP(&req.Mounts, "mount", "v", nil, "share a host directory live, HOST:GUEST[:ro] (HOST relative to here; QEMU: virtio-fs); repeatable")
 }
 
 // finish puts the parsed sizes into req.
@@ -257,6 +259,20 @@ func (v *vmSpecFlags) finish(req *api.VMCreateRequest) error {
 		return err
 	}
 	req.MemoryMiB = int(mem >> 20)
-	req.DiskBytes, err = config.ParseSize(v.disk)
-	return err
+	if req.DiskBytes, err = config.ParseSize(v.disk); err != nil {
+		return err
+	}
+	// The daemon does not share the CLI's working directory.
+	for i, m := range req.Mounts {
+		host, rest, ok := strings.Cut(m, ":")
+		if !ok || host == "" {
+			return fmt.Errorf("-v %q: want HOST:GUEST or HOST:GUEST:ro", m)
+		}
+		abs, err := filepath.Abs(host)
+		if err != nil {
+			return err
+		}
+		req.Mounts[i] = abs + ":" + rest
+	}
+	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"banger/internal/debarchive"
 	"banger/internal/imagebuild"
 	"banger/internal/system"
+	"banger/internal/virtiofs"
 	"banger/internal/vmm/qemu"
 )
 
@@ -87,6 +88,27 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		add("e2fsprogs", api.Pass, "mkfs.ext4, e2fsck, tune2fs, resize2fs, debugfs", "")
 	} else {
 		add("e2fsprogs", api.Fail, "missing "+strings.Join(missing, ", "), "apt-get install e2fsprogs")
+	}
+
+	// -v on QEMU: a virtiofsd per mount, in a user namespace for callers
+	// other than root.
+	if vbin, err := virtiofs.Find(""); err != nil {
+		add("virtiofsd", api.Warn, "no virtiofsd: `-v` (shared host directories) does not work", "apt-get install qemu-system-x86 (it ships /usr/lib/qemu/virtiofsd)")
+	} else if b, _ := os.ReadFile("/proc/sys/user/max_user_namespaces"); strings.TrimSpace(string(b)) == "0" {
+		add("virtiofsd", api.Warn, vbin+": user namespaces are off, so only root's VMs can share directories", "sysctl user.max_user_namespaces=15000")
+	} else {
+		add("virtiofsd", api.Pass, vbin+": "+version(vbin, "--version"), "")
+	}
+	// Guest RAM of QEMU VMs lives in a shared file under /dev/shm.
+	var shm unix.Statfs_t
+	if err := unix.Statfs(d.layout.RAMDir(), &shm); err == nil || unix.Statfs("/dev/shm", &shm) == nil {
+		free := int64(shm.Bavail) * shm.Bsize
+		detail := fmt.Sprintf("%.1f GiB free for guest RAM in %s", float64(free)/(1<<30), d.layout.RAMDir())
+		if free < 2<<30 {
+			add("guest RAM", api.Warn, detail+": QEMU VMs that use more fail to start", "grow /dev/shm (mount -o remount,size=16G /dev/shm)")
+		} else {
+			add("guest RAM", api.Pass, detail, "")
+		}
 	}
 
 	// Building images from the Debian archive: the default image's way

@@ -95,6 +95,11 @@ func (d *Daemon) agentHash() (string, error) {
 // disk are written; whatever happens it runs on afterwards (a paused VM
 // stays paused). A failed snapshot leaves no record and no files.
 func (d *Daemon) takeSnapshot(ctx context.Context, v api.VM, name, kind, templateKey string) (api.Snapshot, error) {
+	if len(v.Mounts) > 0 {
+		// QEMU 7.2 blocks migration of vhost-user-fs devices, and a
+		// restored guest would hold file handles of another virtiofsd.
+		return api.Snapshot{}, fmt.Errorf("%w: VM %q shares host directories (-v): QEMU cannot snapshot a VM with virtio-fs devices; make one without -v to snapshot or fork it", vm.ErrInvalidState, v.Name)
+	}
 	m := d.machine(v.ID)
 	if m == nil {
 		return api.Snapshot{}, fmt.Errorf("%w: VM %q runs, but this daemon has no handle on its VMM (it did not answer after a restart): restart the VM to snapshot it", errConflict, v.Name)

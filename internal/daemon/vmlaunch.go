@@ -67,14 +67,30 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
 		return nil, err
 	}
-	bootArgs := netArgs
+	bootArgs := append([]string{}, netArgs...)
 	if templateKey != "" && from == nil {
 		// The image's command waits until the template is taken.
-		bootArgs = append(append([]string{}, netArgs...), "banger.hold=1")
+		bootArgs = append(bootArgs, "banger.hold=1")
+	}
+	var fsDevs []vmm.FS
+	if len(v.Mounts) > 0 {
+		if from != nil {
+			err = fmt.Errorf("%w: VM %q has shared directories: it cannot be restored from a snapshot", errInvalid, v.Name)
+		} else {
+			var fsArgs []string
+			fsDevs, fsArgs, err = d.startMounts(ctx, &v)
+			bootArgs = append(bootArgs, fsArgs...)
+		}
+		if err != nil {
+			d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+			d.detachNet(ctx, v)
+			return nil, err
+		}
 	}
 	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
 		Cmdline: vm.Cmdline(v.Name, bootArgs...),
-		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}}}
+		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}},
+		FS:      fsDevs}
 	if v.VMM == "qemu" {
 		spec.MemoryFile = d.layout.RAMFile(v.ID)
 	}

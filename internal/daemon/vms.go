@@ -204,10 +204,15 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if err != nil {
 		return nil, err
 	}
+	mounts, err := d.resolveMounts(ctx, req.Mounts, choice, *k)
+	if err != nil {
+		return nil, err
+	}
 	alloc, err := d.prepareNet(mode, ports)
 	if err != nil {
 		return nil, err
 	}
+	v.Mounts = mounts
 	mem, _ := config.ParseSize(cfg.Memory)
 	v.Image, v.Kernel, v.VMM = img.Name, k.Name, choice
 	v.VCPU, v.MemoryMiB, v.DiskBytes = orInt(req.VCPU, cfg.VCPU), orInt(req.MemoryMiB, int(mem>>20)), req.DiskBytes
@@ -225,7 +230,9 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	// instead of booted.
 	var from *restoreFrom
 	key := ""
-	if cfg.Warm && !req.Cold && !req.NoStart {
+	// A VM with shared directories cannot be snapshotted (see
+	// takeSnapshot), so it neither restores a template nor makes one.
+	if cfg.Warm && !req.Cold && !req.NoStart && len(mounts) == 0 {
 		key, from = d.warmStart(ctx, v, img, *k)
 	}
 	say(progress, "disk")
@@ -386,8 +393,9 @@ func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int
 	}
 	v.State, v.PID, v.Error = string(next), pid, msg
 	if !next.Live() {
-		// No VMM maps the guest's RAM any more.
+		// No VMM maps the guest's RAM any more, nor serves its mounts.
 		os.Remove(d.layout.RAMFile(v.ID))
+		d.stopMounts(ctx, v.Name)
 	}
 	return nil
 }

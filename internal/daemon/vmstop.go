@@ -131,6 +131,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 	for _, v := range vms {
 		known[v.ID] = true
 		if !vm.State(v.State).Live() {
+			d.stopMounts(ctx, v.Name) // a daemon killed mid-stop may have left them
 			continue
 		}
 		alive := vmmProcess(v.PID, v.Dir)
@@ -156,6 +157,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 			}
 			d.setMachine(v.ID, m)
 			go d.watchExit(v, m)
+			d.adoptMounts(v)
 			if v.State == string(vm.Running) {
 				// A daemon killed while it snapshotted this VM left it
 				// frozen: thaw it (a running guest does not mind), and

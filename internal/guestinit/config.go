@@ -28,6 +28,7 @@ import (
 //	banger.hostname=NAME
 //	banger.init=PATH|none     exec PATH after the root switch; none: stay PID 1
 //	banger.hold=1             start the image's command only when the host releases it
+//	banger.mount=TAG:PATH[:ro] mount virtio-fs TAG at PATH after the root switch (repeatable)
 type Config struct {
 	Root, Data              string
 	Iface, IP, GW, DNS, MTU string
@@ -35,6 +36,13 @@ type Config struct {
 	Hostname, Init          string
 	Hold                    bool
 	MMIODevices             []string // virtio_mmio.device= values, for the module
+	Mounts                  []Mount
+}
+
+// Mount is a virtio-fs file system the host shares (banger.mount=).
+type Mount struct {
+	Tag, Path string
+	ReadOnly  bool
 }
 
 // ParseCmdline reads the parameters above from a kernel command line.
@@ -68,6 +76,11 @@ func ParseCmdline(cmdline string) Config {
 			c.Init = v
 		case "banger.hold":
 			c.Hold = v == "1"
+		case "banger.mount":
+			f := strings.Split(v, ":")
+			if len(f) >= 2 {
+				c.Mounts = append(c.Mounts, Mount{Tag: f[0], Path: f[1], ReadOnly: len(f) > 2 && f[2] == "ro"})
+			}
 		case "virtio_mmio.device":
 			c.MMIODevices = append(c.MMIODevices, v)
 		}

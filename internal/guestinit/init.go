@@ -132,6 +132,9 @@ func run() error {
 		return err
 	}
 	logf("root switched: overlay of %s (read-only) and %s", c.Root, orDefault(c.Data, "tmpfs"))
+	if err := mountShared(c.Mounts); err != nil {
+		return err
+	}
 
 	if path := imageInit(c); path != "" {
 		if masked := maskUdevlessGetty(); masked != "" {
@@ -175,11 +178,12 @@ func mountEarly(root string) error {
 }
 
 // Drivers for virtio devices a VM may lack, with the modules only they
-// need, by virtio device ID (virtio spec 5: 1 net, 3 console, 19 vsock).
+// need, by virtio device ID (virtio spec 5: 1 net, 3 console, 19 vsock, 26 file system).
 var deviceModules = map[string][]string{
 	"0x0001": {"virtio_net", "net_failover", "failover"},
 	"0x0003": {"virtio_console"},
 	"0x0013": {"vmw_vsock_virtio_transport", "vmw_vsock_virtio_transport_common", "vsock"},
+	"0x001a": {"virtiofs", "fuse"},
 }
 
 // presentVirtioDevices reads the virtio device IDs the transport found.
@@ -424,6 +428,26 @@ func switchRoot() error {
 		return fmt.Errorf("chroot into the new root: %w", err)
 	}
 	return os.Chdir("/")
+}
+
+// mountShared mounts the host's virtio-fs directories, before the
+// image's command or systemd starts, so both see them from the first
+// instant. A read-only one is also read-only on the host side.
+func mountShared(ms []Mount) error {
+	for _, m := range ms {
+		if err := os.MkdirAll(m.Path, 0o755); err != nil {
+			return fmt.Errorf("creating mount point %s: %w", m.Path, err)
+		}
+		var flags uintptr = unix.MS_NODEV
+		if m.ReadOnly {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount(m.Tag, m.Path, "virtiofs", flags, ""); err != nil {
+			return fmt.Errorf("mounting the host directory %s at %s (virtio-fs): %w: was the kernel imported with virtiofs.ko?", m.Tag, m.Path, err)
+		}
+		logf("mounted host directory %s at %s (virtio-fs%s)", m.Tag, m.Path, map[bool]string{true: ", read-only"}[m.ReadOnly])
+	}
+	return nil
 }
 
 // maskUdevlessGetty masks the serial getty on the console for this boot

@@ -19,10 +19,11 @@ var ErrMissingModule = errors.New("kernel lacks a driver banger needs")
 // the import when missing. Optional ones are packed when the kernel has
 // them: vsock (the agent falls back to a virtio-serial port), and the
 // ACPI power button with evdev (a graceful stop under QEMU, whose microvm
-// machine has no keyboard for Ctrl-Alt-Del).
+// machine has no keyboard for Ctrl-Alt-Del), and virtio-fs for -v mounts
+// (loaded only in VMs that have such a device).
 var (
 	requiredDrivers = []string{"virtio_mmio", "virtio_blk", "virtio_net", "virtio_console", "ext4", "overlay"}
-	optionalDrivers = []string{"vsock", "vmw_vsock_virtio_transport", "button", "evdev"}
+	optionalDrivers = []string{"vsock", "vmw_vsock_virtio_transport", "button", "evdev", "virtiofs"}
 )
 
 // Module is one kernel module file.

@@ -85,6 +85,8 @@ var migrations = []string{
 	);
 	CREATE INDEX snapshots_template ON snapshots(template_key) WHERE template_key != '';
 	ALTER TABLE vms ADD COLUMN origin TEXT NOT NULL DEFAULT ''`,
+	// 7: host directories shared with a VM, as JSON ([]api.Mount).
+	`ALTER TABLE vms ADD COLUMN mounts TEXT NOT NULL DEFAULT '[]'`,
 }
 
 // Store is the database. It is safe for concurrent use.

@@ -11,13 +11,16 @@ import (
 	"banger/internal/api"
 )
 
-const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin`
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin, mounts`
 
 func scanVM(row scanner) (api.VM, error) {
 	var v api.VM
-	var created, ports string
-	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin); err != nil {
+	var created, ports, mounts string
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin, &mounts); err != nil {
 		return v, err
+	}
+	if err := json.Unmarshal([]byte(mounts), &v.Mounts); err != nil {
+		return v, fmt.Errorf("vm %q: decoding mounts: %w", v.Name, err)
 	}
 	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
 		return v, fmt.Errorf("vm %q: decoding ports: %w", v.Name, err)
@@ -41,6 +44,7 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 		v.Ports = []string{}
 	}
 	ports, _ := json.Marshal(v.Ports)
+	mounts := mountsJSON(v.Mounts)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -57,9 +61,9 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 		}
 		v.IP = a.String()
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano),
-		v.Network, v.IP, string(ports), v.Origin)
+		v.Network, v.IP, string(ports), v.Origin, mounts)
 	if isUnique(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
 	}
@@ -126,6 +130,27 @@ func (s *Store) SetVMState(ctx context.Context, name, state string, pid int, err
 // DeleteVM removes the named VM's record and returns it.
 func (s *Store) DeleteVM(ctx context.Context, name string) (api.VM, error) {
 	return deleteByName(ctx, s, "vms", vmColumns, "vm", name, scanVM)
+}
+
+func mountsJSON(ms []api.Mount) string {
+	if ms == nil {
+		ms = []api.Mount{}
+	}
+	b, _ := json.Marshal(ms)
+	return string(b)
+}
+
+// SetVMMounts records the state of a VM's mounts (their virtiofsd
+// processes and errors).
+func (s *Store) SetVMMounts(ctx context.Context, name string, ms []api.Mount) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET mounts = ? WHERE name = ?`, mountsJSON(ms), name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return nil
 }
 
 // SetVMOrigin records how a VM came to run (see api.VM.Origin).

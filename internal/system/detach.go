@@ -68,3 +68,32 @@ func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.F
 	}
 	return cmd.Process, nil
 }
+
+// SpawnIsolated is Spawn in a mount namespace of its own, with extra
+// files from descriptor 3 on. For a uid other than 0 it also runs in a
+// user namespace whose root is uid:gid on the host: it has root's powers
+// over its own namespaces and nothing but that user's rights outside.
+// It is how virtiofsd runs for a caller.
+func SpawnIsolated(path string, args []string, env []string, stderr *os.File, extra []*os.File, uid, gid int) (*os.Process, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, stderr
+	cmd.ExtraFiles = extra
+	attr := &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
+	if uid != 0 {
+		attr.Cloneflags |= syscall.CLONE_NEWUSER
+		attr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: 1}}
+		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
+		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
+	}
+	cmd.SysProcAttr = attr
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", path, err)
+	}
+	return cmd.Process, nil
+}

@@ -50,6 +50,10 @@ type Spec struct {
 	// the VMM, and a restore maps a copy. "" is anonymous memory, which
 	// cannot be snapshotted.
 	MemoryFile string
+	// FS are virtio-fs devices, each served by a vhost-user back end
+	// (virtiofsd) listening on Socket; they need MemoryFile (the back
+	// end maps guest RAM). QEMU only.
+	FS []FS
 }
 
 // Validate reports every problem of the spec at once.
@@ -57,6 +61,9 @@ func (s Spec) Validate() error {
 	var errs []error
 	if s.ID == "" || s.Dir == "" {
 		errs = append(errs, errors.New("spec needs an ID and a directory"))
+	}
+	if len(s.FS) > 0 && s.MemoryFile == "" {
+		errs = append(errs, errors.New("virtio-fs devices need guest RAM in a shared file (MemoryFile)"))
 	}
 	if s.VCPUs < 1 || s.VCPUs > 32 {
 		errs = append(errs, errors.New("vcpus must be between 1 and 32"))
@@ -145,4 +152,9 @@ func ParseVersion(out string) string {
 		}
 	}
 	return ""
+}
+
+// FS is a virtio-fs device: the guest mounts Tag.
+type FS struct {
+	Tag, Socket string
 }

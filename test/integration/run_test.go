@@ -56,7 +56,7 @@ func TestVMRunAsANewUser(t *testing.T) {
 	in.jsonOut(&checks, "doctor", "--json")
 	want := map[string]string{"daemon": "PASS", "versions": "PASS", "qemu": "PASS", "e2fsprogs": "PASS", "nftables": "PASS",
 		"bridge": "PASS", "dns": "PASS", "default image": "PASS", "default kernel": "PASS", "jailer": "PASS", ".vm names": "PASS",
-		"image build": "PASS", "archive keys": "PASS"}
+		"image build": "PASS", "archive keys": "PASS", "virtiofsd": "PASS", "guest RAM": "PASS"}
 	want["kvm"] = "WARN"
 	if qemu.Probe().KVM {
 		want["kvm"] = "PASS"

@@ -354,7 +354,8 @@ func TestDaemonRestartAdoptsVMs(t *testing.T) {
 }
 
 // TestVMProgressStream follows a create and a start through their
-// progress events (what the CLI draws on a terminal).
+// progress events (what the CLI draws on a terminal). The first boot of
+// a shape also makes its warm template.
 func TestVMProgressStream(t *testing.T) {
 	in := newInstance(t)
 	vmFixtures(t, in)
@@ -366,7 +367,7 @@ func TestVMProgressStream(t *testing.T) {
 		}
 	}
 	v, err := c.CreateVM(context.Background(), api.VMCreateRequest{Name: "pg", Image: "bb", Kernel: "k", VCPU: 1, MemoryMiB: 256, DiskBytes: 128 << 20, VMM: "qemu"}, record)
-	if err != nil || v.State != "running" || strings.Join(stages, " ") != "disk network vmm boot" {
+	if err != nil || v.State != "running" || strings.Join(stages, " ") != "disk network vmm boot template" {
 		t.Fatalf("create: %+v %v, stages %v", v, err, stages)
 	}
 	in.ok("vm", "stop", "pg")

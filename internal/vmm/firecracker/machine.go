@@ -189,6 +189,9 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
+	if len(spec.FS) > 0 {
+		return nil, fmt.Errorf("%w: Firecracker has no shared file system (virtio-fs)", vmm.ErrNotSupported)
+	}
 	m, err := b.spawn(ctx, spec.ID, spec.Dir)
 	if err != nil {
 		return nil, err

@@ -131,6 +131,18 @@ func Args(spec vmm.Spec, caps Caps) []string {
 		}
 		args = append(args, "-netdev", "tap,id=net0,ifname="+spec.TAP+",script=no,downscript=no", "-device", nic)
 	}
+	if len(spec.FS) > 0 {
+		// virtiofsd's libvhost-user speaks only modern (virtio 1.0)
+		// devices; microvm's virtio-mmio transports default to legacy.
+		// Only VMs with shared directories switch: the others' device
+		// state stays what their snapshots hold.
+		args = append(args, "-global", "virtio-mmio.force-legacy=false")
+	}
+	for i, fs := range spec.FS {
+		id := "fs" + strconv.Itoa(i)
+		args = append(args, "-chardev", "socket,id="+id+",path="+fs.Socket,
+			"-device", "vhost-user-fs-device,chardev="+id+",tag="+fs.Tag+",queue-size=1024")
+	}
 	if caps.VhostVsock {
 		args = append(args, "-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", GuestCID(dir)))
 	}

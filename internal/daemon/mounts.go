@@ -1,0 +1,188 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/user"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"syscall"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/virtiofs"
+	"banger/internal/vm"
+	"banger/internal/vmm"
+)
+
+// This file is -v: host directories shared live with a VM, one
+// virtiofsd per mount, started before the VMM and ended with it.
+
+// resolveMounts checks a create request's -v values for the calling
+// user and the VM's VMM and kernel, and returns them as the VM records
+// them.
+func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind string, k api.Kernel) ([]api.Mount, error) {
+	if len(specs) == 0 {
+		return nil, nil
+	}
+	if vmmKind != "qemu" {
+		return nil, fmt.Errorf("%w: -v on %s: its synced mounts are not built yet (Firecracker has no shared file system); use --vmm qemu", errInvalid, vmmKind)
+	}
+	if k.Initrd != "" && !slices.Contains(k.Modules, "virtiofs") {
+		return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`", errInvalid, k.Name, k.Name, k.Name)
+	}
+	if _, err := virtiofs.Find(""); err != nil {
+		return nil, fmt.Errorf("%w: -v: %v", errInvalid, err)
+	}
+	c := callerOf(ctx)
+	var out []api.Mount
+	for i, s := range specs {
+		host, guest, ro, err := virtiofs.Parse(s)
+		if err == nil {
+			var m api.Mount
+			if m, err = virtiofs.Resolve(host, guest, ro, c); err == nil {
+				m.Kind, m.Tag = api.MountVirtioFS, "banger"+strconv.Itoa(i)
+				out = append(out, m)
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", errInvalid, err)
+		}
+	}
+	if err := virtiofs.Check(out); err != nil {
+		return nil, fmt.Errorf("%w: %v", errInvalid, err)
+	}
+	return out, nil
+}
+
+// callerOf is the user who made the request, with their groups: the
+// host side of a mount acts with their rights, not the daemon's.
+func callerOf(ctx context.Context) virtiofs.Caller {
+	pc, _ := ctx.Value(peerKey{}).(peerCred)
+	if !pc.ok {
+		return virtiofs.Caller{UID: os.Geteuid(), GID: os.Getegid()}
+	}
+	c := virtiofs.Caller{UID: int(pc.uid), GID: int(pc.gid)}
+	if u, err := user.LookupId(strconv.Itoa(c.UID)); err == nil {
+		if gs, err := u.GroupIds(); err == nil {
+			for _, g := range gs {
+				if n, err := strconv.Atoi(g); err == nil {
+					c.Groups = append(c.Groups, n)
+				}
+			}
+		}
+	}
+	return c
+}
+
+// fsMarker names mount i of v's virtiofsd processes (virtiofs.Processes).
+func fsMarker(v api.VM, i int) string { return v.ID + "/" + strconv.Itoa(i) }
+
+func fsSocket(v api.VM, i int) string { return filepath.Join(v.Dir, "fs"+strconv.Itoa(i)+".sock") }
+func fsLog(v api.VM, i int) string    { return filepath.Join(v.Dir, "fs"+strconv.Itoa(i)+".log") }
+
+// startMounts starts a virtiofsd for each of v's mounts and returns the
+// VMM's devices and the guest's command line parameters for them. On
+// error none is left running.
+func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmdline []string, err error) {
+	if len(v.Mounts) == 0 {
+		return nil, nil, nil
+	}
+	bin, err := virtiofs.Find("")
+	if err != nil {
+		return nil, nil, err
+	}
+	var procs []*os.Process
+	defer func() {
+		if err != nil {
+			for _, p := range procs {
+				p.Kill()
+				p.Wait()
+			}
+		}
+	}()
+	for i := range v.Mounts {
+		m := &v.Mounts[i]
+		p, err := virtiofs.Start(bin, *m, fsSocket(*v, i), fsLog(*v, i), fsMarker(*v, i))
+		if err != nil {
+			return nil, nil, err
+		}
+		procs = append(procs, p)
+		m.PID, m.Error = p.Pid, ""
+		devs = append(devs, vmm.FS{Tag: m.Tag, Socket: fsSocket(*v, i)})
+		cmdline = append(cmdline, virtiofs.Cmdline(*m))
+	}
+	if err := d.store.SetVMMounts(ctx, v.Name, v.Mounts); err != nil {
+		return nil, nil, err
+	}
+	for i, p := range procs {
+		go p.Wait() // reaped here; watchMount sees it end
+		go d.watchMount(*v, i)
+	}
+	return devs, cmdline, nil
+}
+
+// adoptMounts watches the virtiofsd processes of a VM found running at
+// daemon start; a mount whose virtiofsd is gone is recorded as failed.
+func (d *Daemon) adoptMounts(v api.VM) {
+	for i, m := range v.Mounts {
+		if m.PID != 0 {
+			go d.watchMount(v, i)
+		}
+	}
+}
+
+// watchMount waits until no virtiofsd of mount i is left (virtiofsd
+// forks a worker: either may be the one to go). If the VM still runs
+// then, the mount failed: the guest sees I/O errors under it until the
+// VM restarts. That goes in the VM's record and the log.
+func (d *Daemon) watchMount(v api.VM, i int) {
+	for len(virtiofs.Processes(fsMarker(v, i))) > 0 {
+		select {
+		case <-d.jobCtx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	unlock := d.vmLock(v.Name)
+	defer unlock()
+	cur, err := d.store.VM(context.Background(), v.Name)
+	if err != nil || cur.ID != v.ID || i >= len(cur.Mounts) || cur.Mounts[i].PID != v.Mounts[i].PID {
+		return
+	}
+	m := &cur.Mounts[i]
+	m.PID = 0
+	if vm.State(cur.State).Live() && vmmProcess(cur.PID, cur.Dir) {
+		m.Error = fmt.Sprintf("virtiofsd for %s ended while the VM ran: %s has its log; the guest gets I/O errors under %s until `banger vm restart %s`", m.Host, fsLog(cur, i), m.Guest, cur.Name)
+		d.log.Warn("shared directory lost", "vm", cur.Name, "host", m.Host, "guest", m.Guest, "log", fsLog(cur, i))
+	}
+	d.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
+}
+
+// stopMounts ends whatever virtiofsd of v still runs (its VMM is gone:
+// they end by themselves when it disconnects, this makes sure) and
+// removes their sockets.
+func (d *Daemon) stopMounts(ctx context.Context, name string) {
+	v, err := d.store.VM(ctx, name)
+	if err != nil || len(v.Mounts) == 0 {
+		return
+	}
+	for i := range v.Mounts {
+		m := &v.Mounts[i]
+		marker := fsMarker(v, i)
+		for _, pid := range virtiofs.Processes(marker) {
+			syscall.Kill(pid, syscall.SIGTERM)
+		}
+		for deadline := time.Now().Add(2 * time.Second); len(virtiofs.Processes(marker)) > 0 && time.Now().Before(deadline); {
+			time.Sleep(10 * time.Millisecond)
+		}
+		for _, pid := range virtiofs.Processes(marker) {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
+		m.PID = 0
+		os.Remove(fsSocket(v, i))
+	}
+	d.store.SetVMMounts(ctx, v.Name, v.Mounts)
+}

@@ -1,0 +1,236 @@
+package integration
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/internal/testenv"
+)
+
+type mountJSON struct {
+	Host     string `json:"host"`
+	Guest    string `json:"guest"`
+	ReadOnly bool   `json:"read_only"`
+	Kind     string `json:"kind"`
+	PID      int    `json:"pid"`
+	Error    string `json:"error"`
+}
+
+// virtiofsds lists the virtiofsd processes serving dir.
+func virtiofsds(dir string) string {
+	out, _ := exec.Command("pgrep", "-a", "-f", "virtiofsd.*source="+dir).Output()
+	return strings.TrimSpace(string(out))
+}
+
+// fileTree writes n small files under dir, 100 to a directory.
+func fileTree(t *testing.T, dir string, n int) {
+	t.Helper()
+	for i := 0; i < n; i++ {
+		d := filepath.Join(dir, fmt.Sprintf("d%03d", i/100))
+		if i%100 == 0 {
+			if err := os.MkdirAll(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(d, fmt.Sprintf("f%03d.txt", i%100)), []byte(fmt.Sprintf("file %d\n", i)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestVMMounts shares two host directories with a QEMU VM through
+// virtio-fs: files go both ways live, ro holds on the host side even
+// after the guest remounts read-write, a 10,000-file tree is all there,
+// symlinks out of the tree lead nowhere on the host, a virtiofsd that
+// dies leaves the VM running with the mount's error recorded, and
+// nothing is left after `vm rm`.
+func TestVMMounts(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	rw, ro, outside := t.TempDir(), t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(rw, "hello"), []byte("from-host\n"), 0o644)
+	os.WriteFile(filepath.Join(ro, "ro-file"), []byte("read-only\n"), 0o644)
+	os.WriteFile(filepath.Join(outside, "secret"), []byte("SECRET\n"), 0o644)
+	rel, _ := filepath.Rel(rw, filepath.Join(outside, "secret"))
+	os.Symlink(rel, filepath.Join(rw, "esc-rel"))
+	os.Symlink(filepath.Join(outside, "secret"), filepath.Join(rw, "esc-abs"))
+	fileTree(t, filepath.Join(rw, "tree"), 10000)
+
+	shape := []string{"--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--network", "none", "--vmm", "qemu"}
+	var v struct {
+		vmJSON
+		Mounts []mountJSON `json:"mounts"`
+	}
+	in.jsonOut(&v, append(append([]string{"vm", "create", "--name", "m", "--json"}, shape...), "-v", rw+":/mnt/rw", "-v", ro+":/mnt/ro:ro")...)
+	if len(v.Mounts) != 2 || v.Mounts[0].Kind != "virtiofs" || v.Mounts[0].PID == 0 || !v.Mounts[1].ReadOnly || v.Origin != "" {
+		t.Fatalf("mounts = %+v, origin %q", v.Mounts, v.Origin)
+	}
+	if out := in.ok("vm", "exec", "m", "--", "cat", "/mnt/rw/hello", "/mnt/ro/ro-file"); out != "from-host\nread-only\n" {
+		t.Errorf("the guest reads %q", out)
+	}
+	// Host to guest, live.
+	os.WriteFile(filepath.Join(rw, "later"), []byte("written-later\n"), 0o644)
+	if out := in.ok("vm", "exec", "m", "--", "cat", "/mnt/rw/later"); out != "written-later\n" {
+		t.Errorf("a file written on the host after boot reads %q", out)
+	}
+	// Guest to host, owned by the caller (root here).
+	in.ok("vm", "exec", "m", "--", "sh", "-c", "echo from-guest > /mnt/rw/from-guest && mkdir /mnt/rw/gdir")
+	if b, err := os.ReadFile(filepath.Join(rw, "from-guest")); err != nil || string(b) != "from-guest\n" {
+		t.Errorf("the guest's file on the host: %q %v", b, err)
+	}
+	if fi, err := os.Stat(filepath.Join(rw, "gdir")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("the guest's directory on the host: %v", err)
+	}
+	// ro: refused in the guest, and on the host side even when the guest
+	// remounts it read-write.
+	if r := in.run("vm", "exec", "m", "--", "sh", "-c", "echo x > /mnt/ro/new"); r.code == 0 || !strings.Contains(r.stderr, "Read-only file system") {
+		t.Errorf("write to the ro mount: exit %d %q", r.code, r.stderr)
+	}
+	r := in.run("vm", "exec", "m", "--", "sh", "-c", "mount -o remount,rw /mnt/ro; echo x > /mnt/ro/new")
+	if r.code == 0 {
+		t.Errorf("the guest wrote to the ro mount after remounting it")
+	}
+	if _, err := os.Stat(filepath.Join(ro, "new")); err == nil {
+		t.Errorf("a file appeared in the ro host directory")
+	}
+	// The whole tree, and symlinks out of it lead nowhere.
+	if out := strings.TrimSpace(in.ok("vm", "exec", "m", "--", "sh", "-c", "find /mnt/rw/tree -type f | wc -l")); out != "10000" {
+		t.Errorf("files in the shared tree: %s", out)
+	}
+	for _, l := range []string{"esc-rel", "esc-abs"} {
+		if r := in.run("vm", "exec", "m", "--", "cat", "/mnt/rw/"+l); strings.Contains(r.stdout, "SECRET") {
+			t.Errorf("%s reached a host file outside the shared tree", l)
+		}
+	}
+	in.fails("shares host directories (-v): QEMU cannot snapshot a VM with virtio-fs devices", "vm", "snapshot", "m")
+
+	// virtiofsd dies (it and its worker): the VM runs on, and says what
+	// happened.
+	exec.Command("pkill", "-KILL", "-f", "virtiofsd.*source="+ro).Run()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		in.jsonOut(&v, "vm", "show", "m", "--json")
+		if v.Mounts[1].Error != "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if v.State != "running" || !strings.Contains(v.Mounts[1].Error, "virtiofsd for "+ro+" ended") || v.Mounts[0].Error != "" {
+		t.Errorf("after virtiofsd died: state %s, mounts %+v", v.State, v.Mounts)
+	}
+	if out := in.ok("vm", "exec", "m", "--", "cat", "/mnt/rw/hello"); out != "from-host\n" {
+		t.Errorf("the other mount after one died: %q", out)
+	}
+	// A daemon restart adopts the remaining virtiofsd.
+	in.stopDaemon()
+	in.jsonOut(&v, "vm", "show", "m", "--json")
+	if v.Mounts[0].PID == 0 || v.Mounts[0].Error != "" || virtiofsds(rw) == "" {
+		t.Errorf("after a daemon restart: %+v", v.Mounts)
+	}
+	in.ok("vm", "rm", "-f", "m")
+	for _, d := range []string{rw, ro} {
+		if left := virtiofsds(d); left != "" {
+			t.Errorf("virtiofsd left after vm rm: %s", left)
+		}
+	}
+	if out, _ := exec.Command("sh", "-c", "grep -c "+rw+" /proc/mounts").Output(); strings.TrimSpace(string(out)) != "0" {
+		t.Errorf("host mounts left: %s", out)
+	}
+}
+
+// TestVMMountBadInput: every -v mistake is one line at create, and no
+// VM is made.
+func TestVMMountBadInput(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	os.WriteFile(file, nil, 0o644)
+	shape := []string{"vm", "create", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--network", "none", "--vmm", "qemu"}
+	for _, c := range []struct{ want, v1, v2 string }{
+		{"no such file or directory", "/nonexistent/dir:/x", ""},
+		{"must be absolute", dir + ":relative", ""},
+		{"cannot be / (the VM's own root)", dir + ":/", ""},
+		{"two mounts at /x in the guest", dir + ":/x", dir + ":/x:ro"},
+		{"not a directory", file + ":/x", ""},
+		{"inside /proc", dir + ":/proc/x", ""},
+		{"want HOST:GUEST or HOST:GUEST:ro", dir + ":/x:rx", ""},
+	} {
+		args := append(append([]string{}, shape...), "-v", c.v1)
+		if c.v2 != "" {
+			args = append(args, "-v", c.v2)
+		}
+		in.fails(c.want, args...)
+	}
+	if names := in.vmNames(); len(names) != 0 {
+		t.Errorf("VMs made by refused creates: %v", names)
+	}
+	// --live without a PATH.
+	in.fails("--live shares PATH", "vm", "run", "--live", "--", "true")
+}
+
+// TestVMMountAsUser: a caller other than root shares a directory of
+// theirs; the guest's files land on the host as that user, and a
+// directory they may not write is refused for rw.
+func TestVMMountAsUser(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	// The daemon lets members of group banger in.
+	exec.Command("groupadd", "-f", "banger").Run()
+	gid := groupID(t, "banger")
+	os.Chmod(in.home, 0o755)
+	os.Chmod(in.path("run"), 0o755)
+	os.Chmod(in.path("run", "bangerd.sock"), 0o666)
+	mine, theirs := t.TempDir(), t.TempDir()
+	os.Chmod(filepath.Dir(mine), 0o755)
+	os.Chown(mine, 65534, gid)
+	os.Chmod(theirs, 0o755)
+	asNobody := func(args ...string) (string, error) {
+		cmd := exec.Command(filepath.Join(binDir, "banger"), append([]string{"--host", in.path("run", "bangerd.sock")}, args...)...)
+		cmd.Env = append(in.env, "HOME="+mine)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: uint32(gid)}}
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	shape := []string{"vm", "create", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--network", "none", "--vmm", "qemu"}
+	if out, err := asNobody(append(append([]string{}, shape...), "--name", "u2", "-v", theirs+":/mnt/t")...); err == nil || !strings.Contains(out, "you may not read and write it (add :ro") {
+		t.Errorf("rw mount of a directory the caller may not write: %v %s", err, out)
+	}
+	if out, err := asNobody(append(append([]string{}, shape...), "--name", "u1", "-v", mine+":/mnt/mine", "-v", theirs+":/mnt/t:ro")...); err != nil {
+		t.Fatalf("create as nobody: %v %s", err, out)
+	}
+	in.ok("vm", "exec", "u1", "--", "sh", "-c", "echo hi > /mnt/mine/by-guest")
+	fi, err := os.Stat(filepath.Join(mine, "by-guest"))
+	if err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
+		t.Errorf("the guest's file on the host: %v %+v (want owner 65534)", err, fi)
+	}
+	// Files of other users look like nobody's in the guest, and may not
+	// be written through the mount.
+	os.WriteFile(filepath.Join(mine, "roots"), []byte("x\n"), 0o644)
+	if r := in.run("vm", "exec", "u1", "--", "sh", "-c", "echo y >> /mnt/mine/roots"); r.code == 0 {
+		t.Errorf("the guest wrote a root-owned host file through a mount of user nobody")
+	}
+	in.ok("vm", "rm", "-f", "u1")
+}
+
+func groupID(t *testing.T, name string) int {
+	out, err := exec.Command("getent", "group", name).Output()
+	if err != nil {
+		t.Fatalf("getent group %s: %v", name, err)
+	}
+	n, err := strconv.Atoi(strings.Split(strings.TrimSpace(string(out)), ":")[2])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
