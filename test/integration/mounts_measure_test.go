@@ -3,7 +3,6 @@ package integration
 import (
 	"os"
 	"path/filepath"
-	"sort"
 	"testing"
 	"time"
 )
@@ -29,10 +28,6 @@ func TestMountMeasurement(t *testing.T) {
 		in.ok("vm", "exec", "mb", "--", "sh", "-c", script)
 		return time.Since(start)
 	}
-	med := func(ds []time.Duration) time.Duration {
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds[len(ds)/2]
-	}
 	var base, fs, disk, fsFind, diskFind []time.Duration
 	for i := 0; i < 5; i++ {
 		base = append(base, timed("true"))
@@ -41,9 +36,9 @@ func TestMountMeasurement(t *testing.T) {
 		fsFind = append(fsFind, timed("find /mnt/src/tree > /dev/null"))
 		diskFind = append(diskFind, timed("find /root/tree > /dev/null"))
 	}
-	b := med(base)
-	f, d := med(fs)-b, med(disk)-b
-	ff, df := med(fsFind)-b, med(diskFind)-b
+	b := medianOf(base)
+	f, d := medianOf(fs)-b, medianOf(disk)-b
+	ff, df := medianOf(fsFind)-b, medianOf(diskFind)-b
 	t.Logf("full read of 10,000 files: virtio-fs %s, VM disk %s (%.2f×); walk (find): virtio-fs %s, VM disk %s (%.2f×); exec baseline %s, taken off",
 		f.Round(time.Millisecond), d.Round(time.Millisecond), float64(f)/float64(d),
 		ff.Round(time.Millisecond), df.Round(time.Millisecond), float64(ff)/float64(df), b.Round(time.Millisecond))

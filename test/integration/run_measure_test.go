@@ -107,18 +107,20 @@ func TestVMRunStagesMeasurement(t *testing.T) {
 	for i := 0; i < rounds; i++ {
 		byHand = append(byHand, bootByHand(t, argv, dir))
 	}
-	med := func(ds []time.Duration) time.Duration {
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds[len(ds)/2]
-	}
-	total := med(samples["total"])
+	total := medianOf(samples["total"])
 	for _, s := range stages {
-		m := med(samples[s])
+		m := medianOf(samples[s])
 		t.Logf("%-12s %8s  %5.1f%%", s, m.Round(time.Millisecond), 100*float64(m)/float64(total))
 	}
-	boot := med(samples["VMM start"]) + med(samples["kernel boot"]) + med(samples["guest init"])
-	h := med(byHand)
+	boot := medianOf(samples["VMM start"]) + medianOf(samples["kernel boot"]) + medianOf(samples["guest init"])
+	h := medianOf(byHand)
 	t.Logf("boot (VMM start to agent ready) %s against the same QEMU by hand %s: %.2f; banger's own stages (resolve, disk, command, teardown) are %.1f%% of the total",
 		boot.Round(time.Millisecond), h.Round(time.Millisecond), float64(boot)/float64(h),
-		100*float64(med(samples["resolve"])+med(samples["create disk"])+med(samples["command"])+med(samples["teardown"]))/float64(total))
+		100*float64(medianOf(samples["resolve"])+medianOf(samples["create disk"])+medianOf(samples["command"])+medianOf(samples["teardown"]))/float64(total))
+}
+
+// medianOf is the median of ds (sorted in place).
+func medianOf(ds []time.Duration) time.Duration {
+	sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
+	return ds[len(ds)/2]
 }

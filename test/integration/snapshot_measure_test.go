@@ -79,11 +79,7 @@ func TestSnapshotMeasurement(t *testing.T) {
 		add("teardown", end.Sub(cmdDone))
 		add("total", end.Sub(t0))
 	}
-	med := func(ds []time.Duration) time.Duration {
-		ds = append([]time.Duration{}, ds...)
-		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
-		return ds[len(ds)/2]
-	}
+	med := func(ds []time.Duration) time.Duration { return medianOf(append([]time.Duration{}, ds...)) }
 	for _, kind := range []string{"cold", "warm"} {
 		total := med(samples[kind+" total"])
 		var keys []string
