@@ -66,6 +66,7 @@ func newVMRunCommand(a *app) *cobra.Command {
 			if rm && detach {
 				return errors.New("--rm and -d do not go together: a detached VM is meant to stay")
 			}
+			dir := ""
 			if live {
 				if path == "" {
 					return errors.New("--live shares PATH: give the repository's path before `--`")
@@ -73,14 +74,12 @@ func newVMRunCommand(a *app) *cobra.Command {
 				// The repository itself, live at the workspace path,
 				// instead of a copy.
 				req.Mounts = append(req.Mounts, path+":"+WorkspaceDir)
+				path, dir = "", WorkspaceDir
 			}
 			if err := spec.finish(&req); err != nil {
 				return err
 			}
-			if live {
-				return a.run(cmd, req, "", untracked, command, rm, detach, WorkspaceDir)
-			}
-			return a.run(cmd, req, path, untracked, command, rm, detach, "")
+			return a.run(cmd, req, path, untracked, command, rm, detach, dir)
 		},
 	}
 	f := cmd.Flags()

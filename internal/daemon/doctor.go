@@ -92,7 +92,7 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 
 	// -v on QEMU: a virtiofsd per mount, in a user namespace for callers
 	// other than root.
-	if vbin, err := virtiofs.Find(""); err != nil {
+	if vbin, err := virtiofs.Find(); err != nil {
 		add("virtiofsd", api.Warn, "no virtiofsd: `-v` (shared host directories) does not work", "apt-get install qemu-system-x86 (it ships /usr/lib/qemu/virtiofsd)")
 	} else if b, _ := os.ReadFile("/proc/sys/user/max_user_namespaces"); strings.TrimSpace(string(b)) == "0" {
 		add("virtiofsd", api.Warn, vbin+": user namespaces are off, so only root's VMs can share directories", "sysctl user.max_user_namespaces=15000")

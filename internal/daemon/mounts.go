@@ -33,7 +33,7 @@ func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind stri
 	if k.Initrd != "" && !slices.Contains(k.Modules, "virtiofs") {
 		return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`", errInvalid, k.Name, k.Name, k.Name)
 	}
-	if _, err := virtiofs.Find(""); err != nil {
+	if _, err := virtiofs.Find(); err != nil {
 		return nil, fmt.Errorf("%w: -v: %v", errInvalid, err)
 	}
 	c := callerOf(ctx)
@@ -90,7 +90,7 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 	if len(v.Mounts) == 0 {
 		return nil, nil, nil
 	}
-	bin, err := virtiofs.Find("")
+	bin, err := virtiofs.Find()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -36,15 +36,10 @@ var ErrBadMount = errors.New("bad mount")
 // Binary is where Debian's QEMU puts virtiofsd.
 const Binary = "/usr/lib/qemu/virtiofsd"
 
-// Find returns the virtiofsd to run: configured, on PATH, or Debian's.
-func Find(configured string) (string, error) {
-	for _, p := range []string{configured, Binary} {
-		if p == "" {
-			continue
-		}
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p, nil
-		}
+// Find returns the virtiofsd to run: Debian's, else one on PATH.
+func Find() (string, error) {
+	if fi, err := os.Stat(Binary); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+		return Binary, nil
 	}
 	if p, err := system.LookPath("virtiofsd"); err == nil {
 		return p, nil

@@ -111,6 +111,11 @@ func TestVMMounts(t *testing.T) {
 		}
 	}
 	in.fails("shares host directories (-v): QEMU cannot snapshot a VM with virtio-fs devices", "vm", "snapshot", "m")
+	// vm run PATH --live: the directory itself at the workspace path,
+	// and the working directory there.
+	if out := in.ok(append(append([]string{"vm", "run", rw, "--live", "--rm", "--name", "lv"}, shape...), "--", "sh", "-c", "pwd; cat hello")...); out != "/root/repo\nfrom-host\n" {
+		t.Errorf("vm run --live printed %q", out)
+	}
 
 	// virtiofsd dies (it and its worker): the VM runs on, and says what
 	// happened.
