@@ -1,6 +1,7 @@
 package vsockagent
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"banger/internal/filesync"
 )
 
 // Options are what the agent needs from whoever starts it.
@@ -94,6 +97,13 @@ func (a *Agent) Handle(st *Stream) {
 			err = json.NewEncoder(st).Encode(ports)
 			st.CloseWrite()
 		}
+		st.SendExit(exitFor(err))
+	case "filesync":
+		// A synced mount (-v on Firecracker): it runs until the host
+		// ends it.
+		err := filesync.Guest(context.Background(), st, st.Req.Path, filesync.GuestOptions{
+			Log: func(s string) { fmt.Fprintf(os.Stderr, "banger-agent: sync %s: %s\n", st.Req.Path, s) },
+		})
 		st.SendExit(exitFor(err))
 	case "sync":
 		unix.Sync()

@@ -31,7 +31,8 @@ type Hello struct {
 // Request opens a stream: what the guest should do.
 type Request struct {
 	// Op: exec, put (a tar stream into Path), get (a tar stream of
-	// Path), dial (a TCP connection to Addr), ports, sync, poweroff.
+	// Path), dial (a TCP connection to Addr), ports, sync, poweroff,
+	// filesync (a synced mount of Path, see package filesync).
 	Op        string   `json:"op"`
 	Argv      []string `json:"argv,omitempty"`
 	Env       []string `json:"env,omitempty"`

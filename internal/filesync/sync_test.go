@@ -1,0 +1,421 @@
+package filesync_test
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/filesync"
+	"banger/internal/vsockagent"
+)
+
+// pair is a host sync and the real agent's guest side over one agent
+// session on a socketpair: everything but the VM.
+type pair struct {
+	t           testing.TB
+	host, guest string
+	cancel      context.CancelFunc
+	done        chan error
+	stats       filesync.Stats
+	mu          sync.Mutex
+	logs        []string
+	base        map[string]filesync.Entry
+	sess        *vsockagent.Session
+}
+
+type pairOpts struct {
+	ro     bool
+	base   map[string]filesync.Entry
+	roData string // the guest's copy of a read-only mount
+}
+
+func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int) net.Conn {
+		f := os.NewFile(uintptr(fd), "sock")
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	hc, gc := conn(fds[0]), conn(fds[1])
+	handler := vsockagent.NewAgent(vsockagent.Options{}).Handle
+	if o.roData != "" {
+		handler = func(st *vsockagent.Stream) {
+			err := filesync.Guest(context.Background(), st, st.Req.Path, filesync.GuestOptions{ROData: o.roData})
+			st.SendExit(vsockagent.Exit{Error: fmt.Sprint(err)})
+		}
+	}
+	go vsockagent.Server(vsockagent.NewChannel(gc), vsockagent.Hello{Agent: "test"}, handler, gc)
+	sess, err := vsockagent.Client(vsockagent.NewChannel(hc), vsockagent.Hello{}, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := sess.Open(vsockagent.Request{Op: "filesync", Path: guest})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &pair{t: t, host: host, guest: guest, cancel: cancel, done: make(chan error, 1), sess: sess}
+	ready := make(chan filesync.Stats, 1)
+	go func() {
+		p.done <- filesync.Host(ctx, st, host, filesync.HostOptions{
+			ReadOnly: o.ro, Base: o.base,
+			Save: func(b map[string]filesync.Entry) error {
+				p.mu.Lock()
+				p.base = b
+				p.mu.Unlock()
+				return nil
+			},
+			Log: func(s string) {
+				p.mu.Lock()
+				p.logs = append(p.logs, s)
+				p.mu.Unlock()
+			},
+			Ready: func(s filesync.Stats) { ready <- s },
+		})
+	}()
+	select {
+	case p.stats = <-ready:
+	case err := <-p.done:
+		t.Fatalf("sync ended before it was ready: %v", err)
+	case <-time.After(60 * time.Second):
+		t.Fatal("no initial sync in 60 s")
+	}
+	t.Cleanup(func() { p.stop() })
+	return p
+}
+
+// stop ends the session and returns the base the host kept.
+func (p *pair) stop() map[string]filesync.Entry {
+	if p.cancel == nil {
+		return p.base
+	}
+	p.cancel()
+	p.cancel = nil
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.t.Error("the host side did not end in 10 s")
+	}
+	p.sess.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.base
+}
+
+func (p *pair) logged(sub string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.logs {
+		if strings.Contains(l, sub) {
+			return true
+		}
+	}
+	return false
+}
+
+// tree is a directory's content as a sync must reproduce it: kinds,
+// modes, link targets, file contents and modification times.
+func tree(t testing.TB, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		rel := p[len(root)+1:]
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			tg, _ := os.Readlink(p)
+			out[rel] = "link " + tg
+		case d.IsDir():
+			out[rel] = fmt.Sprintf("dir %o", fi.Mode().Perm())
+		default:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			out[rel] = fmt.Sprintf("file %o %x %d", fi.Mode().Perm(), sha256.Sum256(b), fi.ModTime().UnixNano())
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func diff(a, b map[string]string) string {
+	var d []string
+	for k, v := range a {
+		if b[k] != v {
+			d = append(d, fmt.Sprintf("%s: host %q guest %q", k, v, b[k]))
+		}
+	}
+	for k, v := range b {
+		if _, ok := a[k]; !ok {
+			d = append(d, fmt.Sprintf("%s: only in the guest (%q)", k, v))
+		}
+	}
+	return strings.Join(d, "; ")
+}
+
+// converged waits until both trees are the same.
+func (p *pair) converged(what string) {
+	p.t.Helper()
+	var d string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if d = diff(tree(p.t, p.host), tree(p.t, p.guest)); d == "" {
+			return
+		}
+	}
+	p.t.Fatalf("%s: the trees differ after 15 s: %s", what, d)
+}
+
+func eventually(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatalf("%s: not so after 15 s", what)
+}
+
+func write(t testing.TB, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func exists(p string) bool { _, err := os.Lstat(p); return err == nil }
+
+func content(p string) string { b, _ := os.ReadFile(p); return string(b) }
+
+func TestSyncInitialAndLive(t *testing.T) {
+	host, guest := t.TempDir(), t.TempDir()
+	write(t, filepath.Join(host, "README"), "hello\n", 0o644)
+	write(t, filepath.Join(host, "run.sh"), "#!/bin/sh\necho hi\n", 0o755)
+	write(t, filepath.Join(host, ".git/HEAD"), "ref: refs/heads/main\n", 0o644)
+	write(t, filepath.Join(host, ".git/objects/ab/cdef"), "blob", 0o444)
+	os.Mkdir(filepath.Join(host, "empty"), 0o750)
+	os.Symlink("README", filepath.Join(host, "link"))
+	os.Symlink("../../../../etc/passwd", filepath.Join(host, "outside"))
+	write(t, filepath.Join(guest, "own.txt"), "made in the guest\n", 0o600)
+
+	p := startPair(t, host, guest, pairOpts{})
+	p.converged("initial sync")
+	if tg, err := os.Readlink(filepath.Join(guest, "outside")); err != nil || tg != "../../../../etc/passwd" {
+		t.Errorf("a link out of the tree is copied as the link: got %q, %v", tg, err)
+	}
+	if p.stats.Sent == 0 || p.stats.Received != 1 {
+		t.Errorf("initial stats %+v: want the host's paths sent and own.txt received", p.stats)
+	}
+
+	steps := []struct {
+		what string
+		do   func()
+	}{
+		{"a host write", func() { write(t, filepath.Join(host, "a.txt"), "from the host", 0o644) }},
+		{"a guest write", func() { write(t, filepath.Join(guest, "b.txt"), "from the guest", 0o640) }},
+		{"a deep host mkdir", func() { write(t, filepath.Join(host, "x/y/z/f"), "deep", 0o644) }},
+		{"a deep guest mkdir", func() { write(t, filepath.Join(guest, "g/h/i"), "deep guest", 0o644) }},
+		{"a host delete", func() { os.Remove(filepath.Join(host, "README")) }},
+		{"a guest delete", func() { os.Remove(filepath.Join(guest, "b.txt")) }},
+		{"a host directory rename", func() { os.Rename(filepath.Join(host, "x"), filepath.Join(host, "w")) }},
+		{"a guest directory removal", func() { os.RemoveAll(filepath.Join(guest, "g")) }},
+		{"a host chmod", func() { os.Chmod(filepath.Join(host, "run.sh"), 0o700) }},
+		{"a host symlink retarget", func() {
+			os.Remove(filepath.Join(host, "link"))
+			os.Symlink("run.sh", filepath.Join(host, "link"))
+		}},
+		{"a big host file", func() { write(t, filepath.Join(host, "big.bin"), strings.Repeat("0123456789abcdef", 512<<10), 0o644) }},
+		{"an editor's save in the guest (write a temp, rename over)", func() {
+			write(t, filepath.Join(guest, ".run.sh.swp"), "#!/bin/sh\necho edited\n", 0o700)
+			os.Rename(filepath.Join(guest, ".run.sh.swp"), filepath.Join(guest, "run.sh"))
+		}},
+		{"a file replaced by a directory", func() {
+			os.Remove(filepath.Join(host, "a.txt"))
+			write(t, filepath.Join(host, "a.txt/inner"), "now a dir", 0o644)
+		}},
+	}
+	for _, s := range steps {
+		s.do()
+		p.converged(s.what)
+	}
+	if content(filepath.Join(host, "run.sh")) != "#!/bin/sh\necho edited\n" {
+		t.Errorf("the guest's edit did not reach the host")
+	}
+	if exists(filepath.Join(guest, "x")) || !exists(filepath.Join(guest, "w/y/z/f")) {
+		t.Errorf("the directory rename did not carry over")
+	}
+	p.stop()
+	for _, d := range []string{host, guest} {
+		filepath.WalkDir(d, func(path string, e fs.DirEntry, err error) error {
+			if err == nil && strings.HasPrefix(e.Name(), ".banger-sync.") {
+				t.Errorf("temporary file left: %s", path)
+			}
+			return nil
+		})
+	}
+}
+
+func TestSyncReconnectThreeWay(t *testing.T) {
+	host, guest := t.TempDir(), t.TempDir()
+	for _, n := range []string{"keep", "hostdel", "guestdel", "gwins", "hwins", "dir/old"} {
+		write(t, filepath.Join(host, n), n, 0o644)
+	}
+	p := startPair(t, host, guest, pairOpts{})
+	p.converged("first session")
+	time.Sleep(1500 * time.Millisecond) // the base is saved about once a second
+	base := p.stop()
+	if len(base) != 7 {
+		t.Fatalf("the host kept a base of %d paths, want 7: %v", len(base), base)
+	}
+
+	// Apart: each side deletes one, adds one, and both change two.
+	now := time.Now()
+	at := func(path string, d time.Duration) { os.Chtimes(path, now.Add(d), now.Add(d)) }
+	os.Remove(filepath.Join(host, "hostdel"))
+	os.Remove(filepath.Join(guest, "guestdel"))
+	write(t, filepath.Join(host, "hnew"), "h", 0o644)
+	write(t, filepath.Join(guest, "gnew"), "g", 0o644)
+	write(t, filepath.Join(host, "gwins"), "host's", 0o644)
+	at(filepath.Join(host, "gwins"), 10*time.Second)
+	write(t, filepath.Join(guest, "gwins"), "guest's", 0o644)
+	at(filepath.Join(guest, "gwins"), 20*time.Second)
+	write(t, filepath.Join(host, "hwins"), "host's", 0o644)
+	at(filepath.Join(host, "hwins"), 20*time.Second)
+	write(t, filepath.Join(guest, "hwins"), "guest's", 0o644)
+	at(filepath.Join(guest, "hwins"), 10*time.Second)
+	os.RemoveAll(filepath.Join(host, "dir"))
+	write(t, filepath.Join(guest, "dir/new"), "added under a directory the host removed", 0o644)
+
+	p = startPair(t, host, guest, pairOpts{base: base})
+	p.converged("second session")
+	for _, c := range []struct {
+		path string
+		want bool
+	}{{"hostdel", false}, {"guestdel", false}, {"hnew", true}, {"gnew", true}, {"dir/new", true}, {"dir/old", false}, {"keep", true}} {
+		if exists(filepath.Join(host, c.path)) != c.want {
+			t.Errorf("%s exists = %v, want %v", c.path, !c.want, c.want)
+		}
+	}
+	if got := content(filepath.Join(host, "gwins")); got != "guest's" {
+		t.Errorf("gwins: the later guest change should win, host has %q", got)
+	}
+	if got := content(filepath.Join(guest, "hwins")); got != "host's" {
+		t.Errorf("hwins: the later host change should win, guest has %q", got)
+	}
+	if p.stats.Conflicts != 2 || !p.logged("conflict on gwins") || !p.logged("conflict on hwins") {
+		t.Errorf("want two logged conflicts, got %d: %v", p.stats.Conflicts, p.logs)
+	}
+}
+
+func TestSyncConcurrentWritesConverge(t *testing.T) {
+	host, guest := t.TempDir(), t.TempDir()
+	p := startPair(t, host, guest, pairOpts{})
+	for i := range 30 {
+		var wg sync.WaitGroup
+		for side, dir := range []string{host, guest} {
+			// Sizes differ: two same-sized writes within one tick of the
+			// clock look alike to a sync that compares size and mtime
+			// (see the package comment).
+			wg.Go(func() { write(t, filepath.Join(dir, "same"), strings.Repeat(fmt.Sprint(side), 1+i*2+side), 0o644) })
+		}
+		wg.Wait()
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+	}
+	p.converged("30 rounds of writes to one file from both sides")
+}
+
+func TestSyncReadOnly(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("a read-only mount's bind mount in the guest needs root")
+	}
+	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
+	write(t, filepath.Join(host, "a"), "a", 0o644)
+	p := startPair(t, host, guest, pairOpts{ro: true, roData: data})
+	t.Cleanup(func() { unix.Unmount(guest, unix.MNT_DETACH) })
+	p.converged("initial read-only sync")
+	err := os.WriteFile(filepath.Join(guest, "x"), []byte("x"), 0o644)
+	if !errors.Is(err, syscall.EROFS) {
+		t.Errorf("a write in the guest under a read-only mount: got %v, want EROFS", err)
+	}
+	write(t, filepath.Join(host, "b"), "b", 0o644)
+	p.converged("a host write reaches the read-only copy")
+	write(t, filepath.Join(data, "sneaky"), "written under the bind mount", 0o644)
+	time.Sleep(300 * time.Millisecond)
+	if exists(filepath.Join(host, "sneaky")) {
+		t.Errorf("a read-only mount carried a guest change to the host")
+	}
+}
+
+// BenchmarkSyncLatency is the time from a host write to the guest
+// seeing it, against the baseline of pushing the same file through the
+// agent's put (a tar stream, as `banger vm cp` does) over the same
+// session.
+func BenchmarkSyncLatency(b *testing.B) {
+	host, guest := b.TempDir(), b.TempDir()
+	p := startPair(b, host, guest, pairOpts{})
+	b.Run("sync", func(b *testing.B) {
+		for i := range b.N {
+			body := fmt.Sprintf("change %d\n", i)
+			write(b, filepath.Join(host, "f"), body, 0o644)
+			for content(filepath.Join(guest, "f")) != body {
+				time.Sleep(50 * time.Microsecond)
+			}
+		}
+	})
+	b.Run("put-baseline", func(b *testing.B) {
+		for i := range b.N {
+			var buf bytes.Buffer
+			tw := tar.NewWriter(&buf)
+			body := fmt.Sprintf("change %d\n", i)
+			tw.WriteHeader(&tar.Header{Name: "g", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+			tw.Write([]byte(body))
+			tw.Close()
+			st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: guest})
+			if err != nil {
+				b.Fatal(err)
+			}
+			st.Write(buf.Bytes())
+			st.CloseWrite()
+			if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
+				b.Fatal(e, err)
+			}
+		}
+	})
+}
