@@ -15,6 +15,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/daemon"
+	"banger/internal/filesync"
 	"banger/internal/hostnet"
 	"banger/internal/paths"
 	"banger/internal/version"
@@ -22,6 +23,11 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "filesync" {
+		// The host side of a synced mount, which bangerd runs as the
+		// mount's owner (see internal/filesync).
+		os.Exit(filesync.HelperMain(os.Args[2:]))
+	}
 	home := flag.String("home", "", "instance directory (default $BANGER_HOME, else system paths)")
 	group := flag.String("group", "banger", "group whose members may use the socket")
 	debug := flag.Bool("debug", false, "log at debug level to stderr as well")

@@ -167,6 +167,17 @@ func newVMShowCommand(a *app) *cobra.Command {
 			} {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
 			}
+			for _, m := range v.Mounts {
+				line := fmt.Sprintf("%s -> %s (%s", m.Host, m.Guest, m.Kind)
+				if m.ReadOnly {
+					line += ", ro"
+				}
+				line += ")"
+				if m.Error != "" {
+					line += ": " + m.Error
+				}
+				fmt.Fprintf(tw, "mount:\t%s\n", line)
+			}
 			if v.Error != "" {
 				fmt.Fprintf(tw, "error:\t%s\n", v.Error)
 			}
@@ -249,7 +260,7 @@ func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringVar(&req.Network, "network", "", "nat (outside through NAT, isolated from other VMs), shared (nat, and reachable by other shared VMs) or none (default: config network)")
 	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&req.Cold, "cold", false, "boot, even when a warm template of this image and shape could be restored")
-	f.StringArrayVarP(&req.Mounts, "mount", "v", nil, "share a host directory live, HOST:GUEST[:ro] (HOST relative to here; QEMU: virtio-fs); repeatable")
+	f.StringArrayVarP(&req.Mounts, "mount", "v", nil, "share a host directory, HOST:GUEST[:OPTIONS], OPTIONS ro, rw, sync comma-separated (HOST relative to here): QEMU shares it live (virtio-fs); Firecracker, or the sync option, keeps a two-way synced copy; repeatable")
 }
 
 // finish puts the parsed sizes into req.

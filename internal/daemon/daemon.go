@@ -89,6 +89,7 @@ type Daemon struct {
 	snaps      snapshotState
 	netrt      netRuntime
 	agents     agentRuntime
+	syncs      syncRuntime
 	// pruning is set while the blob cache is pruned; pulls wait for it.
 	pruning bool
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -18,41 +17,53 @@ import (
 )
 
 // This file is -v: host directories shared live with a VM, one
-// virtiofsd per mount, started before the VMM and ended with it.
+// virtiofsd per mount, started before the VMM and ended with it. Synced
+// mounts (syncmounts.go) share the checks and the ending.
 
 // resolveMounts checks a create request's -v values for the calling
 // user and the VM's VMM and kernel, and returns them as the VM records
-// them.
+// them: live virtio-fs shares on QEMU, synced copies on Firecracker (or
+// when asked for with the sync option).
 func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind string, k api.Kernel) ([]api.Mount, error) {
 	if len(specs) == 0 {
 		return nil, nil
 	}
-	if vmmKind != "qemu" {
-		return nil, fmt.Errorf("%w: -v on %s: its synced mounts are not built yet (Firecracker has no shared file system); use --vmm qemu", errInvalid, vmmKind)
-	}
-	if k.Initrd != "" && !slices.Contains(k.Modules, "virtiofs") {
-		return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`", errInvalid, k.Name, k.Name, k.Name)
-	}
-	if _, err := virtiofs.Find(); err != nil {
-		return nil, fmt.Errorf("%w: -v: %v", errInvalid, err)
-	}
 	c := callerOf(ctx)
 	var out []api.Mount
+	live, synced := 0, 0
 	for i, s := range specs {
-		host, guest, ro, err := virtiofs.Parse(s)
+		sp, err := virtiofs.Parse(s)
+		var m api.Mount
 		if err == nil {
-			var m api.Mount
-			if m, err = virtiofs.Resolve(host, guest, ro, c); err == nil {
-				m.Kind, m.Tag = api.MountVirtioFS, "banger"+strconv.Itoa(i)
-				out = append(out, m)
-			}
+			m, err = virtiofs.Resolve(sp, c)
 		}
 		if err != nil {
 			return nil, fmt.Errorf("%w: %v", errInvalid, err)
 		}
+		if vmmKind == "qemu" && !sp.Sync {
+			m.Kind, m.Tag = api.MountVirtioFS, "banger"+strconv.Itoa(i)
+			live++
+		} else {
+			m.Kind = api.MountSync
+			synced++
+		}
+		out = append(out, m)
 	}
 	if err := virtiofs.Check(out); err != nil {
 		return nil, fmt.Errorf("%w: %v", errInvalid, err)
+	}
+	if live > 0 {
+		if k.Initrd != "" && !slices.Contains(k.Modules, "virtiofs") {
+			return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`, or add :sync to the -v value", errInvalid, k.Name, k.Name, k.Name)
+		}
+		if _, err := virtiofs.Find(); err != nil {
+			return nil, fmt.Errorf("%w: -v: %v (or add :sync to the -v value)", errInvalid, err)
+		}
+	}
+	if synced > 0 {
+		if _, err := syncHelper(); err != nil {
+			return nil, fmt.Errorf("%w: -v: %v", errInvalid, err)
+		}
 	}
 	return out, nil
 }
@@ -65,15 +76,7 @@ func callerOf(ctx context.Context) virtiofs.Caller {
 		return virtiofs.Caller{UID: os.Geteuid(), GID: os.Getegid()}
 	}
 	c := virtiofs.Caller{UID: int(pc.uid), GID: int(pc.gid)}
-	if u, err := user.LookupId(strconv.Itoa(c.UID)); err == nil {
-		if gs, err := u.GroupIds(); err == nil {
-			for _, g := range gs {
-				if n, err := strconv.Atoi(g); err == nil {
-					c.Groups = append(c.Groups, n)
-				}
-			}
-		}
-	}
+	c.Groups = groupsOf(c.UID)
 	return c
 }
 
@@ -87,7 +90,7 @@ func fsLog(v api.VM, i int) string    { return filepath.Join(v.Dir, "fs"+strconv
 // VMM's devices and the guest's command line parameters for them. On
 // error none is left running.
 func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmdline []string, err error) {
-	if len(v.Mounts) == 0 {
+	if !slices.ContainsFunc(v.Mounts, func(m api.Mount) bool { return m.Kind == api.MountVirtioFS }) {
 		return nil, nil, nil
 	}
 	bin, err := virtiofs.Find()
@@ -105,6 +108,9 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 	}()
 	for i := range v.Mounts {
 		m := &v.Mounts[i]
+		if m.Kind != api.MountVirtioFS {
+			continue
+		}
 		p, err := virtiofs.Start(bin, *m, fsSocket(*v, i), fsLog(*v, i), fsMarker(*v, i))
 		if err != nil {
 			return nil, nil, err
@@ -117,18 +123,27 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 	if err := d.store.SetVMMounts(ctx, v.Name, v.Mounts); err != nil {
 		return nil, nil, err
 	}
-	for i, p := range procs {
+	for _, p := range procs {
 		go p.Wait() // reaped here; watchMount sees it end
-		go d.watchMount(*v, i)
+	}
+	for i, m := range v.Mounts {
+		if m.Kind == api.MountVirtioFS {
+			go d.watchMount(*v, i)
+		}
 	}
 	return devs, cmdline, nil
 }
 
 // adoptMounts watches the virtiofsd processes of a VM found running at
-// daemon start; a mount whose virtiofsd is gone is recorded as failed.
+// daemon start (a mount whose virtiofsd is gone is recorded as failed)
+// and starts its syncs again: their helpers ended with the daemon that
+// relayed them.
 func (d *Daemon) adoptMounts(v api.VM) {
 	for i, m := range v.Mounts {
-		if m.PID != 0 {
+		switch {
+		case m.Kind == api.MountSync:
+			d.runSync(v, i, nil)
+		case m.PID != 0:
 			go d.watchMount(v, i)
 		}
 	}
@@ -161,14 +176,15 @@ func (d *Daemon) watchMount(v api.VM, i int) {
 	d.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
 }
 
-// stopMounts ends whatever virtiofsd of v still runs (its VMM is gone:
-// they end by themselves when it disconnects, this makes sure) and
-// removes their sockets.
+// stopMounts ends whatever virtiofsd or sync helper of v still runs
+// (its VMM is gone: they end by themselves when it disconnects, this
+// makes sure) and removes their sockets.
 func (d *Daemon) stopMounts(ctx context.Context, name string) {
 	v, err := d.store.VM(ctx, name)
 	if err != nil || len(v.Mounts) == 0 {
 		return
 	}
+	d.stopSyncs(v)
 	for i := range v.Mounts {
 		m := &v.Mounts[i]
 		marker := fsMarker(v, i)

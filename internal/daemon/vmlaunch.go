@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -68,8 +69,10 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		return nil, err
 	}
 	bootArgs := append([]string{}, netArgs...)
-	if templateKey != "" && from == nil {
-		// The image's command waits until the template is taken.
+	syncs := slices.ContainsFunc(v.Mounts, func(m api.Mount) bool { return m.Kind == api.MountSync })
+	if (templateKey != "" || syncs) && from == nil {
+		// The image's command waits until the template is taken, or
+		// the synced mounts hold the host's files.
 		bootArgs = append(bootArgs, "banger.hold=1")
 	}
 	var fsDevs []vmm.FS
@@ -124,6 +127,14 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	if from == nil {
 		say(progress, "boot")
 		err = waitReady(m, m.ConsolePath(), offset, d.readyTimeout())
+		if err == nil && syncs {
+			if err = d.startSyncs(&v, progress); err == nil {
+				err = d.store.SetVMMounts(ctx, v.Name, v.Mounts)
+			}
+			if err == nil && templateKey == "" {
+				err = d.agentOp(ctx, v, "release")
+			}
+		}
 	} else {
 		say(progress, "identity")
 		if err = d.reidentify(ctx, v, netArgs, from.hostKey); err == nil {
@@ -131,6 +142,7 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		}
 	}
 	if err != nil {
+		d.stopSyncs(v)
 		m.Kill()
 		m.Wait(ctx)
 		d.setMachine(v.ID, nil)

@@ -62,7 +62,11 @@ type Entry struct {
 
 // unchanged reports whether b is a (this side's entry of a path)
 // exactly as it was: same content, same inode and change time.
-func unchanged(a, b Entry) bool { return same(a, b) && a.ino == b.ino && a.ctime == b.ctime }
+// A directory's change time moves with every entry made in it: only its
+// inode counts.
+func unchanged(a, b Entry) bool {
+	return same(a, b) && a.ino == b.ino && (a.Kind == KindDir || a.ctime == b.ctime)
+}
 
 // same reports whether two entries are the same content: a sync that
 // copied one onto the other leaves them same (it sets the mtime too).

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -20,6 +21,9 @@ type peer struct {
 	root string
 	host bool
 	ro   bool // host: the guest is a read-only copy
+	// inPlace lets new files be written at their own name: only while
+	// no watcher would see them half-written (the guest's initial sync).
+	inPlace atomic.Bool
 	log  func(string)
 	r    *bufio.Reader
 	w    io.Writer
@@ -77,8 +81,8 @@ func (p *peer) stop() {
 	p.qc.Broadcast()
 }
 
-// sender writes the queue out in order until the peer stops or the
-// stream fails. The queue is unbounded so that the receiver never
+// sender writes the queue out in order until the peer stops (and the
+// queue is empty) or the stream fails. The queue is unbounded so that the receiver never
 // blocks on it: both sides always read.
 func (p *peer) sender(errc chan<- error) {
 	buf := make([]byte, 256<<10)
@@ -87,9 +91,9 @@ func (p *peer) sender(errc chan<- error) {
 		for len(p.q) == 0 && !p.closed {
 			p.qc.Wait()
 		}
-		if p.closed {
+		if len(p.q) == 0 {
 			p.qmu.Unlock()
-			return
+			return // stopped, and all that was queued went out
 		}
 		it := p.q[0]
 		p.q[0] = item{}
@@ -113,6 +117,16 @@ func (p *peer) sender(errc chan<- error) {
 func (p *peer) put(rel string, force bool, buf []byte) error {
 	full := filepath.Join(p.root, filepath.FromSlash(rel))
 	e, ok := lstat(p.root, rel)
+	if ok && !force {
+		// Most events are this side's own writes: settle them on the
+		// lstat alone.
+		p.mu.Lock()
+		old, had := p.seen[rel]
+		p.mu.Unlock()
+		if had && unchanged(old, e) {
+			return nil
+		}
+	}
 	var f *os.File
 	if ok && e.Kind == KindFile {
 		var err error
@@ -363,11 +377,21 @@ func (p *peer) write(e, cur Entry, has bool) (err error) {
 		}
 		return nil
 	}
-	f, err := os.CreateTemp(dir, tempPrefix+"*")
-	if err != nil {
-		return err
+	// A file goes through a temporary name, so a reader never sees half
+	// of it; during the guest's initial sync (mostly new files, the
+	// image's command held) a new one is written in place, in half the
+	// syscalls.
+	target := full
+	f, err := (*os.File)(nil), errors.New("")
+	if !has && p.inPlace.Load() {
+		f, err = os.OpenFile(full, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	}
-	tmp := f.Name()
+	if err != nil {
+		if f, err = os.CreateTemp(dir, tempPrefix+"*"); err != nil {
+			return err
+		}
+		target = f.Name()
+	}
 	n, cerr := io.CopyN(f, p.r, body)
 	body -= n
 	if cerr != nil && body == 0 {
@@ -381,13 +405,13 @@ func (p *peer) write(e, cur Entry, has bool) (err error) {
 	}
 	if cerr == nil {
 		ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
-		cerr = unix.UtimesNanoAt(unix.AT_FDCWD, tmp, ts, unix.AT_SYMLINK_NOFOLLOW)
+		cerr = unix.UtimesNanoAt(unix.AT_FDCWD, target, ts, unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if cerr == nil {
-		cerr = os.Rename(tmp, full)
+	if cerr == nil && target != full {
+		cerr = os.Rename(target, full)
 	}
 	if cerr != nil {
-		os.Remove(tmp)
+		os.Remove(target)
 		if isNoSpace(cerr) {
 			cerr = fmt.Errorf("%w: the disk is full; free space and touch the file to sync it again", cerr)
 		}

@@ -5,7 +5,9 @@ import (
 )
 
 func TestPlan(t *testing.T) {
-	f := func(p string, mtime int64) Entry { return Entry{Path: p, Kind: KindFile, Mode: 0o644, Size: 1, Mtime: mtime} }
+	f := func(p string, mtime int64) Entry {
+		return Entry{Path: p, Kind: KindFile, Mode: 0o644, Size: 1, Mtime: mtime}
+	}
 	d := func(p string) Entry { return Entry{Path: p, Kind: KindDir, Mode: 0o755} }
 	m := func(es ...Entry) map[string]Entry {
 		out := map[string]Entry{}

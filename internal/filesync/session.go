@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -203,11 +204,13 @@ func (p *peer) save(save func(map[string]Entry) error) {
 type GuestOptions struct {
 	// Log gets the lines the host also gets.
 	Log func(string)
-	// ROData is where a read-only mount's copy lives ("" is
-	// /var/lib/banger/sync); the guest path is a read-only bind mount
-	// of it, so writes there fail with EROFS while the sync keeps it
-	// current.
-	ROData string
+	// Data is where the guest keeps its copies ("" is
+	// /var/lib/banger/sync): the copy of DIR is DATA/DIR, bind-mounted
+	// at DIR (read-only for a read-only mount, so writes there fail
+	// with EROFS while the sync keeps the copy current). Like a mount,
+	// it hides what DIR held, and nothing of that reaches the host; the
+	// copy outlives the session, so the next one is three-way.
+	Data string
 }
 
 // Guest runs the guest side of a sync of dir over rw until the stream
@@ -215,8 +218,8 @@ type GuestOptions struct {
 func Guest(ctx context.Context, rw io.ReadWriter, dir string, o GuestOptions) error {
 	p := newPeer(rw, dir, false, nil)
 	log := o.Log
-	if o.ROData == "" {
-		o.ROData = "/var/lib/banger/sync"
+	if o.Data == "" {
+		o.Data = "/var/lib/banger/sync"
 	}
 	fail := func(err error) error {
 		writeMsg(rw, msg{Op: "fail", Text: err.Error()})
@@ -229,12 +232,9 @@ func Guest(ctx context.Context, rw io.ReadWriter, dir string, o GuestOptions) er
 	if m.Op != "hello" {
 		return fail(fmt.Errorf("the host sent %q first: it is not a banger sync peer", m.Op))
 	}
-	if m.RO {
-		if p.root, err = readOnlyView(dir, o.ROData); err != nil {
-			return fail(err)
-		}
-	} else if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fail(fmt.Errorf("making %s: %w", dir, err))
+	ro := m.RO
+	if p.root, err = view(dir, o.Data, ro); err != nil {
+		return fail(err)
 	}
 	p.log = func(s string) {
 		if log != nil {
@@ -242,22 +242,26 @@ func Guest(ctx context.Context, rw io.ReadWriter, dir string, o GuestOptions) er
 		}
 		p.send(msg{Op: "note", Text: s})
 	}
-	var w *watcher
-	if !m.RO {
-		if w, err = newWatcher(p.root); err != nil {
-			return fail(err)
-		}
-		defer w.Close()
-	}
 	here, err := Scan(p.root)
 	if err != nil {
 		return fail(err)
 	}
 	p.seen = maps.Clone(here)
+	p.inPlace.Store(true)
 	es := slices.SortedFunc(maps.Values(here), func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
 	if err := writeMsg(rw, msg{Op: "manifest", Es: es}); err != nil {
 		return err
 	}
+	// The watcher starts at the host's mark, once the host's initial
+	// puts are in: watching them land would cost more than the sweep
+	// that then catches what changed here meanwhile.
+	errc := make(chan error, 3)
+	var w atomic.Pointer[watcher]
+	defer func() {
+		if w := w.Load(); w != nil {
+			w.Close()
+		}
+	}()
 	handle := func(m msg) error {
 		switch m.Op {
 		case "want":
@@ -267,18 +271,27 @@ func Guest(ctx context.Context, rw io.ReadWriter, dir string, o GuestOptions) er
 				}
 			}
 		case "mark":
+			p.inPlace.Store(false)
+			if !ro && w.Load() == nil {
+				nw, err := newWatcher(p.root)
+				if err != nil {
+					p.send(msg{Op: "fail", Text: err.Error()})
+					return err
+				}
+				w.Store(nw)
+				for _, rel := range p.everything() {
+					p.sendPath(rel, false)
+				}
+				go func() { errc <- p.follow(nw) }()
+			}
 			p.send(msg{Op: "mark"})
 		default:
 			return fmt.Errorf("the host sent %q: it does not match this agent", m.Op)
 		}
 		return nil
 	}
-	errc := make(chan error, 3)
 	go p.sender(errc)
 	go func() { errc <- p.receive(handle) }()
-	if w != nil {
-		go func() { errc <- p.follow(w) }()
-	}
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
@@ -296,29 +309,31 @@ var (
 	bound   = map[string]string{}
 )
 
-// readOnlyView bind-mounts a copy under roData read-only at dir, once
-// per agent, and returns the copy's directory.
-func readOnlyView(dir, roData string) (string, error) {
+// view bind-mounts the copy of dir under data at dir, once per process,
+// and returns the copy's directory.
+func view(dir, data string, ro bool) (string, error) {
 	boundMu.Lock()
 	defer boundMu.Unlock()
-	if data, ok := bound[dir]; ok {
-		return data, nil
+	if c, ok := bound[dir]; ok {
+		return c, nil
 	}
-	data := filepath.Join(roData, filepath.Clean(dir))
-	for _, d := range []string{data, dir} {
+	c := filepath.Join(data, filepath.Clean(dir))
+	for _, d := range []string{c, dir} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return "", fmt.Errorf("making %s: %w", d, err)
 		}
 	}
-	if err := unix.Mount(data, dir, "", unix.MS_BIND, ""); err != nil {
-		return "", fmt.Errorf("bind-mounting %s read-only: %w", dir, err)
+	if err := unix.Mount(c, dir, "", unix.MS_BIND, ""); err != nil {
+		return "", fmt.Errorf("bind-mounting the synced copy at %s: %w", dir, err)
 	}
-	if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
-		unix.Unmount(dir, unix.MNT_DETACH)
-		return "", fmt.Errorf("making %s read-only: %w", dir, err)
+	if ro {
+		if err := unix.Mount("", dir, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY, ""); err != nil {
+			unix.Unmount(dir, unix.MNT_DETACH)
+			return "", fmt.Errorf("making %s read-only: %w", dir, err)
+		}
 	}
-	bound[dir] = data
-	return data, nil
+	bound[dir] = c
+	return c, nil
 }
 
 // ReadBase reads a base Save wrote; an empty or unreadable one is empty

@@ -38,13 +38,16 @@ type pair struct {
 }
 
 type pairOpts struct {
-	ro     bool
-	base   map[string]filesync.Entry
-	roData string // the guest's copy of a read-only mount
+	ro   bool
+	base map[string]filesync.Entry
+	data string // where the guest keeps its copies; "" is a new one
 }
 
 func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the guest side bind-mounts its copy: run as root")
+	}
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -59,12 +62,19 @@ func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 		return c
 	}
 	hc, gc := conn(fds[0]), conn(fds[1])
-	handler := vsockagent.NewAgent(vsockagent.Options{}).Handle
-	if o.roData != "" {
-		handler = func(st *vsockagent.Stream) {
-			err := filesync.Guest(context.Background(), st, st.Req.Path, filesync.GuestOptions{ROData: o.roData})
-			st.SendExit(vsockagent.Exit{Error: fmt.Sprint(err)})
+	if o.data == "" {
+		o.data = t.TempDir()
+	}
+	// The agent, with its copies in a test directory rather than the
+	// machine's /var/lib/banger/sync.
+	agent := vsockagent.NewAgent(vsockagent.Options{})
+	handler := func(st *vsockagent.Stream) {
+		if st.Req.Op != "filesync" {
+			agent.Handle(st)
+			return
 		}
+		err := filesync.Guest(context.Background(), st, st.Req.Path, filesync.GuestOptions{Data: o.data})
+		st.SendExit(vsockagent.Exit{Error: fmt.Sprint(err)})
 	}
 	go vsockagent.Server(vsockagent.NewChannel(gc), vsockagent.Hello{Agent: "test"}, handler, gc)
 	sess, err := vsockagent.Client(vsockagent.NewChannel(hc), vsockagent.Hello{}, hc)
@@ -102,7 +112,10 @@ func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 	case <-time.After(60 * time.Second):
 		t.Fatal("no initial sync in 60 s")
 	}
-	t.Cleanup(func() { p.stop() })
+	t.Cleanup(func() {
+		p.stop()
+		unix.Unmount(guest, unix.MNT_DETACH)
+	})
 	return p
 }
 
@@ -233,10 +246,17 @@ func TestSyncInitialAndLive(t *testing.T) {
 	os.Mkdir(filepath.Join(host, "empty"), 0o750)
 	os.Symlink("README", filepath.Join(host, "link"))
 	os.Symlink("../../../../etc/passwd", filepath.Join(host, "outside"))
-	write(t, filepath.Join(guest, "own.txt"), "made in the guest\n", 0o600)
+	// What the guest directory held is hidden, as under a mount; what the
+	// guest's copy held (a session before) is merged.
+	data := t.TempDir()
+	write(t, filepath.Join(guest, "hidden.txt"), "the image's own\n", 0o644)
+	write(t, filepath.Join(data, guest, "own.txt"), "made in the guest\n", 0o600)
 
-	p := startPair(t, host, guest, pairOpts{})
+	p := startPair(t, host, guest, pairOpts{data: data})
 	p.converged("initial sync")
+	if exists(filepath.Join(host, "hidden.txt")) || !exists(filepath.Join(host, "own.txt")) {
+		t.Errorf("the guest directory's own content reached the host, or the copy's did not")
+	}
 	if tg, err := os.Readlink(filepath.Join(guest, "outside")); err != nil || tg != "../../../../etc/passwd" {
 		t.Errorf("a link out of the tree is copied as the link: got %q, %v", tg, err)
 	}
@@ -293,11 +313,11 @@ func TestSyncInitialAndLive(t *testing.T) {
 }
 
 func TestSyncReconnectThreeWay(t *testing.T) {
-	host, guest := t.TempDir(), t.TempDir()
+	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
 	for _, n := range []string{"keep", "hostdel", "guestdel", "gwins", "hwins", "dir/old"} {
 		write(t, filepath.Join(host, n), n, 0o644)
 	}
-	p := startPair(t, host, guest, pairOpts{})
+	p := startPair(t, host, guest, pairOpts{data: data})
 	p.converged("first session")
 	time.Sleep(1500 * time.Millisecond) // the base is saved about once a second
 	base := p.stop()
@@ -323,7 +343,7 @@ func TestSyncReconnectThreeWay(t *testing.T) {
 	os.RemoveAll(filepath.Join(host, "dir"))
 	write(t, filepath.Join(guest, "dir/new"), "added under a directory the host removed", 0o644)
 
-	p = startPair(t, host, guest, pairOpts{base: base})
+	p = startPair(t, host, guest, pairOpts{base: base, data: data})
 	p.converged("second session")
 	for _, c := range []struct {
 		path string
@@ -362,13 +382,9 @@ func TestSyncConcurrentWritesConverge(t *testing.T) {
 }
 
 func TestSyncReadOnly(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("a read-only mount's bind mount in the guest needs root")
-	}
 	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
 	write(t, filepath.Join(host, "a"), "a", 0o644)
-	p := startPair(t, host, guest, pairOpts{ro: true, roData: data})
-	t.Cleanup(func() { unix.Unmount(guest, unix.MNT_DETACH) })
+	p := startPair(t, host, guest, pairOpts{ro: true, data: data})
 	p.converged("initial read-only sync")
 	err := os.WriteFile(filepath.Join(guest, "x"), []byte("x"), 0o644)
 	if !errors.Is(err, syscall.EROFS) {
@@ -376,7 +392,7 @@ func TestSyncReadOnly(t *testing.T) {
 	}
 	write(t, filepath.Join(host, "b"), "b", 0o644)
 	p.converged("a host write reaches the read-only copy")
-	write(t, filepath.Join(data, "sneaky"), "written under the bind mount", 0o644)
+	write(t, filepath.Join(data, guest, "sneaky"), "written under the bind mount", 0o644)
 	time.Sleep(300 * time.Millisecond)
 	if exists(filepath.Join(host, "sneaky")) {
 		t.Errorf("a read-only mount carried a guest change to the host")
@@ -415,6 +431,47 @@ func BenchmarkSyncLatency(b *testing.B) {
 			st.CloseWrite()
 			if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
 				b.Fatal(e, err)
+			}
+			if content(filepath.Join(guest, "g")) != body {
+				b.Fatal("the put did not land")
+			}
+		}
+	})
+}
+
+// BenchmarkInitialSync is the first sync of a 10,000-file tree (100
+// directories), against the baseline of the same tree through the
+// agent's put (one tar stream, as `vm run PATH` copies a repository).
+func BenchmarkInitialSync(b *testing.B) {
+	host := b.TempDir()
+	for i := range 10000 {
+		write(b, filepath.Join(host, fmt.Sprintf("d%03d/f%03d.txt", i/100, i%100)), fmt.Sprintf("file %d\n", i), 0o644)
+	}
+	b.Run("sync", func(b *testing.B) {
+		for range b.N {
+			p := startPair(b, host, b.TempDir(), pairOpts{})
+			p.stop()
+		}
+	})
+	b.Run("tar-baseline", func(b *testing.B) {
+		p := startPair(b, b.TempDir(), b.TempDir(), pairOpts{})
+		for range b.N {
+			var buf bytes.Buffer
+			if err := vsockagent.WriteTar(&buf, host); err != nil {
+				b.Fatal(err)
+			}
+			dst := b.TempDir()
+			st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: dst})
+			if err != nil {
+				b.Fatal(err)
+			}
+			st.Write(buf.Bytes())
+			st.CloseWrite()
+			if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
+				b.Fatal(e, err)
+			}
+			if content(filepath.Join(dst, filepath.Base(host), "d099/f099.txt")) != "file 9999\n" {
+				b.Fatal("the tar did not land")
 			}
 		}
 	})

@@ -97,3 +97,30 @@ func SpawnIsolated(path string, args []string, env []string, stderr *os.File, ex
 	}
 	return cmd.Process, nil
 }
+
+// SpawnAs is Spawn as the user uid:gid with supplementary groups (unless
+// uid is 0), with extra files from descriptor 3 on. It is how a synced
+// mount's host side runs for a caller: with exactly their rights.
+func SpawnAs(path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, uid, gid int, groups []int) (*os.Process, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
+	cmd.ExtraFiles = extra
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if uid != 0 {
+		gs := make([]uint32, len(groups))
+		for i, g := range groups {
+			gs[i] = uint32(g)
+		}
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: gs}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", path, err)
+	}
+	return cmd.Process, nil
+}

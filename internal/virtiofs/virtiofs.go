@@ -1,5 +1,6 @@
 // Package virtiofs shares host directories with QEMU VMs live: the -v
-// HOST:GUEST[:ro] syntax and its checks, and one virtiofsd per mount,
+// HOST:GUEST[:ro][,sync] syntax and its checks (which synced mounts
+// share), and one virtiofsd per mount,
 // run with the calling user's rights.
 //
 // Each virtiofsd runs in a mount namespace of its own. A read-only
@@ -47,23 +48,44 @@ func Find() (string, error) {
 	return "", fmt.Errorf("no virtiofsd (looked at %s and on PATH): apt-get install qemu-system-x86, which ships it", Binary)
 }
 
-// Parse reads one -v value, HOST:GUEST[:ro|:rw], HOST absolute.
-func Parse(spec string) (host, guest string, ro bool, err error) {
+// Spec is one -v value as given.
+type Spec struct {
+	Host, Guest string
+	ReadOnly    bool
+	// Sync asks for a synced copy (what Firecracker VMs always get)
+	// instead of a live share.
+	Sync bool
+}
+
+// Parse reads one -v value, HOST:GUEST[:OPTIONS], HOST absolute, the
+// options comma-separated: ro or rw, and sync.
+func Parse(spec string) (Spec, error) {
 	f := strings.Split(spec, ":")
+	var s Spec
 	switch {
-	case len(f) == 3 && (f[2] == "ro" || f[2] == "rw"):
-		ro = f[2] == "ro"
+	case len(f) == 3:
+		for _, o := range strings.Split(f[2], ",") {
+			switch o {
+			case "ro", "rw":
+				s.ReadOnly = o == "ro"
+			case "sync":
+				s.Sync = true
+			default:
+				return Spec{}, fmt.Errorf("%w: -v %q: unknown option %q: want HOST:GUEST or HOST:GUEST:ro (options ro, rw, sync, comma-separated)", ErrBadMount, spec, o)
+			}
+		}
 	case len(f) != 2:
-		return "", "", false, fmt.Errorf("%w: -v %q: want HOST:GUEST or HOST:GUEST:ro (no ':' in the paths)", ErrBadMount, spec)
+		return Spec{}, fmt.Errorf("%w: -v %q: want HOST:GUEST or HOST:GUEST:ro (no ':' in the paths)", ErrBadMount, spec)
 	}
-	host, guest = f[0], f[1]
-	if !filepath.IsAbs(host) {
-		return "", "", false, fmt.Errorf("%w: -v %q: the host path must be absolute", ErrBadMount, spec)
+	s.Host, s.Guest = f[0], f[1]
+	if !filepath.IsAbs(s.Host) {
+		return Spec{}, fmt.Errorf("%w: -v %q: the host path must be absolute", ErrBadMount, spec)
 	}
-	if err := checkGuestPath(guest); err != nil {
-		return "", "", false, fmt.Errorf("%w: -v %q: %v", ErrBadMount, spec, err)
+	if err := checkGuestPath(s.Guest); err != nil {
+		return Spec{}, fmt.Errorf("%w: -v %q: %v", ErrBadMount, spec, err)
 	}
-	return filepath.Clean(host), filepath.Clean(guest), ro, nil
+	s.Host, s.Guest = filepath.Clean(s.Host), filepath.Clean(s.Guest)
+	return s, nil
 }
 
 func checkGuestPath(p string) error {
@@ -93,7 +115,8 @@ type Caller struct {
 // Resolve checks a parsed mount for caller and returns it as the VM
 // records it: the host path exists, is a directory the caller may read
 // (and write, unless ro), symlinks resolved.
-func Resolve(host, guest string, ro bool, c Caller) (api.Mount, error) {
+func Resolve(s Spec, c Caller) (api.Mount, error) {
+	host, guest, ro := s.Host, s.Guest, s.ReadOnly
 	real, err := filepath.EvalSymlinks(host)
 	if err != nil {
 		return api.Mount{}, fmt.Errorf("%w: -v %s: %v", ErrBadMount, host, errors.Unwrap(err))
@@ -197,7 +220,7 @@ func Start(bin string, m api.Mount, sock, logPath, marker string) (*os.Process, 
 	}
 	args := []string{"-c", script, "virtiofsd", bin, "--fd=3", "--rlimit-nofile=0",
 		"-o", "source=" + m.Host, "-o", "sandbox=namespace", "-o", "cache=auto", "-o", "xattr"}
-	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "BANGER_SRC=" + m.Host, "BANGER_RO=" + ro, markerVar + marker}
+	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "BANGER_SRC=" + m.Host, "BANGER_RO=" + ro, MarkerEnv(marker)}
 	p, err := system.SpawnIsolated("/bin/sh", args, env, logf, []*os.File{f}, m.UID, m.GID)
 	if err != nil {
 		os.Remove(sock)
@@ -207,6 +230,10 @@ func Start(bin string, m api.Mount, sock, logPath, marker string) (*os.Process, 
 }
 
 const markerVar = "BANGER_FS="
+
+// MarkerEnv is the environment entry that names a process of marker
+// (see Processes): synced mounts' helpers carry one too.
+func MarkerEnv(marker string) string { return markerVar + marker }
 
 // Processes lists the processes started with marker: the one Start
 // returned (a shell until it becomes virtiofsd) and the worker it forked.

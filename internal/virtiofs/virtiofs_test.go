@@ -13,7 +13,7 @@ import (
 func TestParse(t *testing.T) {
 	for _, c := range []struct {
 		spec, host, guest string
-		ro                bool
+		ro, sync          bool
 		err               string
 	}{
 		{spec: "/src:/work", host: "/src", guest: "/work"},
@@ -25,17 +25,20 @@ func TestParse(t *testing.T) {
 		{spec: "/src:/proc/x", err: "inside /proc"},
 		{spec: "/src:/a b", err: "space"},
 		{spec: "/src:/work:rx", err: "want HOST:GUEST"},
+		{spec: "/src:/work:sync", host: "/src", guest: "/work", sync: true},
+		{spec: "/src:/work:ro,sync", host: "/src", guest: "/work", ro: true, sync: true},
+		{spec: "/src:/work:ro,fast", err: `unknown option "fast"`},
 		{spec: "/src", err: "want HOST:GUEST"},
 	} {
-		host, guest, ro, err := Parse(c.spec)
+		s, err := Parse(c.spec)
 		if c.err != "" {
 			if err == nil || !errors.Is(err, ErrBadMount) || !strings.Contains(err.Error(), c.err) {
 				t.Errorf("Parse(%q) = %v, want an error with %q", c.spec, err, c.err)
 			}
 			continue
 		}
-		if err != nil || host != c.host || guest != c.guest || ro != c.ro {
-			t.Errorf("Parse(%q) = %q %q %v %v", c.spec, host, guest, ro, err)
+		if err != nil || s.Host != c.host || s.Guest != c.guest || s.ReadOnly != c.ro || s.Sync != c.sync {
+			t.Errorf("Parse(%q) = %+v %v", c.spec, s, err)
 		}
 	}
 }
@@ -45,30 +48,30 @@ func TestResolveChecksTheCallersRights(t *testing.T) {
 	os.Chmod(dir, 0o755)
 	link := filepath.Join(t.TempDir(), "link")
 	os.Symlink(dir, link)
-	m, err := Resolve(link, "/w", false, Caller{UID: 0})
+	m, err := Resolve(Spec{Host: link, Guest: "/w", ReadOnly: false}, Caller{UID: 0})
 	if err != nil || m.Host != dir {
 		t.Errorf("root, through a symlink: %+v %v (want the resolved path)", m, err)
 	}
 	// Someone else: may read (0755), may not write.
 	other := Caller{UID: 4242, GID: 4242}
-	if _, err := Resolve(dir, "/w", true, other); err != nil {
+	if _, err := Resolve(Spec{Host: dir, Guest: "/w", ReadOnly: true}, other); err != nil {
 		t.Errorf("ro for another user of a 0755 directory: %v", err)
 	}
-	if _, err := Resolve(dir, "/w", false, other); err == nil || !strings.Contains(err.Error(), "you may not read and write it") {
+	if _, err := Resolve(Spec{Host: dir, Guest: "/w", ReadOnly: false}, other); err == nil || !strings.Contains(err.Error(), "you may not read and write it") {
 		t.Errorf("rw for another user of a 0755 directory: %v", err)
 	}
 	// A group member may write a 0775 directory of that group.
 	os.Chmod(dir, 0o775)
 	os.Chown(dir, 0, 4343)
-	if _, err := Resolve(dir, "/w", false, Caller{UID: 4242, GID: 1, Groups: []int{4343}}); err != nil {
+	if _, err := Resolve(Spec{Host: dir, Guest: "/w", ReadOnly: false}, Caller{UID: 4242, GID: 1, Groups: []int{4343}}); err != nil {
 		t.Errorf("rw for a member of the directory's group: %v", err)
 	}
 	f := filepath.Join(dir, "f")
 	os.WriteFile(f, nil, 0o644)
-	if _, err := Resolve(f, "/w", true, Caller{}); err == nil || !strings.Contains(err.Error(), "not a directory") {
+	if _, err := Resolve(Spec{Host: f, Guest: "/w", ReadOnly: true}, Caller{}); err == nil || !strings.Contains(err.Error(), "not a directory") {
 		t.Errorf("a file: %v", err)
 	}
-	if _, err := Resolve(filepath.Join(dir, "nope"), "/w", true, Caller{}); err == nil || !strings.Contains(err.Error(), "no such file") {
+	if _, err := Resolve(Spec{Host: filepath.Join(dir, "nope"), Guest: "/w", ReadOnly: true}, Caller{}); err == nil || !strings.Contains(err.Error(), "no such file") {
 		t.Errorf("a missing path: %v", err)
 	}
 }

@@ -239,3 +239,123 @@ func groupID(t *testing.T, name string) int {
 	}
 	return n
 }
+
+// syncHelpers lists the `bangerd filesync` processes serving dir.
+func syncHelpers(dir string) string {
+	out, _ := exec.Command("pgrep", "-a", "-f", "bangerd filesync --root "+dir).Output()
+	return strings.TrimSpace(string(out))
+}
+
+// guestSees waits up to 20 s for a command in the guest to print want.
+func (in *instance) guestSees(t *testing.T, vm, want string, script string) {
+	t.Helper()
+	var got string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if got = in.run("vm", "exec", vm, "--", "sh", "-c", script).stdout; got == want {
+			return
+		}
+	}
+	t.Errorf("the guest's %q printed %q, want %q", script, got, want)
+}
+
+func hostSees(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Errorf("%s: not on the host after 20 s", what)
+}
+
+// TestVMMountSync forces the synced kind of mount (what every Firecracker
+// VM gets) on a QEMU VM: the initial copy with .git, both directions
+// live, deletes, ro refusing writes in the guest, a 10,000-file tree, a
+// daemon restart that syncs again, and no helper after `vm rm`.
+func TestVMMountSync(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	rw, ro := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(rw, "hello"), []byte("from-host\n"), 0o644)
+	os.MkdirAll(filepath.Join(rw, ".git"), 0o755)
+	os.WriteFile(filepath.Join(rw, ".git", "HEAD"), []byte("ref: refs/heads/main\n"), 0o644)
+	os.WriteFile(filepath.Join(ro, "ro-file"), []byte("read-only\n"), 0o644)
+	fileTree(t, filepath.Join(rw, "tree"), 10000)
+
+	shape := []string{"--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "256M", "--network", "none", "--vmm", "qemu"}
+	var v struct {
+		vmJSON
+		Mounts []mountJSON `json:"mounts"`
+	}
+	began := time.Now()
+	in.jsonOut(&v, append(append([]string{"vm", "create", "--name", "s", "--json"}, shape...), "-v", rw+":/mnt/rw:sync", "-v", ro+":/mnt/ro:ro,sync")...)
+	t.Logf("vm create with a 10,000-file synced mount: %v", time.Since(began))
+	if len(v.Mounts) != 2 || v.Mounts[0].Kind != "sync" || v.Mounts[1].Kind != "sync" || v.Mounts[0].PID == 0 || !v.Mounts[1].ReadOnly {
+		t.Fatalf("mounts = %+v", v.Mounts)
+	}
+	if out := in.ok("vm", "exec", "s", "--", "cat", "/mnt/rw/hello", "/mnt/rw/.git/HEAD", "/mnt/ro/ro-file"); out != "from-host\nref: refs/heads/main\nread-only\n" {
+		t.Errorf("the guest reads %q", out)
+	}
+	if out := strings.TrimSpace(in.ok("vm", "exec", "s", "--", "sh", "-c", "find /mnt/rw/tree -type f | wc -l")); out != "10000" {
+		t.Errorf("files in the synced tree: %s", out)
+	}
+	if out := in.ok("vm", "show", "s"); !strings.Contains(out, rw+" -> /mnt/rw (sync)") || !strings.Contains(out, "(sync, ro)") {
+		t.Errorf("vm show does not say the mounts are synced:\n%s", out)
+	}
+	// Host to guest, guest to host (owned by the caller, root here),
+	// and deletes both ways.
+	os.WriteFile(filepath.Join(rw, "later"), []byte("written-later\n"), 0o644)
+	in.guestSees(t, "s", "written-later\n", "cat /mnt/rw/later 2>&1")
+	in.ok("vm", "exec", "s", "--", "sh", "-c", "echo from-guest > /mnt/rw/from-guest && mkdir -p /mnt/rw/gdir/sub && echo deep > /mnt/rw/gdir/sub/f")
+	hostSees(t, "the guest's files", func() bool {
+		b, _ := os.ReadFile(filepath.Join(rw, "gdir", "sub", "f"))
+		return string(b) == "deep\n" && content(filepath.Join(rw, "from-guest")) == "from-guest\n"
+	})
+	if fi, err := os.Stat(filepath.Join(rw, "from-guest")); err != nil || fi.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("the guest's file on the host: %v", err)
+	}
+	os.Remove(filepath.Join(rw, "later"))
+	in.guestSees(t, "s", "gone\n", "test -e /mnt/rw/later || echo gone")
+	in.ok("vm", "exec", "s", "--", "busybox", "rm", "-r", "/mnt/rw/gdir")
+	hostSees(t, "the guest's rm -r", func() bool { _, err := os.Stat(filepath.Join(rw, "gdir")); return os.IsNotExist(err) })
+	// ro: refused in the guest, the host untouched.
+	if r := in.run("vm", "exec", "s", "--", "sh", "-c", "echo x > /mnt/ro/new"); r.code == 0 || !strings.Contains(r.stderr, "Read-only file system") {
+		t.Errorf("write to the ro mount: exit %d %q", r.code, r.stderr)
+	}
+	os.WriteFile(filepath.Join(ro, "ro-later"), []byte("ro-later\n"), 0o644)
+	in.guestSees(t, "s", "ro-later\n", "cat /mnt/ro/ro-later 2>&1")
+	if ents, _ := os.ReadDir(ro); len(ents) != 2 {
+		t.Errorf("the ro host directory holds %d entries, want 2", len(ents))
+	}
+	in.fails("has synced mounts (-v)", "vm", "snapshot", "s")
+
+	// A daemon restart: the helpers end with it and start again.
+	in.stopDaemon()
+	os.WriteFile(filepath.Join(rw, "after-restart"), []byte("again\n"), 0o644)
+	in.guestSees(t, "s", "again\n", "cat /mnt/rw/after-restart 2>&1")
+	in.jsonOut(&v, "vm", "show", "s", "--json")
+	if v.Mounts[0].PID == 0 || v.Mounts[0].Error != "" || syncHelpers(rw) == "" {
+		t.Errorf("after a daemon restart: %+v", v.Mounts)
+	}
+	// A stop and start: the guest's copy persists, and changes made on
+	// the host meanwhile (a delete included) arrive three-way.
+	in.ok("vm", "stop", "s")
+	if left := syncHelpers(rw); left != "" {
+		t.Errorf("sync helper left after vm stop: %s", left)
+	}
+	os.Remove(filepath.Join(rw, "hello"))
+	os.WriteFile(filepath.Join(rw, "while-stopped"), []byte("stopped\n"), 0o644)
+	in.ok("vm", "start", "s")
+	if out := in.ok("vm", "exec", "s", "--", "sh", "-c", "cat /mnt/rw/while-stopped; test -e /mnt/rw/hello || echo hello-gone; cat /mnt/rw/from-guest"); out != "stopped\nhello-gone\nfrom-guest\n" {
+		t.Errorf("after a restart the guest has %q", out)
+	}
+	in.ok("vm", "rm", "-f", "s")
+	for _, d := range []string{rw, ro} {
+		if left := syncHelpers(d); left != "" {
+			t.Errorf("sync helper left after vm rm: %s", left)
+		}
+	}
+}
+
+func content(p string) string { b, _ := os.ReadFile(p); return string(b) }

@@ -1,0 +1,303 @@
+package daemon
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/system"
+	"banger/internal/virtiofs"
+	"banger/internal/vm"
+	"banger/internal/vsockagent"
+)
+
+// This file is synced mounts: a -v on a VMM with no shared file system
+// (Firecracker), or with the sync option. The guest's agent keeps a copy
+// in sync with the host directory over one agent stream (package
+// filesync); the host side is `bangerd filesync`, run as the mount's
+// owner, which the daemon relays to the agent. It starts once the guest
+// is up, holds the image's command until the first sync is done, and
+// runs again whenever it ends while the VM lives.
+
+// syncRuntime tracks the running syncs by fsMarker.
+type syncRuntime struct {
+	mu   sync.Mutex
+	runs map[string]context.CancelFunc
+}
+
+// syncHelper is the binary that runs `filesync`: this bangerd.
+func syncHelper() (string, error) {
+	exe, err := os.Executable()
+	if err == nil && !strings.HasPrefix(filepath.Base(exe), "bangerd") {
+		err = fmt.Errorf("%s is not bangerd", exe)
+	}
+	if err != nil {
+		return "", fmt.Errorf("synced mounts run `bangerd filesync`, and this daemon cannot (%v): run the bangerd binary", err)
+	}
+	return exe, nil
+}
+
+func syncState(v api.VM, i int) string { return filepath.Join(v.Dir, "sync"+strconv.Itoa(i)+".state") }
+
+// startSyncs runs v's synced mounts and waits for each one's initial
+// sync; on error none runs.
+func (d *Daemon) startSyncs(v *api.VM, progress func(string)) error {
+	for i, m := range v.Mounts {
+		if m.Kind != api.MountSync {
+			continue
+		}
+		say(progress, "sync")
+		ready := make(chan syncStart, 1)
+		d.runSync(*v, i, ready)
+		r := <-ready
+		if r.err != nil {
+			d.stopSyncs(*v)
+			return fmt.Errorf("syncing %s to %s in the guest: %v", m.Host, m.Guest, r.err)
+		}
+		v.Mounts[i].PID, v.Mounts[i].Error = r.pid, ""
+	}
+	return nil
+}
+
+// syncStart is how a sync's first session began.
+type syncStart struct {
+	pid int
+	err error
+}
+
+// runSync runs mount i of v in the background until stopSyncs: each
+// session that ends while the VM lives is recorded and started again.
+// When ready is set, the first session reports on it and a failure
+// there ends the run.
+func (d *Daemon) runSync(v api.VM, i int, ready chan<- syncStart) {
+	ctx, cancel := context.WithCancel(d.jobCtx)
+	key := fsMarker(v, i)
+	d.syncs.mu.Lock()
+	if d.syncs.runs == nil {
+		d.syncs.runs = map[string]context.CancelFunc{}
+	}
+	if old := d.syncs.runs[key]; old != nil {
+		old()
+	}
+	d.syncs.runs[key] = cancel
+	d.syncs.mu.Unlock()
+	d.jobs.Add(1)
+	go func() {
+		defer d.jobs.Done()
+		defer cancel()
+		m := v.Mounts[i]
+		backoff := time.Second
+		for first := true; ; first = false {
+			began := time.Now()
+			onReady := func(pid int, stats string) {
+				d.log.Info("mount synced", "vm", v.Name, "host", m.Host, "guest", m.Guest, "took", time.Since(began), "sent_received_bytes", stats)
+				if first && ready != nil {
+					ready <- syncStart{pid: pid}
+					return
+				}
+				d.setMountState(ctx, v, i, pid, "")
+				backoff = time.Second
+			}
+			err := d.syncSession(ctx, v, i, onReady)
+			if ctx.Err() != nil {
+				return
+			}
+			if first && ready != nil && !errors.Is(err, errSyncReady) {
+				ready <- syncStart{err: err}
+				return
+			}
+			msg := fmt.Sprintf("the sync of %s ended (%v): banger starts it again; %s has its log", m.Host, err, fsLog(v, i))
+			d.log.Warn("synced mount lost", "vm", v.Name, "host", m.Host, "guest", m.Guest, "err", err)
+			if !d.setMountState(ctx, v, i, 0, msg) {
+				return // the VM is gone
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 10*time.Second)
+		}
+	}()
+}
+
+// errSyncReady wraps how a session that had become ready ended.
+var errSyncReady = errors.New("after the initial sync")
+
+// setMountState records mount i's helper and error, and reports whether
+// the VM still runs (as v, not a later one of the same name).
+func (d *Daemon) setMountState(ctx context.Context, v api.VM, i, pid int, msg string) bool {
+	unlock := d.vmLock(v.Name)
+	defer unlock()
+	cur, err := d.store.VM(context.Background(), v.Name)
+	if ctx.Err() != nil || err != nil || cur.ID != v.ID || i >= len(cur.Mounts) || !vm.State(cur.State).Live() {
+		return false
+	}
+	cur.Mounts[i].PID, cur.Mounts[i].Error = pid, msg
+	d.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
+	return true
+}
+
+// stopSyncs ends v's syncs (their helpers end with their streams;
+// stopMounts kills any left).
+func (d *Daemon) stopSyncs(v api.VM) {
+	d.syncs.mu.Lock()
+	defer d.syncs.mu.Unlock()
+	for i := range v.Mounts {
+		if c := d.syncs.runs[fsMarker(v, i)]; c != nil {
+			c()
+			delete(d.syncs.runs, fsMarker(v, i))
+		}
+	}
+}
+
+// syncSession is one session of mount i: an agent stream to the guest,
+// `bangerd filesync` as the mount's owner, and the relay between them,
+// until one side ends or ctx is done.
+func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(pid int, stats string)) error {
+	m := v.Mounts[i]
+	exe, err := syncHelper()
+	if err != nil {
+		return err
+	}
+	actx, cancel := context.WithTimeout(ctx, d.readyTimeout())
+	sess, err := d.agentSession(actx, v)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("no agent: %w", err)
+	}
+	st, err := sess.Open(vsockagent.Request{Op: "filesync", Path: m.Guest})
+	if err != nil {
+		return fmt.Errorf("opening the agent's sync: %w", err)
+	}
+	defer st.Close()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	theirs := os.NewFile(uintptr(fds[1]), "sync")
+	ourf := os.NewFile(uintptr(fds[0]), "sync")
+	ours, err := net.FileConn(ourf)
+	ourf.Close()
+	if err != nil {
+		theirs.Close()
+		return err
+	}
+	defer ours.Close()
+	state, err := os.OpenFile(syncState(v, i), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		theirs.Close()
+		return err
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		theirs.Close()
+		state.Close()
+		return err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		theirs.Close()
+		state.Close()
+		outR.Close()
+		outW.Close()
+		return err
+	}
+	args := []string{"filesync", "--root", m.Host}
+	if m.ReadOnly {
+		args = append(args, "--ro")
+	}
+	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", virtiofs.MarkerEnv(fsMarker(v, i))}
+	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, groupsOf(m.UID))
+	theirs.Close()
+	state.Close()
+	outW.Close()
+	errW.Close()
+	if err != nil {
+		outR.Close()
+		errR.Close()
+		return err
+	}
+	// The relay: either direction ending ends the session.
+	go func() { io.Copy(ours, st); ours.(*net.UnixConn).CloseWrite() }()
+	go func() { io.Copy(st, ours); st.CloseWrite() }()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-ctx.Done():
+			p.Signal(unix.SIGTERM)
+		case <-stop:
+		}
+	}()
+	var lastErr string
+	logDone := make(chan struct{})
+	go func() {
+		defer close(logDone)
+		defer errR.Close()
+		lf, _ := os.OpenFile(fsLog(v, i), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if lf != nil {
+			defer lf.Close()
+		}
+		sc := bufio.NewScanner(errR)
+		for sc.Scan() {
+			line := sc.Text()
+			if lf != nil {
+				fmt.Fprintf(lf, "%s %s\n", time.Now().Format(time.RFC3339), line)
+			}
+			if e, ok := strings.CutPrefix(line, "error: "); ok {
+				lastErr = e
+			} else {
+				d.log.Info("sync", "vm", v.Name, "guest", m.Guest, "msg", line)
+			}
+		}
+	}()
+	wasReady := false
+	sc := bufio.NewScanner(outR)
+	for sc.Scan() {
+		if stats, ok := strings.CutPrefix(sc.Text(), "ready "); ok && !wasReady {
+			wasReady = true
+			onReady(p.Pid, stats)
+		}
+	}
+	outR.Close()
+	ps, _ := p.Wait()
+	<-logDone
+	err = errors.New(lastErr)
+	if lastErr == "" {
+		err = fmt.Errorf("bangerd filesync %v", ps)
+	}
+	if wasReady {
+		err = fmt.Errorf("%w: %w", errSyncReady, err)
+	}
+	return err
+}
+
+// groupsOf is uid's supplementary groups, for its helper.
+func groupsOf(uid int) []int {
+	u, err := user.LookupId(strconv.Itoa(uid))
+	if err != nil {
+		return nil
+	}
+	gs, _ := u.GroupIds()
+	var out []int
+	for _, g := range gs {
+		if n, err := strconv.Atoi(g); err == nil {
+			out = append(out, n)
+		}
+	}
+	return out
+}
