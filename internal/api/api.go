@@ -145,10 +145,10 @@ type VM struct {
 // Mount kinds.
 const (
 	MountVirtioFS = "virtiofs" // QEMU: a virtiofsd per mount, shared live
-	MountSync     = "sync"     // Firecracker: copied and kept in sync by the agent
+	MountSync     = "sync"     // Firecracker, or asked for: copied and kept in sync by the agent
 )
 
-// Mount is a host directory shared with a VM (-v HOST:GUEST[:ro]).
+// Mount is a host directory shared with a VM (-v HOST:GUEST[:ro][,sync]).
 type Mount struct {
 	Host     string `json:"host"`  // absolute, symlinks resolved
 	Guest    string `json:"guest"` // absolute path in the guest
@@ -158,7 +158,8 @@ type Mount struct {
 	// UID and GID are the caller's: the host side accesses files as them.
 	UID int `json:"uid"`
 	GID int `json:"gid"`
-	// PID is the running virtiofsd, 0 when none; Error why it stopped.
+	// PID is the running virtiofsd (or, synced, bangerd filesync), 0
+	// when none; Error why it stopped.
 	PID   int    `json:"pid,omitempty"`
 	Error string `json:"error,omitempty"`
 }
@@ -292,7 +293,7 @@ type VMCreateRequest struct {
 	// [IP:]HOST:GUEST[/tcp].
 	Network string   `json:"network,omitempty"`
 	Ports   []string `json:"ports,omitempty"`
-	// Mounts are -v values, HOST:GUEST[:ro|:rw]; HOST is resolved by
+	// Mounts are -v values, HOST:GUEST[:ro|:rw][,sync]; HOST is resolved by
 	// the CLI (relative to its working directory).
 	Mounts []string `json:"mounts,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -98,6 +99,18 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		add("virtiofsd", api.Warn, vbin+": user namespaces are off, so only root's VMs can share directories", "sysctl user.max_user_namespaces=15000")
 	} else {
 		add("virtiofsd", api.Pass, vbin+": "+version(vbin, "--version"), "")
+	}
+	// -v on Firecracker (and :sync): bangerd filesync, one inotify watch
+	// per directory of the shared tree.
+	watches, _ := os.ReadFile("/proc/sys/fs/inotify/max_user_watches")
+	nw, _ := strconv.Atoi(strings.TrimSpace(string(watches)))
+	switch _, err := syncHelper(); {
+	case err != nil:
+		add("synced mounts", api.Warn, err.Error(), "run the daemon as the bangerd binary")
+	case nw < 65536:
+		add("synced mounts", api.Warn, fmt.Sprintf("fs.inotify.max_user_watches is %d: a synced tree of more directories fails", nw), "sysctl fs.inotify.max_user_watches=1048576")
+	default:
+		add("synced mounts", api.Pass, fmt.Sprintf("bangerd filesync; up to %d watched directories", nw), "")
 	}
 	// Guest RAM of QEMU VMs lives in a shared file under /dev/shm.
 	var shm unix.Statfs_t

@@ -24,9 +24,9 @@ type peer struct {
 	// inPlace lets new files be written at their own name: only while
 	// no watcher would see them half-written (the guest's initial sync).
 	inPlace atomic.Bool
-	log  func(string)
-	r    *bufio.Reader
-	w    io.Writer
+	log     func(string)
+	r       *bufio.Reader
+	w       io.Writer
 
 	mu       sync.Mutex
 	seen     map[string]Entry    // what the other side has, as far as this side knows
@@ -316,8 +316,8 @@ func (p *peer) applyPut(e Entry) error {
 		return nil
 	}
 	p.mu.Lock()
-	if now, ok := lstat(p.root, rel); ok {
-		p.seen[rel] = now
+	if now, ok := lstat(p.root, rel); ok && !clash && has && same(cur, e) {
+		p.seen[rel] = now // not rewritten: place did not run
 	}
 	delete(p.gone, rel)
 	p.base[rel] = e
@@ -326,6 +326,22 @@ func (p *peer) applyPut(e Entry) error {
 	p.stats.Bytes += body
 	p.mu.Unlock()
 	p.ack(rel, true)
+	return nil
+}
+
+// place makes a received path appear (a rename, a mkdir) and records
+// it as seen in one step under mu: the sender, which compares with seen
+// under mu, never takes the arrival for a change made here and echoes
+// it back.
+func (p *peer) place(rel string, fn func() error) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if err := fn(); err != nil {
+		return err
+	}
+	if now, ok := lstat(p.root, rel); ok {
+		p.seen[rel] = now
+	}
 	return nil
 }
 
@@ -362,16 +378,18 @@ func (p *peer) write(e, cur Entry, has bool) (err error) {
 	dir := filepath.Dir(full)
 	switch e.Kind {
 	case KindDir:
-		if err := os.Mkdir(full, 0o700); err != nil && !os.IsExist(err) {
-			return err
-		}
-		return os.Chmod(full, os.FileMode(e.Mode).Perm())
+		return p.place(rel, func() error {
+			if err := os.Mkdir(full, 0o700); err != nil && !os.IsExist(err) {
+				return err
+			}
+			return os.Chmod(full, os.FileMode(e.Mode).Perm())
+		})
 	case KindLink:
 		tmp := filepath.Join(dir, tempPrefix+newSuffix())
 		if err := os.Symlink(e.Target, tmp); err != nil {
 			return err
 		}
-		if err := os.Rename(tmp, full); err != nil {
+		if err := p.place(rel, func() error { return os.Rename(tmp, full) }); err != nil {
 			os.Remove(tmp)
 			return err
 		}
@@ -407,8 +425,13 @@ func (p *peer) write(e, cur Entry, has bool) (err error) {
 		ts := []unix.Timespec{unix.NsecToTimespec(e.Mtime), unix.NsecToTimespec(e.Mtime)}
 		cerr = unix.UtimesNanoAt(unix.AT_FDCWD, target, ts, unix.AT_SYMLINK_NOFOLLOW)
 	}
-	if cerr == nil && target != full {
-		cerr = os.Rename(target, full)
+	if cerr == nil {
+		cerr = p.place(rel, func() error {
+			if target != full {
+				return os.Rename(target, full)
+			}
+			return nil
+		})
 	}
 	if cerr != nil {
 		os.Remove(target)

@@ -423,15 +423,7 @@ func BenchmarkSyncLatency(b *testing.B) {
 			tw.WriteHeader(&tar.Header{Name: "g", Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
 			tw.Write([]byte(body))
 			tw.Close()
-			st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: guest})
-			if err != nil {
-				b.Fatal(err)
-			}
-			st.Write(buf.Bytes())
-			st.CloseWrite()
-			if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
-				b.Fatal(e, err)
-			}
+			p.putTar(b, guest, buf.Bytes())
 			if content(filepath.Join(guest, "g")) != body {
 				b.Fatal("the put did not land")
 			}
@@ -461,18 +453,23 @@ func BenchmarkInitialSync(b *testing.B) {
 				b.Fatal(err)
 			}
 			dst := b.TempDir()
-			st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: dst})
-			if err != nil {
-				b.Fatal(err)
-			}
-			st.Write(buf.Bytes())
-			st.CloseWrite()
-			if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
-				b.Fatal(e, err)
-			}
+			p.putTar(b, dst, buf.Bytes())
 			if content(filepath.Join(dst, filepath.Base(host), "d099/f099.txt")) != "file 9999\n" {
 				b.Fatal("the tar did not land")
 			}
 		}
 	})
+}
+
+// putTar unpacks a tar stream at dir through the agent's put.
+func (p *pair) putTar(b *testing.B, dir string, tarball []byte) {
+	st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: dir})
+	if err != nil {
+		b.Fatal(err)
+	}
+	st.Write(tarball)
+	st.CloseWrite()
+	if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
+		b.Fatal(e, err)
+	}
 }

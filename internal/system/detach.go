@@ -75,15 +75,6 @@ func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.F
 // over its own namespaces and nothing but that user's rights outside.
 // It is how virtiofsd runs for a caller.
 func SpawnIsolated(path string, args []string, env []string, stderr *os.File, extra []*os.File, uid, gid int) (*os.Process, error) {
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
-	}
-	defer devnull.Close()
-	cmd := exec.Command(path, args...)
-	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, devnull, stderr
-	cmd.ExtraFiles = extra
 	attr := &syscall.SysProcAttr{Setsid: true, Cloneflags: syscall.CLONE_NEWNS}
 	if uid != 0 {
 		attr.Cloneflags |= syscall.CLONE_NEWUSER
@@ -91,6 +82,24 @@ func SpawnIsolated(path string, args []string, env []string, stderr *os.File, ex
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
 		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 	}
+	return spawnWith(path, args, env, nil, stderr, extra, attr)
+}
+
+// spawnWith starts path detached with attr, stdin (and stdout when nil)
+// on /dev/null.
+func spawnWith(path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, attr *syscall.SysProcAttr) (*os.Process, error) {
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
+	}
+	defer devnull.Close()
+	if stdout == nil {
+		stdout = devnull
+	}
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
+	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting %s: %w", path, err)
@@ -102,25 +111,13 @@ func SpawnIsolated(path string, args []string, env []string, stderr *os.File, ex
 // uid is 0), with extra files from descriptor 3 on. It is how a synced
 // mount's host side runs for a caller: with exactly their rights.
 func SpawnAs(path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, uid, gid int, groups []int) (*os.Process, error) {
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
-	}
-	defer devnull.Close()
-	cmd := exec.Command(path, args...)
-	cmd.Env = env
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
-	cmd.ExtraFiles = extra
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	attr := &syscall.SysProcAttr{Setsid: true}
 	if uid != 0 {
 		gs := make([]uint32, len(groups))
 		for i, g := range groups {
 			gs[i] = uint32(g)
 		}
-		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: gs}
+		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: gs}
 	}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", path, err)
-	}
-	return cmd.Process, nil
+	return spawnWith(path, args, env, stdout, stderr, extra, attr)
 }

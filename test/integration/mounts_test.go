@@ -169,6 +169,8 @@ func TestVMMountBadInput(t *testing.T) {
 		{"not a directory", file + ":/x", ""},
 		{"inside /proc", dir + ":/proc/x", ""},
 		{"want HOST:GUEST or HOST:GUEST:ro", dir + ":/x:rx", ""},
+		{`unknown option "fast"`, dir + ":/x:ro,fast", ""},
+		{"two mounts at /x in the guest", dir + ":/x:sync", dir + ":/x"},
 	} {
 		args := append(append([]string{}, shape...), "-v", c.v1)
 		if c.v2 != "" {
@@ -211,13 +213,21 @@ func TestVMMountAsUser(t *testing.T) {
 	if out, err := asNobody(append(append([]string{}, shape...), "--name", "u2", "-v", theirs+":/mnt/t")...); err == nil || !strings.Contains(out, "you may not read and write it (add :ro") {
 		t.Errorf("rw mount of a directory the caller may not write: %v %s", err, out)
 	}
-	if out, err := asNobody(append(append([]string{}, shape...), "--name", "u1", "-v", mine+":/mnt/mine", "-v", theirs+":/mnt/t:ro")...); err != nil {
+	if out, err := asNobody(append(append([]string{}, shape...), "--name", "u1", "-v", mine+":/mnt/mine", "-v", theirs+":/mnt/t:ro", "-v", mine+":/mnt/synced:sync")...); err != nil {
 		t.Fatalf("create as nobody: %v %s", err, out)
 	}
-	in.ok("vm", "exec", "u1", "--", "sh", "-c", "echo hi > /mnt/mine/by-guest")
+	in.ok("vm", "exec", "u1", "--", "sh", "-c", "echo hi > /mnt/mine/by-guest && echo hi > /mnt/synced/by-sync")
 	fi, err := os.Stat(filepath.Join(mine, "by-guest"))
 	if err != nil || fi.Sys().(*syscall.Stat_t).Uid != 65534 {
 		t.Errorf("the guest's file on the host: %v %+v (want owner 65534)", err, fi)
+	}
+	// The synced mount's host side runs as the caller too.
+	hostSees(t, "the synced guest file", func() bool {
+		fi, err := os.Stat(filepath.Join(mine, "by-sync"))
+		return err == nil && fi.Sys().(*syscall.Stat_t).Uid == 65534
+	})
+	if out, _ := exec.Command("ps", "-o", "user=", "-C", "bangerd").Output(); !strings.Contains(string(out), "nobody") {
+		t.Errorf("no bangerd filesync runs as nobody: %q", out)
 	}
 	// Files of other users look like nobody's in the guest, and may not
 	// be written through the mount.
@@ -330,11 +340,38 @@ func TestVMMountSync(t *testing.T) {
 	}
 	in.fails("has synced mounts (-v)", "vm", "snapshot", "s")
 
+	// The helper dies: the VM runs on, the error is recorded, and the
+	// sync starts again by itself.
+	// (Each show decodes into a new value: omitted fields must not
+	// keep an earlier decode's.)
+	show := func() (s struct {
+		vmJSON
+		Mounts []mountJSON `json:"mounts"`
+	}) {
+		in.jsonOut(&s, "vm", "show", "s", "--json")
+		return s
+	}
+	v = show()
+	old := v.Mounts[0].PID
+	syscall.Kill(old, syscall.SIGKILL)
+	hostSees(t, "a new sync helper", func() bool {
+		v = show()
+		return v.Mounts[0].PID != 0 && v.Mounts[0].PID != old && v.Mounts[0].Error == ""
+	})
+	if v.State != "running" {
+		t.Errorf("the VM is %s after its sync helper died", v.State)
+	}
+	if b, _ := os.ReadFile(in.path("state", "bangerd.log")); !strings.Contains(string(b), "synced mount lost") {
+		t.Errorf("the daemon log does not say the sync was lost")
+	}
+	os.WriteFile(filepath.Join(rw, "after-kill"), []byte("resynced\n"), 0o644)
+	in.guestSees(t, "s", "resynced\n", "cat /mnt/rw/after-kill 2>&1")
+
 	// A daemon restart: the helpers end with it and start again.
 	in.stopDaemon()
 	os.WriteFile(filepath.Join(rw, "after-restart"), []byte("again\n"), 0o644)
 	in.guestSees(t, "s", "again\n", "cat /mnt/rw/after-restart 2>&1")
-	in.jsonOut(&v, "vm", "show", "s", "--json")
+	v = show()
 	if v.Mounts[0].PID == 0 || v.Mounts[0].Error != "" || syncHelpers(rw) == "" {
 		t.Errorf("after a daemon restart: %+v", v.Mounts)
 	}
