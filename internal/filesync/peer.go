@@ -410,11 +410,14 @@ func (p *peer) write(e, cur Entry, has bool) (err error) {
 		}
 		target = f.Name()
 	}
-	n, cerr := io.CopyN(f, p.r, body)
-	body -= n
-	if cerr != nil && body == 0 {
-		cerr = nil
+	// What was read counts, not what was written: a failed write has
+	// taken its bytes from the stream all the same.
+	lr := &io.LimitedReader{R: p.r, N: body}
+	_, cerr := io.Copy(f, lr)
+	if cerr == nil && lr.N > 0 {
+		cerr = fmt.Errorf("%w: %v", errStream, io.ErrUnexpectedEOF)
 	}
+	body = lr.N
 	if cerr == nil {
 		cerr = f.Chmod(os.FileMode(e.Mode).Perm())
 	}

@@ -473,3 +473,30 @@ func (p *pair) putTar(b *testing.B, dir string, tarball []byte) {
 		b.Fatal(e, err)
 	}
 }
+
+// A full guest disk fails the file it cannot hold, says so in the
+// host's log, leaves no temporary file, and the sync goes on.
+func TestSyncGuestDiskFull(t *testing.T) {
+	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
+	if os.Geteuid() != 0 {
+		t.Skip("a small tmpfs for the guest's copy needs root")
+	}
+	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=256k"); err != nil {
+		t.Skipf("no tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
+	p := startPair(t, host, guest, pairOpts{data: data})
+	write(t, filepath.Join(host, "big"), strings.Repeat("x", 1<<20), 0o644)
+	eventually(t, "the guest's disk-full error in the host's log", func() bool { return p.logged("the disk is full") })
+	write(t, filepath.Join(host, "small"), "fits", 0o644)
+	eventually(t, "a file that fits after one that did not", func() bool { return content(filepath.Join(guest, "small")) == "fits" })
+	if exists(filepath.Join(guest, "big")) {
+		t.Errorf("the file that did not fit is in the guest")
+	}
+	ents, _ := os.ReadDir(guest)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".banger-sync.") {
+			t.Errorf("temporary file left: %s", e.Name())
+		}
+	}
+}
