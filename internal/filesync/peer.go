@@ -159,11 +159,27 @@ func (p *peer) put(rel string, force bool, buf []byte) error {
 	p.stats.Sent++
 	p.stats.Bytes += e.Size
 	p.mu.Unlock()
-	if err := writeMsg(p.w, msg{Op: "put", E: &e}); err != nil || f == nil {
+	hdr, err := frame(msg{Op: "put", E: &e})
+	if err != nil {
+		return err
+	}
+	if f == nil {
+		_, err = p.w.Write(hdr)
 		return err
 	}
 	// Exactly e.Size bytes, whatever happens to the file meanwhile (its
-	// change sends it again).
+	// change sends it again). A small file goes out with its header in
+	// one write.
+	if int64(len(hdr))+e.Size <= int64(len(buf)) {
+		n := copy(buf, hdr)
+		got, _ := io.ReadFull(f, buf[n:n+int(e.Size)])
+		clear(buf[n+got : n+int(e.Size)])
+		_, err = p.w.Write(buf[:n+int(e.Size)])
+		return err
+	}
+	if _, err := p.w.Write(hdr); err != nil {
+		return err
+	}
 	left := e.Size
 	for left > 0 {
 		n, rerr := f.Read(buf[:min(int64(len(buf)), left)])

@@ -36,17 +36,23 @@ type msg struct {
 // maxHeader bounds one header: a manifest of a million paths fits.
 const maxHeader = 256 << 20
 
-func writeMsg(w io.Writer, m msg) error {
+// frame is m on the wire: one buffer, so that it is one write (each
+// write is a frame of the agent's channel, and a syscall in the guest).
+func frame(m msg) ([]byte, error) {
 	b, err := json.Marshal(m)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	var n [4]byte
-	binary.BigEndian.PutUint32(n[:], uint32(len(b)))
-	if _, err := w.Write(n[:]); err != nil {
-		return err
+	out := make([]byte, 4, 4+len(b))
+	binary.BigEndian.PutUint32(out, uint32(len(b)))
+	return append(out, b...), nil
+}
+
+func writeMsg(w io.Writer, m msg) error {
+	b, err := frame(m)
+	if err == nil {
+		_, err = w.Write(b)
 	}
-	_, err = w.Write(b)
 	return err
 }
 
