@@ -27,8 +27,10 @@ var agentAllowed = map[string]bool{
 	"banger/internal/vsockagent":    true,
 	"banger/internal/guestnet":      true,
 	"banger/internal/guestinit":     true,
-	"golang.org/x/sys/unix":         true,
-	"golang.org/x/crypto/ssh":       true,
+	// synced mounts' guest side: the standard library and x/sys only.
+	"banger/internal/filesync": true,
+	"golang.org/x/sys/unix":    true,
+	"golang.org/x/crypto/ssh":  true,
 	// sftp for the agent's SSH server (scp, rsync and editors need it).
 	"github.com/kr/fs": true,
 }
