@@ -50,6 +50,11 @@ func syncHelper() (string, error) {
 	return exe, nil
 }
 
+// initialSyncTimeout bounds the first sync of a mount, which holds the
+// VM's start: ample for 100,000 files under emulation, finite when a
+// guest stops answering.
+const initialSyncTimeout = 15 * time.Minute
+
 func syncState(v api.VM, i int) string { return filepath.Join(v.Dir, "sync"+strconv.Itoa(i)+".state") }
 
 // startSyncs runs v's synced mounts and waits for each one's initial
@@ -62,7 +67,12 @@ func (d *Daemon) startSyncs(v *api.VM, progress func(string)) error {
 		say(progress, "sync")
 		ready := make(chan syncStart, 1)
 		d.runSync(*v, i, ready)
-		r := <-ready
+		var r syncStart
+		select {
+		case r = <-ready:
+		case <-time.After(initialSyncTimeout):
+			r.err = fmt.Errorf("the initial sync did not finish in %v (%s has its log): share a smaller tree, or copy it with `banger vm cp`", initialSyncTimeout, fsLog(*v, i))
+		}
 		if r.err != nil {
 			d.stopSyncs(*v)
 			return fmt.Errorf("syncing %s to %s in the guest: %v", m.Host, m.Guest, r.err)
