@@ -68,6 +68,12 @@ func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind stri
 	return out, nil
 }
 
+// hasMount reports whether ms has a mount of kind (api.MountVirtioFS,
+// api.MountSync).
+func hasMount(ms []api.Mount, kind string) bool {
+	return slices.ContainsFunc(ms, func(m api.Mount) bool { return m.Kind == kind })
+}
+
 // callerOf is the user who made the request, with their groups: the
 // host side of a mount acts with their rights, not the daemon's.
 func callerOf(ctx context.Context) virtiofs.Caller {
@@ -90,7 +96,7 @@ func fsLog(v api.VM, i int) string    { return filepath.Join(v.Dir, "fs"+strconv
 // VMM's devices and the guest's command line parameters for them. On
 // error none is left running.
 func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmdline []string, err error) {
-	if !slices.ContainsFunc(v.Mounts, func(m api.Mount) bool { return m.Kind == api.MountVirtioFS }) {
+	if !hasMount(v.Mounts, api.MountVirtioFS) {
 		return nil, nil, nil
 	}
 	bin, err := virtiofs.Find()

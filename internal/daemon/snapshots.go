@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -96,7 +95,7 @@ func (d *Daemon) agentHash() (string, error) {
 // disk are written; whatever happens it runs on afterwards (a paused VM
 // stays paused). A failed snapshot leaves no record and no files.
 func (d *Daemon) takeSnapshot(ctx context.Context, v api.VM, name, kind, templateKey string) (api.Snapshot, error) {
-	if slices.ContainsFunc(v.Mounts, func(m api.Mount) bool { return m.Kind == api.MountSync }) {
+	if hasMount(v.Mounts, api.MountSync) {
 		// A fork would carry the copy, but no sync: two VMs writing
 		// one host directory through stale bases.
 		return api.Snapshot{}, fmt.Errorf("%w: VM %q has synced mounts (-v): a snapshot or fork of it would not be synced; make one without -v to snapshot or fork it", vm.ErrInvalidState, v.Name)

@@ -194,50 +194,53 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 		return fmt.Errorf("opening the agent's sync: %w", err)
 	}
 	defer st.Close()
+	// The helper's ends (its stream, its state file, its stdout and
+	// stderr) are closed here once it has them, or on the way out.
+	var ends []*os.File
+	closeEnds := func() {
+		for _, f := range ends {
+			f.Close()
+		}
+		ends = nil
+	}
+	defer closeEnds()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
 	theirs := os.NewFile(uintptr(fds[1]), "sync")
+	ends = append(ends, theirs)
 	ourf := os.NewFile(uintptr(fds[0]), "sync")
 	ours, err := net.FileConn(ourf)
 	ourf.Close()
 	if err != nil {
-		theirs.Close()
 		return err
 	}
 	defer ours.Close()
 	state, err := os.OpenFile(syncState(v, i), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
-		theirs.Close()
 		return err
 	}
+	ends = append(ends, state)
 	outR, outW, err := os.Pipe()
 	if err != nil {
-		theirs.Close()
-		state.Close()
 		return err
 	}
+	defer outR.Close()
+	ends = append(ends, outW)
 	errR, errW, err := os.Pipe()
 	if err != nil {
-		theirs.Close()
-		state.Close()
-		outR.Close()
-		outW.Close()
 		return err
 	}
+	ends = append(ends, errW)
 	args := []string{"filesync", "--root", m.Host}
 	if m.ReadOnly {
 		args = append(args, "--ro")
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", virtiofs.MarkerEnv(fsMarker(v, i))}
 	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, groupsOf(m.UID))
-	theirs.Close()
-	state.Close()
-	outW.Close()
-	errW.Close()
+	closeEnds()
 	if err != nil {
-		outR.Close()
 		errR.Close()
 		return err
 	}
@@ -283,7 +286,6 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 			onReady(p.Pid, stats)
 		}
 	}
-	outR.Close()
 	ps, _ := p.Wait()
 	<-logDone
 	err = errors.New(lastErr)

@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"strings"
 	"time"
 
@@ -69,7 +68,7 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		return nil, err
 	}
 	bootArgs := append([]string{}, netArgs...)
-	syncs := slices.ContainsFunc(v.Mounts, func(m api.Mount) bool { return m.Kind == api.MountSync })
+	syncs := hasMount(v.Mounts, api.MountSync)
 	if (templateKey != "" || syncs) && from == nil {
 		// The image's command waits until the template is taken, or
 		// the synced mounts hold the host's files.

@@ -48,10 +48,7 @@ func (p *peer) drain(n int64) error {
 func (p *peer) ack(rel string, ok bool) { p.send(msg{Op: "ack", P: rel, OK: ok}) }
 
 func (p *peer) applyPut(e Entry) error {
-	body := int64(0)
-	if e.Kind == KindFile {
-		body = e.Size
-	}
+	body := e.body()
 	rel := e.Path
 	if err := checkRel(rel); err != nil || (e.Kind != KindFile && e.Kind != KindDir && e.Kind != KindLink) {
 		p.log(fmt.Sprintf("refused a change from the other side: %v", err))
@@ -85,7 +82,9 @@ func (p *peer) applyPut(e Entry) error {
 		}
 		p.conflict(rel, "other side's")
 	}
-	if !clash && has && same(cur, e) {
+	// Already here as sent (an echo, a retry): nothing to write.
+	here := !clash && has && same(cur, e)
+	if here {
 		if err := p.drain(body); err != nil {
 			return err
 		}
@@ -98,7 +97,7 @@ func (p *peer) applyPut(e Entry) error {
 		return nil
 	}
 	p.mu.Lock()
-	if now, ok := lstat(p.root, rel); ok && !clash && has && same(cur, e) {
+	if now, ok := lstat(p.root, rel); ok && here {
 		p.seen[rel] = now // not rewritten: place did not run
 	}
 	delete(p.gone, rel)
@@ -133,10 +132,7 @@ var errStream = errors.New("reading from the other side")
 // write puts e in place of cur: through a temporary name in the same
 // directory, so a reader never sees half a file.
 func (p *peer) write(e, cur Entry, has bool) (err error) {
-	body := int64(0)
-	if e.Kind == KindFile {
-		body = e.Size
-	}
+	body := e.body()
 	defer func() {
 		if err != nil && body > 0 {
 			if derr := p.drain(body); derr != nil {

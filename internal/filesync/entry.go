@@ -68,6 +68,14 @@ func unchanged(a, b Entry) bool {
 	return same(a, b) && a.ino == b.ino && (a.Kind == KindDir || a.ctime == b.ctime)
 }
 
+// body is how many bytes of content follow e's put: a file's size.
+func (e Entry) body() int64 {
+	if e.Kind == KindFile {
+		return e.Size
+	}
+	return 0
+}
+
 // same reports whether two entries are the same content: a sync that
 // copied one onto the other leaves them same (it sets the mtime too).
 func same(a, b Entry) bool {

@@ -168,37 +168,33 @@ func (p *peer) put(rel string, force bool, buf []byte) error {
 		_, err = p.w.Write(hdr)
 		return err
 	}
-	// Exactly e.Size bytes, whatever happens to the file meanwhile (its
-	// change sends it again). A small file goes out with its header in
-	// one write.
+	// Exactly e.Size bytes, whatever happens to the file meanwhile: what
+	// a failed or short read leaves is zeros (the change sends the file
+	// again). A small file goes out with its header in one write.
+	content := io.LimitReader(io.MultiReader(readOrEOF{f}, zeros{}), e.Size)
 	if int64(len(hdr))+e.Size <= int64(len(buf)) {
 		n := copy(buf, hdr)
-		got, _ := io.ReadFull(f, buf[n:n+int(e.Size)])
-		clear(buf[n+got : n+int(e.Size)])
+		io.ReadFull(content, buf[n:n+int(e.Size)])
 		_, err = p.w.Write(buf[:n+int(e.Size)])
 		return err
 	}
 	if _, err := p.w.Write(hdr); err != nil {
 		return err
 	}
-	left := e.Size
-	for left > 0 {
-		n, rerr := f.Read(buf[:min(int64(len(buf)), left)])
-		if n > 0 {
-			if _, err := p.w.Write(buf[:n]); err != nil {
-				return err
-			}
-			left -= int64(n)
-		}
-		if rerr != nil {
-			break
-		}
+	_, err = io.CopyBuffer(p.w, content, buf)
+	return err
+}
+
+// readOrEOF ends a file's content at its first read error, so that the
+// zeros after it make up the size that was announced.
+type readOrEOF struct{ f *os.File }
+
+func (r readOrEOF) Read(b []byte) (int, error) {
+	n, err := r.f.Read(b)
+	if err != nil {
+		err = io.EOF
 	}
-	if left > 0 {
-		_, err := io.CopyN(p.w, zeros{}, left)
-		return err
-	}
-	return nil
+	return n, err
 }
 
 // rm tells the other side rel is gone, if it has it.
@@ -217,21 +213,26 @@ func (p *peer) rm(rel string) error {
 }
 
 // dropSeen forgets rel and all under it (mu held).
-func (p *peer) dropSeen(rel string) {
-	for k := range p.seen {
-		if under(k, rel) {
-			delete(p.seen, k)
-		}
+func (p *peer) dropSeen(rel string) { dropUnder(p.seen, rel) }
+
+// dropBase drops rel and all under it from the base (mu held).
+func (p *peer) dropBase(rel string) {
+	if dropUnder(p.base, rel) {
+		p.dirty = true
 	}
 }
 
-func (p *peer) dropBase(rel string) {
-	for k := range p.base {
+// dropUnder deletes rel and the paths under it from m, and reports
+// whether there were any.
+func dropUnder(m map[string]Entry, rel string) bool {
+	found := false
+	for k := range m {
 		if under(k, rel) {
-			delete(p.base, k)
-			p.dirty = true
+			delete(m, k)
+			found = true
 		}
 	}
+	return found
 }
 
 // remoteWins settles a conflict: the later modification wins, the host

@@ -248,8 +248,7 @@ func Guest(ctx context.Context, rw io.ReadWriter, dir string, o GuestOptions) er
 	}
 	p.seen = maps.Clone(here)
 	p.inPlace.Store(true)
-	es := slices.SortedFunc(maps.Values(here), func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
-	if err := writeMsg(rw, msg{Op: "manifest", Es: es}); err != nil {
+	if err := writeMsg(rw, msg{Op: "manifest", Es: sorted(here)}); err != nil {
 		return err
 	}
 	// The watcher starts at the host's mark, once the host's initial
@@ -336,6 +335,11 @@ func view(dir, data string, ro bool) (string, error) {
 	return c, nil
 }
 
+// sorted is a tree's entries by path.
+func sorted(tree map[string]Entry) []Entry {
+	return slices.SortedFunc(maps.Values(tree), func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
+}
+
 // ReadBase reads a base Save wrote; an empty or unreadable one is empty
 // (the next sync then deletes nothing).
 func ReadBase(r io.Reader) map[string]Entry {
@@ -352,8 +356,7 @@ func ReadBase(r io.Reader) map[string]Entry {
 
 // WriteBase replaces f's content with base.
 func WriteBase(f *os.File, base map[string]Entry) error {
-	es := slices.SortedFunc(maps.Values(base), func(a, b Entry) int { return strings.Compare(a.Path, b.Path) })
-	b, err := json.Marshal(es)
+	b, err := json.Marshal(sorted(base))
 	if err != nil {
 		return err
 	}

@@ -79,8 +79,8 @@ func readMsg(r *bufio.Reader) (msg, error) {
 	return m, nil
 }
 
-// zeros pads a file that shrank while it was sent: the next put, which
-// its change triggers, carries the right content.
+// zeros pads a file that shrank (or failed to read) while it was sent:
+// the next put, which its change triggers, carries the right content.
 type zeros struct{}
 
 func (zeros) Read(p []byte) (int, error) {

@@ -54,19 +54,7 @@ func Spawn(path string, args []string, env []string, stdout, stderr *os.File) (*
 // SpawnIn is Spawn with dir as the working directory ("" keeps the
 // caller's): a VMM given relative socket paths creates them there.
 func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
-	devnull, err := os.Open(os.DevNull)
-	if err != nil {
-		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
-	}
-	defer devnull.Close()
-	cmd := exec.Command(path, args...)
-	cmd.Env, cmd.Dir = env, dir
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("starting %s: %w", path, err)
-	}
-	return cmd.Process, nil
+	return spawnWith(dir, path, args, env, stdout, stderr, nil, &syscall.SysProcAttr{Setsid: true})
 }
 
 // SpawnIsolated is Spawn in a mount namespace of its own, with extra
@@ -82,12 +70,13 @@ func SpawnIsolated(path string, args []string, env []string, stderr *os.File, ex
 		attr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: gid, Size: 1}}
 		attr.Credential = &syscall.Credential{Uid: 0, Gid: 0, NoSetGroups: true}
 	}
-	return spawnWith(path, args, env, nil, stderr, extra, attr)
+	return spawnWith("", path, args, env, nil, stderr, extra, attr)
 }
 
-// spawnWith starts path detached with attr, stdin (and stdout when nil)
-// on /dev/null.
-func spawnWith(path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, attr *syscall.SysProcAttr) (*os.Process, error) {
+// spawnWith starts path in dir ("" keeps the caller's) with attr, extra
+// files from descriptor 3 on, and stdin (and stdout when nil) on
+// /dev/null; every Spawn is one.
+func spawnWith(dir, path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, attr *syscall.SysProcAttr) (*os.Process, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
 		return nil, fmt.Errorf("opening %s: %w", os.DevNull, err)
@@ -97,7 +86,7 @@ func spawnWith(path string, args []string, env []string, stdout, stderr *os.File
 		stdout = devnull
 	}
 	cmd := exec.Command(path, args...)
-	cmd.Env = env
+	cmd.Env, cmd.Dir = env, dir
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = devnull, stdout, stderr
 	cmd.ExtraFiles = extra
 	cmd.SysProcAttr = attr
@@ -119,5 +108,5 @@ func SpawnAs(path string, args []string, env []string, stdout, stderr *os.File, 
 		}
 		attr.Credential = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: gs}
 	}
-	return spawnWith(path, args, env, stdout, stderr, extra, attr)
+	return spawnWith("", path, args, env, stdout, stderr, extra, attr)
 }

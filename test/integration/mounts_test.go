@@ -256,26 +256,30 @@ func syncHelpers(dir string) string {
 	return strings.TrimSpace(string(out))
 }
 
+// within20s polls ok until it holds, for up to 20 s.
+func within20s(every time.Duration, ok func() bool) bool {
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(every) {
+		if ok() {
+			return true
+		}
+	}
+	return false
+}
+
 // guestSees waits up to 20 s for a command in the guest to print want.
 func (in *instance) guestSees(t *testing.T, vm, want string, script string) {
 	t.Helper()
 	var got string
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		if got = in.run("vm", "exec", vm, "--", "sh", "-c", script).stdout; got == want {
-			return
-		}
+	if !within20s(100*time.Millisecond, func() bool { got = in.run("vm", "exec", vm, "--", "sh", "-c", script).stdout; return got == want }) {
+		t.Errorf("the guest's %q printed %q, want %q", script, got, want)
 	}
-	t.Errorf("the guest's %q printed %q, want %q", script, got, want)
 }
 
 func hostSees(t *testing.T, what string, ok func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
-		if ok() {
-			return
-		}
+	if !within20s(50*time.Millisecond, ok) {
+		t.Errorf("%s: not on the host after 20 s", what)
 	}
-	t.Errorf("%s: not on the host after 20 s", what)
 }
 
 // TestVMMountSync forces the synced kind of mount (what every Firecracker
