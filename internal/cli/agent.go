@@ -255,7 +255,8 @@ func newVMPortsCommand(a *app) *cobra.Command {
 			tw := newTable(cmd.OutOrStdout())
 			fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPID\tPROCESS")
 			for _, p := range ports {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", p.Proto, p.Addr, p.Port, p.PID, p.Process)
+				// The guest names its processes: shown, never obeyed.
+				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", safeText(p.Proto), safeText(p.Addr), p.Port, p.PID, safeText(p.Process))
 			}
 			return tw.Flush()
 		},
@@ -296,8 +297,10 @@ func newVMForwardCommand(a *app) *cobra.Command {
 		Short: "Forward localhost ports into a VM through its agent until Ctrl-C",
 		Long: "Listen on localhost and carry each connection to a port inside the VM\n" +
 			"through the agent: no VM network, NAT or published port needed. With\n" +
-			"--auto-forward, every port that starts listening in the VM is forwarded too\n" +
-			"(on the same port number here, when it is free).",
+			"--auto-forward, every TCP port that starts listening in the VM is forwarded\n" +
+			"too, on the same port number on 127.0.0.1 only (whatever --address says):\n" +
+			"never a port below 1024, a port something on this host already listens\n" +
+			"on (at any address), or more than 64 ports.",
 		Example: "  banger vm forward dev 8080            # localhost:8080 → dev's 8080\n" +
 			"  banger vm forward dev 5433:5432 --auto-forward",
 		Args: argsError(cobra.MinimumNArgs(1)),
@@ -311,14 +314,14 @@ func newVMForwardCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			fw := &forwarder{s: s, bind: bind, out: cmd.ErrOrStderr(), ports: map[int]net.Listener{}}
+			fw := &forwarder{s: s, out: cmd.ErrOrStderr(), ports: map[int]net.Listener{}}
 			defer fw.close()
 			for _, spec := range args[1:] {
 				host, guest, err := parseForward(spec)
 				if err != nil {
 					return err
 				}
-				if err := fw.add(host, guest); err != nil {
+				if err := fw.add(bind, host, guest); err != nil {
 					return err
 				}
 			}
@@ -334,7 +337,7 @@ func newVMForwardCommand(a *app) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&auto, "auto-forward", false, "also forward every port that starts listening in the VM")
-	cmd.Flags().StringVar(&bind, "address", "127.0.0.1", "local address to listen on")
+	cmd.Flags().StringVar(&bind, "address", "127.0.0.1", "local address to listen on (named ports only; --auto-forward listens on 127.0.0.1)")
 	return cmd
 }
 
@@ -355,19 +358,18 @@ func parseForward(s string) (host, guest int, err error) {
 // "dial" stream to 127.0.0.1:GUEST inside the VM.
 type forwarder struct {
 	s     *vsockagent.Session
-	bind  string
 	out   io.Writer
 	mu    sync.Mutex
 	ports map[int]net.Listener // by guest port
 }
 
-func (f *forwarder) add(host, guest int) error {
+func (f *forwarder) add(bind string, host, guest int) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.ports[guest]; ok {
 		return nil
 	}
-	ln, err := net.Listen("tcp", net.JoinHostPort(f.bind, strconv.Itoa(host)))
+	ln, err := net.Listen("tcp", net.JoinHostPort(bind, strconv.Itoa(host)))
 	if err != nil {
 		return fmt.Errorf("forwarding %d: %w: pick another local port (HOSTPORT:%d)", host, err, guest)
 	}
@@ -403,17 +405,37 @@ func (f *forwarder) relay(c net.Conn, guest int) {
 	st.Wait(context.Background())
 }
 
+// maxAutoForwards bounds the listeners --auto-forward opens: the guest
+// decides which ports it reports, and each is a listener on the host.
+const maxAutoForwards = 64
+
 // auto forwards new listening TCP ports as they appear (polled every
 // second; the agent reads /proc/net, which is cheap).
 // It asks over the forwarder's own session: no new connection per poll.
+// The guest picks the ports, so they are opened on loopback only, and
+// never where the host already listens: a guest must not take over a
+// port that local clients expect a host service on.
 func (f *forwarder) auto(ctx context.Context) {
 	tried := map[int]bool{}
 	for {
 		if ports, err := portsOver(ctx, f.s); err == nil {
+			host := hostListening()
 			for _, p := range ports {
-				if strings.HasPrefix(p.Proto, "tcp") && p.Port > 0 && !tried[p.Port] {
-					tried[p.Port] = true
-					if err := f.add(p.Port, p.Port); err != nil {
+				if !strings.HasPrefix(p.Proto, "tcp") || p.Port <= 0 || p.Port > 65535 || tried[p.Port] {
+					continue
+				}
+				tried[p.Port] = true
+				switch {
+				case len(tried) > maxAutoForwards:
+					if len(tried) == maxAutoForwards+1 {
+						fmt.Fprintf(f.out, "banger: the VM listens on more than %d ports: not forwarding more automatically (name them: banger vm forward VM PORT…)\n", maxAutoForwards)
+					}
+				case p.Port < 1024:
+					fmt.Fprintf(f.out, "banger: guest port %d is below 1024: not forwarded automatically (forward it to a high port: HOSTPORT:%d)\n", p.Port, p.Port)
+				case host[p.Port]:
+					fmt.Fprintf(f.out, "banger: port %d is in use on this host: guest port %d not forwarded (pick a free one: HOSTPORT:%d)\n", p.Port, p.Port, p.Port)
+				default:
+					if err := f.add("127.0.0.1", p.Port, p.Port); err != nil {
 						fmt.Fprintln(f.out, "banger:", err)
 					}
 				}
@@ -425,6 +447,19 @@ func (f *forwarder) auto(ctx context.Context) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// hostListening is the set of TCP ports something on this host listens
+// on, at any address (this network namespace's /proc/net).
+func hostListening() map[int]bool {
+	ports, _ := vsockagent.ListeningPorts("/proc")
+	out := map[int]bool{}
+	for _, p := range ports {
+		if strings.HasPrefix(p.Proto, "tcp") {
+			out[p.Port] = true
+		}
+	}
+	return out
 }
 
 func (f *forwarder) close() {

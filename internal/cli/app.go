@@ -62,7 +62,7 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	var ee *exitError
 	if errors.As(err, &ee) {
 		if ee.err != nil {
-			fmt.Fprintln(stderr, "banger:", ee.err)
+			fmt.Fprintln(stderr, "banger:", safeText(ee.err.Error()))
 		}
 		return ee.code
 	}
@@ -70,7 +70,8 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "banger: interrupted")
 		return 130
 	}
-	fmt.Fprintln(stderr, "banger:", err)
+	// An error may quote a guest's console (a VM that did not start).
+	fmt.Fprintln(stderr, "banger:", safeText(err.Error()))
 	return 1
 }
 

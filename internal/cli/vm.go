@@ -165,7 +165,7 @@ func newVMShowCommand(a *app) *cobra.Command {
 				{"network", v.Network}, {"ip", orDash(v.IP)}, {"ports", orDash(strings.Join(v.Ports, " "))},
 				{"pid", strconv.Itoa(v.PID)}, {"origin", orDash(v.Origin)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
 			} {
-				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], safeText(kv[1]))
 			}
 			for _, m := range v.Mounts {
 				line := fmt.Sprintf("%s -> %s (%s", m.Host, m.Guest, m.Kind)
@@ -176,10 +176,11 @@ func newVMShowCommand(a *app) *cobra.Command {
 				if m.Error != "" {
 					line += ": " + m.Error
 				}
-				fmt.Fprintf(tw, "mount:\t%s\n", line)
+				fmt.Fprintf(tw, "mount:\t%s\n", safeText(line))
 			}
 			if v.Error != "" {
-				fmt.Fprintf(tw, "error:\t%s\n", v.Error)
+				// It may quote the guest's console.
+				fmt.Fprintf(tw, "error:\t%s\n", safeText(v.Error))
 			}
 			return tw.Flush()
 		},
@@ -189,20 +190,32 @@ func newVMShowCommand(a *app) *cobra.Command {
 }
 
 func newVMLogsCommand(a *app) *cobra.Command {
-	var follow bool
+	var follow, raw bool
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
 		Short: "Print a VM's console (-f to follow)",
-		Args:  argsError(cobra.ExactArgs(1)),
+		Long: "Print the VM's serial console. The guest writes it, so terminal escape\n" +
+			"sequences in it (colours, titles, cursor moves) are dropped and other\n" +
+			"control characters shown as \\xHH; --raw prints the bytes as they are.",
+		Args: argsError(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
 			}
-			return c.VMLogs(cmd.Context(), args[0], follow, cmd.OutOrStdout())
+			if raw {
+				return c.VMLogs(cmd.Context(), args[0], follow, cmd.OutOrStdout())
+			}
+			sw := newSafeWriter(cmd.OutOrStdout())
+			err = c.VMLogs(cmd.Context(), args[0], follow, sw)
+			if ferr := sw.Flush(); err == nil {
+				err = ferr
+			}
+			return err
 		},
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the console's bytes as they are, escape sequences included")
 	return cmd
 }
 

@@ -28,6 +28,7 @@ import (
 	"banger/internal/paths"
 	"banger/internal/store"
 	"banger/internal/system"
+	"banger/internal/vmm"
 	"banger/internal/vmm/firecracker"
 )
 
@@ -162,6 +163,15 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	cleanups = append(cleanups, lock.Close)
 
+	// Guest RAM goes into a directory under /dev/shm whose name anyone
+	// can predict: one planted by another user is moved aside (or, when
+	// that is not allowed, every QEMU start says what to remove).
+	if moved, err := vmm.PrivateDir(d.layout.RAMDir()); err != nil {
+		d.log.Warn("guest RAM directory is unsafe: QEMU VMs will not start until it is removed", "err", err)
+	} else if moved != "" {
+		d.log.Warn("guest RAM directory was not bangerd's own (another user made it, or it was open to others): moved it aside and made a new one", "dir", d.layout.RAMDir(), "moved_to", moved)
+	}
+
 	ln, err := d.listen()
 	if err != nil {
 		return err
@@ -202,6 +212,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		Handler:     d.routes(),
 		ConnContext: withPeerCred,
 		ErrorLog:    slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+		// A client that opens connections and never finishes a request
+		// header would hold a goroutine and a descriptor each, forever.
+		// Bodies and upgraded streams are long-lived by design, so only
+		// the header is timed (and idle keep-alives).
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()

@@ -39,6 +39,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", imagepull.ErrBadSource), http.StatusUnprocessableEntity, api.CodeBadImage},
 		{fmt.Errorf("x: %w", imagepull.ErrAmbiguous), http.StatusConflict, api.CodeAmbiguous},
 		{fmt.Errorf("x: %w", imagebuild.ErrBuild), http.StatusBadGateway, api.CodeBuild},
+		{fmt.Errorf("x: %w", imagebuild.ErrInvalidPackage), http.StatusBadRequest, api.CodeInvalid},
 		{errors.New("boom"), http.StatusInternalServerError, api.CodeInternal},
 	}
 	for _, c := range cases {

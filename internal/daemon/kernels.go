@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"banger/internal/api"
@@ -19,6 +19,7 @@ import (
 	"banger/internal/kernel"
 	"banger/internal/paths"
 	"banger/internal/store"
+	"banger/internal/system"
 )
 
 var kernelNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,62}$`)
@@ -68,42 +69,29 @@ func (d *Daemon) handleKernelImport(w http.ResponseWriter, r *http.Request) erro
 	if !filepath.IsAbs(req.From) {
 		return fmt.Errorf("%w: --from %q must be an absolute path", errInvalid, req.From)
 	}
-	pc, _ := r.Context().Value(peerKey{}).(peerCred)
-	if err := d.callerMayRead(pc, req.From); err != nil {
-		return err
+	// bangerd runs as root, its callers need not: the kernel file and
+	// the modules directory found next to it are opened as the caller,
+	// so an import reads exactly what the caller may.
+	c := callerOf(r.Context())
+	asCaller := func(p string) (*os.File, error) {
+		return system.OpenAs(system.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups}, p)
 	}
-	k, err := d.importKernel(r.Context(), req.Name, req.From, "", "")
-	if err != nil {
+	k, err := d.importKernel(r.Context(), req.Name, req.From, kernel.Options{Open: asCaller}, "")
+	switch {
+	case errors.Is(err, fs.ErrPermission):
+		return fmt.Errorf("%w: %v: you may not read it; copy it somewhere you can read and import that", errForbidden, err)
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("%w: %v", errInvalid, err)
+	case err != nil:
 		return err
 	}
 	writeJSON(w, http.StatusCreated, k)
 	return nil
 }
 
-// callerMayRead refuses to read, with the daemon's privileges, a file the
-// calling user could not read: bangerd runs as root, its callers need not.
-func (d *Daemon) callerMayRead(pc peerCred, path string) error {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return fmt.Errorf("%w: %s: %v", errInvalid, path, errors.Unwrap(err))
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("%w: %s is not a regular file", errInvalid, path)
-	}
-	if pc.uid == 0 || pc.uid == d.allowed.self {
-		return nil
-	}
-	st := fi.Sys().(*syscall.Stat_t)
-	perm := fi.Mode().Perm()
-	if (st.Uid == pc.uid && perm&0o400 != 0) || (st.Gid == pc.gid && perm&0o040 != 0) || perm&0o004 != 0 {
-		return nil
-	}
-	return fmt.Errorf("%w: you may not read %s: copy it somewhere you can read and import that", errForbidden, path)
-}
-
 // importKernel builds a kernel from a file in a staging directory, moves
 // it into place and records it. Nothing is left behind on failure.
-func (d *Daemon) importKernel(ctx context.Context, name, from, modules, source string) (_ *api.Kernel, err error) {
+func (d *Daemon) importKernel(ctx context.Context, name, from string, o kernel.Options, source string) (_ *api.Kernel, err error) {
 	if _, err := d.store.Kernel(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pick another name", store.ErrExists, name, name)
 	}
@@ -118,7 +106,7 @@ func (d *Daemon) importKernel(ctx context.Context, name, from, modules, source s
 	}
 	defer os.RemoveAll(staging)
 	start := time.Now()
-	b, err := kernel.ImportWithModules(from, modules, staging, agent)
+	b, err := kernel.ImportWith(from, staging, agent, o)
 	if err != nil {
 		return nil, fmt.Errorf("importing %s: %w", from, err)
 	}
@@ -229,7 +217,7 @@ func (d *Daemon) pullCatalogKernel(ctx context.Context, entry api.CatalogKernel,
 		ew.emit(api.Event{Type: api.EventProgress, Stage: "download", Current: entry.Size, Total: entry.Size, Cached: true})
 	}
 	ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
-	return d.importKernel(ctx, name, file, "", kernel.SourceOf(entry))
+	return d.importKernel(ctx, name, file, kernel.Options{}, kernel.SourceOf(entry))
 }
 
 // archive reads Debian archives for catalog kernels, verifying with the
@@ -275,7 +263,7 @@ func (d *Daemon) pullOCIKernel(ctx context.Context, ref, name, tmp string, ew *e
 		}
 	}
 	ew.emit(api.Event{Type: api.EventProgress, Stage: "import", Message: ref})
-	return d.importKernel(ctx, name, filepath.Join(tmp, "root", vmlinux), modules, "oci:"+ref)
+	return d.importKernel(ctx, name, filepath.Join(tmp, "root", vmlinux), kernel.Options{Modules: modules}, "oci:"+ref)
 }
 
 // kernelNameFromRef makes a kernel name from an image reference:
@@ -325,7 +313,7 @@ func (d *Daemon) defaultKernel(ctx context.Context) (*api.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.importKernel(ctx, DefaultKernelName, path, "", "")
+	return d.importKernel(ctx, DefaultKernelName, path, kernel.Options{}, "")
 }
 
 // reconcileKernels drops records whose files vanished, removes leftover

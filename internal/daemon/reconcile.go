@@ -34,6 +34,7 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	if err := d.reconcileKernels(ctx); err != nil {
 		return err
 	}
+	closePrivateDirs(d, d.layout.VMsDir(), d.layout.SnapshotsDir())
 	if err := d.reconcileVMs(ctx); err != nil {
 		return err
 	}
@@ -50,6 +51,32 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		d.log.Info("removed interrupted blob downloads", "count", n)
 	}
 	return err
+}
+
+// closePrivateDirs brings what older banger versions made world-readable
+// (VM and snapshot directories 0755, disks 0644) to the modes new ones get:
+// directories 0700, their regular files 0600.
+func closePrivateDirs(d *Daemon, parents ...string) {
+	for _, parent := range parents {
+		entries, _ := os.ReadDir(parent)
+		for _, e := range entries {
+			dir := filepath.Join(parent, e.Name())
+			if fi, err := os.Lstat(dir); err != nil || !fi.IsDir() || fi.Mode().Perm() == vmDirMode {
+				continue
+			}
+			if err := os.Chmod(dir, vmDirMode); err != nil {
+				d.log.Warn("closing a VM or snapshot directory to others", "dir", dir, "err", err)
+				continue
+			}
+			files, _ := os.ReadDir(dir)
+			for _, f := range files {
+				if f.Type().IsRegular() {
+					os.Chmod(filepath.Join(dir, f.Name()), 0o600)
+				}
+			}
+			d.log.Info("closed a VM or snapshot directory to others", "dir", dir)
+		}
+	}
 }
 
 // removeLeftovers removes every entry of dir whose name is not a known

@@ -128,7 +128,7 @@ func classify(err error) (int, string) {
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, imagepull.ErrAmbiguous):
 		return http.StatusConflict, api.CodeAmbiguous
-	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference):
+	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference), errors.Is(err, imagebuild.ErrInvalidPackage):
 		return http.StatusBadRequest, api.CodeInvalid
 	case errors.Is(err, vm.ErrInvalidState), errors.Is(err, snapshot.ErrInvalidState), errors.Is(err, snapshot.ErrIncompatible):
 		return http.StatusConflict, api.CodeConflict
@@ -150,7 +150,7 @@ func classify(err error) (int, string) {
 		return http.StatusUnprocessableEntity, api.CodeBadImage
 	case errors.Is(err, snapshot.ErrDamaged):
 		return http.StatusUnprocessableEntity, api.CodeBadSnapshot
-	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule):
+	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule), errors.Is(err, kernel.ErrTooLarge):
 		return http.StatusUnprocessableEntity, api.CodeBadKernel
 	case errors.Is(err, imagebuild.ErrBuild):
 		return http.StatusBadGateway, api.CodeBuild

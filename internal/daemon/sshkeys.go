@@ -53,7 +53,7 @@ func (d *Daemon) sshSeed(v api.VM) (map[string][]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("making the VM's SSH host key: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(pub+"\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(pub+"\n"), 0o600); err != nil {
 		return nil, err
 	}
 	keys, _ := os.ReadFile(d.authorizedKeysPath())

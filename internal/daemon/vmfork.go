@@ -183,7 +183,7 @@ func (d *Daemon) newVMRecord(ctx context.Context, name string) (api.VM, func(), 
 // the private key for the guest (the disk holds the source's). On error
 // nothing is left.
 func (d *Daemon) restoredDisk(v api.VM, sn api.Snapshot) ([]byte, error) {
-	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(v.Dir, vmDirMode); err != nil {
 		return nil, err
 	}
 	seed, err := d.sshSeed(v)

@@ -26,6 +26,11 @@ import (
 // errVMStart means a VM did not start or did not become ready.
 var errVMStart = errors.New("VM failed to start")
 
+// vmDirMode keeps a VM's directory to root: it holds the guest's disk
+// (its SSH host key, environment, tokens), sockets into the guest and its
+// console. Users reach a VM through the daemon, never through its files.
+const vmDirMode = 0o700
+
 // vmRuntime is the daemon's live view of VMs: per-VM locks and the
 // handles of the VMM processes it holds.
 type vmRuntime struct {
@@ -223,7 +228,7 @@ func (d *Daemon) createVM(ctx context.Context, req api.VMCreateRequest, progress
 	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
 		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", errInvalid)
 	}
-	if err := os.MkdirAll(v.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(v.Dir, vmDirMode); err != nil {
 		return nil, err
 	}
 	// A warm start: the template's disk instead of a new one, restored

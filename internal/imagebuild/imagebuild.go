@@ -64,6 +64,33 @@ var Distros = map[string]Distro{
 	},
 }
 
+// ErrInvalidPackage means an --include item is not a package name. It
+// wraps ErrBuild, so callers that only know builds can fail still match.
+var ErrInvalidPackage = fmt.Errorf("%w: not a package name", ErrBuild)
+
+// validPackageName accepts a Debian package name and nothing else that
+// apt would read as something more: mmdebstrap hands each --include item
+// to apt as root, and apt takes a path (./x.deb, /dev/shm/x.deb: installed
+// unsigned, its maintainer scripts run as root), a pattern (?name(...),
+// ~n), a version (pkg=1.0), a suite (pkg/sid) or a removal (pkg-) as well
+// as a name. Policy §5.6.1: at least two characters, lower-case letters,
+// digits, + - and ., starting with a letter or digit. A trailing - is
+// refused too: apt reads pkg- as "remove pkg".
+func validPackageName(p string) bool {
+	if len(p) < 2 || len(p) > 128 || strings.HasSuffix(p, "-") {
+		return false
+	}
+	for i, c := range p {
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case i > 0 && (c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // Spec is what to build.
 type Spec struct {
 	Distro  Distro
@@ -99,8 +126,8 @@ func ParseSpec(s string, include []string) (Spec, error) {
 		}
 	}
 	for _, p := range include {
-		if p == "" || strings.ContainsAny(p, " ,\t\n") || strings.HasPrefix(p, "-") {
-			return Spec{}, fmt.Errorf("%w: --include %q: give package names, one per flag or comma-separated", ErrBuild, p)
+		if !validPackageName(p) {
+			return Spec{}, fmt.Errorf("%w: --include %q: give Debian package names (lower-case letters, digits, + - .), one per flag or comma-separated; paths, versions, suites and apt patterns are refused", ErrInvalidPackage, p)
 		}
 	}
 	return Spec{Distro: d, Suite: suite, Include: include}, nil

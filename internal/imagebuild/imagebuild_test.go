@@ -25,9 +25,19 @@ func TestParseSpec(t *testing.T) {
 			t.Errorf("ParseSpec(%q) err = %v, want ErrUnknownDistro", bad, err)
 		}
 	}
-	for _, bad := range []string{"", "a b", "-oAPT::x", "a,b"} {
-		if _, err := ParseSpec("debian", []string{bad}); !errors.Is(err, ErrBuild) {
-			t.Errorf("--include %q: err = %v, want ErrBuild", bad, err)
+	// Each of these apt would take as more than a package name: a local
+	// .deb installed unsigned as root, patterns, versions, suites, removals.
+	for _, bad := range []string{"", "a b", "-oAPT::x", "a,b", "/dev/shm/x.deb", "./x.deb", "../x.deb", "x.deb/",
+		"?name(python3)", "~npython", "python3=3.11", "python3/sid", "python3-", "Python3", "p", "a\nb", "pkg:amd64",
+		"file:///tmp/x.deb", "?essential", "*"} {
+		_, err := ParseSpec("debian", []string{bad})
+		if !errors.Is(err, ErrInvalidPackage) || !errors.Is(err, ErrBuild) {
+			t.Errorf("--include %q: err = %v, want ErrInvalidPackage", bad, err)
+		}
+	}
+	for _, good := range []string{"python3", "g++", "libstdc++6", "linux-image-6.1.0-57-cloud-amd64", "xz-utils", "0ad", "node.js"} {
+		if _, err := ParseSpec("debian", []string{good}); err != nil {
+			t.Errorf("--include %q: %v", good, err)
 		}
 	}
 }

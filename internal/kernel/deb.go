@@ -25,14 +25,10 @@ type debContents struct {
 }
 
 // readDeb extracts the kernel image and its modules directory from a
-// Debian package into dir without installing anything. It reads the ar
-// container and the compressed data.tar in one pass.
-func readDeb(debPath, dir string) (*debContents, error) {
-	f, err := os.Open(debPath)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
+// Debian package (f, named debPath) into dir without installing
+// anything. It reads the ar container and the compressed data.tar in one
+// pass, and extracts at most MaxInput bytes in all.
+func readDeb(f io.Reader, debPath, dir string) (*debContents, error) {
 	br := bufio.NewReaderSize(f, 1<<20)
 	magic := make([]byte, 8)
 	if _, err := io.ReadFull(br, magic); err != nil || string(magic) != "!<arch>\n" {
@@ -54,7 +50,7 @@ func readDeb(debPath, dir string) (*debContents, error) {
 			if err != nil {
 				return nil, fmt.Errorf("reading %s: %w", debPath, err)
 			}
-			return extractKernelTree(tar.NewReader(dr), dir)
+			return extractKernelTree(tar.NewReader(dr), dir, MaxInput)
 		}
 		if _, err := io.Copy(io.Discard, body); err != nil {
 			return nil, err
@@ -86,8 +82,10 @@ func decompressMember(name string, r io.Reader) (io.Reader, error) {
 }
 
 // extractKernelTree copies boot/vmlinuz-* (or vmlinux-*) and
-// lib/modules/VERSION (also under usr/) out of a package's data tar.
-func extractKernelTree(tr *tar.Reader, dir string) (*debContents, error) {
+// lib/modules/VERSION (also under usr/) out of a package's data tar,
+// refusing to write more than budget bytes (a compressed member can
+// expand to fill the disk).
+func extractKernelTree(tr *tar.Reader, dir string, budget int64) (*debContents, error) {
 	out := &debContents{}
 	for {
 		h, err := tr.Next()
@@ -96,6 +94,11 @@ func extractKernelTree(tr *tar.Reader, dir string) (*debContents, error) {
 		}
 		if err != nil {
 			return nil, fmt.Errorf("reading package data: %w", err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			if budget -= h.Size; budget < 0 {
+				return nil, fmt.Errorf("%w: the package's files add up to more than %d MiB", ErrTooLarge, MaxInput>>20)
+			}
 		}
 		name := strings.TrimPrefix(path.Clean("/"+h.Name), "/")
 		name = strings.TrimPrefix(name, "usr/")

@@ -40,18 +40,23 @@ func DetectKind(path string) (Kind, error) {
 		return KindUnknown, err
 	}
 	defer f.Close()
+	return detectKind(f), nil
+}
+
+// detectKind tells a kernel file's format from its first bytes.
+func detectKind(r io.Reader) Kind {
 	head := make([]byte, 0x210)
-	n, _ := io.ReadFull(f, head)
+	n, _ := io.ReadFull(r, head)
 	head = head[:n]
 	switch {
 	case bytes.HasPrefix(head, []byte("\x7fELF")):
-		return KindVmlinux, nil
+		return KindVmlinux
 	case bytes.HasPrefix(head, []byte("!<arch>\n")):
-		return KindDeb, nil
+		return KindDeb
 	case n >= 0x206 && string(head[0x202:0x206]) == "HdrS":
-		return KindBzImage, nil
+		return KindBzImage
 	}
-	return KindUnknown, nil
+	return KindUnknown
 }
 
 // payload magics, as in the kernel's scripts/extract-vmlinux.

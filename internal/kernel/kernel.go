@@ -13,8 +13,10 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -49,21 +51,55 @@ type Built struct {
 
 var installedKernel = regexp.MustCompile(`^vmlinu[xz]-(.+)$`)
 
+// Opener opens a file an import reads (the kernel file, the files of its
+// modules directory). The daemon's opens them as the user who asked
+// (system.OpenAs), so an import reads only what that user may.
+type Opener func(path string) (*os.File, error)
+
+// MaxInput bounds what an import reads from any one file, and what it
+// extracts from a package in all: a kernel is tens of MiB, its modules a
+// few hundred; more is a mistake or an attack on the host's disk.
+const MaxInput = 2 << 30
+
+// ErrTooLarge means an import's input is larger than MaxInput.
+var ErrTooLarge = errors.New("kernel input too large")
+
+// Options tune ImportWith.
+type Options struct {
+	// Modules is the kernel's modules directory (lib/modules/VERSION of
+	// wherever the kernel came from); "" finds it as Import does.
+	Modules string
+	// Open opens the inputs; nil is os.Open. What the import extracts
+	// from a package into its own work directory is read plainly.
+	Open Opener
+}
+
 // Import builds the kernel at from into dir, an existing empty directory,
 // packing agentBin as the initramfs's /init. On error dir may hold
 // partial files; the caller removes it.
 func Import(from, dir, agentBin string) (*Built, error) {
-	return ImportWithModules(from, "", dir, agentBin)
+	return ImportWith(from, dir, agentBin, Options{})
 }
 
-// ImportWithModules is Import with the kernel's modules directory given
-// (lib/modules/VERSION of wherever the kernel came from); "" finds it as
-// Import does.
-func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
-	kind, err := DetectKind(from)
+// ImportWith is Import with options.
+func ImportWith(from, dir, agentBin string, o Options) (*Built, error) {
+	open := o.Open
+	if open == nil {
+		open = os.Open
+	}
+	in, err := open(from)
 	if err != nil {
 		return nil, fmt.Errorf("reading %s: %w", from, err)
 	}
+	defer in.Close()
+	if fi, err := in.Stat(); err != nil {
+		return nil, fmt.Errorf("reading %s: %w", from, err)
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotKernel, from)
+	} else if fi.Size() > MaxInput {
+		return nil, fmt.Errorf("%w: %s is %d MiB; a kernel or kernel package is at most %d MiB", ErrTooLarge, from, fi.Size()>>20, MaxInput>>20)
+	}
+	kind := detectKind(io.NewSectionReader(in, 0, 0x210))
 	work, err := os.MkdirTemp(dir, ".work-")
 	if err != nil {
 		return nil, err
@@ -71,24 +107,33 @@ func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 	defer os.RemoveAll(work)
 
 	source := kind.String()
-	kernelFile, modsDir, version := from, "", ""
+	kernelIn, modsDir, version := in, "", ""
+	// Modules come from the caller's tree (open) or from the package
+	// extracted into work (read plainly).
+	modsOpen := open
 	switch kind {
 	case KindDeb:
-		c, err := readDeb(from, work)
+		c, err := readDeb(in, from, work)
 		if err != nil {
 			return nil, err
 		}
-		kernelFile, modsDir, version = c.kernel, c.modulesDir, c.version
-		if kind, err = DetectKind(kernelFile); err != nil {
+		modsDir, version, modsOpen = c.modulesDir, c.version, os.Open
+		if kernelIn, err = os.Open(c.kernel); err != nil {
 			return nil, err
 		}
+		defer kernelIn.Close()
+		kind = detectKind(io.NewSectionReader(kernelIn, 0, 0x210))
 	case KindVmlinux, KindBzImage:
 		// An installed kernel: ROOT/boot/vmlinuz-VERSION next to
 		// ROOT/lib/modules/VERSION.
 		if m := installedKernel.FindStringSubmatch(filepath.Base(from)); m != nil && filepath.Base(filepath.Dir(from)) == "boot" {
 			version = m[1]
 			mods := filepath.Join(filepath.Dir(filepath.Dir(from)), "lib", "modules", version)
-			if fi, err := os.Stat(mods); err == nil && fi.IsDir() {
+			ok, err := isDir(open, mods)
+			if err != nil {
+				return nil, fmt.Errorf("reading the kernel's modules: %w", err)
+			}
+			if ok {
 				modsDir = mods
 			}
 		}
@@ -96,7 +141,7 @@ func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 		return nil, fmt.Errorf("%w: %s: banger imports a vmlinux, a bzImage/vmlinuz, a linux-image .deb or /boot/vmlinuz-VERSION", ErrNotKernel, from)
 	}
 
-	raw, err := os.ReadFile(kernelFile)
+	raw, err := readBounded(kernelIn, from)
 	if err != nil {
 		return nil, err
 	}
@@ -123,13 +168,13 @@ func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("%w: %s", ErrNotKernel, kernelFile)
+		return nil, fmt.Errorf("%w: %s", ErrNotKernel, from)
 	}
 	if b.Version == "" {
 		return nil, fmt.Errorf("%w: %s carries no \"Linux version\" banner", ErrNotKernel, from)
 	}
-	if modules != "" {
-		modsDir = modules
+	if o.Modules != "" {
+		modsDir, modsOpen = o.Modules, open
 	}
 
 	if modsDir == "" {
@@ -137,7 +182,7 @@ func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 		// runs as init= from the image itself.
 		return b, nil
 	}
-	idx, err := indexModules(modsDir)
+	idx, err := indexModules(modsDir, modsOpen)
 	if err != nil {
 		return nil, err
 	}
@@ -147,7 +192,7 @@ func ImportWithModules(from, modules, dir, agentBin string) (*Built, error) {
 	}
 	keep := filepath.Join(dir, modulesDir, b.Version)
 	for _, m := range mods {
-		if err := copyFile(filepath.Join(modsDir, m.Path), filepath.Join(keep, m.Path)); err != nil {
+		if err := copyFile(modsOpen, filepath.Join(modsDir, m.Path), filepath.Join(keep, m.Path)); err != nil {
 			return nil, fmt.Errorf("copying module %s: %w", m.Name, err)
 		}
 		b.Modules = append(b.Modules, m.Name)
@@ -273,16 +318,43 @@ func addFile(cw *cpioWriter, name, src string, perm uint32) error {
 	return nil
 }
 
-func copyFile(src, dst string) error {
+func copyFile(open Opener, src, dst string) error {
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	in, err := os.Open(src)
+	in, err := open(src)
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	return writeFile(dst, in, 0o644)
+	return writeFile(dst, io.LimitReader(in, MaxInput), 0o644)
+}
+
+// readBounded reads all of f, an input named name, up to MaxInput.
+func readBounded(f *os.File, name string) ([]byte, error) {
+	raw, err := io.ReadAll(io.LimitReader(f, MaxInput+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", name, err)
+	}
+	if len(raw) > MaxInput {
+		return nil, fmt.Errorf("%w: %s is larger than %d MiB", ErrTooLarge, name, MaxInput>>20)
+	}
+	return raw, nil
+}
+
+// isDir reports whether path opens (with open) as a directory; one that
+// is not there is not, one that may not be opened is an error.
+func isDir(open Opener, path string) (bool, error) {
+	f, err := open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	return err == nil && fi.IsDir(), err
 }
 
 // WriteMinimalInitramfs writes a gzip'd initramfs holding only initBin as

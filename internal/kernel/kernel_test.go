@@ -148,7 +148,7 @@ func TestImportDebianPackage(t *testing.T) {
 func TestImportBzImageAndVmlinux(t *testing.T) {
 	deb := testenv.KernelPackage(t)
 	work := t.TempDir()
-	c, err := readDeb(deb, work)
+	c, err := readDebPath(deb, work)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,7 +177,7 @@ func TestImportRejects(t *testing.T) {
 	}
 	// A boot header whose payload is cut short.
 	deb := testenv.KernelPackage(t)
-	c, err := readDeb(deb, t.TempDir())
+	c, err := readDebPath(deb, t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -196,11 +196,11 @@ func TestImportRejects(t *testing.T) {
 		matches2, _ := filepath.Glob(filepath.Join(c.modulesDir, "kernel", "*", "*", "*", m+".ko"))
 		for _, p := range append(matches, matches2...) {
 			rel, _ := filepath.Rel(c.modulesDir, p)
-			copyFile(p, filepath.Join(mods, rel))
+			copyFile(os.Open, p, filepath.Join(mods, rel))
 		}
 	}
-	copyFile(filepath.Join(c.modulesDir, "modules.builtin"), filepath.Join(mods, "modules.builtin"))
-	idx, err := indexModules(mods)
+	copyFile(os.Open, filepath.Join(c.modulesDir, "modules.builtin"), filepath.Join(mods, "modules.builtin"))
+	idx, err := indexModules(mods, os.Open)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +209,7 @@ func TestImportRejects(t *testing.T) {
 		t.Errorf("missing dependency: err = %v", err)
 	}
 	os.Remove(filepath.Join(mods, "kernel/drivers/net/virtio_net.ko"))
-	idx2, _ := indexModules(mods)
+	idx2, _ := indexModules(mods, os.Open)
 	_, err = idx2.resolve([]string{"virtio_net"}, nil)
 	if !errors.Is(err, ErrMissingModule) || !strings.Contains(err.Error(), "neither built in nor a module") {
 		t.Errorf("missing driver: err = %v", err)
@@ -238,4 +238,13 @@ func BenchmarkBuildInitramfs(b *testing.B) {
 	}
 	fi, _ := os.Stat(built.Initrd)
 	b.ReportMetric(float64(fi.Size())/1024, "KiB")
+}
+
+func readDebPath(deb, dir string) (*debContents, error) {
+	f, err := os.Open(deb)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return readDeb(f, deb, dir)
 }

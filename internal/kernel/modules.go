@@ -5,8 +5,6 @@ import (
 	"debug/elf"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"strings"
 )
@@ -39,29 +37,19 @@ func normName(s string) string { return strings.ReplaceAll(s, "-", "_") }
 // knows which drivers are built in.
 type moduleIndex struct {
 	dir     string
+	open    Opener
 	files   map[string]string // name → path relative to dir
 	builtin map[string]bool
 }
 
-func indexModules(dir string) (*moduleIndex, error) {
-	idx := &moduleIndex{dir: dir, files: map[string]string{}, builtin: map[string]bool{}}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		if d.IsDir() || !strings.HasSuffix(p, ".ko") {
-			return nil
-		}
-		rel, _ := filepath.Rel(dir, p)
-		idx.files[normName(strings.TrimSuffix(filepath.Base(p), ".ko"))] = rel
-		return nil
-	})
-	if err != nil {
+func indexModules(dir string, open Opener) (*moduleIndex, error) {
+	idx := &moduleIndex{dir: dir, open: open, files: map[string]string{}, builtin: map[string]bool{}}
+	if err := idx.walk(""); err != nil {
 		return nil, fmt.Errorf("indexing modules in %s: %w", dir, err)
 	}
 	// modules.builtin lists drivers compiled into the kernel, one path
 	// per line (kernel/fs/ext4/ext4.ko).
-	if f, err := os.Open(filepath.Join(dir, "modules.builtin")); err == nil {
+	if f, err := open(filepath.Join(dir, "modules.builtin")); err == nil {
 		defer f.Close()
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
@@ -71,13 +59,44 @@ func indexModules(dir string) (*moduleIndex, error) {
 	return idx, nil
 }
 
+// walk records the .ko files under rel, each directory opened with the
+// index's opener (as the caller, for a user's tree). Symlinked
+// directories are not followed, as filepath.WalkDir does not.
+func (idx *moduleIndex) walk(rel string) error {
+	d, err := idx.open(filepath.Join(idx.dir, rel))
+	if err != nil {
+		return err
+	}
+	ents, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		p := filepath.Join(rel, e.Name())
+		switch {
+		case e.IsDir():
+			if err := idx.walk(p); err != nil {
+				return err
+			}
+		case e.Type().IsRegular() && strings.HasSuffix(e.Name(), ".ko"):
+			idx.files[normName(strings.TrimSuffix(e.Name(), ".ko"))] = p
+		}
+	}
+	return nil
+}
+
 // modinfo reads the .modinfo section of a module.
-func modinfo(path string) (map[string][]string, error) {
-	f, err := elf.Open(path)
+func modinfo(open Opener, path string) (map[string][]string, error) {
+	raw, err := open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading module %s: %w", filepath.Base(path), err)
 	}
-	defer f.Close()
+	defer raw.Close()
+	f, err := elf.NewFile(raw)
+	if err != nil {
+		return nil, fmt.Errorf("reading module %s: %w", filepath.Base(path), err)
+	}
 	sec := f.Section(".modinfo")
 	if sec == nil {
 		return nil, fmt.Errorf("module %s has no .modinfo section", filepath.Base(path))
@@ -122,7 +141,7 @@ func (idx *moduleIndex) resolve(required, optional []string) ([]Module, error) {
 			return fmt.Errorf("%w: %s is neither built in nor a module: use a kernel built for VMs (Debian's linux-image-cloud-amd64 works)", ErrMissingModule, name)
 		}
 		state[name] = 1
-		info, err := modinfo(filepath.Join(idx.dir, rel))
+		info, err := modinfo(idx.open, filepath.Join(idx.dir, rel))
 		if err != nil {
 			return err
 		}

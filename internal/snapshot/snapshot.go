@@ -137,6 +137,14 @@ func Capture(ctx context.Context, m vmm.Machine, dataDisk, dir string, keepPause
 		return nil, st, fmt.Errorf("copying the writable disk: %w", err)
 	}
 	st.Disk = time.Since(t)
+	// The VMM writes the state and memory with its own umask; they hold
+	// the guest's memory and secrets: root (and the owner, through
+	// banger) only, like the directory.
+	for _, f := range []string{StateFile, MemoryFile, DiskFile} {
+		if err := os.Chmod(filepath.Join(dir, f), 0o600); err != nil {
+			return nil, st, fmt.Errorf("closing the snapshot's files to others: %w", err)
+		}
+	}
 	files, err = Describe(dir)
 	return files, st, err
 }

@@ -73,7 +73,9 @@ func CreateDataDisk(ctx context.Context, runner system.CommandRunner, dir string
 		}
 	}
 	disk := filepath.Join(dir, DataDisk)
-	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	// The guest's writes (its SSH host key, tokens, copied repositories)
+	// land here: the VM's owner and root only.
+	f, err := os.OpenFile(disk, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return "", err
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -15,9 +16,12 @@ import (
 // only src's data extents are read (SEEK_DATA) and blocks of zeros
 // become holes. Guest RAM and VM disks are mostly holes and zeros, so
 // this reads and writes a fraction of their size. It returns the bytes
-// written. On error dst is removed.
+// written. On error dst is removed. Neither path's last component may
+// be a symlink: a copy never follows one (a RAM file swapped for a link
+// to a root-only file must not carry that file into a snapshot), and dst
+// must not exist.
 func CopyFile(dst, src string) (written int64, err error) {
-	in, err := os.Open(src)
+	in, err := openNoFollow(src)
 	if err != nil {
 		return 0, err
 	}
@@ -26,7 +30,7 @@ func CopyFile(dst, src string) (written int64, err error) {
 	if err != nil {
 		return 0, err
 	}
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY|syscall.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return 0, err
 	}

@@ -141,6 +141,22 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 	}
 	in.fails("no such file", "vm", "cp", "ag:/nope", back)
 
+	// What the guest writes to its console reaches the user's terminal
+	// without its escape sequences (a window title, a colour), unless
+	// they ask for the raw bytes.
+	in.ok("vm", "exec", "ag", "--", "sh", "-c", `printf 'ESC-TEST\033]0;pwned\007\033[31mRED\001\n' > /dev/console`)
+	var logs string
+	for i := 0; i < 50 && !strings.Contains(logs, "ESC-TEST"); i++ {
+		logs = in.ok("vm", "logs", "ag")
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !strings.Contains(logs, `ESC-TESTRED\x01`) || strings.ContainsAny(logs, "\x1b\x07\x01") {
+		t.Errorf("vm logs passed the guest's escape sequences on: %q", logs[max(0, strings.Index(logs, "ESC-TEST")-10):])
+	}
+	if raw := in.ok("vm", "logs", "ag", "--raw"); !strings.Contains(raw, "ESC-TEST\x1b]0;pwned\x07\x1b[31mRED") {
+		t.Errorf("vm logs --raw changed the console's bytes")
+	}
+
 	// A listening port is found and forwarded from localhost.
 	in.ok("vm", "exec", "ag", "--", "sh", "-c", "busybox nc -ll -p 8080 -e /bin/cat </dev/null >/dev/null 2>&1 &")
 	var ports []vsockagent.Port
@@ -167,25 +183,59 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 		t.Error(err)
 	}
 
-	// --auto-forward picks up a port that starts listening later.
-	auto := in.cli("vm", "forward", "ag", "--auto-forward")
+	// --auto-forward picks up a port that starts listening later, on
+	// loopback only (whatever --address says), and never takes a port a
+	// host service listens on.
+	hostSvc, err := net.Listen("tcp", "127.0.0.1:18732")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hostSvc.Close()
+	go func() {
+		for {
+			c, err := hostSvc.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "host service\n")
+			c.Close()
+		}
+	}()
+	auto := in.cli("vm", "forward", "ag", "--auto-forward", "--address", "0.0.0.0")
 	autoErr, _ := auto.StderrPipe()
 	if err := auto.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer func() { auto.Process.Signal(syscall.SIGINT); auto.Wait() }()
-	in.ok("vm", "exec", "ag", "--", "sh", "-c", "busybox nc -ll -p 18731 -e /bin/cat </dev/null >/dev/null 2>&1 &")
+	in.ok("vm", "exec", "ag", "--", "sh", "-c", "busybox nc -ll -p 18731 -e /bin/cat </dev/null >/dev/null 2>&1 & busybox nc -ll -p 18732 -e /bin/cat </dev/null >/dev/null 2>&1 &")
 	lines := bufio.NewScanner(autoErr)
-	found := false
-	for deadline := time.Now().Add(15 * time.Second); !found && time.Now().Before(deadline) && lines.Scan(); {
-		found = strings.Contains(lines.Text(), "guest port 18731")
+	var forwarded, refused string
+	for deadline := time.Now().Add(15 * time.Second); (forwarded == "" || refused == "") && time.Now().Before(deadline) && lines.Scan(); {
+		switch l := lines.Text(); {
+		case strings.Contains(l, "guest port 18731"):
+			forwarded = l
+		case strings.Contains(l, "18732"):
+			refused = l
+		}
 	}
-	if !found {
-		t.Fatal("--auto-forward did not pick up port 18731")
+	if !strings.Contains(forwarded, "127.0.0.1:18731") {
+		t.Fatalf("--auto-forward did not pick up port 18731 on loopback: %q", forwarded)
+	}
+	if !strings.Contains(refused, "port 18732 is in use on this host") {
+		t.Errorf("--auto-forward on a port the host uses: %q", refused)
 	}
 	go io.Copy(io.Discard, autoErr)
 	if err := echoOnce("127.0.0.1:18731", "auto forwarded"); err != nil {
 		t.Error(err)
+	}
+	if c, err := net.Dial("tcp", "127.0.0.1:18732"); err != nil {
+		t.Error(err)
+	} else {
+		line, _ := bufio.NewReader(c).ReadString('\n')
+		c.Close()
+		if line != "host service\n" {
+			t.Errorf("the host's own port 18732 answered %q: the guest took it over", line)
+		}
 	}
 
 	// SSH: the stanza from ssh-config, plain ssh with exit statuses, and

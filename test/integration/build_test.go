@@ -89,6 +89,15 @@ func TestVMRunOfflineDefault(t *testing.T) {
 	in.fails("registry unreachable: cannot reach index.docker.io", "image", "pull", "alpine:3.20")
 	in.fails("build it from the package archive instead: `banger image build debian:trixie`", "image", "pull", "debian:trixie")
 	in.fails("already exists", "image", "build", "debian", "--name", "debian")
+	// apt would install a local .deb unsigned, as root, or read a
+	// pattern: --include takes package names only, refused before
+	// mmdebstrap starts (no "mmdebstrap" in the error).
+	for _, bad := range []string{"/dev/shm/x.deb", "?name(git)", "git=1:2.39.5-0+deb12u1"} {
+		r := in.fails("give Debian package names", "image", "build", "debian", "--name", "evil", "--include", bad)
+		if strings.Contains(r.stderr, "mmdebstrap") {
+			t.Errorf("--include %q reached mmdebstrap: %s", bad, r.stderr)
+		}
+	}
 	var ids []string
 	for _, i := range before {
 		ids = append(ids, i.ID)

@@ -223,3 +223,85 @@ func TestKernelPullFromOCIImage(t *testing.T) {
 		t.Errorf("leftovers: %v", left)
 	}
 }
+
+// TestKernelImportAsCaller: bangerd runs as root, its callers need not.
+// An import reads the kernel file and the modules directory found next
+// to it as the caller, so a member of group banger cannot have root read
+// a file for them: not one in a directory they may not enter, not a
+// modules directory they may not read, nor one of any size.
+func TestKernelImportAsCaller(t *testing.T) {
+	deb := testenv.KernelPackage(t)
+	alice := testUser(t, "banger-alice")
+	in := newInstance(t)
+	in.ok("daemon", "status")
+	in.shareWithGroup()
+
+	// An installed kernel in alice's home: boot/vmlinuz-V and
+	// lib/modules/V, hers to read.
+	tree := filepath.Join(alice.home, "ktree")
+	os.RemoveAll(tree)
+	if out, err := exec.Command("dpkg-deb", "-x", deb, tree).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	t.Cleanup(func() { os.RemoveAll(tree) })
+	vmlinuz, _ := filepath.Glob(filepath.Join(tree, "boot", "vmlinuz-*"))
+	if len(vmlinuz) != 1 {
+		t.Fatalf("vmlinuz in the package: %v", vmlinuz)
+	}
+	version := strings.TrimPrefix(filepath.Base(vmlinuz[0]), "vmlinuz-")
+	exec.Command("chown", "-R", fmt.Sprintf("%d:%d", alice.uid, alice.gid), tree).Run()
+
+	// A world-readable kernel in a directory closed to her.
+	closed := t.TempDir()
+	os.Chmod(closed, 0o700)
+	hidden := filepath.Join(closed, "vmlinuz-hidden")
+	b, err := os.ReadFile(vmlinuz[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(hidden, b, 0o644)
+	in.failsAs(alice, "you may not read it", "kernel", "import", "hidden", "--from", hidden)
+
+	// Her own kernel, but lib/modules/V is a link into a root-only copy
+	// of the modules: the derived directory is read as her too.
+	mods := filepath.Join(tree, "lib", "modules", version)
+	rootMods := filepath.Join(closed, "modules")
+	if err := os.Rename(mods, rootMods); err != nil {
+		t.Fatal(err)
+	}
+	exec.Command("chown", "-R", "0:0", rootMods).Run()
+	os.Symlink(rootMods, mods)
+	in.failsAs(alice, "you may not read it", "kernel", "import", "linked", "--from", vmlinuz[0])
+
+	// More than any kernel: refused before it is read.
+	huge := filepath.Join(alice.home, "vmlinuz-huge")
+	f, _ := os.Create(huge)
+	f.Truncate(3 << 30)
+	f.Close()
+	os.Chown(huge, alice.uid, alice.gid)
+	t.Cleanup(func() { os.Remove(huge) })
+	in.failsAs(alice, "too large", "kernel", "import", "huge", "--from", huge)
+
+	// Her own complete tree imports, modules and all.
+	os.Remove(mods)
+	if err := os.Rename(rootMods, mods); err != nil {
+		t.Fatal(err)
+	}
+	exec.Command("chown", "-R", fmt.Sprintf("%d:%d", alice.uid, alice.gid), mods).Run()
+	if r := in.runAs(alice, "kernel", "import", "hers", "--from", vmlinuz[0]); r.code != 0 {
+		t.Fatalf("import of her own kernel: exit %d: %s", r.code, r.stderr)
+	}
+	var k kernelJSON
+	in.jsonOut(&k, "kernel", "show", "hers", "--json")
+	if len(k.Modules) == 0 || k.Initrd == "" {
+		t.Errorf("her kernel came without its modules: %+v", k)
+	}
+	var all []kernelJSON
+	in.jsonOut(&all, "kernel", "list", "--json")
+	if len(all) != 1 {
+		t.Errorf("kernels after the refused imports: %+v", all)
+	}
+	if left := in.kernelLeftovers(k); len(left) != 0 {
+		t.Errorf("leftovers: %v", left)
+	}
+}

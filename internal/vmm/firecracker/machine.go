@@ -103,7 +103,7 @@ var (
 
 // spawn starts firecracker in dir and waits for its API socket.
 func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
 	m = &Machine{dir: dir, jail: b.jailer}
@@ -126,12 +126,12 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 	for _, f := range []string{APISocket, VsockSocket} {
 		os.Remove(m.sock(f))
 	}
-	console, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	console, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer console.Close()
-	vmmLog, err := os.OpenFile(filepath.Join(dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	vmmLog, err := os.OpenFile(filepath.Join(dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +250,7 @@ func (m *Machine) configureLogs(ctx context.Context) error {
 	paths := map[string]string{}
 	for _, f := range []string{VMMLog, MetricsFile} {
 		p := filepath.Join(m.dir, f)
-		fh, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o644)
+		fh, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY, 0o600)
 		if err != nil {
 			return err
 		}

@@ -55,12 +55,15 @@ var (
 // boots at once. On error nothing keeps running.
 func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (*Machine, error) {
 	if spec.MemoryFile != "" {
-		// A booting guest starts from zeroed RAM, never from a file a
-		// crashed VMM left.
-		os.Remove(spec.MemoryFile)
-		if err := os.MkdirAll(filepath.Dir(spec.MemoryFile), 0o700); err != nil {
-			return nil, err
+		// A booting guest starts from zeroed RAM in a file made here,
+		// never from one a crashed VMM (or another user) left: QEMU maps
+		// it shared, so whoever else could open it would see and write
+		// the guest's memory.
+		f, _, err := vmm.CreatePrivateFile(spec.MemoryFile)
+		if err != nil {
+			return nil, fmt.Errorf("guest RAM: %w", err)
 		}
+		f.Close()
 	}
 	return b.start(ctx, spec)
 }
@@ -70,17 +73,21 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 	if err := spec.Validate(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(spec.Dir, 0o755); err != nil {
+	if err := os.MkdirAll(spec.Dir, 0o700); err != nil {
 		return nil, err
 	}
 	for _, f := range []string{QMPSocket, AgentSocket} {
 		os.Remove(filepath.Join(spec.Dir, f))
 	}
-	logf, err := os.OpenFile(filepath.Join(spec.Dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
+	// QEMU would create the console log with its umask: make it first.
+	if f, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
+		f.Close()
+	}
 	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf)
 	if err != nil {
 		return nil, err

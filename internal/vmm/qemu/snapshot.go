@@ -94,9 +94,13 @@ func (b *Backend) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot)
 			return nil, fmt.Errorf("snapshot file: %w", err)
 		}
 	}
-	os.Remove(spec.MemoryFile)
-	if err := os.MkdirAll(filepath.Dir(spec.MemoryFile), 0o700); err != nil {
-		return nil, err
+	// The copy lands in a private directory, as a new file (see
+	// vmm.CreatePrivateFile for why).
+	if _, err := vmm.PrivateDir(filepath.Dir(spec.MemoryFile)); err != nil {
+		return nil, fmt.Errorf("guest RAM: %w", err)
+	}
+	if err := os.Remove(spec.MemoryFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("guest RAM: removing the old %s: %w", spec.MemoryFile, err)
 	}
 	if _, err := vmm.CopyFile(spec.MemoryFile, snap.Memory); err != nil {
 		return nil, fmt.Errorf("copying guest memory: %w", err)
