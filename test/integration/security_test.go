@@ -2,12 +2,15 @@ package integration
 
 import (
 	"bytes"
+	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"banger/internal/paths"
 	"banger/internal/testenv"
@@ -41,6 +44,8 @@ func TestGuestRAMAndFilesPrivate(t *testing.T) {
 	os.Chown(ramDir, alice.uid, alice.gid)
 
 	vmFixtures(t, in)
+	// Meanwhile, a client that never finishes its request header.
+	slowClosed := slowClient(t, in.path("run", "bangerd.sock"))
 	var v vmJSON
 	in.jsonOut(&v, "vm", "create", "--name", "p1", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "none", "--json")
 	ram := filepath.Join(ramDir, filepath.Base(v.Dir)+".ram")
@@ -85,6 +90,37 @@ func TestGuestRAMAndFilesPrivate(t *testing.T) {
 		t.Errorf("RAM file after start: %v %v", fi, err)
 	}
 	in.ok("vm", "rm", "-f", "p1")
+	slowClosed()
+}
+
+// slowClient connects to the daemon's socket and sends half a request
+// header; the returned func fails t unless the daemon dropped the
+// connection between 9 and 20 seconds later (its ReadHeaderTimeout is
+// 10 s), waiting for that when it has not happened yet.
+func slowClient(t *testing.T, sock string) func() {
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	io.WriteString(c, "GET /v1/daemon HTTP/1.1\r\nHost: bangerd\r\n")
+	closed := make(chan time.Duration, 1)
+	go func() {
+		io.Copy(io.Discard, c)
+		closed <- time.Since(start)
+	}()
+	return func() {
+		t.Helper()
+		defer c.Close()
+		select {
+		case d := <-closed:
+			if d < 9*time.Second {
+				t.Errorf("the daemon dropped a slow client after %s, before its header timeout", d)
+			}
+		case <-time.After(time.Until(start.Add(20 * time.Second))):
+			t.Errorf("the daemon still holds a connection whose header never came, after 20 s")
+		}
+	}
 }
 
 // privateDir fails t unless dir is a directory of root's, mode 0700.
