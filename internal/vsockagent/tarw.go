@@ -2,11 +2,13 @@ package vsockagent
 
 import (
 	"archive/tar"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 )
 
@@ -65,13 +67,22 @@ func AddTarEntry(tw *tar.Writer, path, name string, fi fs.FileInfo, anonymous bo
 	if !fi.Mode().IsRegular() {
 		return nil
 	}
-	f, err := os.Open(path)
+	// O_NOFOLLOW: a file swapped for a symlink since fi was read is
+	// refused rather than followed (as root, to anything).
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	_, err = io.Copy(tw, f)
-	return err
+	// Exactly the size in the header: a file still growing (a log) is
+	// copied as it was when fi was read instead of failing the copy.
+	if _, err := io.CopyN(tw, f, h.Size); err != nil {
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%s shrank while being copied: copy it again", path)
+		}
+		return err
+	}
+	return nil
 }
 
 // WriteFileTar writes a tar stream of one regular file named name.
