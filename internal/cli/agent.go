@@ -164,13 +164,20 @@ func hasEnv(env []string, key string) bool {
 }
 
 func newVMCopyCommand(a *app) *cobra.Command {
-	return &cobra.Command{
+	var preserveOwners bool
+	cmd := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files and directory trees into or out of a VM",
 		Long: "Copy into a VM (`banger vm cp ./src dev:/work`) or out of one\n" +
 			"(`banger vm cp dev:/var/log ./logs`), like `cp -a`: modes, times and\n" +
-			"symlinks are kept (owners too when you are root), directories recursively.\n" +
-			"An existing destination directory receives the source under its own name.",
+			"symlinks are kept, directories recursively. An existing destination\n" +
+			"directory receives the source under its own name.\n\n" +
+			"Into a VM, owners are kept too (the guest's agent is root). Out of a\n" +
+			"VM, the guest is not trusted: the files become yours (even under sudo)\n" +
+			"and lose setuid and setgid bits, and an entry that would leave DST, pass\n" +
+			"through a symlink or hard-link to a file the copy did not make stops the\n" +
+			"copy. --preserve-owners (as root) keeps the guest's owners and\n" +
+			"setuid/setgid bits.",
 		Args: argsError(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			srcVM, src := splitVMPath(args[0])
@@ -180,6 +187,9 @@ func newVMCopyCommand(a *app) *cobra.Command {
 			}
 			ctx := cmd.Context()
 			if dstVM != "" {
+				if preserveOwners {
+					return errors.New("--preserve-owners is for copies out of a VM: into one, owners are always kept")
+				}
 				s, err := a.agent(ctx, dstVM)
 				if err != nil {
 					return err
@@ -196,6 +206,10 @@ func newVMCopyCommand(a *app) *cobra.Command {
 				st.CloseWrite()
 				return finish(ctx, st, werr)
 			}
+			opts, err := copyOutOptions(preserveOwners, os.Geteuid())
+			if err != nil {
+				return err
+			}
 			s, err := a.agent(ctx, srcVM)
 			if err != nil {
 				return err
@@ -206,13 +220,29 @@ func newVMCopyCommand(a *app) *cobra.Command {
 				return err
 			}
 			st.CloseWrite()
-			xerr := vsockagent.ExtractTar(st, dst, os.Geteuid() == 0)
+			xerr := vsockagent.ExtractTar(st, dst, opts)
 			if xerr != nil {
 				st.Close()
 			}
 			return finish(ctx, st, xerr)
 		},
 	}
+	cmd.Flags().BoolVar(&preserveOwners, "preserve-owners", false,
+		"copying out of a VM, keep the guest's owners and setuid/setgid bits (needs root)")
+	return cmd
+}
+
+// copyOutOptions are how `vm cp VM:SRC DST` extracts the tar the guest
+// sends. The guest may be hostile, so by default nothing of its owners
+// or setuid/setgid bits reaches the host, even under sudo: it could
+// otherwise plant setuid-root programs. One flag keeps both, because a
+// setuid bit means "run as this owner": kept without the owner it would
+// make the guest's program setuid to whoever copies (root under sudo).
+func copyOutOptions(preserveOwners bool, euid int) (vsockagent.ExtractOptions, error) {
+	if preserveOwners && euid != 0 {
+		return vsockagent.ExtractOptions{}, errors.New("--preserve-owners needs root: run the copy with sudo, or drop the flag to own the files yourself")
+	}
+	return vsockagent.ExtractOptions{Owners: preserveOwners, SetID: preserveOwners}, nil
 }
 
 // finish waits for a copy stream's status; the guest's error wins over

@@ -75,7 +75,9 @@ func (a *Agent) Handle(st *Stream) {
 	case "exec":
 		a.exec(st)
 	case "put":
-		err := ExtractTar(st, st.Req.Path, os.Geteuid() == 0)
+		// The host's user is root in this VM anyway: owners (as root)
+		// and setuid bits are kept, as `cp -a` by root would.
+		err := ExtractTar(st, st.Req.Path, ExtractOptions{Owners: os.Geteuid() == 0, SetID: true})
 		st.SendExit(exitFor(err))
 	case "get":
 		err := WriteTar(st, st.Req.Path)

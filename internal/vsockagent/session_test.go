@@ -205,7 +205,7 @@ func TestCopyTreeBothWays(t *testing.T) {
 		t.Fatal(err)
 	}
 	st.CloseWrite()
-	if err := ExtractTar(st, back, false); err != nil {
+	if err := ExtractTar(st, back, ExtractOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	if e, err := st.Wait(context.Background()); err != nil || e.Code != 0 {
