@@ -146,7 +146,8 @@ func BenchmarkForward(b *testing.B) {
 
 // BenchmarkGuard measures what the guard (the bridge prerouting chain
 // and its set of VM addresses) costs, against the same rules with the
-// guard's chain emptied (the rules before the guard existed):
+// guard's chain emptied (the rules before the guard existed), and
+// frames also with a guard that holds a full /24 of VMs:
 //   - rtt: a 1-byte TCP round trip between the host and a guest (a
 //     namespace behind a veth on the bridge);
 //   - frame: one frame written into a VM's TAP with the VM's own
@@ -192,12 +193,27 @@ func BenchmarkGuard(b *testing.B) {
 	b.Run("frame", func(b *testing.B) {
 		g := newGuarded(b)
 		fr := g.legitUDP(g.brMAC, g.gw, []byte("x"))
-		for _, guarded := range []bool{false, true} {
-			b.Run(map[bool]string{false: "unguarded", true: "guarded"}[guarded], func(b *testing.B) {
-				if err := g.n.Apply([]Endpoint{g.vm1, g.vm2}); err != nil {
+		// A full /24: the guard's lookups are hashed, so its cost must
+		// not grow with the number of VMs.
+		full := []Endpoint{g.vm1, g.vm2}
+		for i := 20; i < 255; i++ {
+			a := netip.AddrFrom4([4]byte{10, 253, 0, byte(i)})
+			full = append(full, endpoint(fmt.Sprint("vm", i), fmt.Sprintf("bg-%d", i), a.String(), NAT))
+		}
+		for _, c := range []struct {
+			name    string
+			eps     []Endpoint
+			guarded bool
+		}{
+			{"unguarded", []Endpoint{g.vm1, g.vm2}, false},
+			{"guarded", []Endpoint{g.vm1, g.vm2}, true},
+			{"guarded-237-vms", full, true},
+		} {
+			b.Run(c.name, func(b *testing.B) {
+				if err := g.n.Apply(c.eps); err != nil {
 					b.Fatal(err)
 				}
-				if !guarded {
+				if !c.guarded {
 					unguard(b, g.ns)
 				}
 				b.ResetTimer()

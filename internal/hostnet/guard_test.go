@@ -422,3 +422,37 @@ func loadNft(t *testing.T, ns, script string) {
 	}
 	nftList(t, ns, "-f", f.Name())
 }
+
+// TestApplyFullSubnet applies the rules of as many VMs as a /24 holds in
+// one transaction, as a daemon does when it restores its running VMs
+// after the tables were flushed (a firewall reload), and removes them.
+func TestApplyFullSubnet(t *testing.T) {
+	testenv.RequireBinary(t, "nft", "apt-get install nftables")
+	ns := testenv.NetNS(t)
+	n, err := Open(Config{NetNS: ns, StateDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	if err := n.EnsureBridge(); err != nil {
+		t.Fatal(err)
+	}
+	var eps []Endpoint
+	for i := 2; i < 255; i++ {
+		a := netip.AddrFrom4([4]byte{10, 253, 0, byte(i)})
+		eps = append(eps, endpoint(fmt.Sprint("vm", i), fmt.Sprintf("bg-%d", i), a.String(), Shared))
+	}
+	if err := n.Apply(eps); err != nil {
+		t.Fatal(err)
+	}
+	rules := nftList(t, ns, "list", "ruleset")
+	if got := strings.Count(rules, "masquerade"); got != len(eps) {
+		t.Errorf("%d masquerade rules, want %d", got, len(eps))
+	}
+	if got := strings.Count(rules, " . 10.253.0."); got != len(eps) {
+		t.Errorf("%d guard elements, want %d", got, len(eps))
+	}
+	if err := n.Teardown(); err != nil {
+		t.Fatal(err)
+	}
+}

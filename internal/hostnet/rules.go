@@ -1,6 +1,7 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
@@ -66,7 +68,7 @@ func (n *Net) Apply(eps []Endpoint) error {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.Do(func() error {
-		c, err := nftables.New()
+		c, err := newConn()
 		if err != nil {
 			return fmt.Errorf("opening nftables: %w", err)
 		}
@@ -86,6 +88,51 @@ func (n *Net) Apply(eps []Endpoint) error {
 		return n.forwarding(true)
 	})
 }
+
+// newConn opens nftables for a transaction of any size banger makes: a
+// daemon that restores a full /24 of running VMs after its tables were
+// flushed (a firewall reload) sends a few hundred rules at once.
+//   - A transaction is one sendmsg, refused with EMSGSIZE when larger
+//     than the socket's send buffer (212992 bytes by default, the
+//     rules of about 250 VMs).
+//   - Each of its messages is acknowledged, each ack a buffer of its
+//     own of about 1 KiB: a few hundred overflow the default receive
+//     buffer, and Flush fails with ENOBUFS although the kernel
+//     committed the transaction. Acks are also capped to their header
+//     (NETLINK_CAP_ACK) instead of echoing each message.
+//
+// Both buffers are forced to nlBuffer (root may exceed the
+// net.core.[rw]mem_max limits; the sizes are limits, not allocations).
+func newConn() (*nftables.Conn, error) {
+	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+			return fmt.Errorf("capping netlink acknowledgements: %w", err)
+		}
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = raw.Control(func(fd uintptr) {
+			for _, o := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], nlBuffer); e != nil {
+					serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], nlBuffer))
+				}
+			}
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("sizing the netlink buffers for nftables: %w", err)
+		}
+		return nil
+	}))
+}
+
+// nlBuffer sizes the netlink buffers of nftables transactions (the
+// kernel doubles it): room for the rules of a few thousand VMs.
+const nlBuffer = 4 << 20
 
 // objects is what of banger's tables, chains and set exists.
 type objects struct {
