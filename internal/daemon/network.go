@@ -202,7 +202,10 @@ func (d *Daemon) attachNet(ctx context.Context, v api.VM) (cmdline []string, err
 	if err := n.AddTAP(hostnet.TAPName(v.ID)); err != nil {
 		return nil, fmt.Errorf("%w: %v", errNetwork, err)
 	}
-	if err := d.applyRules(ctx); err != nil {
+	// The guard (hostnet.Endpoint) pins the TAP to v's own MAC and
+	// address before the VMM opens it: a restored guest that still
+	// carries its snapshot's identity cannot send a frame as that.
+	if err := d.applyRules(ctx, ""); err != nil {
 		return nil, err
 	}
 	var fwds []*hostnet.Forwarder
@@ -236,8 +239,9 @@ func (d *Daemon) attachNet(ctx context.Context, v api.VM) (cmdline []string, err
 }
 
 // detachNet undoes attachNet for a VM that stopped: its ports close, its
-// name stops resolving and its rules go. The TAP stays until the VM is
-// removed (see hostnet.AddTAP).
+// name stops resolving and its rules, guard entry and neighbour entry
+// go. The TAP stays until the VM is removed (see hostnet.AddTAP); with
+// no entry in the guard's set it passes no frame.
 func (d *Daemon) detachNet(ctx context.Context, v api.VM) {
 	if v.Network == string(hostnet.None) || v.Network == "" {
 		return
@@ -253,7 +257,9 @@ func (d *Daemon) detachNet(ctx context.Context, v api.VM) {
 	up := d.netrt.up
 	d.netrt.mu.Unlock()
 	if up {
-		if err := d.applyRules(ctx); err != nil {
+		// v is left out whatever the store says: attachNet undoes a
+		// failed start before the VM's state leaves "starting".
+		if err := d.applyRules(ctx, v.ID); err != nil {
 			d.log.Warn("updating network rules", "vm", v.Name, "err", err)
 		}
 	}
@@ -273,9 +279,10 @@ func (d *Daemon) removeNet(v api.VM) {
 	}
 }
 
-// applyRules makes the nftables rules those of every VM that is live
-// and networked, from the store: what is recorded is what is applied.
-func (d *Daemon) applyRules(ctx context.Context) error {
+// applyRules makes the nftables rules and neighbour entries those of
+// every VM that is live and networked, but the one with id except, from
+// the store: what is recorded is what is applied.
+func (d *Daemon) applyRules(ctx context.Context, except string) error {
 	n, err := d.hostNet()
 	if err != nil {
 		return err
@@ -286,14 +293,17 @@ func (d *Daemon) applyRules(ctx context.Context) error {
 	}
 	var eps []hostnet.Endpoint
 	for _, v := range vms {
-		if !vm.State(v.State).Live() || v.Network == string(hostnet.None) || v.Network == "" {
+		if !vm.State(v.State).Live() || v.Network == string(hostnet.None) || v.Network == "" || v.ID == except {
 			continue
 		}
 		ip, err := netip.ParseAddr(v.IP)
 		if err != nil {
 			continue
 		}
-		eps = append(eps, hostnet.Endpoint{VM: v.Name, TAP: hostnet.TAPName(v.ID), IP: ip, Mode: hostnet.Mode(v.Network)})
+		// The MAC is derived from the id, so a fork or a VM restored
+		// from a warm template (a new id) is pinned to its own MAC,
+		// never to its snapshot's.
+		eps = append(eps, hostnet.Endpoint{VM: v.Name, TAP: hostnet.TAPName(v.ID), MAC: hostnet.MAC(v.ID), IP: ip, Mode: hostnet.Mode(v.Network)})
 	}
 	if err := n.Apply(eps); err != nil {
 		return fmt.Errorf("%w: %v", errNetwork, err)
@@ -338,5 +348,5 @@ func (d *Daemon) reconcileNet(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return d.applyRules(ctx)
+	return d.applyRules(ctx, "")
 }

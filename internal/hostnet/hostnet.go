@@ -1,7 +1,9 @@
 // Package hostnet is the host side of VM networking: one bridge, a TAP
 // per VM attached to it, addresses from a private /24, and the nftables
-// rules that give VMs the outside through NAT and keep them apart from
-// each other unless they share. Everything is done over netlink (no
+// rules that give VMs the outside through NAT, keep them apart from
+// each other unless they share, and pin each TAP to its VM's MAC and
+// address (with the host's neighbour entries) so no guest passes as
+// another. Everything is done over netlink (no
 // `ip`, no `nft`), in the daemon's network namespace or in a named one
 // (bangerd --netns), and everything banger creates is named so that a
 // restarted daemon can find and remove what no live VM owns.

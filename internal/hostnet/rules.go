@@ -1,28 +1,33 @@
 package hostnet
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sort"
 
 	"github.com/google/nftables"
-	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
+	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 )
 
 // TableName names banger's nftables tables: "inet banger" (NAT) and
-// "bridge banger" (which VMs may talk to each other). Bridged traffic
-// between TAPs never reaches inet hooks, so isolation needs a table of
-// the bridge family; nothing else is needed, so there are exactly two.
+// "bridge banger" (what may enter the bridge from a VM's TAP, and which
+// VMs may talk to each other). Bridged traffic between TAPs never
+// reaches inet hooks, so both need a table of the bridge family; nothing
+// else is needed, so there are exactly two.
 const TableName = "banger"
 
 // Endpoint is one VM's place on the bridge, for the rules.
 type Endpoint struct {
-	VM   string // the VM's name, in rule comments
-	TAP  string
+	VM  string // the VM's name, in rule comments
+	TAP string
+	// MAC and IP are the only source addresses frames from TAP may
+	// carry (hostnet.MAC of the VM's id, its allocated address).
+	MAC  net.HardwareAddr
 	IP   netip.Addr
 	Mode Mode
 }
@@ -31,202 +36,296 @@ type Endpoint struct {
 // it turns it off again only in that case.
 const forwardMarker = "ip_forward.banger"
 
-// Apply makes banger's rules exactly those for eps, in one nftables
-// transaction, so no packet ever sees half a ruleset. Rules are keyed
-// by their comment (which names the VM and what the rule is about):
-// rules already in place stay, missing ones are added and stale ones
-// deleted. Adding is cheap; deleting costs the kernel an RCU grace
-// period, so a VM's start touches no existing rule and its stop deletes
-// only its own. With no endpoints the tables go. Forwarding is on while
-// any VM is networked.
+// Apply makes banger's rules, the guard's set of VM addresses and the
+// bridge's permanent neighbour entries exactly those for eps: rules in
+// one nftables transaction, so no packet ever sees half a ruleset. Rules
+// are keyed by their comment (which names the VM and what the rule is
+// about) and set elements by their TAP, MAC and address: those already
+// in place stay, missing ones are added and stale ones deleted, which
+// is also how a restarted daemon drops what VMs that died left behind.
+// Adding is cheap; deleting a rule costs the kernel an RCU grace period,
+// so a VM's start touches no existing rule and its stop deletes only
+// its own. With no endpoints the tables go. Forwarding is on while any
+// VM is networked.
 func (n *Net) Apply(eps []Endpoint) error {
 	if len(eps) == 0 {
-		if err := n.deleteTables(); err != nil {
-			return err
-		}
 		n.mu.Lock()
 		defer n.mu.Unlock()
-		return n.Do(func() error { return n.forwarding(false) })
+		return n.Do(func() error {
+			if err := deleteTables(); err != nil {
+				return err
+			}
+			if err := n.syncNeighbours(nil); err != nil {
+				return err
+			}
+			return n.forwarding(false)
+		})
+	}
+	rs, err := buildRuleset(n.cfg.Bridge, eps)
+	if err != nil {
+		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	eps = append([]Endpoint(nil), eps...)
-	sort.Slice(eps, func(i, j int) bool { return eps[i].TAP < eps[j].TAP })
 	return n.Do(func() error {
-		c, err := nftables.New()
+		c, err := newConn()
 		if err != nil {
 			return fmt.Errorf("opening nftables: %w", err)
 		}
-		existing, err := ourTables(c)
+		have, err := ourObjects(c)
 		if err != nil {
 			return err
 		}
-		if err := n.sync(c, existing, n.desired(c, existing, eps)); err != nil {
+		if err := syncRules(c, have, rs); err != nil {
 			return err
 		}
 		if err := c.Flush(); err != nil {
 			return fmt.Errorf("applying banger's nftables rules: %w (is the nf_tables module available? `modprobe nf_tables`)", err)
 		}
+		if err := n.syncNeighbours(eps); err != nil {
+			return err
+		}
 		return n.forwarding(true)
 	})
 }
 
-// ruleSpec is one rule banger wants: its chain, its key (the comment),
-// and whether it goes before the chain's other rules.
-type ruleSpec struct {
-	chain *nftables.Chain
-	key   string
-	exprs []expr.Any
-	first bool
+// newConn opens nftables for a transaction of any size banger makes: a
+// daemon that restores a full /24 of running VMs after its tables were
+// flushed (a firewall reload) sends a few hundred rules at once.
+//   - A transaction is one sendmsg, refused with EMSGSIZE when larger
+//     than the socket's send buffer (212992 bytes by default, the
+//     rules of about 250 VMs).
+//   - Each of its messages is acknowledged, each ack a buffer of its
+//     own of about 1 KiB: a few hundred overflow the default receive
+//     buffer, and Flush fails with ENOBUFS although the kernel
+//     committed the transaction. Acks are also capped to their header
+//     (NETLINK_CAP_ACK) instead of echoing each message.
+//
+// Both buffers are forced to nlBuffer (root may exceed the
+// net.core.[rw]mem_max limits; the sizes are limits, not allocations).
+func newConn() (*nftables.Conn, error) {
+	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+		if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+			return fmt.Errorf("capping netlink acknowledgements: %w", err)
+		}
+		raw, err := c.SyscallConn()
+		if err != nil {
+			return err
+		}
+		var serr error
+		err = raw.Control(func(fd uintptr) {
+			for _, o := range [][2]int{{unix.SO_SNDBUFFORCE, unix.SO_SNDBUF}, {unix.SO_RCVBUFFORCE, unix.SO_RCVBUF}} {
+				if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[0], nlBuffer); e != nil {
+					serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o[1], nlBuffer))
+				}
+			}
+		})
+		if err == nil {
+			err = serr
+		}
+		if err != nil {
+			return fmt.Errorf("sizing the netlink buffers for nftables: %w", err)
+		}
+		return nil
+	}))
 }
 
-// ourTables reports which of banger's tables exist.
-func ourTables(c *nftables.Conn) (map[nftables.TableFamily]bool, error) {
-	existing := map[nftables.TableFamily]bool{}
+// nlBuffer sizes the netlink buffers of nftables transactions (the
+// kernel doubles it): room for the rules of a few thousand VMs.
+const nlBuffer = 4 << 20
+
+// objects is what of banger's tables, chains and set exists.
+type objects struct {
+	tables map[nftables.TableFamily]bool
+	chains map[string]bool // family and name
+	addrs  *nftables.Set   // nil when missing
+}
+
+func chainID(c *nftables.Chain) string { return fmt.Sprintf("%d %s", c.Table.Family, c.Name) }
+
+// ourObjects lists what of banger's tables, chains and set exists, so
+// that only what is missing is created: "adding" an existing base chain
+// is an update that costs the kernel as much as a deletion, and a table
+// made by an older banger may lack a chain or the set.
+func ourObjects(c *nftables.Conn) (objects, error) {
+	o := objects{tables: map[nftables.TableFamily]bool{}, chains: map[string]bool{}}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
 		ts, err := c.ListTablesOfFamily(fam)
 		if err != nil {
-			return nil, fmt.Errorf("listing nftables tables: %w", err)
+			return o, fmt.Errorf("listing nftables tables: %w", err)
 		}
 		for _, t := range ts {
-			existing[fam] = existing[fam] || t.Name == TableName
+			o.tables[fam] = o.tables[fam] || t.Name == TableName
+		}
+		if !o.tables[fam] {
+			continue
+		}
+		chains, err := c.ListChainsOfTableFamily(fam)
+		if err != nil {
+			return o, fmt.Errorf("listing nftables chains: %w", err)
+		}
+		for _, ch := range chains {
+			if ch.Table.Name == TableName {
+				o.chains[chainID(ch)] = true
+			}
 		}
 	}
-	return existing, nil
+	if o.tables[nftables.TableFamilyBridge] {
+		sets, err := c.GetSets(&nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge})
+		if err != nil {
+			return o, fmt.Errorf("listing nftables sets: %w", err)
+		}
+		for _, s := range sets {
+			if s.Name == AddrSet {
+				o.addrs = s
+			}
+		}
+	}
+	return o, nil
 }
 
-// desired queues the tables and chains that do not exist yet and
-// returns the rules they should hold. Existing ones are not queued
-// again: "adding" an existing base chain is an update that costs the
-// kernel as much as a deletion.
-func (n *Net) desired(c *nftables.Conn, existing map[nftables.TableFamily]bool, eps []Endpoint) []ruleSpec {
-	table := func(fam nftables.TableFamily) *nftables.Table {
-		t := &nftables.Table{Name: TableName, Family: fam}
-		if !existing[fam] {
+// syncRules queues what turns what is in place into rs: the tables, chains
+// and set that are missing; deletions of set elements and rules that
+// are not wanted (or are there twice); additions of those missing. An
+// ordered chain whose rules differ from rs's in any way is rewritten.
+func syncRules(c *nftables.Conn, have objects, rs ruleset) error {
+	for _, t := range []*nftables.Table{rs.inet, rs.bridge} {
+		if !have.tables[t.Family] {
 			c.AddTable(t)
 		}
-		return t
 	}
-	chain := func(ch *nftables.Chain) *nftables.Chain {
-		if !existing[ch.Table.Family] {
-			c.AddChain(ch)
+	for _, cs := range rs.chains {
+		if !have.chains[chainID(cs.chain)] {
+			c.AddChain(cs.chain)
 		}
-		return ch
 	}
-	inet := table(nftables.TableFamilyINet)
-	post := chain(&nftables.Chain{Name: "postrouting", Table: inet, Type: nftables.ChainTypeNAT,
-		Hooknum: nftables.ChainHookPostrouting, Priority: nftables.ChainPriorityNATSource})
-	br := table(nftables.TableFamilyBridge)
-	fwd := chain(&nftables.Chain{Name: "forward", Table: br, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter})
-	shared := chain(&nftables.Chain{Name: "shared", Table: br})
-	var want []ruleSpec
-	for _, ep := range eps {
-		// ip saddr VM oifname != BRIDGE masquerade: traffic leaving
-		// towards the outside, not replies on the bridge.
-		want = append(want, ruleSpec{chain: post, key: fmt.Sprintf("vm %s %s", ep.VM, ep.IP), exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ep.IP.AsSlice()},
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(n.cfg.Bridge)},
-			&expr.Masq{},
-		}})
-		if ep.Mode != Shared {
-			continue
-		}
-		// Shared VMs reach each other: iifname TAP jump shared, and in
-		// shared: oifname TAP accept. Everything else between banger
-		// TAPs is dropped by the last rule. Traffic to and from the host
-		// (the bridge's own address) is input/output, not forward.
-		key := fmt.Sprintf("vm %s %s", ep.VM, ep.TAP)
-		want = append(want, ruleSpec{chain: fwd, key: key, first: true, exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(ep.TAP)},
-			&expr.Verdict{Kind: expr.VerdictJump, Chain: shared.Name},
-		}}, ruleSpec{chain: shared, key: key, exprs: []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(ep.TAP)},
-			&expr.Verdict{Kind: expr.VerdictAccept},
-		}})
+	if err := syncElements(c, have.addrs, rs); err != nil {
+		return err
 	}
-	// iifname "bg-*" oifname "bg-*" drop: a prefix compare, as nft
-	// compiles a trailing wildcard.
-	return append(want, ruleSpec{chain: fwd, key: "isolate VMs", exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(TAPPrefix)},
-		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte(TAPPrefix)},
-		&expr.Verdict{Kind: expr.VerdictDrop},
-	}})
-}
-
-// sync queues what turns the rules in place into want: deletions of
-// rules whose key is not wanted (or is there twice), additions of
-// wanted keys that are missing.
-func (n *Net) sync(c *nftables.Conn, existing map[nftables.TableFamily]bool, want []ruleSpec) error {
 	wanted := map[string]bool{}
-	for _, r := range want {
-		wanted[r.chain.Name+"\x00"+r.key] = true
+	for _, r := range rs.rules {
+		wanted[chainID(r.chain)+"\x00"+r.key] = true
 	}
-	have := map[string]bool{}
-	seenChain := map[*nftables.Chain]bool{}
-	for _, r := range want {
-		if seenChain[r.chain] || !existing[r.chain.Table.Family] {
-			continue
-		}
-		seenChain[r.chain] = true
-		rules, err := c.GetRules(r.chain.Table, r.chain)
-		if err != nil {
+	inPlace := map[string]bool{}
+	for _, cs := range rs.chains {
+		if !have.chains[chainID(cs.chain)] {
 			continue // a chain that does not exist yet holds nothing
+		}
+		rules, err := c.GetRules(cs.chain.Table, cs.chain)
+		if err != nil {
+			return fmt.Errorf("listing the rules of nftables chain %s: %w", cs.chain.Name, err)
+		}
+		if cs.ordered && !sameKeys(rules, rs.inOrder(cs.chain)) {
+			for _, old := range rules {
+				if err := c.DelRule(old); err != nil {
+					return fmt.Errorf("removing an nftables rule out of order: %w", err)
+				}
+			}
+			continue
 		}
 		for _, old := range rules {
 			key, _ := userdata.GetString(old.UserData, userdata.TypeComment)
-			k := r.chain.Name + "\x00" + key
-			if !wanted[k] || have[k] {
+			k := chainID(cs.chain) + "\x00" + key
+			if !wanted[k] || inPlace[k] {
 				if err := c.DelRule(old); err != nil {
 					return fmt.Errorf("removing a stale nftables rule: %w", err)
 				}
 				continue
 			}
-			have[k] = true
+			inPlace[k] = true
 		}
 	}
 	// Rules that go first are inserted at the head one after another,
 	// so they are queued in reverse to end up in order.
-	for i := len(want) - 1; i >= 0; i-- {
-		if r := want[i]; r.first && !have[r.chain.Name+"\x00"+r.key] {
+	for i := len(rs.rules) - 1; i >= 0; i-- {
+		if r := rs.rules[i]; r.first && !inPlace[chainID(r.chain)+"\x00"+r.key] {
 			c.InsertRule(&nftables.Rule{Table: r.chain.Table, Chain: r.chain, UserData: comment(r.key), Exprs: r.exprs})
 		}
 	}
-	for _, r := range want {
-		if !r.first && !have[r.chain.Name+"\x00"+r.key] {
+	for _, r := range rs.rules {
+		if !r.first && !inPlace[chainID(r.chain)+"\x00"+r.key] {
 			c.AddRule(&nftables.Rule{Table: r.chain.Table, Chain: r.chain, UserData: comment(r.key), Exprs: r.exprs})
 		}
 	}
 	return nil
 }
 
-// deleteTables removes both tables (Teardown).
-func (n *Net) deleteTables() error {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return n.Do(func() error {
-		c, err := nftables.New()
-		if err != nil {
-			return err
+// sameKeys reports whether rules are want, in order, by key.
+func sameKeys(rules []*nftables.Rule, want []ruleSpec) bool {
+	if len(rules) != len(want) {
+		return false
+	}
+	for i, r := range rules {
+		if key, _ := userdata.GetString(r.UserData, userdata.TypeComment); key != want[i].key {
+			return false
 		}
-		for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
-			t := &nftables.Table{Name: TableName, Family: fam}
-			c.AddTable(t)
-			c.DelTable(t)
-		}
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("removing banger's nftables tables: %w", err)
+	}
+	return true
+}
+
+// syncElements queues the changes that make AddrSet's elements rs's
+// (creating the set with them when it is missing). An element is its
+// key; one whose comment is not rs's is replaced.
+func syncElements(c *nftables.Conn, cur *nftables.Set, rs ruleset) error {
+	want := map[string]elemSpec{}
+	var all []nftables.SetElement
+	for _, e := range rs.elems {
+		want[string(e.key)] = e
+		all = append(all, nftables.SetElement{Key: e.key, Comment: e.comment})
+	}
+	if cur == nil {
+		if err := c.AddSet(rs.addrs, all); err != nil {
+			return fmt.Errorf("creating nftables set %s: %w", AddrSet, err)
 		}
 		return nil
-	})
+	}
+	elems, err := c.GetSetElements(cur)
+	if err != nil {
+		return fmt.Errorf("listing nftables set %s: %w", AddrSet, err)
+	}
+	var del, add []nftables.SetElement
+	have := map[string]bool{}
+	for _, e := range elems {
+		if w, ok := want[string(e.Key)]; ok && w.comment == e.Comment {
+			have[string(e.Key)] = true
+			continue
+		}
+		del = append(del, nftables.SetElement{Key: e.Key})
+	}
+	for _, e := range all {
+		if !have[string(e.Key)] {
+			add = append(add, e)
+		}
+	}
+	if len(del) > 0 {
+		if err := c.SetDeleteElements(rs.addrs, del); err != nil {
+			return fmt.Errorf("removing stale elements of nftables set %s: %w", AddrSet, err)
+		}
+	}
+	if len(add) > 0 {
+		if err := c.SetAddElements(rs.addrs, add); err != nil {
+			return fmt.Errorf("adding to nftables set %s: %w", AddrSet, err)
+		}
+	}
+	return nil
+}
+
+// deleteTables removes both tables (the last VM gone, Teardown). The
+// caller is in the namespace.
+func deleteTables() error {
+	c, err := nftables.New()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
+		t := &nftables.Table{Name: TableName, Family: fam}
+		c.AddTable(t)
+		c.DelTable(t)
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("removing banger's nftables tables: %w", err)
+	}
+	return nil
 }
 
 // forwarding turns IPv4 forwarding on when VMs need it, remembering that

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -72,6 +73,36 @@ func (in *instance) nft() string {
 		in.t.Fatalf("nft list ruleset: %v %s", err, out)
 	}
 	return string(out)
+}
+
+// guard lists the set of VM addresses the bridge admits from each TAP.
+func (in *instance) guard() string {
+	out, err := exec.Command("ip", "netns", "exec", in.netns, "nft", "list", "set", "bridge", hostnet.TableName, hostnet.AddrSet).CombinedOutput()
+	if err != nil {
+		in.t.Fatalf("nft list set: %v %s", err, out)
+	}
+	return string(out)
+}
+
+// neighbours is the namespace's IPv4 neighbour table on the bridge:
+// address to "MAC STATE".
+func (in *instance) neighbours() map[string]string {
+	var list []struct {
+		Dst    string   `json:"dst"`
+		LLAddr string   `json:"lladdr"`
+		State  []string `json:"state"`
+	}
+	out := testenv.IP(in.t, "-j", "-4", "-n", in.netns, "neigh", "show", "dev", hostnet.DefaultBridge)
+	if err := json.Unmarshal([]byte(out), &list); err != nil {
+		in.t.Fatalf("ip neigh: %v: %s", err, out)
+	}
+	m := map[string]string{}
+	for _, e := range list {
+		if strings.HasPrefix(e.Dst, "10.253.") {
+			m[e.Dst] = e.LLAddr + " " + strings.Join(e.State, ",")
+		}
+	}
+	return m
 }
 
 func (in *instance) taps() []string {
@@ -212,6 +243,47 @@ func TestVMNetwork(t *testing.T) {
 	if taps := in.taps(); len(taps) != 3 {
 		t.Errorf("TAPs = %v, want 3", taps)
 	}
+	// Each VM's TAP is pinned to its MAC and address, and so is the
+	// host's neighbour entry for it.
+	guard, neigh := in.guard(), in.neighbours()
+	for _, v := range []vmJSON{srv, cli, iso} {
+		id := vmID(t, v)
+		if want := fmt.Sprintf("%q . %s . %s", hostnet.TAPName(id), hostnet.MAC(id), v.IP); !strings.Contains(guard, want) {
+			t.Errorf("the guard lacks %s:\n%s", want, guard)
+		}
+		if want := hostnet.MAC(id).String() + " PERMANENT"; neigh[v.IP] != want {
+			t.Errorf("the host's entry for %s = %q, want %q", v.IP, neigh[v.IP], want)
+		}
+	}
+
+	// A guest cannot pass as another: iso claims srv's address (an
+	// unsolicited ARP), then sends with srv's MAC (which would teach the
+	// bridge that srv is behind iso's TAP), then with an address that is
+	// no VM's. The host still reaches srv, and iso reaches the host as
+	// itself only.
+	srvMAC, isoMAC := hostnet.MAC(vmID(t, srv)).String(), hostnet.MAC(vmID(t, iso)).String()
+	spoof := strings.NewReplacer("SRVIP", srv.IP, "SRVMAC", srvMAC, "ISOMAC", isoMAC).Replace(`B=/bin/busybox
+$B ping -c 1 -W 3 10.253.0.1 >/dev/null && echo OWN-PASSED
+$B ip addr add SRVIP/32 dev eth0
+$B arping -U -c 2 -w 2 -I eth0 -s SRVIP SRVIP >/dev/null
+$B ip addr del SRVIP/32 dev eth0
+$B ip link set eth0 address SRVMAC
+$B ping -c 2 -W 1 10.253.0.1 >/dev/null && echo FORGED-MAC-PASSED
+$B ip link set eth0 address ISOMAC
+$B ip addr add 10.253.0.77/24 dev eth0
+$B ping -c 1 -W 2 -I 10.253.0.77 10.253.0.1 >/dev/null && echo FORGED-IP-PASSED
+$B ip addr del 10.253.0.77/24 dev eth0
+$B ping -c 1 -W 3 10.253.0.1 >/dev/null && echo OWN-STILL-PASSES
+true`)
+	if out := in.ok("vm", "exec", "iso", "--", "/bin/busybox", "sh", "-c", spoof); out != "OWN-PASSED\nOWN-STILL-PASSES\n" {
+		t.Errorf("from iso, want its own address only to reach the host:\n%s", out)
+	}
+	if got := in.neighbours()[srv.IP]; got != srvMAC+" PERMANENT" {
+		t.Errorf("after iso's ARP, the host's entry for srv = %q, want %s PERMANENT", got, srvMAC)
+	}
+	if err := in.echoes(srv.IP+":8080", "still srv"); err != nil {
+		t.Errorf("the host no longer reaches srv after iso claimed its addresses: %v", err)
+	}
 
 	// kill -9 of the daemon; meanwhile a VM dies and a stray TAP appears.
 	// The restarted daemon restores DNS and ports, drops the dead VM's
@@ -232,6 +304,9 @@ func TestVMNetwork(t *testing.T) {
 	rules = in.nft()
 	if strings.Count(rules, "masquerade") != 2 || strings.Contains(rules, "vm iso") {
 		t.Errorf("ruleset after restart:\n%s", rules)
+	}
+	if e := in.neighbours()[iso.IP]; strings.Contains(e, "PERMANENT") {
+		t.Errorf("the dead VM's neighbour entry survived the restart: %s", e)
 	}
 	if err := in.echoes("127.0.0.1:18080", "after restart"); err != nil {
 		t.Errorf("published port after a daemon restart: %v", err)
@@ -259,6 +334,11 @@ func TestVMNetwork(t *testing.T) {
 	}
 	if taps := in.taps(); len(taps) != 0 {
 		t.Errorf("TAPs after every VM is gone: %v", taps)
+	}
+	for a, e := range in.neighbours() {
+		if strings.Contains(e, "PERMANENT") {
+			t.Errorf("neighbour entry %s %s left after every VM is gone", a, e)
+		}
 	}
 	if out, _ := exec.Command("ip", "netns", "exec", in.netns, "cat", "/proc/sys/net/ipv4/ip_forward").Output(); strings.TrimSpace(string(out)) != "0" {
 		t.Errorf("ip_forward after every VM is gone = %s, want 0", out)

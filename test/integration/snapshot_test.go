@@ -2,6 +2,7 @@ package integration
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -158,6 +159,18 @@ func TestVMSnapshotFork(t *testing.T) {
 		if f := strings.Fields(l); len(f) > 2 && f[0] == srcMAC && f[1] == "dev" && f[2] != srcTAP {
 			t.Errorf("the bridge learned the source's MAC on another port: %s", l)
 		}
+	}
+	// The guard pins each fork's TAP to the fork's own MAC and address,
+	// and the source's MAC to the source's TAP only.
+	guard := in.guard()
+	for _, f := range forks {
+		id := vmID(t, f)
+		if want := fmt.Sprintf("%q . %s . %s", hostnet.TAPName(id), hostnet.MAC(id), f.IP); !strings.Contains(guard, want) {
+			t.Errorf("the guard lacks %s:\n%s", want, guard)
+		}
+	}
+	if strings.Count(guard, srcMAC) != 1 {
+		t.Errorf("the source's MAC is in the guard other than for the source:\n%s", guard)
 	}
 	conf := filepath.Join(t.TempDir(), "ssh_config")
 	os.WriteFile(conf, []byte(in.ok("ssh-config")), 0o644)
