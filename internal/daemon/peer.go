@@ -42,18 +42,16 @@ func withPeerCred(ctx context.Context, c net.Conn) context.Context {
 type allowedPeers struct {
 	self  uint32
 	group string
-	gid   int // -1 when the group does not exist
 }
 
 func newAllowedPeers(group string) allowedPeers {
-	a := allowedPeers{self: uint32(os.Geteuid()), group: group, gid: -1}
-	if g, err := user.LookupGroup(group); err == nil {
-		a.gid, _ = strconv.Atoi(g.Gid)
-	}
-	return a
+	return allowedPeers{self: uint32(os.Geteuid()), group: group}
 }
 
-// check returns "" when the peer may proceed, else why not.
+// check returns "" when the peer may proceed, else why not. The group is
+// looked up at each check, not once at start: a group made after bangerd
+// started (`banger system install`, groupadd) counts at once, as new
+// members do.
 func (a allowedPeers) check(pc peerCred) string {
 	if !pc.ok {
 		return "could not read the caller's credentials"
@@ -61,12 +59,12 @@ func (a allowedPeers) check(pc peerCred) string {
 	if pc.uid == 0 || pc.uid == a.self {
 		return ""
 	}
-	if a.gid >= 0 {
-		if int(pc.gid) == a.gid {
+	if g, err := user.LookupGroup(a.group); err == nil {
+		if strconv.Itoa(int(pc.gid)) == g.Gid {
 			return ""
 		}
 		if u, err := user.LookupId(strconv.Itoa(int(pc.uid))); err == nil {
-			if gids, err := u.GroupIds(); err == nil && slices.Contains(gids, strconv.Itoa(a.gid)) {
+			if gids, err := u.GroupIds(); err == nil && slices.Contains(gids, g.Gid) {
 				return ""
 			}
 		}
