@@ -81,7 +81,14 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 		return nil, err
 	}
 	defer logf.Close()
-	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf)
+	console, release, err := vmm.ConsoleWriter(spec)
+	if err != nil {
+		return nil, err
+	}
+	// QEMU holds its own copy from here on; its exit ends the log's
+	// writer (consoleFD is the first extra file).
+	defer release()
+	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf, console)
 	if err != nil {
 		return nil, err
 	}
