@@ -14,6 +14,7 @@ import (
 	"syscall"
 
 	"banger/internal/config"
+	"banger/internal/consolelog"
 	"banger/internal/daemon"
 	"banger/internal/filesync"
 	"banger/internal/hostnet"
@@ -27,6 +28,11 @@ func main() {
 		// The host side of a synced mount, which bangerd runs as the
 		// mount's owner (see internal/filesync).
 		os.Exit(filesync.HelperMain(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == consolelog.HelperCommand {
+		// A VM's console log writer, which bangerd starts with each VMM
+		// (see internal/consolelog).
+		os.Exit(consolelog.HelperMain(os.Args[2:]))
 	}
 	home := flag.String("home", "", "instance directory (default $BANGER_HOME, else system paths)")
 	group := flag.String("group", "banger", "group whose members may use the socket")

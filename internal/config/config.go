@@ -32,6 +32,10 @@ type Config struct {
 	// same image, kernel and VM shape instead of booting, and a cold
 	// boot leaves one for the next.
 	Warm bool `toml:"warm"`
+	// ConsoleLogMax caps each VM's console log on disk (console.log
+	// and its rotated half, console.log.1, together): what a guest
+	// writes to its console cannot fill the host's disk.
+	ConsoleLogMax string `toml:"console_log_max"`
 
 	Net         Net         `toml:"net"`
 	Firecracker Firecracker `toml:"firecracker"`
@@ -54,7 +58,7 @@ type Firecracker struct {
 
 // Defaults is the configuration with no file.
 func Defaults() Config {
-	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat", Warm: true,
+	return Config{DefaultImage: "debian", DefaultKernel: "debian-12-cloud", VMM: "auto", VCPU: 2, Memory: "1G", DiskSize: "8G", Network: "nat", Warm: true, ConsoleLogMax: "4M",
 		Net:         Net{Bridge: "banger0", Subnet: "10.253.0.0/24"},
 		Firecracker: Firecracker{JailerUID: 30000, JailerGID: 30000}}
 }
@@ -123,7 +127,7 @@ func Load(path string) (Loaded, error) {
 
 // Keys lists every setting's dotted name, in file order.
 func Keys() []string {
-	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm",
+	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm", "console_log_max",
 		"net.bridge", "net.subnet", "net.dns_upstream",
 		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid"}
 }
@@ -147,6 +151,8 @@ func (c Config) Value(key string) string {
 		return c.Network
 	case "warm":
 		return strconv.FormatBool(c.Warm)
+	case "console_log_max":
+		return c.ConsoleLogMax
 	case "net.bridge":
 		return c.Net.Bridge
 	case "net.subnet":
@@ -182,6 +188,11 @@ func (c Config) validate() func(func(string, error) bool) {
 	}
 	if n, err := ParseSize(c.DiskSize); err != nil || n < 64<<20 {
 		errs["disk_size"] = fmt.Errorf("%q: a size of at least 64M, such as 8G", c.DiskSize)
+	}
+	// Each half of the log keeps at least a few screens of boot
+	// messages (consolelog.MinMax).
+	if n, err := ParseSize(c.ConsoleLogMax); err != nil || n < 64<<10 {
+		errs["console_log_max"] = fmt.Errorf("%q: a size of at least 64K, such as 4M", c.ConsoleLogMax)
 	}
 	switch c.Network {
 	case "nat", "shared", "none":

@@ -17,21 +17,21 @@ func write(t *testing.T, body string) string {
 
 func TestMissingFileIsDefaults(t *testing.T) {
 	l, err := Load(filepath.Join(t.TempDir(), "nope.toml"))
-	if err != nil || l.Path != "" || l.Config.VCPU != 2 || l.Source["vcpu"] != "default" || l.DefaultImage != "debian" {
+	if err != nil || l.Path != "" || l.Config.VCPU != 2 || l.Source["vcpu"] != "default" || l.DefaultImage != "debian" || l.Value("console_log_max") != "4M" {
 		t.Fatalf("Load = %+v, %v", l, err)
 	}
 }
 
 func TestValuesAndSources(t *testing.T) {
-	p := write(t, "# banger\ndefault_image = \"alpine\"\nvcpu = 4\n\n[net]\nsubnet = \"10.9.0.0/24\"\ndns_upstream = [\"127.0.0.1:5353\"]\n\n[firecracker]\njailer = \"/usr/local/bin/jailer\"\n")
+	p := write(t, "# banger\ndefault_image = \"alpine\"\nvcpu = 4\nconsole_log_max = \"1M\"\n[net]\nsubnet = \"10.9.0.0/24\"\ndns_upstream = [\"127.0.0.1:5353\"]\n\n[firecracker]\njailer = \"/usr/local/bin/jailer\"\n")
 	l, err := Load(p)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if l.DefaultImage != "alpine" || l.VCPU != 4 || l.Net.Subnet != "10.9.0.0/24" || l.Memory != "1G" || l.Firecracker.Jailer != "/usr/local/bin/jailer" {
+	if l.DefaultImage != "alpine" || l.VCPU != 4 || l.ConsoleLogMax != "1M" || l.Net.Subnet != "10.9.0.0/24" || l.Memory != "1G" || l.Firecracker.Jailer != "/usr/local/bin/jailer" {
 		t.Errorf("config = %+v", l.Config)
 	}
-	for key, want := range map[string]string{"default_image": p + ":2", "vcpu": p + ":3", "net.subnet": p + ":6", "net.dns_upstream": p + ":7", "firecracker.jailer": p + ":10", "memory": "default"} {
+	for key, want := range map[string]string{"default_image": p + ":2", "vcpu": p + ":3", "console_log_max": p + ":4", "net.subnet": p + ":6", "net.dns_upstream": p + ":7", "firecracker.jailer": p + ":10", "memory": "default"} {
 		if l.Source[key] != want {
 			t.Errorf("source of %s = %q, want %q", key, l.Source[key], want)
 		}
@@ -53,6 +53,8 @@ func TestErrorsNameTheLine(t *testing.T) {
 		"network = \"bridge\"\n":                 ":1: network:",
 		"[firecracker]\njailer_uid = 0\n":        ":2: firecracker.jailer_uid:",
 		"[net]\ndns_upstream = [\"dns.google\"]": ":2: net.dns_upstream:",
+		"console_log_max = \"1K\"\n":             ":1: console_log_max: \"1K\": a size of at least 64K",
+		"console_log_max = \"lots\"\n":           ":1: console_log_max:",
 	} {
 		p := write(t, body)
 		_, err := Load(p)

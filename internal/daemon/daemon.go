@@ -15,7 +15,9 @@ import (
 	"net/http"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -309,4 +311,14 @@ func checkAgent() error {
 		return nil
 	}
 	return paths.CheckStaticBinary(p)
+}
+
+// bangerdBinary is this daemon's own binary, which also runs its helper
+// processes (`bangerd filesync`, `bangerd console-log`).
+func bangerdBinary() (string, error) {
+	exe, err := os.Executable()
+	if err == nil && !strings.HasPrefix(filepath.Base(exe), "bangerd") {
+		err = fmt.Errorf("%s is not bangerd", exe)
+	}
+	return exe, err
 }

@@ -40,10 +40,7 @@ type syncRuntime struct {
 
 // syncHelper is the binary that runs `filesync`: this bangerd.
 func syncHelper() (string, error) {
-	exe, err := os.Executable()
-	if err == nil && !strings.HasPrefix(filepath.Base(exe), "bangerd") {
-		err = fmt.Errorf("%s is not bangerd", exe)
-	}
+	exe, err := bangerdBinary()
 	if err != nil {
 		return "", fmt.Errorf("synced mounts run `bangerd filesync`, and this daemon cannot (%v): run the bangerd binary", err)
 	}

@@ -3,78 +3,155 @@ package daemon
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/consolelog"
 	"banger/internal/system"
 	"banger/internal/vmm"
 	"banger/internal/vsockagent"
 )
 
-// This file is the serial console: reading it for the ready line and for
-// the telling lines of a failed boot, and serving `vm logs`.
+// This file is the serial console: its writer, `bangerd console-log`,
+// started before each VMM and gone with it; reading the console for the
+// ready line and the telling lines of a failed boot; serving `vm logs`.
 
-func fileSize(p string) int64 {
-	fi, err := os.Stat(p)
-	if err != nil {
-		return 0
+// consolePath is the console log of the VM in dir.
+func consolePath(dir string) string { return filepath.Join(dir, vmm.ConsoleLog) }
+
+// consoleLogMax is the cap on each VM's console log (console_log_max).
+func (d *Daemon) consoleLogMax() int64 {
+	n, err := config.ParseSize(d.opts.Config.ConsoleLogMax)
+	if err != nil || n == 0 {
+		return consolelog.DefaultMax
 	}
-	return fi.Size()
+	return n
 }
 
-// waitReady watches the console, from offset on, for the agent's ready
-// line; the VMM exiting or the timeout end the wait with the console's
-// last lines.
-func waitReady(m vmm.Machine, console string, offset int64, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
+// startConsole starts the writer of v's console log, `bangerd
+// console-log`, which outlives this daemon as the VMM does, so the cap
+// holds while no daemon runs. It returns the writing end of its pipe,
+// for the VMM's spec (close it once the VMM has its copy: the helper
+// ends when the VMM does), and a channel closed once the helper has
+// written all and exited.
+func (d *Daemon) startConsole(v api.VM) (*os.File, <-chan struct{}, error) {
+	exe, err := bangerdBinary()
+	if err != nil {
+		return nil, nil, fmt.Errorf("the console log is kept by `bangerd %s`, and this daemon cannot run it (%v): run the bangerd binary", consolelog.HelperCommand, err)
+	}
+	// Its rare complaints (a full disk) go to the daemon's log.
+	errLog, err := os.OpenFile(d.layout.DaemonLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening log %s for the console log helper: %w", d.layout.DaemonLog(), err)
+	}
+	defer errLog.Close()
+	w, p, err := consolelog.StartHelper(exe, consolePath(v.Dir), d.consoleLogMax(), errLog)
+	if err != nil {
+		return nil, nil, err
+	}
+	written := make(chan struct{})
+	go func() {
+		p.Wait() // a child of this daemon until it restarts: reaped here
+		close(written)
+	}()
+	return w, written, nil
+}
+
+// endConsole makes sure no console log helper of the VM in dir is left
+// once its VMM is gone. Each ends by itself when the VMM's end of the
+// pipe closes, after writing the last lines; one still there after two
+// seconds (something else holds the pipe) is killed. While a VMM of the
+// VM runs it does nothing: its console must go on being written, and
+// whoever ends it calls again.
+func (d *Daemon) endConsole(dir string) {
+	if len(vmmProcesses(dir)) > 0 {
+		return
+	}
+	path := consolePath(dir)
+	for deadline := time.Now().Add(2 * time.Second); len(consoleHelpers(path)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, pid := range consoleHelpers(path) {
+		d.log.Warn("console log helper outlived its VMM: killed", "path", path, "pid", pid)
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// consoleHelpers finds the console log helpers of the log at path, by
+// their command lines (they may be another daemon's children).
+func consoleHelpers(path string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil || !bytes.Contains(b, []byte(path)) || !consolelog.IsHelper(argv(b), path) {
+			continue
+		}
+		if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// argv splits a /proc/PID/cmdline.
+func argv(cmdline []byte) []string {
+	return strings.Split(string(bytes.TrimRight(cmdline, "\x00")), "\x00")
+}
+
+// waitReady reads the console from where it stood at launch (since) for
+// the agent's ready line, only what is new at each look. The VMM exiting
+// or the timeout end the wait with the boot's telling lines; written is
+// closed once the console's writer is done (the VMM's last lines, a
+// panic, reach the log after the VMM has gone).
+func waitReady(m vmm.Machine, since *consolelog.Follower, written <-chan struct{}, timeout time.Duration) error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	exited := make(chan struct{})
 	go func() {
-		m.Wait(context.Background())
-		close(exited)
+		if m.Wait(ctx) == nil {
+			close(exited)
+		}
 	}()
+	ready := consolelog.NewScanner(vsockagent.ReadyLine)
+	boot := consolelog.NewRecent(16 << 10)
+	seen := io.MultiWriter(ready, boot)
+	buf := make([]byte, 32<<10)
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
 	for {
-		if b, err := readFrom(console, offset); err == nil && bytes.Contains(b, []byte(vsockagent.ReadyLine)) {
+		io.CopyBuffer(seen, since, buf)
+		if ready.Found() {
 			return nil
 		}
 		select {
 		case <-exited:
-			return fmt.Errorf("the VM stopped before it was ready; console: %s", consoleTail(console, offset))
+			select {
+			case <-written:
+			case <-time.After(2 * time.Second):
+			}
+			io.CopyBuffer(seen, since, buf)
+			return fmt.Errorf("the VM stopped before it was ready; console: %s", consoleTail(boot.Bytes()))
+		case <-deadline.C:
+			return fmt.Errorf("the VM was not ready within %s; console: %s", timeout, consoleTail(boot.Bytes()))
 		case <-time.After(20 * time.Millisecond):
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("the VM was not ready within %s; console: %s", timeout, consoleTail(console, offset))
-		}
 	}
 }
 
-// readFrom reads p from offset on, or from the start when the file is
-// now shorter (a VMM that truncated it).
-func readFrom(p string, offset int64) ([]byte, error) {
-	f, err := os.Open(p)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() < offset {
-		offset = 0
-	}
-	if _, err := f.Seek(offset, io.SeekStart); err != nil {
-		return nil, err
-	}
-	return io.ReadAll(f)
-}
-
-// consoleTail is the telling part of the console on one line: the init
-// stage's fatal error or the kernel's panic when there is one, else the
-// last few lines.
-func consoleTail(p string, offset int64) string {
-	b, _ := readFrom(p, offset)
+// consoleTail is the telling part of a boot's console on one line: the
+// init stage's fatal error or the kernel's panic when there is one, else
+// the last few lines.
+func consoleTail(b []byte) string {
 	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
 	for _, l := range lines {
 		if strings.Contains(l, "banger-init: FATAL") || strings.Contains(l, "Kernel panic") {
@@ -87,28 +164,22 @@ func consoleTail(p string, offset int64) string {
 	return system.Tail(strings.Join(lines, "\n"), 600)
 }
 
-// handleVMLogs streams the console log; with follow=1 it keeps streaming
-// new output until the client goes away.
+// handleVMLogs streams the console log from the oldest byte kept (its
+// rotated half, then the current file); with follow=1 it keeps streaming
+// new output, across rotations, until the client goes away.
 func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 	v, err := d.store.VM(r.Context(), r.PathValue("name"))
 	if err != nil {
 		return vmHint(err)
 	}
-	f, err := os.Open(filepath.Join(v.Dir, "console.log"))
-	if errors.Is(err, os.ErrNotExist) {
-		w.WriteHeader(http.StatusOK)
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
+	console := consolelog.Follow(consolePath(v.Dir), true)
+	defer console.Close()
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
 	for {
-		n, err := f.Read(buf)
+		n, err := console.Read(buf)
 		if n > 0 {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return nil

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/consolelog"
 	"banger/internal/guestinit"
 	"banger/internal/hostnet"
 	"banger/internal/snapshot"
@@ -99,8 +100,18 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	if netArgs != nil {
 		spec.TAP, spec.MAC = hostnet.TAPName(v.ID), hostnet.MAC(v.ID).String()
 	}
-	console := filepath.Join(v.Dir, "console.log")
-	offset := fileSize(console)
+	// Where the console stands at launch: it spans boots, and only this
+	// one's output tells whether the guest is ready. Taken before the
+	// console's writer starts, which may rotate the log at once.
+	since := consolelog.Follow(consolePath(v.Dir), false)
+	defer since.Close()
+	var written <-chan struct{}
+	spec.Console, written, err = d.startConsole(v)
+	if err != nil {
+		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		d.detachNet(ctx, v)
+		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
+	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	var m vmm.Machine
 	if from == nil {
@@ -114,6 +125,9 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 		}
 	}
 	cancel()
+	// The VMM has its copy (or is gone): from here the console's writer
+	// ends with it.
+	spec.Console.Close()
 	if err != nil {
 		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
 		d.detachNet(ctx, v)
@@ -125,7 +139,7 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	v.PID = m.PID()
 	if from == nil {
 		say(progress, "boot")
-		err = waitReady(m, m.ConsolePath(), offset, d.readyTimeout())
+		err = waitReady(m, since, written, d.readyTimeout())
 		if err == nil && syncs {
 			if err = d.startSyncs(&v, progress); err == nil {
 				err = d.store.SetVMMounts(ctx, v.Name, v.Mounts)

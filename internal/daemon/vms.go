@@ -398,9 +398,12 @@ func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int
 	}
 	v.State, v.PID, v.Error = string(next), pid, msg
 	if !next.Live() {
-		// No VMM maps the guest's RAM any more, nor serves its mounts.
+		// No VMM maps the guest's RAM any more, serves its mounts or
+		// writes its console (but for a kill, recorded first: see
+		// stopVMLocked).
 		os.Remove(d.layout.RAMFile(v.ID))
 		d.stopMounts(ctx, v.Name)
+		d.endConsole(v.Dir)
 	}
 	return nil
 }

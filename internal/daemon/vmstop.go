@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/consolelog"
 	"banger/internal/vm"
 	"banger/internal/vmm"
 )
@@ -66,6 +67,11 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 	default:
 		killPID(v.PID, v.Dir, kill)
 	}
+	if kill {
+		// A kill was recorded before the VMM ended, too early for its
+		// console's writer to be checked then.
+		d.endConsole(v.Dir)
+	}
 	d.dropAgent(v.ID)
 	d.setMachine(v.ID, nil)
 	if vm.State(v.State).Live() {
@@ -81,13 +87,14 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 }
 
 // vmmProcess reports whether pid is a VMM of the VM in dir: a bare pid
-// may have been reused since it was recorded.
+// may have been reused since it was recorded. The VM's console log
+// helper names dir too, and is not its VMM.
 func vmmProcess(pid int, dir string) bool {
 	if pid <= 0 {
 		return false
 	}
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
-	return err == nil && bytes.Contains(b, []byte(dir))
+	return err == nil && bytes.Contains(b, []byte(dir)) && !consolelog.IsHelper(argv(b), consolePath(dir))
 }
 
 // vmmProcesses finds every process whose command line names the VM

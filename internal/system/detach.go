@@ -48,13 +48,14 @@ func StartDetached(path string, args []string, env []string, errPath string) (<-
 // VMMs start: they must outlive the request, and the daemon, that
 // started them.
 func Spawn(path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
-	return SpawnIn("", path, args, env, stdout, stderr)
+	return SpawnIn("", path, args, env, stdout, stderr, nil)
 }
 
 // SpawnIn is Spawn with dir as the working directory ("" keeps the
-// caller's): a VMM given relative socket paths creates them there.
-func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.File) (*os.Process, error) {
-	return spawnWith(dir, path, args, env, stdout, stderr, nil, &syscall.SysProcAttr{Setsid: true})
+// caller's: a VMM given relative socket paths creates them there) and
+// extra files from descriptor 3 on (a VMM's console pipe).
+func SpawnIn(dir, path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File) (*os.Process, error) {
+	return spawnWith(dir, path, args, env, stdout, stderr, extra, &syscall.SysProcAttr{Setsid: true})
 }
 
 // SpawnIsolated is Spawn in a mount namespace of its own, with extra
@@ -74,8 +75,8 @@ func SpawnIsolated(path string, args []string, env []string, stderr *os.File, ex
 }
 
 // spawnWith starts path in dir ("" keeps the caller's) with attr, extra
-// files from descriptor 3 on, and stdin (and stdout when nil) on
-// /dev/null; every Spawn is one.
+// files from descriptor 3 on, and stdin (and stdout or stderr when nil)
+// on /dev/null; every Spawn is one.
 func spawnWith(dir, path string, args []string, env []string, stdout, stderr *os.File, extra []*os.File, attr *syscall.SysProcAttr) (*os.Process, error) {
 	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
 	if err != nil {
@@ -84,6 +85,10 @@ func spawnWith(dir, path string, args []string, env []string, stdout, stderr *os
 	defer devnull.Close()
 	if stdout == nil {
 		stdout = devnull
+	}
+	if stderr == nil {
+		// A nil *os.File in the io.Writer would not read as "none".
+		stderr = devnull
 	}
 	cmd := exec.Command(path, args...)
 	cmd.Env, cmd.Dir = env, dir

@@ -23,14 +23,15 @@ type Process struct {
 }
 
 // StartProcess starts bin in a new session (it outlives its starter) with
-// standard output and error on the given files.
-func StartProcess(bin string, args []string, stdout, stderr *os.File) (*Process, error) {
-	return StartProcessIn("", bin, args, stdout, stderr)
+// standard output and error on the given files and extra files from
+// descriptor 3 on.
+func StartProcess(bin string, args []string, stdout, stderr *os.File, extra ...*os.File) (*Process, error) {
+	return StartProcessIn("", bin, args, stdout, stderr, extra...)
 }
 
 // StartProcessIn is StartProcess with dir as the working directory.
-func StartProcessIn(dir, bin string, args []string, stdout, stderr *os.File) (*Process, error) {
-	proc, err := system.SpawnIn(dir, bin, args, os.Environ(), stdout, stderr)
+func StartProcessIn(dir, bin string, args []string, stdout, stderr *os.File, extra ...*os.File) (*Process, error) {
+	proc, err := system.SpawnIn(dir, bin, args, os.Environ(), stdout, stderr, extra)
 	if err != nil {
 		return nil, err
 	}

@@ -12,8 +12,12 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
+
+	"banger/internal/consolelog"
 )
 
 // ErrNotSupported means the backend cannot do what was asked.
@@ -21,6 +25,10 @@ var ErrNotSupported = errors.New("not supported by this VMM")
 
 // ErrExited means the VMM process is gone.
 var ErrExited = errors.New("VMM process exited")
+
+// ConsoleLog is the guest's serial console in a VM directory, with its
+// older half beside it (see package consolelog).
+const ConsoleLog = "console.log"
 
 // Drive is a disk attached as a virtio block device, in Spec order
 // (the first is /dev/vda in the guest).
@@ -54,6 +62,27 @@ type Spec struct {
 	// (virtiofsd) listening on Socket; they need MemoryFile (the back
 	// end maps guest RAM). QEMU only.
 	FS []FS
+	// Console is where the guest's serial console goes: the writing end
+	// of a pipe whose reader keeps Dir/ConsoleLog within its cap
+	// (bangerd's `console-log` helper, which outlives the daemon as the
+	// VMM does; see consolelog.StartHelper). The VMM gets a copy; the
+	// caller closes its own once Start or Restore returned. nil: this
+	// process keeps the log, at consolelog.DefaultMax, while it runs
+	// (tests, tools); output after it exits is lost.
+	Console *os.File
+}
+
+// ConsoleWriter is what a backend hands the VMM as the guest's serial
+// console for spec, and what it calls once the VMM has its copy.
+func ConsoleWriter(spec Spec) (*os.File, func(), error) {
+	if spec.Console != nil {
+		return spec.Console, func() {}, nil
+	}
+	w, _, err := consolelog.Pipe(filepath.Join(spec.Dir, ConsoleLog), consolelog.DefaultMax)
+	if err != nil {
+		return nil, nil, err
+	}
+	return w, func() { w.Close() }, nil
 }
 
 // Validate reports every problem of the spec at once.

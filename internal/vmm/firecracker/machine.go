@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"banger/internal/consolelog"
 	"banger/internal/system"
 	"banger/internal/vmm"
 )
@@ -16,7 +17,7 @@ import (
 const (
 	APISocket   = "fc.sock"
 	VsockSocket = "vsock.sock"
-	ConsoleLog  = "console.log"
+	ConsoleLog  = vmm.ConsoleLog
 	VMMLog      = "firecracker.log"
 	MetricsFile = "metrics.json"
 	// GuestCID is the vsock context id every guest gets; each VM has its
@@ -101,8 +102,10 @@ var (
 	_ vmm.Snapshotter = (*Machine)(nil)
 )
 
-// spawn starts firecracker in dir and waits for its API socket.
-func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err error) {
+// spawn starts firecracker in spec's directory, its standard output the
+// guest's serial console, and waits for its API socket.
+func (b *Backend) spawn(ctx context.Context, spec vmm.Spec) (m *Machine, err error) {
+	id, dir := spec.ID, spec.Dir
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
@@ -126,11 +129,13 @@ func (b *Backend) spawn(ctx context.Context, id, dir string) (m *Machine, err er
 	for _, f := range []string{APISocket, VsockSocket} {
 		os.Remove(m.sock(f))
 	}
-	console, err := os.OpenFile(filepath.Join(dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	console, release, err := vmm.ConsoleWriter(spec)
 	if err != nil {
 		return nil, err
 	}
-	defer console.Close()
+	// Firecracker holds its own copy from here on; its exit ends the
+	// log's writer.
+	defer release()
 	vmmLog, err := os.OpenFile(filepath.Join(dir, VMMLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return nil, err
@@ -192,7 +197,7 @@ func (b *Backend) Start(ctx context.Context, spec vmm.Spec) (_ *Machine, err err
 	if len(spec.FS) > 0 {
 		return nil, fmt.Errorf("%w: Firecracker has no shared file system (virtio-fs)", vmm.ErrNotSupported)
 	}
-	m, err := b.spawn(ctx, spec.ID, spec.Dir)
+	m, err := b.spawn(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -266,7 +271,7 @@ func (m *Machine) configureLogs(ctx context.Context) error {
 }
 
 func (m *Machine) consoleTail() string {
-	b, _ := os.ReadFile(m.ConsolePath())
+	b, _ := consolelog.Tail(m.ConsolePath(), 4<<10)
 	return system.Tail(string(b), 400)
 }
 
@@ -277,7 +282,7 @@ var _ vmm.Restorer = (*Backend)(nil)
 // writable drives moved to the spec's files, and then runs the guest.
 // Drives are matched by ID; read-only ones (the shared image) stay.
 func (b *Backend) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (_ vmm.Machine, err error) {
-	m, err := b.spawn(ctx, spec.ID, spec.Dir)
+	m, err := b.spawn(ctx, spec)
 	if err != nil {
 		return nil, err
 	}

@@ -84,11 +84,14 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 		return nil, err
 	}
 	defer logf.Close()
-	// QEMU would create the console log with its umask: make it first.
-	if f, err := os.OpenFile(filepath.Join(spec.Dir, ConsoleLog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600); err == nil {
-		f.Close()
+	console, release, err := vmm.ConsoleWriter(spec)
+	if err != nil {
+		return nil, err
 	}
-	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf)
+	// QEMU holds its own copy from here on; its exit ends the log's
+	// writer (consoleFD is the first extra file).
+	defer release()
+	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf, console)
 	if err != nil {
 		return nil, err
 	}

@@ -19,7 +19,7 @@ import (
 const (
 	QMPSocket   = "qmp.sock"
 	AgentSocket = "agent.sock"
-	ConsoleLog  = "console.log"
+	ConsoleLog  = vmm.ConsoleLog
 	VMMLog      = "qemu.log"
 	// AgentPortName is the virtio-serial port the guest agent opens
 	// (/dev/virtio-ports/banger.agent).
@@ -77,8 +77,13 @@ func tscKHz() int {
 	return 0
 }
 
+// consoleFD is the descriptor QEMU inherits the console pipe on (its
+// first extra file).
+const consoleFD = 3
+
 // Args is the QEMU command line for spec on a host with caps. dir is the
-// VM directory (spec.Dir).
+// VM directory (spec.Dir). The serial console goes to the pipe QEMU
+// inherits on descriptor 3 (see vmm.Spec.Console).
 func Args(spec vmm.Spec, caps Caps) []string {
 	dir := spec.Dir
 	cmdline := spec.Cmdline
@@ -108,8 +113,10 @@ func Args(spec vmm.Spec, caps Caps) []string {
 		"-m", strconv.Itoa(spec.MemoryMiB), "-smp", strconv.Itoa(spec.VCPUs),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-qmp", "unix:"+dir+"/"+QMPSocket+",server=on,wait=off",
-		// append=on: the console log spans every boot of the VM.
-		"-chardev", "file,id=console,path="+dir+"/"+ConsoleLog+",append=on",
+		// The console pipe, as an fd set QEMU opens by name. QEMU 7.2
+		// refuses to open an fd set with O_TRUNC: append=on leaves it out.
+		"-add-fd", fmt.Sprintf("fd=%d,set=1,opaque=console", consoleFD),
+		"-chardev", "file,id=console,path=/dev/fdset/1,append=on",
 		"-serial", "chardev:console",
 		"-kernel", spec.Kernel,
 		"-append", cmdline,

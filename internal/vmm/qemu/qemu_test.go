@@ -28,7 +28,7 @@ func TestArgs(t *testing.T) {
 		"-m", "512", "-smp", "2",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-qmp", "unix:/vm/qmp.sock,server=on,wait=off",
-		"-chardev", "file,id=console,path=/vm/console.log,append=on", "-serial", "chardev:console",
+		"-add-fd", "fd=3,set=1,opaque=console", "-chardev", "file,id=console,path=/dev/fdset/1,append=on", "-serial", "chardev:console",
 		"-kernel", "/k/vmlinux", "-append", "console=ttyS0 banger.root=/dev/vda tsc_early_khz=2596100",
 		"-initrd", "/k/initrd.img",
 		"-drive", "id=root,file=/img/rootfs.ext4,format=raw,if=none,cache=none,aio=threads,readonly=on", "-device", "virtio-blk-device,drive=root",
