@@ -150,15 +150,24 @@ func (p *pair) logged(sub string) bool {
 
 // tree is a directory's content as a sync must reproduce it: kinds,
 // modes, link targets, file contents and modification times.
+// A file that goes while the tree is read (a sync's temporary file,
+// renamed into place) is left out: the tree is read again until it
+// settles.
 func tree(t testing.TB, root string) map[string]string {
 	t.Helper()
 	out := map[string]string{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil || p == root {
 			return err
 		}
 		rel := p[len(root)+1:]
 		fi, err := d.Info()
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -170,6 +179,9 @@ func tree(t testing.TB, root string) map[string]string {
 			out[rel] = fmt.Sprintf("dir %o", fi.Mode().Perm())
 		default:
 			b, err := os.ReadFile(p)
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
 			if err != nil {
 				return err
 			}
