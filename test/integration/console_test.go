@@ -177,7 +177,7 @@ func TestConsoleFloodIsCapped(t *testing.T) {
 	if n := most(); n > consoleCap {
 		t.Errorf("the console took %d bytes on disk during the flood, cap %d", n, consoleCap)
 	}
-	logs := in.ok("vm", "logs", "fl")
+	logs := in.ok("vm", "logs", "fl", "--raw")
 	if len(logs) > consoleCap || !strings.HasSuffix(logs, end+"\r\n") || !strings.Contains(logs[max(0, len(logs)-64<<10):], strings.Repeat("x", 4096)) {
 		t.Errorf("vm logs: %d bytes, want at most %d ending with the flood and %q; it ends:\n%q", len(logs), consoleCap, end, logs[max(0, len(logs)-200):])
 	}
