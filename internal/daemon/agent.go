@@ -158,7 +158,15 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	ch := vsockagent.NewChannelReader(buf.Reader, conn)
-	front, err := vsockagent.Server(ch, back.Peer(), func(st *vsockagent.Stream) { relay(st, back) }, conn)
+	// No stall bound towards the CLI: its process may be suspended
+	// (Ctrl-Z) for as long as its user likes. A CLI that stops reading
+	// holds back only its own streams, at most MaxStreams of them: the
+	// session's read loop never waits on a write.
+	ch.SetStallTimeout(0)
+	// The relays' streams to the VM end with this connection.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	front, err := vsockagent.Server(ch, back.Peer(), func(st *vsockagent.Stream) { relay(ctx, st, back) }, conn)
 	if err != nil {
 		return nil
 	}
@@ -174,10 +182,10 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 // input one way, output and stderr the other, terminal sizes and
 // signals along, and the exit status back. Flow control holds end to
 // end: each side reads only as fast as the other writes.
-func relay(front *vsockagent.Stream, s *vsockagent.Session) {
+func relay(ctx context.Context, front *vsockagent.Stream, s *vsockagent.Session) {
 	req := front.Req
 	req.VM = ""
-	back, err := s.Open(req)
+	back, err := s.Open(ctx, req)
 	if err != nil {
 		front.Fail(err)
 		return
@@ -234,7 +242,7 @@ func (d *Daemon) agentCall(ctx context.Context, v api.VM, op string, body any) e
 	if err != nil {
 		return err
 	}
-	st, err := s.Open(vsockagent.Request{Op: op})
+	st, err := s.Open(ctx, vsockagent.Request{Op: op})
 	if err != nil {
 		return err
 	}

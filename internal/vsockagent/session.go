@@ -1,7 +1,6 @@
 package vsockagent
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -58,35 +57,21 @@ type Exit struct {
 // Winsize is a terminal size.
 type Winsize struct{ Rows, Cols uint16 }
 
-// Channel is one byte stream that carries sessions: a vsock connection
-// carries one; a virtio-serial port carries one after another, as hosts
-// come and go, which is why its reader and write lock outlive them.
-type Channel struct {
-	rw  io.ReadWriter
-	r   *bufio.Reader
-	wmu sync.Mutex
-}
+// MaxStreams is how many streams one session serves at once. Beyond
+// it an open is refused with ErrTooManyStreams' text: each stream costs
+// goroutines and up to two windows of buffers, and one connection (a
+// CLI's to the daemon, the daemon's to a guest) must not take what all
+// of them share. No legitimate client comes near: `vm cp` and exec use
+// one stream, a forwarded port one per connection.
+const MaxStreams = 1024
 
-// NewChannel wraps a byte stream.
-func NewChannel(rw io.ReadWriter) *Channel {
-	return &Channel{rw: rw, r: bufio.NewReaderSize(rw, 256<<10)}
-}
+// ErrTooManyStreams is why an open past MaxStreams is refused; the
+// opener reads its text in the stream's error.
+var ErrTooManyStreams = errors.New("too many streams on one connection")
 
-// Copy copies with a buffer as large as a frame's data chunk, so a
-// stream's frames are as few as its reads allow.
-func Copy(dst io.Writer, src io.Reader) (int64, error) {
-	return io.CopyBuffer(dst, src, make([]byte, maxChunk))
-}
-
-// NewChannelReader makes a channel whose reads continue from r (which
-// may already hold bytes, as after an HTTP upgrade) and whose writes go
-// to w.
-func NewChannelReader(r *bufio.Reader, w io.Writer) *Channel {
-	return &Channel{rw: struct {
-		io.Reader
-		io.Writer
-	}{r, w}, r: r}
-}
+// maxRefusals is how many refusals of opens may wait to be written; a
+// peer that makes more without reading them is dropped.
+const maxRefusals = 64
 
 // Session multiplexes streams over a channel.
 type Session struct {
@@ -101,6 +86,14 @@ type Session struct {
 	done    chan struct{}
 	err     error
 	closer  io.Closer
+
+	// The read loop never writes: what it must answer (a ping, a refused
+	// open) it hands to writeReplies, or a peer that sends and never
+	// reads would block it, and with it every stream of the session.
+	// One pong waits at most (it answers every ping meanwhile);
+	// refusals wait in a bounded queue.
+	pingWaiting chan struct{}
+	refusals    chan []byte
 }
 
 // Client starts a session as the side that opens streams (the host):
@@ -111,7 +104,7 @@ func Client(ch *Channel, hello Hello, closer io.Closer) (*Session, error) {
 	rand.Read(nonce)
 	s := newSession(ch, nil, closer)
 	hello.Proto = ProtocolVersion
-	if err := s.writeRaw(append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
+	if err := s.writeRaw(nil, append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
 		return nil, fmt.Errorf("greeting the agent: %w", err)
 	}
 	if _, err := huntSync(ch.r, nonce); err != nil {
@@ -120,7 +113,7 @@ func Client(ch *Channel, hello Hello, closer io.Closer) (*Session, error) {
 	if err := s.readHello(); err != nil {
 		return nil, err
 	}
-	go s.readLoop()
+	s.start()
 	return s, nil
 }
 
@@ -136,15 +129,22 @@ func Server(ch *Channel, hello Hello, handler func(*Stream), closer io.Closer) (
 		return nil, err
 	}
 	hello.Proto = ProtocolVersion
-	if err := s.writeRaw(append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
+	if err := s.writeRaw(nil, append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
 		return nil, err
 	}
-	go s.readLoop()
+	s.start()
 	return s, nil
 }
 
 func newSession(ch *Channel, handler func(*Stream), closer io.Closer) *Session {
-	return &Session{ch: ch, handler: handler, closer: closer, streams: map[uint32]*Stream{}, pongs: make(chan Hello, 1), done: make(chan struct{})}
+	return &Session{ch: ch, handler: handler, closer: closer, streams: map[uint32]*Stream{}, pongs: make(chan Hello, 1), done: make(chan struct{}),
+		pingWaiting: make(chan struct{}, 1), refusals: make(chan []byte, maxRefusals)}
+}
+
+// start runs the session's two goroutines; both end with the session.
+func (s *Session) start() {
+	go s.readLoop()
+	go s.writeReplies()
 }
 
 func helloFrame(h Hello) []byte {
@@ -185,27 +185,10 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// writeRaw writes bytes under the channel's lock, refusing once the
-// session is over: a writer of an ended session never interleaves with
-// the next session's frames.
-func (s *Session) writeRaw(b []byte) error {
-	s.ch.wmu.Lock()
-	defer s.ch.wmu.Unlock()
-	select {
-	case <-s.done:
-		return s.Err()
-	default:
-	}
-	_, err := s.ch.rw.Write(b)
-	if err != nil {
-		go s.fail(fmt.Errorf("writing to the agent channel: %w", err))
-	}
-	return err
-}
-
-func (s *Session) send(t byte, id uint32, payload []byte) error {
-	return s.writeRaw(AppendFrame(nil, Frame{Type: t, Stream: id, Payload: payload}))
-}
+// SetStallTimeout sets the session's channel's stall bound (see
+// Channel.SetStallTimeout): a host lifts it while it keeps the guest
+// paused, and puts it back when the guest runs again.
+func (s *Session) SetStallTimeout(d time.Duration) { s.ch.SetStallTimeout(d) }
 
 func (s *Session) fail(err error) {
 	s.mu.Lock()
@@ -216,7 +199,10 @@ func (s *Session) fail(err error) {
 	default:
 	}
 	s.err = err
+	s.ch.dmu.Lock()
 	close(s.done)
+	s.ch.kick()
+	s.ch.dmu.Unlock()
 	streams := s.streams
 	s.streams = map[uint32]*Stream{}
 	s.mu.Unlock()
@@ -228,10 +214,14 @@ func (s *Session) fail(err error) {
 	}
 }
 
-// Ping asks the peer for its Hello again: a liveness check.
+// Ping asks the peer for its Hello again: a liveness check. It gives up
+// when ctx ends, also while it waits to write.
 func (s *Session) Ping(ctx context.Context) (Hello, error) {
 	b, _ := json.Marshal(Hello{Proto: ProtocolVersion})
-	if err := s.send(FrameHello, 0, b); err != nil {
+	if err := s.send(ctx.Done(), FrameHello, 0, b); err != nil {
+		if errors.Is(err, errAbandoned) {
+			err = fmt.Errorf("pinging the agent: its channel stayed busy: %w", context.Cause(ctx))
+		}
 		return Hello{}, err
 	}
 	select {
@@ -244,11 +234,18 @@ func (s *Session) Ping(ctx context.Context) (Hello, error) {
 	}
 }
 
-// Open starts a stream for req.
-func (s *Session) Open(req Request) (*Stream, error) {
+// Open starts a stream for req. ctx bounds the open, which may wait
+// while another write holds the channel, and then the stream: once ctx
+// ends the stream is closed on both sides (as exec.CommandContext ends
+// its process), so pass a context that lasts as long as the stream's
+// work should.
+func (s *Session) Open(ctx context.Context, req Request) (*Stream, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("opening a %s stream: %w", req.Op, context.Cause(ctx))
 	}
 	s.mu.Lock()
 	select {
@@ -261,10 +258,16 @@ func (s *Session) Open(req Request) (*Stream, error) {
 	st := newStream(s, s.next, req)
 	s.streams[st.id] = st
 	s.mu.Unlock()
-	if err := s.send(FrameOpen, st.id, b); err != nil {
+	if err := s.send(ctx.Done(), FrameOpen, st.id, b); err != nil {
+		if errors.Is(err, errAbandoned) {
+			err = fmt.Errorf("opening a %s stream: the agent channel stayed busy: %w", req.Op, context.Cause(ctx))
+		}
+		st.abort(err)
 		s.remove(st.id)
 		return nil, err
 	}
+	// Only once the open is written, so the close this may send follows it.
+	st.closeWhenDone(ctx)
 	return st, nil
 }
 
@@ -307,17 +310,25 @@ func (s *Session) dispatch(f Frame) error {
 			}
 			return nil
 		}
-		pong := s.peerHelloForPong()
-		b, _ := json.Marshal(pong)
-		return s.send(FrameHello, 0, b)
+		select {
+		case s.pingWaiting <- struct{}{}:
+		default: // a pong is on its way already: it answers this ping too
+		}
+		return nil
 	}
 	if f.Type == FrameOpen {
 		var req Request
-		if s.handler == nil || json.Unmarshal(f.Payload, &req) != nil {
-			msg, _ := json.Marshal(map[string]string{"message": "this side opens no streams"})
-			return s.send(FrameError, f.Stream, msg)
+		if s.handler == nil {
+			return s.refuse(f.Stream, "this side opens no streams")
+		}
+		if json.Unmarshal(f.Payload, &req) != nil {
+			return s.refuse(f.Stream, "malformed request")
 		}
 		s.mu.Lock()
+		if len(s.streams) >= MaxStreams {
+			s.mu.Unlock()
+			return s.refuse(f.Stream, ErrTooManyStreams.Error())
+		}
 		st := newStream(s, f.Stream, req)
 		s.streams[f.Stream] = st
 		s.mu.Unlock()
@@ -329,6 +340,33 @@ func (s *Session) dispatch(f Frame) error {
 		return nil // a stream that already ended: its last frames are moot
 	}
 	return st.deliver(f)
+}
+
+// refuse queues a refusal of the open of stream id for writeReplies.
+func (s *Session) refuse(id uint32, msg string) error {
+	b, _ := json.Marshal(map[string]string{"message": msg})
+	select {
+	case s.refusals <- AppendFrame(nil, Frame{Type: FrameError, Stream: id, Payload: b}):
+		return nil
+	default:
+		return fmt.Errorf("%w: %d refused opens are unanswered, the peer opens streams and does not read", ErrTooManyStreams, maxRefusals)
+	}
+}
+
+// writeReplies writes what the read loop must answer, off the read
+// loop, until the session ends.
+func (s *Session) writeReplies() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.pingWaiting:
+			b, _ := json.Marshal(s.peerHelloForPong())
+			s.send(nil, FrameHello, 0, b)
+		case b := <-s.refusals:
+			s.writeRaw(nil, b)
+		}
+	}
 }
 
 // pongHello is what this side answers a ping with.

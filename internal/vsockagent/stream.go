@@ -28,6 +28,8 @@ type Stream struct {
 	resizes     chan Winsize
 	signals     chan int
 	done        chan struct{}
+	// stopCtx stops the watch of the opener's context (closeWhenDone).
+	stopCtx func() bool
 }
 
 func newStream(s *Session, id uint32, req Request) *Stream {
@@ -35,6 +37,36 @@ func newStream(s *Session, id uint32, req Request) *Stream {
 		exit: make(chan Exit, 1), resizes: make(chan Winsize, 8), signals: make(chan int, 8), done: make(chan struct{})}
 	st.cond = sync.NewCond(&st.mu)
 	return st
+}
+
+// closeWhenDone closes the stream, on both sides, once ctx ends.
+func (st *Stream) closeWhenDone(ctx context.Context) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if !st.closed {
+		st.stopCtx = context.AfterFunc(ctx, func() { st.closeWith(context.Cause(ctx)) })
+	}
+}
+
+// send writes a frame of the stream, unless the stream ends while it
+// waits for the channel.
+func (st *Stream) send(t byte, payload []byte) error {
+	err := st.s.send(st.done, t, st.id, payload)
+	if errors.Is(err, errAbandoned) {
+		return st.endErr()
+	}
+	return err
+}
+
+// endErr is what a write to the ended stream returns.
+func (st *Stream) endErr() error {
+	st.mu.Lock()
+	err := st.closeErr
+	st.mu.Unlock()
+	if err == io.EOF || err == nil {
+		err = io.ErrClosedPipe
+	}
+	return err
 }
 
 func (st *Stream) deliver(f Frame) error {
@@ -107,7 +139,11 @@ func (st *Stream) abort(err error) {
 		close(st.done)
 	}
 	st.cond.Broadcast()
+	stop := st.stopCtx
 	st.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 }
 
 // Done is closed once the stream is over on this side: the peer closed
@@ -154,7 +190,7 @@ func (st *Stream) ack(n int) {
 	if give > 0 {
 		var b [4]byte
 		binary.BigEndian.PutUint32(b[:], uint32(give))
-		st.s.send(FrameWindow, st.id, b[:])
+		st.send(FrameWindow, b[:])
 	}
 }
 
@@ -174,17 +210,13 @@ func (st *Stream) write(t byte, p []byte) (int, error) {
 			st.cond.Wait()
 		}
 		if st.closed {
-			err := st.closeErr
 			st.mu.Unlock()
-			if err == io.EOF || err == nil {
-				err = io.ErrClosedPipe
-			}
-			return sent, err
+			return sent, st.endErr()
 		}
 		n := min(len(p)-sent, st.credit, maxChunk)
 		st.credit -= n
 		st.mu.Unlock()
-		if err := st.s.send(t, st.id, p[sent:sent+n]); err != nil {
+		if err := st.send(t, p[sent:sent+n]); err != nil {
 			return sent, err
 		}
 		sent += n
@@ -194,19 +226,19 @@ func (st *Stream) write(t byte, p []byte) (int, error) {
 
 // CloseWrite ends this side's data (stdin for the opener, stdout for
 // the served side); CloseStderr ends standard error.
-func (st *Stream) CloseWrite() error  { return st.s.send(FrameEOF, st.id, []byte{0}) }
-func (st *Stream) CloseStderr() error { return st.s.send(FrameEOF, st.id, []byte{1}) }
+func (st *Stream) CloseWrite() error  { return st.send(FrameEOF, []byte{0}) }
+func (st *Stream) CloseStderr() error { return st.send(FrameEOF, []byte{1}) }
 
 // Resize tells the guest the terminal's new size.
 func (st *Stream) Resize(w Winsize) error {
 	var b [4]byte
 	binary.BigEndian.PutUint16(b[:2], w.Rows)
 	binary.BigEndian.PutUint16(b[2:], w.Cols)
-	return st.s.send(FrameResize, st.id, b[:])
+	return st.send(FrameResize, b[:])
 }
 
 // Signal forwards a signal to the guest's process.
-func (st *Stream) Signal(sig int) error { return st.s.send(FrameSignal, st.id, []byte{byte(sig)}) }
+func (st *Stream) Signal(sig int) error { return st.send(FrameSignal, []byte{byte(sig)}) }
 
 // Resizes and Signals deliver what the opener sent (served side).
 func (st *Stream) Resizes() <-chan Winsize { return st.resizes }
@@ -215,7 +247,7 @@ func (st *Stream) Signals() <-chan int     { return st.signals }
 // SendExit reports how the work ended and closes the stream (served side).
 func (st *Stream) SendExit(e Exit) error {
 	b, _ := json.Marshal(e)
-	err := st.s.send(FrameExit, st.id, b)
+	err := st.send(FrameExit, b)
 	st.Close()
 	return err
 }
@@ -223,7 +255,7 @@ func (st *Stream) SendExit(e Exit) error {
 // Fail reports that the request could not be carried out at all.
 func (st *Stream) Fail(err error) {
 	b, _ := json.Marshal(map[string]string{"message": err.Error()})
-	st.s.send(FrameError, st.id, b)
+	st.send(FrameError, b)
 	st.abort(err)
 	st.s.remove(st.id)
 }
@@ -254,15 +286,24 @@ func (st *Stream) Wait(ctx context.Context) (Exit, error) {
 
 // Close ends the stream on both sides.
 func (st *Stream) Close() error {
+	st.closeWith(io.EOF)
+	return nil
+}
+
+// closeWith ends the stream here with err, and tells the peer unless it
+// ended already. Local readers and writers are released first: the
+// close may wait for the channel.
+func (st *Stream) closeWith(err error) {
 	st.mu.Lock()
 	already := st.closed
 	st.mu.Unlock()
-	if !already {
-		st.s.send(FrameClose, st.id, nil)
-	}
-	st.abort(io.EOF)
+	st.abort(err)
+	// Forgotten before the peer hears of it, so the peer's next open,
+	// made once it has, finds the stream's slot free (MaxStreams).
 	st.s.remove(st.id)
-	return nil
+	if !already {
+		st.s.send(nil, FrameClose, st.id, nil)
+	}
 }
 
 // pipe is a buffer one goroutine fills and another drains.
@@ -318,4 +359,10 @@ func (p *pipe) read(b []byte) (int, error) {
 		p.buf = nil
 	}
 	return n, nil
+}
+
+// Copy copies with a buffer as large as a frame's data chunk, so a
+// stream's frames are as few as its reads allow.
+func Copy(dst io.Writer, src io.Reader) (int64, error) {
+	return io.CopyBuffer(dst, src, make([]byte, maxChunk))
 }
