@@ -37,6 +37,7 @@ func (d *Daemon) killLock(name string) (unlock func(), cut bool) {
 	if stop := d.vms.stopping[name]; stop != nil {
 		stop(errStopCut)
 		cut = true
+		d.log.Info("graceful stop cut short by a kill", "vm", name)
 	}
 	d.vms.mu.Unlock()
 	unlock = d.vmLock(name)
@@ -127,7 +128,6 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 	viaAgent := !kill && d.agentPowerOff(sctx, v) == nil
 	if errors.Is(context.Cause(graceful), errStopCut) {
 		kill, viaAgent = true, false
-		d.log.Info("graceful stop cut short by a kill", "vm", v.Name)
 	}
 	switch {
 	case m != nil && kill:
