@@ -143,6 +143,86 @@ func TestFloodingAgentCannotWedgeTheHost(t *testing.T) {
 	waitGoroutines(t, before)
 }
 
+// A peer that reads slowly but steadily is not a stalled one: each bit
+// of progress re-arms the bound, however long one write takes.
+func TestSlowReaderIsNotStalled(t *testing.T) {
+	host, guest := socketPair(t)
+	got := make(chan int, 1)
+	go func() {
+		r := bufio.NewReader(guest)
+		nonce, err := huntSync(r, nil)
+		if err != nil {
+			return
+		}
+		ReadFrame(r)
+		guest.Write(append(syncBytes(nonce), helloFrame(Hello{Proto: ProtocolVersion})...))
+		n := 0
+		buf := make([]byte, 16<<10)
+		for {
+			time.Sleep(200 * time.Millisecond)
+			k, err := r.Read(buf)
+			n += k
+			if err != nil || n >= 256<<10 {
+				got <- n
+				return
+			}
+		}
+	}()
+	ch := NewChannel(host)
+	ch.SetStallTimeout(time.Second)
+	s, err := Client(ch, Hello{}, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	st, err := s.Open(context.Background(), Request{Op: "put"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	began := time.Now()
+	if _, err := st.Write(make([]byte, 200<<10)); err != nil {
+		t.Fatalf("writing to a slow reader: %v", err)
+	}
+	if took := time.Since(began); took < 2*time.Second {
+		t.Logf("the writes took %s only: the kernel buffered more than expected", took)
+	}
+	select {
+	case <-s.Done():
+		t.Fatalf("a slow reader's session was dropped: %v", s.Err())
+	default:
+	}
+}
+
+// A host that freezes its guest (a pause) lifts the bound: the stuck
+// write waits as long as it must, and the bound applies again once set.
+func TestStallBoundCanBeLifted(t *testing.T) {
+	host, guest := socketPair(t)
+	var sent atomic.Int64
+	go floodingAgent(guest, &sent)
+	ch := NewChannel(host)
+	ch.SetStallTimeout(time.Second)
+	s, err := Client(ch, Hello{}, host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.SetStallTimeout(0)
+	select {
+	case <-s.Done():
+		t.Fatalf("the session ended with the bound lifted: %v", s.Err())
+	case <-time.After(3 * time.Second):
+	}
+	s.SetStallTimeout(time.Second)
+	select {
+	case <-s.Done():
+		if !errors.Is(s.Err(), ErrStalled) {
+			t.Errorf("session ended with %v, want ErrStalled", s.Err())
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the bound did not apply again")
+	}
+}
+
 // sessionGoroutines counts the goroutines running sessions: their read
 // loops and reply writers. (Other tests' commands and handlers may start
 // goroutines at any time, so the total count proves nothing.)
