@@ -174,7 +174,17 @@ func within(t *testing.T, what string, limit time.Duration, c <-chan *httptest.R
 func TestKillCutsAStopOfAStuckGuest(t *testing.T) {
 	d, v, m := stuckVM(t, "stuck")
 	stop := vmAction(d, v.Name, "stop")
-	time.Sleep(time.Second) // the stop is under way, holding the lock
+	// The stop is under way, holding the lock, once the VM is stopping;
+	// then give it time to get stuck on the guest.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if cur, _ := d.store.VM(t.Context(), v.Name); cur.State == string(vm.Stopping) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stop did not begin")
+		}
+	}
+	time.Sleep(time.Second)
 	kill := vmAction(d, v.Name, "kill")
 	within(t, "vm kill during a stuck stop", 5*time.Second, kill)
 	within(t, "the stop a kill cut short", 5*time.Second, stop)

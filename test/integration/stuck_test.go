@@ -79,6 +79,13 @@ func TestAgentStuckGuestCannotHangTheDaemon(t *testing.T) {
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop.Wait() }()
 	t.Cleanup(func() { stop.Process.Kill() })
+	// Under way once the VM is stopping; then stuck on the guest.
+	for deadline := time.Now().Add(30 * time.Second); v.State != "stopping"; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("vm stop did not begin: the VM is %s", v.State)
+		}
+		in.jsonOut(&v, "vm", "show", "stuck", "--json")
+	}
 	time.Sleep(2 * time.Second)
 	began = time.Now()
 	r := in.runLimit(40*time.Second, nil, "vm", "kill", "stuck")
