@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check: formatting, go vet, the whole test suite with the race
 # detector, short fuzzes of the layer flattener, the agent's frame
-# decoder and the copy extractor, and a small pull benchmark.
+# decoder and its session, the copy extractor, and a small pull benchmark.
 # As root, the root-only integration tests run too and a test that would
 # skip for lack of a tool fails instead (BANGER_TEST_STRICT=1).
 set -euo pipefail
@@ -26,4 +26,5 @@ go test -race -count=1 -timeout 45m ./...
 go test -run '^$' -fuzz FuzzFlatten -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/imagepull/flatten
 go test -run '^$' -fuzz FuzzReadFrame -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/vsockagent
 go test -run '^$' -fuzz FuzzExtractTar -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/vsockagent
+go test -run '^$' -fuzz FuzzSession -fuzztime "${FUZZTIME:-20s}" -fuzzminimizetime 2s ./internal/vsockagent
 BANGER_BENCH_MIB=${BANGER_BENCH_MIB:-32} COUNT=1 bench/pull.sh

@@ -98,7 +98,7 @@ func (a *app) runInVM(cmd *cobra.Command, vm string, req vsockagent.Request, std
 			}
 		}
 	}
-	st, err := s.Open(req)
+	st, err := s.Open(ctx, req)
 	if err != nil {
 		return err
 	}
@@ -198,7 +198,7 @@ func newVMCopyCommand(a *app) *cobra.Command {
 				if _, err := os.Lstat(src); err != nil {
 					return err
 				}
-				st, err := s.Open(vsockagent.Request{Op: "put", Path: dst})
+				st, err := s.Open(ctx, vsockagent.Request{Op: "put", Path: dst})
 				if err != nil {
 					return err
 				}
@@ -215,7 +215,7 @@ func newVMCopyCommand(a *app) *cobra.Command {
 				return err
 			}
 			defer s.Close()
-			st, err := s.Open(vsockagent.Request{Op: "get", Path: src})
+			st, err := s.Open(ctx, vsockagent.Request{Op: "get", Path: src})
 			if err != nil {
 				return err
 			}
@@ -306,7 +306,7 @@ func (a *app) guestPorts(ctx context.Context, vm string) ([]vsockagent.Port, err
 
 // portsOver asks the agent of session s for the guest's listening ports.
 func portsOver(ctx context.Context, s *vsockagent.Session) ([]vsockagent.Port, error) {
-	st, err := s.Open(vsockagent.Request{Op: "ports"})
+	st, err := s.Open(ctx, vsockagent.Request{Op: "ports"})
 	if err != nil {
 		return nil, err
 	}
@@ -419,7 +419,9 @@ func (f *forwarder) add(bind string, host, guest int) error {
 
 func (f *forwarder) relay(c net.Conn, guest int) {
 	defer c.Close()
-	st, err := f.s.Open(vsockagent.Request{Op: "dial", Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(guest))})
+	// The connection, not a context, bounds the stream: it ends when
+	// either side closes.
+	st, err := f.s.Open(context.Background(), vsockagent.Request{Op: "dial", Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(guest))})
 	if err != nil {
 		return
 	}

@@ -273,7 +273,7 @@ func (a *app) copyWorkspace(ctx context.Context, c *client.Client, vm, path stri
 		return "", err
 	}
 	defer s.Close()
-	st, err := s.Open(vsockagent.Request{Op: "put", Path: WorkspaceDir})
+	st, err := s.Open(ctx, vsockagent.Request{Op: "put", Path: WorkspaceDir})
 	if err != nil {
 		return "", err
 	}

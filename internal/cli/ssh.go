@@ -125,12 +125,13 @@ func newVMSSHProxyCommand(a *app) *cobra.Command {
 		Hidden: true,
 		Args:   argsError(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			s, err := a.agent(context.WithoutCancel(cmd.Context()), vmName(args[0]))
+			ctx := context.WithoutCancel(cmd.Context())
+			s, err := a.agent(ctx, vmName(args[0]))
 			if err != nil {
 				return err
 			}
 			defer s.Close()
-			st, err := s.Open(vsockagent.Request{Op: "ssh"})
+			st, err := s.Open(ctx, vsockagent.Request{Op: "ssh"})
 			if err != nil {
 				return err
 			}

@@ -27,7 +27,9 @@ var errAgent = errors.New("guest agent unavailable")
 type agentRuntime struct {
 	mu       sync.Mutex
 	sessions map[string]*vsockagent.Session // by VM id
-	dialing  map[string]*sync.Mutex
+	// dialing holds a VM's connection attempt: a lock a waiter can give
+	// up on when its context ends.
+	dialing map[string]chan struct{}
 }
 
 // AgentUpgrade is the Upgrade token of the CLI's agent connections.
@@ -44,16 +46,20 @@ func (d *Daemon) agentSession(ctx context.Context, v api.VM) (*vsockagent.Sessio
 	}
 	d.agents.mu.Lock()
 	if d.agents.sessions == nil {
-		d.agents.sessions, d.agents.dialing = map[string]*vsockagent.Session{}, map[string]*sync.Mutex{}
+		d.agents.sessions, d.agents.dialing = map[string]*vsockagent.Session{}, map[string]chan struct{}{}
 	}
 	dl := d.agents.dialing[v.ID]
 	if dl == nil {
-		dl = &sync.Mutex{}
+		dl = make(chan struct{}, 1)
 		d.agents.dialing[v.ID] = dl
 	}
 	d.agents.mu.Unlock()
-	dl.Lock() // one connection attempt per VM at a time
-	defer dl.Unlock()
+	select { // one connection attempt per VM at a time
+	case dl <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: VM %q: waiting for another connection to its agent: %w", errAgent, v.Name, context.Cause(ctx))
+	}
+	defer func() { <-dl }()
 	d.agents.mu.Lock()
 	s := d.agents.sessions[v.ID]
 	d.agents.mu.Unlock()
@@ -82,6 +88,36 @@ func (d *Daemon) dropAgent(id string) {
 	d.agents.mu.Unlock()
 	if s != nil {
 		s.Close()
+	}
+}
+
+// closeAgents closes every agent session (the VMs run on): at shutdown,
+// so nothing waits on a guest.
+func (d *Daemon) closeAgents() {
+	d.agents.mu.Lock()
+	sessions := d.agents.sessions
+	d.agents.sessions = map[string]*vsockagent.Session{}
+	d.agents.mu.Unlock()
+	for _, s := range sessions {
+		s.Close()
+	}
+}
+
+// agentPaused lifts the stall bound of the VM's agent session while the
+// daemon keeps the guest frozen (a pause, a snapshot), and puts it back
+// after: a frozen guest reads nothing, and must find its streams intact
+// when it runs again.
+func (d *Daemon) agentPaused(id string, paused bool) {
+	d.agents.mu.Lock()
+	s := d.agents.sessions[id]
+	d.agents.mu.Unlock()
+	if s == nil {
+		return
+	}
+	if paused {
+		s.SetStallTimeout(0)
+	} else {
+		s.SetStallTimeout(vsockagent.StallTimeout)
 	}
 }
 
@@ -158,7 +194,15 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	ch := vsockagent.NewChannelReader(buf.Reader, conn)
-	front, err := vsockagent.Server(ch, back.Peer(), func(st *vsockagent.Stream) { relay(st, back) }, conn)
+	// No stall bound towards the CLI: its process may be suspended
+	// (Ctrl-Z) for as long as its user likes. A CLI that stops reading
+	// holds back only its own streams, at most MaxStreams of them: the
+	// session's read loop never waits on a write.
+	ch.SetStallTimeout(0)
+	// The relays' streams to the VM end with this connection.
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	front, err := vsockagent.Server(ch, back.Peer(), func(st *vsockagent.Stream) { relay(ctx, st, back) }, conn)
 	if err != nil {
 		return nil
 	}
@@ -174,10 +218,10 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 // input one way, output and stderr the other, terminal sizes and
 // signals along, and the exit status back. Flow control holds end to
 // end: each side reads only as fast as the other writes.
-func relay(front *vsockagent.Stream, s *vsockagent.Session) {
+func relay(ctx context.Context, front *vsockagent.Stream, s *vsockagent.Session) {
 	req := front.Req
 	req.VM = ""
-	back, err := s.Open(req)
+	back, err := s.Open(ctx, req)
 	if err != nil {
 		front.Fail(err)
 		return
@@ -234,7 +278,7 @@ func (d *Daemon) agentCall(ctx context.Context, v api.VM, op string, body any) e
 	if err != nil {
 		return err
 	}
-	st, err := s.Open(vsockagent.Request{Op: op})
+	st, err := s.Open(ctx, vsockagent.Request{Op: op})
 	if err != nil {
 		return err
 	}

@@ -235,9 +235,8 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("serving API: %w", err)
 	}
 	d.log.Info("bangerd stopping")
-	// Cancel pulls first so streaming handlers finish, then drain.
-	d.jobCancel()
-	d.jobs.Wait()
+	// Jobs first so streaming handlers finish.
+	d.drainJobs()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -246,6 +245,16 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.closeNetwork()
 	d.log.Info("bangerd stopped")
 	return nil
+}
+
+// drainJobs cancels the background jobs (pulls, syncs, agent calls)
+// and waits for them. The agent sessions end too (the VMs run on; the
+// next daemon connects again), so no job waits on a guest that stopped
+// reading.
+func (d *Daemon) drainJobs() {
+	d.jobCancel()
+	d.closeAgents()
+	d.jobs.Wait()
 }
 
 // requestStop makes Run return; safe to call more than once.

@@ -147,6 +147,11 @@ func (d *Daemon) takeSnapshot(ctx context.Context, v api.VM, name, kind, templat
 	if err := os.MkdirAll(sn.Dir, 0o700); err != nil {
 		return fail(err)
 	}
+	if v.State == string(vm.Running) {
+		// Capture freezes the guest while it saves it.
+		d.agentPaused(v.ID, true)
+		defer d.agentPaused(v.ID, false)
+	}
 	files, st, err := snapshot.Capture(ctx, m, filepath.Join(v.Dir, vm.DataDisk), sn.Dir, v.State == string(vm.Paused))
 	if err != nil {
 		d.log.Warn("snapshot failed", "vm", v.Name, "snapshot", name, "err", err)

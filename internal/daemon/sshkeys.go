@@ -147,7 +147,7 @@ func (d *Daemon) pushAuthorizedKeys(ctx context.Context, v api.VM) {
 	s, err := d.agentSession(ctx, v)
 	if err == nil {
 		var st *vsockagent.Stream
-		if st, err = s.Open(vsockagent.Request{Op: "put", Path: filepath.Join(guestDataDir, vsockagent.SSHAuthorizedKeysPath)}); err == nil {
+		if st, err = s.Open(ctx, vsockagent.Request{Op: "put", Path: filepath.Join(guestDataDir, vsockagent.SSHAuthorizedKeysPath)}); err == nil {
 			err = vsockagent.WriteFileTar(st, "authorized_keys", keys, 0o600)
 			st.CloseWrite()
 			if e, werr := st.Wait(ctx); werr != nil {

@@ -186,7 +186,7 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 	if err != nil {
 		return fmt.Errorf("no agent: %w", err)
 	}
-	st, err := sess.Open(vsockagent.Request{Op: "filesync", Path: m.Guest})
+	st, err := sess.Open(ctx, vsockagent.Request{Op: "filesync", Path: m.Guest})
 	if err != nil {
 		return fmt.Errorf("opening the agent's sync: %w", err)
 	}

@@ -30,9 +30,14 @@ func (d *Daemon) pauseVMLocked(ctx context.Context, v api.VM, pause bool) (*api.
 	op := p.Resume
 	if pause {
 		op = p.Pause
+		d.agentPaused(v.ID, true) // before the guest stops reading
 	}
 	if err := op(pctx); err != nil {
+		d.agentPaused(v.ID, !pause)
 		return nil, fmt.Errorf("%s VM %q: %w", doing, v.Name, err)
+	}
+	if !pause {
+		d.agentPaused(v.ID, false)
 	}
 	if err := d.transition(ctx, &v, ev, v.PID, ""); err != nil {
 		return nil, err

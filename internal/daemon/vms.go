@@ -37,6 +37,11 @@ type vmRuntime struct {
 	mu       sync.Mutex
 	locks    map[string]*sync.Mutex // by VM name
 	machines map[string]vmm.Machine // by VM id
+	// stopping cuts the graceful stop under way of a VM, and killers
+	// counts the kills waiting for a VM's lock; both by VM name (see
+	// killLock).
+	stopping map[string]context.CancelCauseFunc
+	killers  map[string]int
 
 	probeOnce sync.Once
 	caps      qemu.Caps
@@ -410,11 +415,22 @@ func (d *Daemon) transition(ctx context.Context, v *api.VM, ev vm.Event, pid int
 
 func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 	name, action := r.PathValue("name"), r.PathValue("action")
-	unlock := d.vmLock(name)
+	var unlock func()
+	cut := false
+	if action == "kill" {
+		unlock, cut = d.killLock(name)
+	} else {
+		unlock = d.vmLock(name)
+	}
 	defer unlock()
 	v, err := d.store.VM(r.Context(), name)
 	if err != nil {
 		return vmHint(err)
+	}
+	if cut && !vm.State(v.State).Live() {
+		// The stop this kill cut short has killed the VM.
+		writeJSON(w, http.StatusOK, v)
+		return nil
 	}
 	if action == "start" || action == "restart" {
 		return respondVM(w, r, http.StatusOK, func(progress func(string)) (*api.VM, error) {
@@ -425,6 +441,9 @@ func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 			} else if vm.State(v.State).Live() {
 				if _, err := d.stopVMLocked(r.Context(), v, false); err != nil {
 					return nil, err
+				}
+				if d.killWaiting(name) {
+					return nil, fmt.Errorf("%w: VM %q was killed while it restarted (`banger vm kill` or `vm rm -f`): it stays stopped; start it with `banger vm start %s`", errConflict, name, name)
 				}
 				v, _ = d.store.VM(r.Context(), name)
 			}

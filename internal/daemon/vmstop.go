@@ -3,6 +3,7 @@ package daemon
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -21,19 +22,86 @@ import (
 // and kill, identifying a VMM process by its command line, and the
 // reconcile at daemon start that adopts the VMMs still running.
 
+// errStopCut is why a graceful stop ended early: a kill wanted the VM.
+var errStopCut = errors.New("a kill cut the graceful stop short")
+
+// killLock takes the VM's lock for a kill or a forced removal. A
+// graceful stop that holds it is cut short (errStopCut): it kills the
+// VMM at once and lets go, for a kill must never wait on a guest that
+// may not power off. cut reports whether a stop was under way.
+func (d *Daemon) killLock(name string) (unlock func(), cut bool) {
+	d.vms.mu.Lock()
+	if d.vms.killers == nil {
+		d.vms.killers = map[string]int{}
+	}
+	d.vms.killers[name]++
+	if stop := d.vms.stopping[name]; stop != nil {
+		stop(errStopCut)
+		cut = true
+		d.log.Info("graceful stop cut short by a kill", "vm", name)
+	}
+	d.vms.mu.Unlock()
+	unlock = d.vmLock(name)
+	d.vms.mu.Lock()
+	if d.vms.killers[name]--; d.vms.killers[name] == 0 {
+		delete(d.vms.killers, name)
+	}
+	d.vms.mu.Unlock()
+	return unlock, cut
+}
+
+// gracefulStop registers the graceful stop of the named VM (its lock
+// held) for killLock to cut, and returns its context: cancelled with
+// errStopCut by a kill, also one that asked just before the stop
+// began. done unregisters it.
+func (d *Daemon) gracefulStop(name string) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	d.vms.mu.Lock()
+	if d.vms.stopping == nil {
+		d.vms.stopping = map[string]context.CancelCauseFunc{}
+	}
+	d.vms.stopping[name] = cancel
+	if d.vms.killers[name] > 0 {
+		cancel(errStopCut)
+	}
+	d.vms.mu.Unlock()
+	return ctx, func() {
+		d.vms.mu.Lock()
+		delete(d.vms.stopping, name)
+		d.vms.mu.Unlock()
+		cancel(nil)
+	}
+}
+
+// killWaiting reports whether a kill waits for the named VM's lock.
+func (d *Daemon) killWaiting(name string) bool {
+	d.vms.mu.Lock()
+	defer d.vms.mu.Unlock()
+	return d.vms.killers[name] > 0
+}
+
 // stopVMLocked shuts a VM down gracefully (the guest syncs and powers
-// off; after 30 s it is killed), or kills it at once.
+// off; after 30 s it is killed), or kills it at once. A kill that comes
+// while a graceful stop runs (killLock) turns it into a kill at once.
 func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM, error) {
 	ev := vm.EvStop
 	if kill {
 		ev = vm.EvKill
 	}
+	graceful := context.Background()
+	if !kill {
+		var done func()
+		graceful, done = d.gracefulStop(v.Name)
+		defer done()
+	}
 	if vm.State(v.State) == vm.Paused && !kill {
 		// The guest must run to sync and power off; if it cannot be
 		// thawed, the stop ends in the kill at the deadline.
 		if p, err := d.pauser(v); err == nil {
-			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			p.Resume(rctx)
+			rctx, cancel := context.WithTimeout(graceful, 10*time.Second)
+			if p.Resume(rctx) == nil {
+				d.agentPaused(v.ID, false)
+			}
 			cancel()
 		}
 	}
@@ -41,12 +109,27 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 		return nil, err
 	}
 	m := d.machine(v.ID)
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	sctx, cancel := context.WithTimeout(graceful, 30*time.Second)
 	defer cancel()
+	if m != nil && !kill {
+		// Whatever step the stop is at, a kill that cuts it ends the
+		// VMM now; the step then sees the VMM gone.
+		stop := context.AfterFunc(graceful, func() {
+			if errors.Is(context.Cause(graceful), errStopCut) {
+				m.Kill()
+			}
+		})
+		defer stop()
+	}
 	// A graceful stop asks the agent to sync and power off; a VM whose
 	// agent does not answer gets the VMM's own request (ACPI power
-	// button, Ctrl-Alt-Del), and either is killed at the deadline.
+	// button, Ctrl-Alt-Del), and either is killed at the deadline. The
+	// agent's answer is awaited 3 s at most (agentOp): a guest that
+	// stops reading cannot hold the VM's lock.
 	viaAgent := !kill && d.agentPowerOff(sctx, v) == nil
+	if errors.Is(context.Cause(graceful), errStopCut) {
+		kill, viaAgent = true, false
+	}
 	switch {
 	case m != nil && kill:
 		m.Kill()
@@ -63,9 +146,9 @@ func (d *Daemon) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.VM
 		for vmmProcess(v.PID, v.Dir) && sctx.Err() == nil {
 			time.Sleep(20 * time.Millisecond)
 		}
-		killPID(v.PID, v.Dir, true)
+		killPID(sctx, v.PID, v.Dir, true)
 	default:
-		killPID(v.PID, v.Dir, kill)
+		killPID(sctx, v.PID, v.Dir, kill)
 	}
 	if kill {
 		// A kill was recorded before the VMM ended, too early for its
@@ -111,13 +194,15 @@ func vmmProcesses(dir string) []int {
 	return pids
 }
 
-func killPID(pid int, dir string, now bool) {
+// killPID ends the VMM pid of the VM in dir: at once, or after up to
+// 5 s of SIGTERM, cut short when ctx ends.
+func killPID(ctx context.Context, pid int, dir string, now bool) {
 	if !vmmProcess(pid, dir) {
 		return
 	}
 	if !now {
 		syscall.Kill(pid, syscall.SIGTERM)
-		for i := 0; i < 100 && vmmProcess(pid, dir); i++ {
+		for i := 0; i < 100 && vmmProcess(pid, dir) && ctx.Err() == nil; i++ {
 			time.Sleep(50 * time.Millisecond)
 		}
 	}
@@ -148,7 +233,7 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 			// become ready, and its pid may not even be recorded. Stop
 			// every VMM of this VM and start over cleanly.
 			for _, pid := range vmmProcesses(v.Dir) {
-				killPID(pid, v.Dir, true)
+				killPID(context.Background(), pid, v.Dir, true)
 			}
 			if err := d.transition(ctx, &v, vm.EvFail, 0, "interrupted: bangerd stopped while the VM was starting; start it again"); err != nil {
 				return err
@@ -201,13 +286,19 @@ func (d *Daemon) reconcileVMs(ctx context.Context) error {
 
 func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
-	unlock := d.vmLock(name)
+	force := r.URL.Query().Get("force") == "1"
+	var unlock func()
+	if force {
+		unlock, _ = d.killLock(name) // it kills: it waits for no stop
+	} else {
+		unlock = d.vmLock(name)
+	}
 	defer unlock()
 	v, err := d.store.VM(r.Context(), name)
 	if err != nil {
 		return vmHint(err)
 	}
-	if vm.State(v.State).Live() && r.URL.Query().Get("force") != "1" {
+	if vm.State(v.State).Live() && !force {
 		return fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", errConflict, name, v.State, name, name)
 	}
 	if err := d.removeVMLocked(r.Context(), v); err != nil {

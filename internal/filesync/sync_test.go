@@ -81,7 +81,7 @@ func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st, err := sess.Open(vsockagent.Request{Op: "filesync", Path: guest})
+	st, err := sess.Open(context.Background(), vsockagent.Request{Op: "filesync", Path: guest})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,7 +475,7 @@ func BenchmarkInitialSync(b *testing.B) {
 
 // putTar unpacks a tar stream at dir through the agent's put.
 func (p *pair) putTar(b *testing.B, dir string, tarball []byte) {
-	st, err := p.sess.Open(vsockagent.Request{Op: "put", Path: dir})
+	st, err := p.sess.Open(context.Background(), vsockagent.Request{Op: "put", Path: dir})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -50,7 +50,7 @@ func Serve(ctx context.Context, opts Options, stdout io.Writer) error {
 	}
 	if dev := serialPort(SerialPortName); dev != "" {
 		if f, err := os.OpenFile(dev, os.O_RDWR, 0); err == nil {
-			go serveSerial(ctx, NewChannel(f), hello, a)
+			go serveSerial(ctx, guestChannel(f), hello, a)
 		} else {
 			fmt.Fprintf(stdout, "banger-vsock-agent: opening %s: %v\n", dev, err)
 		}
@@ -65,6 +65,22 @@ func Serve(ctx context.Context, opts Options, stdout io.Writer) error {
 	}
 	<-ctx.Done()
 	return nil
+}
+
+// guestChannel is a channel of the agent to its host, whose writes have
+// no stall bound. The bound protects a host from a guest that stops
+// reading; the guest trusts its host, and a host that stops reading has
+// gone away or is frozen (its daemon stopped, the machine suspended
+// with the VM): its session ends when its connection does (vsock) or
+// when the port reports the host gone (virtio-serial, whose next
+// session then kicks the stuck write, see Session.fail), and a slow or
+// frozen host must find its streams intact when it reads again. The
+// agent's read loop never waits on a write, so pings and new hosts
+// are still seen meanwhile.
+func guestChannel(rw io.ReadWriter) *Channel {
+	ch := NewChannel(rw)
+	ch.SetStallTimeout(0)
+	return ch
 }
 
 // serialPort finds the device of the named virtio-serial port from
@@ -129,7 +145,7 @@ func serveVsock(ctx context.Context, ln *vsockListener, hello func() Hello, a *A
 		}
 		conn := os.NewFile(uintptr(nfd), "vsock")
 		go func() {
-			s, err := Server(NewChannel(conn), hello(), a.Handle, conn)
+			s, err := Server(guestChannel(conn), hello(), a.Handle, conn)
 			if err != nil {
 				conn.Close()
 				return

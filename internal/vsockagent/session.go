@@ -1,10 +1,8 @@
 package vsockagent
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,35 +57,21 @@ type Exit struct {
 // Winsize is a terminal size.
 type Winsize struct{ Rows, Cols uint16 }
 
-// Channel is one byte stream that carries sessions: a vsock connection
-// carries one; a virtio-serial port carries one after another, as hosts
-// come and go, which is why its reader and write lock outlive them.
-type Channel struct {
-	rw  io.ReadWriter
-	r   *bufio.Reader
-	wmu sync.Mutex
-}
+// MaxStreams is how many streams one session serves at once. Beyond
+// it an open is refused with ErrTooManyStreams' text: each stream costs
+// goroutines and up to two windows of buffers, and one connection (a
+// CLI's to the daemon, the daemon's to a guest) must not take what all
+// of them share. No legitimate client comes near: `vm cp` and exec use
+// one stream, a forwarded port one per connection.
+const MaxStreams = 1024
 
-// NewChannel wraps a byte stream.
-func NewChannel(rw io.ReadWriter) *Channel {
-	return &Channel{rw: rw, r: bufio.NewReaderSize(rw, 256<<10)}
-}
+// ErrTooManyStreams is why an open past MaxStreams is refused; the
+// opener reads its text in the stream's error.
+var ErrTooManyStreams = errors.New("too many streams on one connection")
 
-// Copy copies with a buffer as large as a frame's data chunk, so a
-// stream's frames are as few as its reads allow.
-func Copy(dst io.Writer, src io.Reader) (int64, error) {
-	return io.CopyBuffer(dst, src, make([]byte, maxChunk))
-}
-
-// NewChannelReader makes a channel whose reads continue from r (which
-// may already hold bytes, as after an HTTP upgrade) and whose writes go
-// to w.
-func NewChannelReader(r *bufio.Reader, w io.Writer) *Channel {
-	return &Channel{rw: struct {
-		io.Reader
-		io.Writer
-	}{r, w}, r: r}
-}
+// maxRefusals is how many refusals of opens may wait to be written; a
+// peer that makes more without reading them is dropped.
+const maxRefusals = 64
 
 // Session multiplexes streams over a channel.
 type Session struct {
@@ -102,6 +86,14 @@ type Session struct {
 	done    chan struct{}
 	err     error
 	closer  io.Closer
+
+	// The read loop never writes: what it must answer (a ping, a refused
+	// open) it hands to writeReplies, or a peer that sends and never
+	// reads would block it, and with it every stream of the session.
+	// One pong waits at most (it answers every ping meanwhile);
+	// refusals wait in a bounded queue.
+	pingWaiting chan struct{}
+	refusals    chan []byte
 }
 
 // Client starts a session as the side that opens streams (the host):
@@ -112,7 +104,7 @@ func Client(ch *Channel, hello Hello, closer io.Closer) (*Session, error) {
 	rand.Read(nonce)
 	s := newSession(ch, nil, closer)
 	hello.Proto = ProtocolVersion
-	if err := s.writeRaw(append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
+	if err := s.writeRaw(nil, append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
 		return nil, fmt.Errorf("greeting the agent: %w", err)
 	}
 	if _, err := huntSync(ch.r, nonce); err != nil {
@@ -121,7 +113,7 @@ func Client(ch *Channel, hello Hello, closer io.Closer) (*Session, error) {
 	if err := s.readHello(); err != nil {
 		return nil, err
 	}
-	go s.readLoop()
+	s.start()
 	return s, nil
 }
 
@@ -137,15 +129,22 @@ func Server(ch *Channel, hello Hello, handler func(*Stream), closer io.Closer) (
 		return nil, err
 	}
 	hello.Proto = ProtocolVersion
-	if err := s.writeRaw(append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
+	if err := s.writeRaw(nil, append(syncBytes(nonce), helloFrame(hello)...)); err != nil {
 		return nil, err
 	}
-	go s.readLoop()
+	s.start()
 	return s, nil
 }
 
 func newSession(ch *Channel, handler func(*Stream), closer io.Closer) *Session {
-	return &Session{ch: ch, handler: handler, closer: closer, streams: map[uint32]*Stream{}, pongs: make(chan Hello, 1), done: make(chan struct{})}
+	return &Session{ch: ch, handler: handler, closer: closer, streams: map[uint32]*Stream{}, pongs: make(chan Hello, 1), done: make(chan struct{}),
+		pingWaiting: make(chan struct{}, 1), refusals: make(chan []byte, maxRefusals)}
+}
+
+// start runs the session's two goroutines; both end with the session.
+func (s *Session) start() {
+	go s.readLoop()
+	go s.writeReplies()
 }
 
 func helloFrame(h Hello) []byte {
@@ -186,27 +185,10 @@ func (s *Session) Close() error {
 	return nil
 }
 
-// writeRaw writes bytes under the channel's lock, refusing once the
-// session is over: a writer of an ended session never interleaves with
-// the next session's frames.
-func (s *Session) writeRaw(b []byte) error {
-	s.ch.wmu.Lock()
-	defer s.ch.wmu.Unlock()
-	select {
-	case <-s.done:
-		return s.Err()
-	default:
-	}
-	_, err := s.ch.rw.Write(b)
-	if err != nil {
-		go s.fail(fmt.Errorf("writing to the agent channel: %w", err))
-	}
-	return err
-}
-
-func (s *Session) send(t byte, id uint32, payload []byte) error {
-	return s.writeRaw(AppendFrame(nil, Frame{Type: t, Stream: id, Payload: payload}))
-}
+// SetStallTimeout sets the session's channel's stall bound (see
+// Channel.SetStallTimeout): a host lifts it while it keeps the guest
+// paused, and puts it back when the guest runs again.
+func (s *Session) SetStallTimeout(d time.Duration) { s.ch.SetStallTimeout(d) }
 
 func (s *Session) fail(err error) {
 	s.mu.Lock()
@@ -217,7 +199,10 @@ func (s *Session) fail(err error) {
 	default:
 	}
 	s.err = err
+	s.ch.dmu.Lock()
 	close(s.done)
+	s.ch.kick()
+	s.ch.dmu.Unlock()
 	streams := s.streams
 	s.streams = map[uint32]*Stream{}
 	s.mu.Unlock()
@@ -229,10 +214,14 @@ func (s *Session) fail(err error) {
 	}
 }
 
-// Ping asks the peer for its Hello again: a liveness check.
+// Ping asks the peer for its Hello again: a liveness check. It gives up
+// when ctx ends, also while it waits to write.
 func (s *Session) Ping(ctx context.Context) (Hello, error) {
 	b, _ := json.Marshal(Hello{Proto: ProtocolVersion})
-	if err := s.send(FrameHello, 0, b); err != nil {
+	if err := s.send(ctx.Done(), FrameHello, 0, b); err != nil {
+		if errors.Is(err, errAbandoned) {
+			err = fmt.Errorf("pinging the agent: its channel stayed busy: %w", context.Cause(ctx))
+		}
 		return Hello{}, err
 	}
 	select {
@@ -245,11 +234,18 @@ func (s *Session) Ping(ctx context.Context) (Hello, error) {
 	}
 }
 
-// Open starts a stream for req.
-func (s *Session) Open(req Request) (*Stream, error) {
+// Open starts a stream for req. ctx bounds the open, which may wait
+// while another write holds the channel, and then the stream: once ctx
+// ends the stream is closed on both sides (as exec.CommandContext ends
+// its process), so pass a context that lasts as long as the stream's
+// work should.
+func (s *Session) Open(ctx context.Context, req Request) (*Stream, error) {
 	b, err := json.Marshal(req)
 	if err != nil {
 		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("opening a %s stream: %w", req.Op, context.Cause(ctx))
 	}
 	s.mu.Lock()
 	select {
@@ -262,10 +258,16 @@ func (s *Session) Open(req Request) (*Stream, error) {
 	st := newStream(s, s.next, req)
 	s.streams[st.id] = st
 	s.mu.Unlock()
-	if err := s.send(FrameOpen, st.id, b); err != nil {
+	if err := s.send(ctx.Done(), FrameOpen, st.id, b); err != nil {
+		if errors.Is(err, errAbandoned) {
+			err = fmt.Errorf("opening a %s stream: the agent channel stayed busy: %w", req.Op, context.Cause(ctx))
+		}
+		st.abort(err)
 		s.remove(st.id)
 		return nil, err
 	}
+	// Only once the open is written, so the close this may send follows it.
+	st.closeWhenDone(ctx)
 	return st, nil
 }
 
@@ -308,17 +310,25 @@ func (s *Session) dispatch(f Frame) error {
 			}
 			return nil
 		}
-		pong := s.peerHelloForPong()
-		b, _ := json.Marshal(pong)
-		return s.send(FrameHello, 0, b)
+		select {
+		case s.pingWaiting <- struct{}{}:
+		default: // a pong is on its way already: it answers this ping too
+		}
+		return nil
 	}
 	if f.Type == FrameOpen {
 		var req Request
-		if s.handler == nil || json.Unmarshal(f.Payload, &req) != nil {
-			msg, _ := json.Marshal(map[string]string{"message": "this side opens no streams"})
-			return s.send(FrameError, f.Stream, msg)
+		if s.handler == nil {
+			return s.refuse(f.Stream, "this side opens no streams")
+		}
+		if json.Unmarshal(f.Payload, &req) != nil {
+			return s.refuse(f.Stream, "malformed request")
 		}
 		s.mu.Lock()
+		if len(s.streams) >= MaxStreams {
+			s.mu.Unlock()
+			return s.refuse(f.Stream, ErrTooManyStreams.Error())
+		}
 		st := newStream(s, f.Stream, req)
 		s.streams[f.Stream] = st
 		s.mu.Unlock()
@@ -330,6 +340,33 @@ func (s *Session) dispatch(f Frame) error {
 		return nil // a stream that already ended: its last frames are moot
 	}
 	return st.deliver(f)
+}
+
+// refuse queues a refusal of the open of stream id for writeReplies.
+func (s *Session) refuse(id uint32, msg string) error {
+	b, _ := json.Marshal(map[string]string{"message": msg})
+	select {
+	case s.refusals <- AppendFrame(nil, Frame{Type: FrameError, Stream: id, Payload: b}):
+		return nil
+	default:
+		return fmt.Errorf("%w: %d refused opens are unanswered, the peer opens streams and does not read", ErrTooManyStreams, maxRefusals)
+	}
+}
+
+// writeReplies writes what the read loop must answer, off the read
+// loop, until the session ends.
+func (s *Session) writeReplies() {
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-s.pingWaiting:
+			b, _ := json.Marshal(s.peerHelloForPong())
+			s.send(nil, FrameHello, 0, b)
+		case b := <-s.refusals:
+			s.writeRaw(nil, b)
+		}
+	}
 }
 
 // pongHello is what this side answers a ping with.
@@ -354,314 +391,4 @@ func (s *Session) peerHelloForPong() Hello {
 	pongHello.Unlock()
 	h.Proto, h.Pong, h.UptimeMs = ProtocolVersion, true, time.Since(started).Milliseconds()
 	return h
-}
-
-// Stream is one multiplexed exchange: a command, a copy, a connection.
-// The opener writes input and reads output; the served side the reverse.
-type Stream struct {
-	s   *Session
-	id  uint32
-	Req Request
-
-	out, errOut *pipe // what this side reads: output (or input) and stderr
-	mu          sync.Mutex
-	cond        *sync.Cond
-	credit      int
-	unacked     int
-	closed      bool
-	closeErr    error
-	exit        chan Exit
-	resizes     chan Winsize
-	signals     chan int
-	done        chan struct{}
-}
-
-func newStream(s *Session, id uint32, req Request) *Stream {
-	st := &Stream{s: s, id: id, Req: req, out: newPipe(), errOut: newPipe(), credit: Window,
-		exit: make(chan Exit, 1), resizes: make(chan Winsize, 8), signals: make(chan int, 8), done: make(chan struct{})}
-	st.cond = sync.NewCond(&st.mu)
-	return st
-}
-
-func (st *Stream) deliver(f Frame) error {
-	switch f.Type {
-	case FrameData, FrameStderr:
-		p := st.out
-		if f.Type == FrameStderr {
-			p = st.errOut
-		}
-		if p.buffered()+len(f.Payload) > Window {
-			return fmt.Errorf("%w: stream %d overran its window", ErrBadFrame, st.id)
-		}
-		p.write(f.Payload)
-	case FrameEOF:
-		if len(f.Payload) == 1 && f.Payload[0] == 1 {
-			st.errOut.close(io.EOF)
-		} else {
-			st.out.close(io.EOF)
-		}
-	case FrameWindow:
-		if len(f.Payload) != 4 {
-			return fmt.Errorf("%w: window", ErrBadFrame)
-		}
-		st.mu.Lock()
-		st.credit += int(binary.BigEndian.Uint32(f.Payload))
-		st.cond.Broadcast()
-		st.mu.Unlock()
-	case FrameResize:
-		if len(f.Payload) == 4 {
-			select {
-			case st.resizes <- Winsize{binary.BigEndian.Uint16(f.Payload), binary.BigEndian.Uint16(f.Payload[2:])}:
-			default:
-			}
-		}
-	case FrameSignal:
-		if len(f.Payload) == 1 {
-			select {
-			case st.signals <- int(f.Payload[0]):
-			default:
-			}
-		}
-	case FrameExit:
-		var e Exit
-		if json.Unmarshal(f.Payload, &e) != nil {
-			return fmt.Errorf("%w: exit", ErrBadFrame)
-		}
-		select {
-		case st.exit <- e:
-		default:
-		}
-	case FrameError:
-		var m struct{ Message string }
-		json.Unmarshal(f.Payload, &m)
-		st.abort(errors.New(m.Message))
-		st.s.remove(st.id)
-	case FrameClose:
-		st.abort(io.EOF)
-		st.s.remove(st.id)
-	}
-	return nil
-}
-
-// abort ends the stream locally: readers see err after what is buffered.
-func (st *Stream) abort(err error) {
-	st.out.close(err)
-	st.errOut.close(err)
-	st.mu.Lock()
-	if !st.closed {
-		st.closed, st.closeErr = true, err
-		close(st.done)
-	}
-	st.cond.Broadcast()
-	st.mu.Unlock()
-}
-
-// Done is closed once the stream is over on this side: the peer closed
-// or aborted it, or the session ended.
-func (st *Stream) Done() <-chan struct{} { return st.done }
-
-// Read reads the peer's data: output for the opener, input for the
-// served side.
-func (st *Stream) Read(p []byte) (int, error) {
-	n, err := st.out.read(p)
-	st.ack(n)
-	return n, err
-}
-
-// Stderr reads the peer's standard error (opener side).
-func (st *Stream) Stderr() io.Reader { return readerFunc(st.readStderr) }
-
-func (st *Stream) readStderr(p []byte) (int, error) {
-	n, err := st.errOut.read(p)
-	st.ack(n)
-	return n, err
-}
-
-type readerFunc func([]byte) (int, error)
-
-func (f readerFunc) Read(p []byte) (int, error) { return f(p) }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-
-// ack returns consumed bytes to the peer's window, in batches.
-func (st *Stream) ack(n int) {
-	if n == 0 {
-		return
-	}
-	st.mu.Lock()
-	st.unacked += n
-	give := 0
-	if st.unacked >= Window/4 {
-		give, st.unacked = st.unacked, 0
-	}
-	st.mu.Unlock()
-	if give > 0 {
-		var b [4]byte
-		binary.BigEndian.PutUint32(b[:], uint32(give))
-		st.s.send(FrameWindow, st.id, b[:])
-	}
-}
-
-// Write sends data: input for the opener, output for the served side.
-func (st *Stream) Write(p []byte) (int, error) { return st.write(FrameData, p) }
-
-// StderrWriter writes standard error (served side).
-func (st *Stream) StderrWriter() io.Writer {
-	return writerFunc(func(p []byte) (int, error) { return st.write(FrameStderr, p) })
-}
-
-func (st *Stream) write(t byte, p []byte) (int, error) {
-	sent := 0
-	for sent < len(p) {
-		st.mu.Lock()
-		for st.credit == 0 && !st.closed {
-			st.cond.Wait()
-		}
-		if st.closed {
-			err := st.closeErr
-			st.mu.Unlock()
-			if err == io.EOF || err == nil {
-				err = io.ErrClosedPipe
-			}
-			return sent, err
-		}
-		n := min(len(p)-sent, st.credit, maxChunk)
-		st.credit -= n
-		st.mu.Unlock()
-		if err := st.s.send(t, st.id, p[sent:sent+n]); err != nil {
-			return sent, err
-		}
-		sent += n
-	}
-	return sent, nil
-}
-
-// CloseWrite ends this side's data (stdin for the opener, stdout for
-// the served side); CloseStderr ends standard error.
-func (st *Stream) CloseWrite() error  { return st.s.send(FrameEOF, st.id, []byte{0}) }
-func (st *Stream) CloseStderr() error { return st.s.send(FrameEOF, st.id, []byte{1}) }
-
-// Resize tells the guest the terminal's new size.
-func (st *Stream) Resize(w Winsize) error {
-	var b [4]byte
-	binary.BigEndian.PutUint16(b[:2], w.Rows)
-	binary.BigEndian.PutUint16(b[2:], w.Cols)
-	return st.s.send(FrameResize, st.id, b[:])
-}
-
-// Signal forwards a signal to the guest's process.
-func (st *Stream) Signal(sig int) error { return st.s.send(FrameSignal, st.id, []byte{byte(sig)}) }
-
-// Resizes and Signals deliver what the opener sent (served side).
-func (st *Stream) Resizes() <-chan Winsize { return st.resizes }
-func (st *Stream) Signals() <-chan int     { return st.signals }
-
-// SendExit reports how the work ended and closes the stream (served side).
-func (st *Stream) SendExit(e Exit) error {
-	b, _ := json.Marshal(e)
-	err := st.s.send(FrameExit, st.id, b)
-	st.Close()
-	return err
-}
-
-// Fail reports that the request could not be carried out at all.
-func (st *Stream) Fail(err error) {
-	b, _ := json.Marshal(map[string]string{"message": err.Error()})
-	st.s.send(FrameError, st.id, b)
-	st.abort(err)
-	st.s.remove(st.id)
-}
-
-// Wait returns the Exit the served side sent, or why none came.
-func (st *Stream) Wait(ctx context.Context) (Exit, error) {
-	select {
-	case e := <-st.exit:
-		return e, nil
-	case <-st.done:
-		select {
-		case e := <-st.exit:
-			return e, nil
-		default:
-		}
-		st.mu.Lock()
-		err := st.closeErr
-		st.mu.Unlock()
-		if err == io.EOF || err == nil {
-			err = errors.New("the stream ended without an exit status")
-		}
-		return Exit{}, err
-	case <-ctx.Done():
-		st.abort(ctx.Err())
-		return Exit{}, ctx.Err()
-	}
-}
-
-// Close ends the stream on both sides.
-func (st *Stream) Close() error {
-	st.mu.Lock()
-	already := st.closed
-	st.mu.Unlock()
-	if !already {
-		st.s.send(FrameClose, st.id, nil)
-	}
-	st.abort(io.EOF)
-	st.s.remove(st.id)
-	return nil
-}
-
-// pipe is a buffer one goroutine fills and another drains.
-type pipe struct {
-	mu   sync.Mutex
-	cond *sync.Cond
-	buf  []byte
-	err  error
-}
-
-func newPipe() *pipe {
-	p := &pipe{}
-	p.cond = sync.NewCond(&p.mu)
-	return p
-}
-
-func (p *pipe) buffered() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.buf)
-}
-
-func (p *pipe) write(b []byte) {
-	p.mu.Lock()
-	if p.err == nil {
-		p.buf = append(p.buf, b...)
-	}
-	p.cond.Broadcast()
-	p.mu.Unlock()
-}
-
-func (p *pipe) close(err error) {
-	p.mu.Lock()
-	if p.err == nil {
-		p.err = err
-	}
-	p.cond.Broadcast()
-	p.mu.Unlock()
-}
-
-func (p *pipe) read(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for len(p.buf) == 0 && p.err == nil {
-		p.cond.Wait()
-	}
-	if len(p.buf) == 0 {
-		return 0, p.err
-	}
-	n := copy(b, p.buf)
-	p.buf = p.buf[n:]
-	if len(p.buf) == 0 {
-		p.buf = nil
-	}
-	return n, nil
 }

@@ -55,7 +55,7 @@ type result struct {
 }
 
 func run(s *Session, req Request, stdin io.Reader) result {
-	st, err := s.Open(req)
+	st, err := s.Open(context.Background(), req)
 	if err != nil {
 		return result{err: err}
 	}
@@ -124,7 +124,7 @@ func hexString(b []byte) string {
 
 func TestSignalReachesTheCommand(t *testing.T) {
 	s := pair(t)
-	st, err := s.Open(Request{Op: "exec", Argv: []string{"sleep", "30"}})
+	st, err := s.Open(context.Background(), Request{Op: "exec", Argv: []string{"sleep", "30"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,7 +140,7 @@ func TestSignalReachesTheCommand(t *testing.T) {
 
 func TestPTYSizeAndResize(t *testing.T) {
 	s := pair(t)
-	st, err := s.Open(Request{Op: "exec", Argv: []string{"sh", "-c", "tty; stty size; read x; stty size"}, TTY: true, Rows: 40, Cols: 100})
+	st, err := s.Open(context.Background(), Request{Op: "exec", Argv: []string{"sh", "-c", "tty; stty size; read x; stty size"}, TTY: true, Rows: 40, Cols: 100})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +162,7 @@ func TestPTYSizeAndResize(t *testing.T) {
 // A stream whose output nobody reads holds back only itself.
 func TestBackPressureIsPerStream(t *testing.T) {
 	s := pair(t)
-	stuck, err := s.Open(Request{Op: "exec", Argv: []string{"cat"}})
+	stuck, err := s.Open(context.Background(), Request{Op: "exec", Argv: []string{"cat"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestCopyTreeBothWays(t *testing.T) {
 	}
 	// Out: that copy back into an existing directory.
 	back := t.TempDir()
-	st, err := s.Open(Request{Op: "get", Path: filepath.Join(guest, "copied")})
+	st, err := s.Open(context.Background(), Request{Op: "get", Path: filepath.Join(guest, "copied")})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -280,12 +280,12 @@ func TestPingAndSessionEnd(t *testing.T) {
 	if err != nil || !h.Pong || h.UptimeMs < 0 {
 		t.Fatalf("ping = %+v, %v", h, err)
 	}
-	st, _ := s.Open(Request{Op: "exec", Argv: []string{"sleep", "30"}})
+	st, _ := s.Open(context.Background(), Request{Op: "exec", Argv: []string{"sleep", "30"}})
 	s.Close()
 	if _, err := st.Wait(context.Background()); err == nil {
 		t.Error("a stream outlived its session")
 	}
-	if _, err := s.Open(Request{Op: "sync"}); err == nil {
+	if _, err := s.Open(context.Background(), Request{Op: "sync"}); err == nil {
 		t.Error("opened a stream on a closed session")
 	}
 }
@@ -327,10 +327,7 @@ func TestChannelResyncsAfterAHostVanishes(t *testing.T) {
 	// Half a frame, then silence: the host is gone.
 	hostW.Write(AppendFrame(nil, Frame{Type: FrameOpen, Stream: 1, Payload: []byte(`{"op":"sync"}`)})[:7])
 	// A new host arrives on the same channel.
-	ch := &Channel{rw: struct {
-		io.Reader
-		io.Writer
-	}{hostR, hostW}, r: hostReader}
+	ch := NewChannelReader(hostReader, hostW)
 	c2, err := Client(ch, Hello{}, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -65,7 +65,7 @@ func TestAgentVersusSSHMeasurement(t *testing.T) {
 	}
 	defer s.Close()
 	sessionExec := median(func() error {
-		st, err := s.Open(vsockagent.Request{Op: "exec", Argv: []string{"true"}})
+		st, err := s.Open(context.Background(), vsockagent.Request{Op: "exec", Argv: []string{"true"}})
 		if err != nil {
 			return err
 		}

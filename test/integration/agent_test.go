@@ -101,7 +101,7 @@ func TestAgentExecCopyPortsForward(t *testing.T) {
 	if p := s.Peer(); p.Image != "bb" || p.Hostname != "ag" || p.Agent == "" || p.UptimeMs <= 0 {
 		t.Errorf("agent hello = %+v", p)
 	}
-	st, err := s.Open(vsockagent.Request{Op: "exec", TTY: true, Rows: 33, Cols: 91,
+	st, err := s.Open(context.Background(), vsockagent.Request{Op: "exec", TTY: true, Rows: 33, Cols: 91,
 		Argv: []string{"sh", "-c", "busybox tty; busybox stty size; read x; busybox stty size"}})
 	if err != nil {
 		t.Fatal(err)

@@ -62,7 +62,7 @@ func TestVMRunStagesMeasurement(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := s.Open(vsockagent.Request{Op: "exec", Argv: []string{"true"}})
+		st, err := s.Open(context.Background(), vsockagent.Request{Op: "exec", Argv: []string{"true"}})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -152,7 +152,7 @@ func runTrue(t *testing.T, c *client.Client, name string) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	st, err := s.Open(vsockagent.Request{Op: "exec", Argv: []string{"true"}})
+	st, err := s.Open(context.Background(), vsockagent.Request{Op: "exec", Argv: []string{"true"}})
 	if err != nil {
 		t.Fatal(err)
 	}
