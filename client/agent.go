@@ -8,11 +8,11 @@ import (
 	"net/http"
 	"net/url"
 
+	"banger/internal/api"
 	"banger/internal/vsockagent"
 )
 
-// agentUpgrade must match the daemon's Upgrade token.
-const agentUpgrade = "banger-agent/1"
+// api.AgentUpgrade must match the daemon's Upgrade token.
 
 // Agent opens an agent session to the named VM through the daemon: an
 // HTTP upgrade on the daemon's socket, after which the connection
@@ -26,7 +26,7 @@ func (c *Client) Agent(ctx context.Context, vm string) (*vsockagent.Session, err
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://bangerd/v1/vms/"+url.PathEscape(vm)+"/agent", nil)
 	req.Header.Set("Connection", "Upgrade")
-	req.Header.Set("Upgrade", agentUpgrade)
+	req.Header.Set("Upgrade", api.AgentUpgrade)
 	if err := req.Write(conn); err != nil {
 		conn.Close()
 		return nil, err

@@ -4,7 +4,10 @@
 // no behaviour.
 package api
 
-import "time"
+import (
+	"errors"
+	"time"
+)
 
 // ImageConfig is the part of an OCI image config that a VM needs.
 type ImageConfig struct {
@@ -360,6 +363,19 @@ type PruneResult struct {
 	RemovedBlobs int   `json:"removed_blobs"`
 	FreedBytes   int64 `json:"freed_bytes"`
 }
+
+// AgentUpgrade is the Upgrade token of agent connections
+// (GET /v1/vms/{name}/agent): the connection then carries the agent
+// protocol (docs/agent-protocol.md).
+const AgentUpgrade = "banger-agent/1"
+
+// Errors that services return for the API's generic codes; the daemon
+// maps them (and each package's own sentinels) to a status and a code.
+var (
+	ErrInvalid   = errors.New("invalid request") // CodeInvalid
+	ErrConflict  = errors.New("conflict")        // CodeConflict
+	ErrForbidden = errors.New("forbidden")       // CodeForbidden
+)
 
 // Error is the body of every non-2xx response and of error events.
 type Error struct {

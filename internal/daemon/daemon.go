@@ -15,9 +15,7 @@ import (
 	"net/http"
 	"os"
 	"os/user"
-	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -25,84 +23,35 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/config"
-	"banger/internal/hostnet"
-	"banger/internal/imagepull"
+	"banger/internal/doctor"
+	"banger/internal/images"
+	"banger/internal/kernels"
 	"banger/internal/paths"
 	"banger/internal/store"
 	"banger/internal/system"
-	"banger/internal/vmm"
-	"banger/internal/vmm/firecracker"
+	"banger/internal/vm"
+	"banger/internal/vmnet"
 )
 
-// Options configure a Daemon. The zero value is valid.
-type Options struct {
-	// Group may use the socket besides root and the daemon's own user.
-	// Default "banger"; ignored when no such group exists.
-	Group string
-	// Logger receives structured logs in addition to the daemon's log
-	// file. Default: the log file only.
-	Logger *slog.Logger
-	// Runner runs host commands. Default system.Runner{}.
-	Runner system.CommandRunner
-	// PullOptions are passed to the image puller.
-	PullOptions []imagepull.Option
-	// KernelCatalog is a JSON file of extra kernel catalog entries
-	// (default: none; the built-in catalog only).
-	KernelCatalog string
-	// AptDir is the host's apt configuration, read for the Debian
-	// mirror that image builds and catalog kernels use. Default /etc/apt.
-	AptDir string
-	// HostRoot is where installed kernels are looked for (default "/").
-	HostRoot string
-	// ReadyTimeout bounds how long a VM may take to become ready
-	// (default 2 minutes: software emulation is slow).
-	ReadyTimeout time.Duration
-	// Network places the VM network: bridge, subnet and namespace
-	// (zero values: banger0, 10.253.0.0/24, the daemon's own).
-	Network hostnet.Config
-	// DNSUpstreams are where the VM DNS server forwards other names
-	// (default: the host's /etc/resolv.conf).
-	DNSUpstreams []string
-	// Jailer, when set, runs every Firecracker VM under Firecracker's
-	// jailer (ChrootBase defaults to STATE/jail).
-	Jailer *firecracker.Jailer
-	// Config holds the VM defaults (image, kernel, VMM, sizes, network)
-	// and, for `banger config show`, every effective setting and where
-	// it came from. Zero: config.Defaults().
-	Config config.Loaded
-}
-
-// Daemon is one bangerd instance.
+// Daemon is one bangerd instance: the services, the HTTP server in front
+// of them, and the order they start and stop in.
 type Daemon struct {
 	layout  paths.Layout
 	opts    Options
 	log     *slog.Logger
 	store   *store.Store
-	puller  *imagepull.Puller
 	started time.Time
 	allowed allowedPeers
 
-	mu    sync.Mutex
-	pulls map[string]*pullJob // by image name
-	// building holds the names of images being imported or built.
-	building map[string]bool
-	// httpClient fetches catalog kernels.
-	httpClient *http.Client
-	vms        vmRuntime
-	snaps      snapshotState
-	netrt      netRuntime
-	agents     agentRuntime
-	syncs      syncRuntime
-	// pruning is set while the blob cache is pruned; pulls wait for it.
-	pruning bool
+	// The services, built by wire.
+	net     *vmnet.Runtime
+	images  *images.Service
+	kernels *kernels.Service
+	vms     *vm.Service
+	doctor  doctor.Inputs
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
-	// jobCtx outlives requests: pulls keep running when a client
-	// disconnects while another still waits for them.
-	jobCtx    context.Context
-	jobCancel context.CancelFunc
-	jobs      sync.WaitGroup
 }
 
 // New prepares a daemon for layout. Nothing is opened until Run.
@@ -116,14 +65,16 @@ func New(layout paths.Layout, opts Options) (*Daemon, error) {
 	if opts.Config.Source == nil {
 		opts.Config = config.Loaded{Config: config.Defaults(), Source: config.Source{}}
 	}
-	return &Daemon{layout: layout, opts: opts, pulls: map[string]*pullJob{}, building: map[string]bool{}, stopCh: make(chan struct{}),
-		httpClient: &http.Client{Transport: http.DefaultTransport}}, nil
+	return &Daemon{layout: layout, opts: opts, stopCh: make(chan struct{})}, nil
 }
 
 // Run serves until ctx is cancelled or a client asks the daemon to stop,
-// then shuts down cleanly: it stops accepting, cancels pulls, waits for
-// them to clean up, and closes the store. It refuses to start while
-// another daemon answers on the socket.
+// then shuts down cleanly: it stops accepting, cancels pulls and the
+// services' background work, waits for them to clean up, and closes the
+// store. It refuses to start while another daemon answers on the
+// socket. The order: directories and log, the agent check, the lock,
+// guest RAM's directory, the socket, the store, the services (wire),
+// reconcile, serve.
 func (d *Daemon) Run(ctx context.Context) (err error) {
 	if err := d.layout.MkdirAll(); err != nil {
 		return err
@@ -165,15 +116,6 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	}
 	cleanups = append(cleanups, lock.Close)
 
-	// Guest RAM goes into a directory under /dev/shm whose name anyone
-	// can predict: one planted by another user is moved aside (or, when
-	// that is not allowed, every QEMU start says what to remove).
-	if moved, err := vmm.PrivateDir(d.layout.RAMDir()); err != nil {
-		d.log.Warn("guest RAM directory is unsafe: QEMU VMs will not start until it is removed", "err", err)
-	} else if moved != "" {
-		d.log.Warn("guest RAM directory was not bangerd's own (another user made it, or it was open to others): moved it aside and made a new one", "dir", d.layout.RAMDir(), "moved_to", moved)
-	}
-
 	ln, err := d.listen()
 	if err != nil {
 		return err
@@ -194,16 +136,14 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.store = st
 	cleanups = append(cleanups, st.Close)
 
-	pullOpts := append([]imagepull.Option{imagepull.WithLogger(d.log)}, d.opts.PullOptions...)
-	d.puller, err = imagepull.New(d.layout.BlobsDir(), d.opts.Runner, pullOpts...)
-	if err != nil {
+	if err := d.wire(); err != nil {
 		ln.Close()
 		return err
 	}
-	// Jobs may start while reconciling: watchers of the VMs still running.
-	d.jobCtx, d.jobCancel = context.WithCancel(context.Background())
+	// Reconcile may start background work (watchers of the VMs still
+	// running): the services end it on Close.
 	if err := d.reconcile(ctx); err != nil {
-		d.jobCancel()
+		d.closeServices()
 		ln.Close()
 		return fmt.Errorf("reconciling state: %w", err)
 	}
@@ -230,31 +170,20 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	case <-ctx.Done():
 	case <-d.stopCh:
 	case err := <-serveErr:
-		d.jobCancel()
-		d.jobs.Wait()
+		d.closeServices()
 		return fmt.Errorf("serving API: %w", err)
 	}
 	d.log.Info("bangerd stopping")
-	// Jobs first so streaming handlers finish.
-	d.drainJobs()
+	// The services' work first, so streaming handlers finish.
+	d.closeServices()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		srv.Close()
 	}
-	d.closeNetwork()
+	d.net.Close()
 	d.log.Info("bangerd stopped")
 	return nil
-}
-
-// drainJobs cancels the background jobs (pulls, syncs, agent calls)
-// and waits for them. The agent sessions end too (the VMs run on; the
-// next daemon connects again), so no job waits on a guest that stopped
-// reading.
-func (d *Daemon) drainJobs() {
-	d.jobCancel()
-	d.closeAgents()
-	d.jobs.Wait()
 }
 
 // requestStop makes Run return; safe to call more than once.
@@ -320,14 +249,4 @@ func checkAgent() error {
 		return nil
 	}
 	return paths.CheckStaticBinary(p)
-}
-
-// bangerdBinary is this daemon's own binary, which also runs its helper
-// processes (`bangerd filesync`, `bangerd console-log`).
-func bangerdBinary() (string, error) {
-	exe, err := os.Executable()
-	if err == nil && !strings.HasPrefix(filepath.Base(exe), "bangerd") {
-		err = fmt.Errorf("%s is not bangerd", exe)
-	}
-	return exe, err
 }

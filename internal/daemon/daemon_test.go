@@ -24,7 +24,7 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", store.ErrNotFound), http.StatusNotFound, api.CodeNotFound},
 		{fmt.Errorf("x: %w", imagepull.ErrNotFound), http.StatusNotFound, api.CodeNotFound},
 		{fmt.Errorf("x: %w", store.ErrExists), http.StatusConflict, api.CodeExists},
-		{fmt.Errorf("x: %w", errConflict), http.StatusConflict, api.CodeConflict},
+		{fmt.Errorf("x: %w", api.ErrConflict), http.StatusConflict, api.CodeConflict},
 		{fmt.Errorf("x: %w", imagepull.ErrBadReference), http.StatusBadRequest, api.CodeInvalid},
 		{fmt.Errorf("x: %w", imagepull.ErrAuth), http.StatusBadGateway, api.CodeAuth},
 		{fmt.Errorf("x: %w", imagepull.ErrUnreachable), http.StatusBadGateway, api.CodeUnreachable},
@@ -32,9 +32,9 @@ func TestClassify(t *testing.T) {
 		{fmt.Errorf("x: %w", imagepull.ErrDigestMismatch), http.StatusUnprocessableEntity, api.CodeBadImage},
 		{fmt.Errorf("x: %w", imagepull.ErrNoSpace), http.StatusInsufficientStorage, api.CodeNoSpace},
 		{fmt.Errorf("x: %w", context.Canceled), http.StatusServiceUnavailable, api.CodeCanceled},
-		{fmt.Errorf("x: %w", errForbidden), http.StatusForbidden, api.CodeForbidden},
+		{fmt.Errorf("x: %w", api.ErrForbidden), http.StatusForbidden, api.CodeForbidden},
 		{fmt.Errorf("x: %w", vm.ErrInvalidState), http.StatusConflict, api.CodeConflict},
-		{fmt.Errorf("x: %w", errVMStart), http.StatusInternalServerError, api.CodeVMStart},
+		{fmt.Errorf("x: %w", vm.ErrStart), http.StatusInternalServerError, api.CodeVMStart},
 		{fmt.Errorf("x: %w", vmm.ErrNotSupported), http.StatusNotImplemented, api.CodeNotSupported},
 		{fmt.Errorf("x: %w", imagepull.ErrBadSource), http.StatusUnprocessableEntity, api.CodeBadImage},
 		{fmt.Errorf("x: %w", imagepull.ErrAmbiguous), http.StatusConflict, api.CodeAmbiguous},
@@ -46,19 +46,6 @@ func TestClassify(t *testing.T) {
 		status, code := classify(c.err)
 		if status != c.status || code != c.code {
 			t.Errorf("classify(%v) = %d %s, want %d %s", c.err, status, code, c.status, c.code)
-		}
-	}
-}
-
-func TestValidateImageName(t *testing.T) {
-	for _, ok := range []string{"alpine", "alpine:3.20", "127.0.0.1:5000/x/y:z", "ghcr.io/o/r@sha256:abc", "a_b-c.d"} {
-		if err := validateImageName(ok); err != nil {
-			t.Errorf("%q rejected: %v", ok, err)
-		}
-	}
-	for _, bad := range []string{"", "Alpine", "-x", ".x", "a b", "a/../b", "a//b", string(make([]byte, 300))} {
-		if err := validateImageName(bad); !errors.Is(err, errInvalid) {
-			t.Errorf("%q accepted", bad)
 		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strconv"
 
+	"banger/internal/vm"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -71,4 +73,14 @@ func (a allowedPeers) check(pc peerCred) string {
 	}
 	return "uid " + strconv.Itoa(int(pc.uid)) + " may not use bangerd: add the user to group " + a.group +
 		" (`sudo usermod -aG " + a.group + " $USER`, then log in again)"
+}
+
+// callerOf is the user who made the request, with their groups: what
+// the services do on the host for them they do with their rights.
+func callerOf(ctx context.Context) vm.Caller {
+	pc, _ := ctx.Value(peerKey{}).(peerCred)
+	if !pc.ok {
+		return vm.Self()
+	}
+	return vm.Caller{UID: int(pc.uid), GID: int(pc.gid), Groups: vm.GroupsOf(int(pc.uid))}
 }

@@ -16,18 +16,11 @@ import (
 	"banger/internal/imagebuild"
 	"banger/internal/imagepull"
 	"banger/internal/kernel"
-	"banger/internal/snapshot"
 	"banger/internal/store"
 	"banger/internal/version"
 	"banger/internal/vm"
 	"banger/internal/vmm"
-)
-
-// Errors of the daemon itself; writeError maps them to API codes.
-var (
-	errInvalid   = errors.New("invalid request")
-	errConflict  = errors.New("conflict")
-	errForbidden = errors.New("forbidden")
+	"banger/internal/vmnet"
 )
 
 type handler func(w http.ResponseWriter, r *http.Request) error
@@ -36,37 +29,42 @@ func (d *Daemon) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /v1/daemon", d.wrap(d.handleStatus))
 	mux.Handle("POST /v1/daemon/stop", d.wrap(d.handleStop))
-	mux.Handle("GET /v1/images", d.wrap(listHandler(d.store.Images)))
+	mux.Handle("GET /v1/config", d.wrap(d.handleConfig))
+	mux.Handle("GET /v1/doctor", d.wrap(d.handleDoctor))
+
+	mux.Handle("GET /v1/images", d.wrap(listHandler(d.images.List)))
 	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
 	mux.Handle("POST /v1/images/import", d.wrap(d.handleImport))
 	mux.Handle("POST /v1/images/build", d.wrap(d.handleBuild))
 	mux.Handle("POST /v1/images/warm", d.wrap(d.handleWarm))
-	mux.Handle("GET /v1/images/{name...}", d.wrap(getHandler(d.store.Image, "banger image list")))
+	mux.Handle("GET /v1/images/{name...}", d.wrap(getHandler(d.images.Get)))
 	mux.Handle("DELETE /v1/images/{name...}", d.wrap(d.handleRemoveImage))
 	mux.Handle("POST /v1/cache/prune", d.wrap(d.handlePrune))
-	mux.Handle("GET /v1/kernels", d.wrap(listHandler(d.store.Kernels)))
+
+	mux.Handle("GET /v1/kernels", d.wrap(listHandler(d.kernels.List)))
 	mux.Handle("GET /v1/kernels/catalog", d.wrap(d.handleKernelCatalog))
 	mux.Handle("POST /v1/kernels/import", d.wrap(d.handleKernelImport))
 	mux.Handle("POST /v1/kernels/pull", d.wrap(d.handleKernelPull))
 	mux.Handle("POST /v1/kernels/default", d.wrap(d.handleDefaultKernel))
-	mux.Handle("GET /v1/kernels/{name}", d.wrap(getHandler(d.store.Kernel, "banger kernel list")))
+	mux.Handle("GET /v1/kernels/{name}", d.wrap(getHandler(d.kernels.Get)))
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
-	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.listVMs)))
-	mux.Handle("POST /v1/ssh/keys", d.wrap(d.handleAddSSHKey))
-	mux.Handle("GET /v1/config", d.wrap(d.handleConfig))
-	mux.Handle("GET /v1/doctor", d.wrap(d.handleDoctor))
+
+	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.vms.List)))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
 	mux.Handle("POST /v1/vms/fork", d.wrap(d.handleFork))
-	mux.Handle("POST /v1/vms/{name}/snapshot", d.wrap(d.handleSnapshotVM))
-	mux.Handle("GET /v1/snapshots", d.wrap(listHandler(d.store.Snapshots)))
-	mux.Handle("GET /v1/snapshots/{name}", d.wrap(getHandler(d.store.Snapshot, "banger snapshot ls")))
-	mux.Handle("DELETE /v1/snapshots/{name}", d.wrap(d.handleRemoveSnapshot))
-	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.getVM, "banger vm ls")))
+	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.vms.Get)))
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
+	mux.Handle("POST /v1/vms/{name}/snapshot", d.wrap(d.handleSnapshotVM))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
 	mux.Handle("GET /v1/vms/{name}/logs", d.wrap(d.handleVMLogs))
 	mux.Handle("GET /v1/vms/{name}/agent", d.wrap(d.handleAgent))
+	mux.Handle("POST /v1/ssh/keys", d.wrap(d.handleAddSSHKey))
+
+	mux.Handle("GET /v1/snapshots", d.wrap(listHandler(d.vms.Snapshots)))
+	mux.Handle("GET /v1/snapshots/{name}", d.wrap(getHandler(d.vms.GetSnapshot)))
+	mux.Handle("DELETE /v1/snapshots/{name}", d.wrap(d.handleRemoveSnapshot))
+
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))
@@ -85,13 +83,13 @@ func listHandler[T any](fetch func(context.Context) ([]T, error)) handler {
 	}
 }
 
-// getHandler answers with the object named in the path; a miss names
-// the command that lists what there is.
-func getHandler[T any](fetch func(context.Context, string) (T, error), listCmd string) handler {
+// getHandler answers with the object named in the path (the service's
+// miss says which command lists what there is).
+func getHandler[T any](fetch func(context.Context, string) (T, error)) handler {
 	return func(w http.ResponseWriter, r *http.Request) error {
 		item, err := fetch(r.Context(), r.PathValue("name"))
 		if err != nil {
-			return withHint(err, "see `"+listCmd+"`")
+			return err
 		}
 		writeJSON(w, http.StatusOK, item)
 		return nil
@@ -105,7 +103,7 @@ func (d *Daemon) wrap(h handler) http.Handler {
 		pc, _ := r.Context().Value(peerKey{}).(peerCred)
 		if why := d.allowed.check(pc); why != "" {
 			d.log.Warn("rejected caller", "uid", pc.uid, "pid", pc.pid, "path", r.URL.Path)
-			writeError(w, fmt.Errorf("%w: %s", errForbidden, why))
+			writeError(w, fmt.Errorf("%w: %s", api.ErrForbidden, why))
 			return
 		}
 		if err := h(w, r); err != nil {
@@ -118,27 +116,27 @@ func (d *Daemon) wrap(h handler) http.Handler {
 // classify maps an error to an HTTP status and a stable API code.
 func classify(err error) (int, string) {
 	switch {
-	case errors.Is(err, errForbidden):
+	case errors.Is(err, api.ErrForbidden):
 		return http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, imagepull.ErrNotFound):
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, store.ErrExists):
 		return http.StatusConflict, api.CodeExists
-	case errors.Is(err, errConflict):
+	case errors.Is(err, api.ErrConflict):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, imagepull.ErrAmbiguous):
 		return http.StatusConflict, api.CodeAmbiguous
-	case errors.Is(err, errInvalid), errors.Is(err, imagepull.ErrBadReference), errors.Is(err, imagebuild.ErrInvalidPackage):
+	case errors.Is(err, api.ErrInvalid), errors.Is(err, imagepull.ErrBadReference), errors.Is(err, imagebuild.ErrInvalidPackage):
 		return http.StatusBadRequest, api.CodeInvalid
-	case errors.Is(err, vm.ErrInvalidState), errors.Is(err, snapshot.ErrInvalidState), errors.Is(err, snapshot.ErrIncompatible):
+	case errors.Is(err, vm.ErrInvalidState), errors.Is(err, vm.ErrSnapshotState), errors.Is(err, vm.ErrSnapshotIncompatible):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, vmm.ErrNotSupported):
 		return http.StatusNotImplemented, api.CodeNotSupported
-	case errors.Is(err, errAgent):
+	case errors.Is(err, vm.ErrAgent):
 		return http.StatusBadGateway, api.CodeAgent
-	case errors.Is(err, errNetwork):
+	case errors.Is(err, vmnet.ErrNetwork):
 		return http.StatusServiceUnavailable, api.CodeNetwork
-	case errors.Is(err, errVMStart):
+	case errors.Is(err, vm.ErrStart):
 		return http.StatusInternalServerError, api.CodeVMStart
 	case errors.Is(err, imagepull.ErrAuth):
 		return http.StatusBadGateway, api.CodeAuth
@@ -148,7 +146,7 @@ func classify(err error) (int, string) {
 		errors.Is(err, imagepull.ErrUnsafeEntry), errors.Is(err, imagepull.ErrDigestMismatch),
 		errors.Is(err, imagepull.ErrTruncated), errors.Is(err, imagepull.ErrBadSource):
 		return http.StatusUnprocessableEntity, api.CodeBadImage
-	case errors.Is(err, snapshot.ErrDamaged):
+	case errors.Is(err, vm.ErrSnapshotDamaged):
 		return http.StatusUnprocessableEntity, api.CodeBadSnapshot
 	case errors.Is(err, kernel.ErrNotKernel), errors.Is(err, kernel.ErrMissingModule), errors.Is(err, kernel.ErrTooLarge):
 		return http.StatusUnprocessableEntity, api.CodeBadKernel
@@ -184,7 +182,7 @@ func decodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(http.MaxBytesReader(nil, r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: decoding request body: %v", errInvalid, err)
+		return fmt.Errorf("%w: decoding request body: %v", api.ErrInvalid, err)
 	}
 	return nil
 }
@@ -229,13 +227,11 @@ func (d *Daemon) handleConfig(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handleStatus(w http.ResponseWriter, r *http.Request) error {
-	imgs, err := d.store.Images(r.Context())
+	imgs, err := d.images.List(r.Context())
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	pulls := len(d.pulls)
-	d.mu.Unlock()
+	pulls := d.images.Pulls()
 	writeJSON(w, http.StatusOK, api.DaemonStatus{
 		Version: version.Version, Commit: version.Commit, Date: version.Date, PID: os.Getpid(),
 		Home: d.layout.Home, Socket: d.layout.Socket(), StateDir: d.layout.StateDir, CacheDir: d.layout.CacheDir,

@@ -90,3 +90,61 @@ func TestCLIImportsNoDaemonPackages(t *testing.T) {
 		}
 	}
 }
+
+// The daemon is wiring and HTTP: only its wiring file knows the VMM
+// backends, the mount and sync machinery, the bridge and snapshots;
+// every other file reaches them through a service.
+func TestDaemonKnowsBackendsOnlyInItsWiring(t *testing.T) {
+	wiringOnly := map[string]bool{
+		"banger/internal/vmm/qemu": true, "banger/internal/vmm/firecracker": true, "banger/internal/virtiofs": true,
+		"banger/internal/filesync": true, "banger/internal/hostnet": true, "banger/internal/snapshot": true,
+	}
+	dir := filepath.Join(repoRoot(t), "internal", "daemon")
+	files, _ := filepath.Glob(filepath.Join(dir, "*.go"))
+	fset := token.NewFileSet()
+	for _, p := range files {
+		if strings.HasSuffix(p, "_test.go") || filepath.Base(p) == "wire.go" {
+			continue
+		}
+		f, err := parser.ParseFile(fset, p, nil, parser.ImportsOnly)
+		if err != nil {
+			t.Fatalf("%s: %v", p, err)
+		}
+		for _, imp := range f.Imports {
+			if path, _ := strconv.Unquote(imp.Path.Value); wiringOnly[path] {
+				t.Errorf("internal/daemon/%s imports %s: only wire.go may; reach it through a service", filepath.Base(p), path)
+			}
+		}
+	}
+}
+
+// The lifecycle's one door: the VM service depends on the VMM interface,
+// the store and the network, never on the daemon or HTTP, and the
+// daemon depends on it, not the other way round.
+func TestVMServiceDirection(t *testing.T) {
+	cmd := exec.Command("go", "list", "-f", "{{.ImportPath}}: {{join .Imports \" \"}}", "./internal/vm", "./internal/images", "./internal/kernels", "./internal/vmnet")
+	cmd.Dir = repoRoot(t)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		pkg, imports, _ := strings.Cut(line, ": ")
+		for _, imp := range strings.Fields(imports) {
+			switch {
+			case imp == "banger/internal/daemon", imp == "net/http" && pkg != "banger/internal/kernels",
+				pkg == "banger/internal/vm" && (imp == "banger/internal/vmm/qemu" || imp == "banger/internal/vmm/firecracker"):
+				t.Errorf("%s imports %s", pkg, imp)
+			}
+		}
+	}
+	deps := exec.Command("go", "list", "-deps", "./internal/vm")
+	deps.Dir = repoRoot(t)
+	out, err = deps.Output()
+	if err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	if strings.Contains(string(out), "banger/internal/daemon\n") {
+		t.Error("internal/vm depends on internal/daemon")
+	}
+}

@@ -127,6 +127,19 @@ func (s *Store) SetVMState(ctx context.Context, name, state string, pid int, err
 	return nil
 }
 
+// SetVMPID records the VMM pid of the named VM (0: none), leaving its
+// state alone: states change only through the VM service's transitions.
+func (s *Store) SetVMPID(ctx context.Context, name string, pid int) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET pid = ? WHERE name = ?`, pid, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
 // DeleteVM removes the named VM's record and returns it.
 func (s *Store) DeleteVM(ctx context.Context, name string) (api.VM, error) {
 	return deleteByName(ctx, s, "vms", vmColumns, "vm", name, scanVM)

@@ -1,7 +1,6 @@
-// Package vm is the VM lifecycle: the states a VM goes through, the
-// transitions allowed between them, and the pieces of a VM that are
-// neither the store's nor a VMM's (names, its writable disk, its kernel
-// command line). It depends on the vmm interface, never on a backend.
+// This file is the state machine: every state a VM is in, the events
+// that move it, and the transitions allowed between them.
+
 package vm
 
 import (

@@ -1,3 +1,13 @@
+// Package vm is the VM lifecycle end to end, and its one door: Service.
+// It owns VMs (create, start by boot or by restore, stop, kill, restart,
+// remove, prune, pause, resume), their snapshots, forks and warm
+// templates, their mounts (virtio-fs and synced), their agent sessions
+// and consoles, and the adoption of running VMs after a daemon restart.
+// Every state change goes through the state machine (Next); work on one
+// VM is serialised by a lock per VM, never one for all. It depends on the
+// vmm interface (backends are given as Backend), the store and the
+// network runtime (vmnet), and knows nothing of HTTP: the daemon, a
+// Kubernetes node or an E2B endpoint are callers of the same methods.
 package vm
 
 import (

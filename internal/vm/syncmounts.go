@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"bufio"
@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -20,7 +19,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/system"
 	"banger/internal/virtiofs"
-	"banger/internal/vm"
 	"banger/internal/vsockagent"
 )
 
@@ -40,7 +38,7 @@ type syncRuntime struct {
 
 // syncHelper is the binary that runs `filesync`: this bangerd.
 func syncHelper() (string, error) {
-	exe, err := bangerdBinary()
+	exe, err := HelperBinary()
 	if err != nil {
 		return "", fmt.Errorf("synced mounts run `bangerd filesync`, and this daemon cannot (%v): run the bangerd binary", err)
 	}
@@ -56,14 +54,14 @@ func syncState(v api.VM, i int) string { return filepath.Join(v.Dir, "sync"+strc
 
 // startSyncs runs v's synced mounts and waits for each one's initial
 // sync; on error none runs.
-func (d *Daemon) startSyncs(v *api.VM, progress func(string)) error {
+func (s *Service) startSyncs(v *api.VM, progress func(string)) error {
 	for i, m := range v.Mounts {
 		if m.Kind != api.MountSync {
 			continue
 		}
 		say(progress, "sync")
 		ready := make(chan syncStart, 1)
-		d.runSync(*v, i, ready)
+		s.runSync(*v, i, ready)
 		var r syncStart
 		select {
 		case r = <-ready:
@@ -71,7 +69,7 @@ func (d *Daemon) startSyncs(v *api.VM, progress func(string)) error {
 			r.err = fmt.Errorf("the initial sync did not finish in %v (%s has its log): share a smaller tree, or copy it with `banger vm cp`", initialSyncTimeout, fsLog(*v, i))
 		}
 		if r.err != nil {
-			d.stopSyncs(*v)
+			s.stopSyncs(*v)
 			return fmt.Errorf("syncing %s to %s in the guest: %v", m.Host, m.Guest, r.err)
 		}
 		v.Mounts[i].PID, v.Mounts[i].Error = r.pid, ""
@@ -89,36 +87,36 @@ type syncStart struct {
 // session that ends while the VM lives is recorded and started again.
 // When ready is set, the first session reports on it and a failure
 // there ends the run.
-func (d *Daemon) runSync(v api.VM, i int, ready chan<- syncStart) {
-	ctx, cancel := context.WithCancel(d.jobCtx)
+func (s *Service) runSync(v api.VM, i int, ready chan<- syncStart) {
+	ctx, cancel := context.WithCancel(s.jobCtx)
 	key := fsMarker(v, i)
-	d.syncs.mu.Lock()
-	if d.syncs.runs == nil {
-		d.syncs.runs = map[string]context.CancelFunc{}
+	s.syncs.mu.Lock()
+	if s.syncs.runs == nil {
+		s.syncs.runs = map[string]context.CancelFunc{}
 	}
-	if old := d.syncs.runs[key]; old != nil {
+	if old := s.syncs.runs[key]; old != nil {
 		old()
 	}
-	d.syncs.runs[key] = cancel
-	d.syncs.mu.Unlock()
-	d.jobs.Add(1)
+	s.syncs.runs[key] = cancel
+	s.syncs.mu.Unlock()
+	s.jobs.Add(1)
 	go func() {
-		defer d.jobs.Done()
+		defer s.jobs.Done()
 		defer cancel()
 		m := v.Mounts[i]
 		backoff := time.Second
 		for first := true; ; first = false {
 			began := time.Now()
 			onReady := func(pid int, stats string) {
-				d.log.Info("mount synced", "vm", v.Name, "host", m.Host, "guest", m.Guest, "took", time.Since(began), "sent_received_bytes", stats)
+				s.log.Info("mount synced", "vm", v.Name, "host", m.Host, "guest", m.Guest, "took", time.Since(began), "sent_received_bytes", stats)
 				if first && ready != nil {
 					ready <- syncStart{pid: pid}
 					return
 				}
-				d.setMountState(ctx, v, i, pid, "")
+				s.setMountState(ctx, v, i, pid, "")
 				backoff = time.Second
 			}
-			err := d.syncSession(ctx, v, i, onReady)
+			err := s.syncSession(ctx, v, i, onReady)
 			if ctx.Err() != nil {
 				return
 			}
@@ -127,8 +125,8 @@ func (d *Daemon) runSync(v api.VM, i int, ready chan<- syncStart) {
 				return
 			}
 			msg := fmt.Sprintf("the sync of %s ended (%v): banger starts it again; %s has its log", m.Host, err, fsLog(v, i))
-			d.log.Warn("synced mount lost", "vm", v.Name, "host", m.Host, "guest", m.Guest, "err", err)
-			if !d.setMountState(ctx, v, i, 0, msg) {
+			s.log.Warn("synced mount lost", "vm", v.Name, "host", m.Host, "guest", m.Guest, "err", err)
+			if !s.setMountState(ctx, v, i, 0, msg) {
 				return // the VM is gone
 			}
 			select {
@@ -146,27 +144,27 @@ var errSyncReady = errors.New("after the initial sync")
 
 // setMountState records mount i's helper and error, and reports whether
 // the VM still runs (as v, not a later one of the same name).
-func (d *Daemon) setMountState(ctx context.Context, v api.VM, i, pid int, msg string) bool {
-	unlock := d.vmLock(v.Name)
+func (s *Service) setMountState(ctx context.Context, v api.VM, i, pid int, msg string) bool {
+	unlock := s.vmLock(v.Name)
 	defer unlock()
-	cur, err := d.store.VM(context.Background(), v.Name)
-	if ctx.Err() != nil || err != nil || cur.ID != v.ID || i >= len(cur.Mounts) || !vm.State(cur.State).Live() {
+	cur, err := s.store.VM(context.Background(), v.Name)
+	if ctx.Err() != nil || err != nil || cur.ID != v.ID || i >= len(cur.Mounts) || !State(cur.State).Live() {
 		return false
 	}
 	cur.Mounts[i].PID, cur.Mounts[i].Error = pid, msg
-	d.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
+	s.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
 	return true
 }
 
 // stopSyncs ends v's syncs (their helpers end with their streams;
 // stopMounts kills any left).
-func (d *Daemon) stopSyncs(v api.VM) {
-	d.syncs.mu.Lock()
-	defer d.syncs.mu.Unlock()
+func (s *Service) stopSyncs(v api.VM) {
+	s.syncs.mu.Lock()
+	defer s.syncs.mu.Unlock()
 	for i := range v.Mounts {
-		if c := d.syncs.runs[fsMarker(v, i)]; c != nil {
+		if c := s.syncs.runs[fsMarker(v, i)]; c != nil {
 			c()
-			delete(d.syncs.runs, fsMarker(v, i))
+			delete(s.syncs.runs, fsMarker(v, i))
 		}
 	}
 }
@@ -174,14 +172,14 @@ func (d *Daemon) stopSyncs(v api.VM) {
 // syncSession is one session of mount i: an agent stream to the guest,
 // `bangerd filesync` as the mount's owner, and the relay between them,
 // until one side ends or ctx is done.
-func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(pid int, stats string)) error {
+func (s *Service) syncSession(ctx context.Context, v api.VM, i int, onReady func(pid int, stats string)) error {
 	m := v.Mounts[i]
 	exe, err := syncHelper()
 	if err != nil {
 		return err
 	}
-	actx, cancel := context.WithTimeout(ctx, d.readyTimeout())
-	sess, err := d.agentSession(actx, v)
+	actx, cancel := context.WithTimeout(ctx, s.readyTimeout())
+	sess, err := s.agentSession(actx, v)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("no agent: %w", err)
@@ -235,7 +233,7 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 		args = append(args, "--ro")
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", virtiofs.MarkerEnv(fsMarker(v, i))}
-	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, groupsOf(m.UID))
+	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, GroupsOf(m.UID))
 	closeEnds()
 	if err != nil {
 		errR.Close()
@@ -271,7 +269,7 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 			if e, ok := strings.CutPrefix(line, "error: "); ok {
 				lastErr = e
 			} else {
-				d.log.Info("sync", "vm", v.Name, "guest", m.Guest, "msg", line)
+				s.log.Info("sync", "vm", v.Name, "guest", m.Guest, "msg", line)
 			}
 		}
 	}()
@@ -293,20 +291,4 @@ func (d *Daemon) syncSession(ctx context.Context, v api.VM, i int, onReady func(
 		err = fmt.Errorf("%w: %w", errSyncReady, err)
 	}
 	return err
-}
-
-// groupsOf is uid's supplementary groups, for its helper.
-func groupsOf(uid int) []int {
-	u, err := user.LookupId(strconv.Itoa(uid))
-	if err != nil {
-		return nil
-	}
-	gs, _ := u.GroupIds()
-	var out []int
-	for _, g := range gs {
-		if n, err := strconv.Atoi(g); err == nil {
-			out = append(out, n)
-		}
-	}
-	return out
 }

@@ -1,10 +1,13 @@
-package daemon
+// Package doctor checks what bangerd depends on, as the daemon sees it
+// (its user, its PATH, its namespace): KVM, the VMMs, e2fsprogs,
+// virtiofsd, the sync helper, guest RAM room, image builds, archive keys,
+// the network and disk, and whether the default image and kernel are
+// there. Each result carries the fix for a WARN or FAIL.
+package doctor
 
 import (
 	"context"
 	"fmt"
-	"net"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -13,25 +16,43 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/config"
 	"banger/internal/debarchive"
 	"banger/internal/imagebuild"
+	"banger/internal/paths"
+	"banger/internal/store"
 	"banger/internal/system"
 	"banger/internal/virtiofs"
+	"banger/internal/vmm/firecracker"
 	"banger/internal/vmm/qemu"
+	"banger/internal/vmnet"
 )
 
-// handleDoctor checks what the daemon depends on, as the daemon sees it
-// (its user, its PATH, its namespace): one result per check, each
-// WARN and FAIL with the fix.
-func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
-	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+// Inputs are what the checks look at.
+type Inputs struct {
+	Layout paths.Layout
+	Runner system.CommandRunner
+	Store  *store.Store
+	Config config.Config
+	Net    *vmnet.Runtime
+	// FirecrackerBin is the Firecracker binary the daemon would use.
+	FirecrackerBin func() (string, error)
+	// Jailer is the configured jailer, nil when none.
+	Jailer *firecracker.Jailer
+	// Helper is the binary that runs bangerd's helpers (filesync).
+	Helper func() (string, error)
+}
+
+// Run runs every check.
+func Run(ctx context.Context, in Inputs) []api.Check {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	var out []api.Check
 	add := func(name, status, detail, fix string) {
 		out = append(out, api.Check{Name: name, Status: status, Detail: detail, Fix: fix})
 	}
 	version := func(bin string, args ...string) string {
-		b, err := d.opts.Runner.Run(ctx, bin, args...)
+		b, err := in.Runner.Run(ctx, bin, args...)
 		if err != nil {
 			return "version unknown"
 		}
@@ -55,7 +76,7 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 	if qerr == nil {
 		add("qemu", api.Pass, qbin+": "+version(qbin, "--version"), "")
 	}
-	fbin, ferr := d.firecrackerBin()
+	fbin, ferr := in.FirecrackerBin()
 	switch {
 	case ferr == nil:
 		add("firecracker", api.Pass, fbin+": "+version(fbin, "--version"), "")
@@ -69,7 +90,7 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		}
 		add("qemu", status, "no qemu-system-x86_64 on PATH", "apt-get install qemu-system-x86")
 	}
-	if j := d.opts.Jailer; j != nil {
+	if j := in.Jailer; j != nil {
 		if _, err := os.Stat(j.Bin); err != nil {
 			add("jailer", api.Fail, "configured jailer "+j.Bin+" is missing", "install Firecracker's jailer there, or remove firecracker.jailer from the config")
 		} else {
@@ -104,7 +125,7 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 	// per directory of the shared tree.
 	watches, _ := os.ReadFile("/proc/sys/fs/inotify/max_user_watches")
 	nw, _ := strconv.Atoi(strings.TrimSpace(string(watches)))
-	switch _, err := syncHelper(); {
+	switch _, err := in.Helper(); {
 	case err != nil:
 		add("synced mounts", api.Warn, err.Error(), "run the daemon as the bangerd binary")
 	case nw < 65536:
@@ -114,9 +135,9 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 	}
 	// Guest RAM of QEMU VMs lives in a shared file under /dev/shm.
 	var shm unix.Statfs_t
-	if err := unix.Statfs(d.layout.RAMDir(), &shm); err == nil || unix.Statfs("/dev/shm", &shm) == nil {
+	if err := unix.Statfs(in.Layout.RAMDir(), &shm); err == nil || unix.Statfs("/dev/shm", &shm) == nil {
 		free := int64(shm.Bavail) * shm.Bsize
-		detail := fmt.Sprintf("%.1f GiB free for guest RAM in %s", float64(free)/(1<<30), d.layout.RAMDir())
+		detail := fmt.Sprintf("%.1f GiB free for guest RAM in %s", float64(free)/(1<<30), in.Layout.RAMDir())
 		if free < 2<<30 {
 			add("guest RAM", api.Warn, detail+": QEMU VMs that use more fail to start", "grow /dev/shm (mount -o remount,size=16G /dev/shm)")
 		} else {
@@ -142,23 +163,23 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		add("archive keys", api.Warn, "no "+debarchive.DefaultKeyring+": catalog kernels cannot be verified, so `banger kernel pull` fails", "apt-get install debian-archive-keyring")
 	}
 
-	d.doctorNetwork(ctx, add)
+	network(in.Net, add)
 
 	var st unix.Statfs_t
-	if err := unix.Statfs(d.layout.StateDir, &st); err == nil {
+	if err := unix.Statfs(in.Layout.StateDir, &st); err == nil {
 		free := int64(st.Bavail) * st.Bsize
 		switch {
 		case free < 1<<30:
-			add("disk", api.Fail, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "free space: `banger image cache prune`, `banger vm prune`, remove images")
+			add("disk", api.Fail, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), in.Layout.StateDir), "free space: `banger image cache prune`, `banger vm prune`, remove images")
 		case free < 5<<30:
-			add("disk", api.Warn, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "images and VM disks need room: free some")
+			add("disk", api.Warn, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), in.Layout.StateDir), "images and VM disks need room: free some")
 		default:
-			add("disk", api.Pass, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), d.layout.StateDir), "")
+			add("disk", api.Pass, fmt.Sprintf("%.1f GiB free under %s", float64(free)/(1<<30), in.Layout.StateDir), "")
 		}
 	}
 
-	cfg := d.opts.Config.Config
-	if _, err := d.store.Image(ctx, cfg.DefaultImage); err == nil {
+	cfg := in.Config
+	if _, err := in.Store.Image(ctx, cfg.DefaultImage); err == nil {
 		add("default image", api.Pass, cfg.DefaultImage, "")
 	} else {
 		fix := "it is pulled by the first `banger vm run` (or `banger image pull " + cfg.DefaultImage + "`)"
@@ -167,56 +188,44 @@ func (d *Daemon) handleDoctor(w http.ResponseWriter, r *http.Request) error {
 		}
 		add("default image", api.Warn, cfg.DefaultImage+" is not pulled yet", fix)
 	}
-	if _, err := d.store.Kernel(ctx, cfg.DefaultKernel); err == nil {
+	if _, err := in.Store.Kernel(ctx, cfg.DefaultKernel); err == nil {
 		add("default kernel", api.Pass, cfg.DefaultKernel, "")
 	} else {
 		add("default kernel", api.Warn, cfg.DefaultKernel+" is not imported yet", "it is fetched by the first `banger vm run` (or `banger kernel pull "+cfg.DefaultKernel+"`)")
 	}
-	writeJSON(w, http.StatusOK, out)
-	return nil
+	return out
 }
 
-// doctorNetwork checks nftables, the bridge and the DNS server.
-func (d *Daemon) doctorNetwork(ctx context.Context, add func(name, status, detail, fix string)) {
+// network checks nftables, the bridge and the DNS server.
+func network(rt *vmnet.Runtime, add func(name, status, detail, fix string)) {
 	if os.Geteuid() != 0 {
 		add("network", api.Warn, "bangerd is not root: VMs get no network", "run the system bangerd (`banger system install`), or create VMs with --network none")
 		return
 	}
-	n, err := d.hostNet()
+	st, err := rt.Check()
 	if err != nil {
 		add("network", api.Fail, err.Error(), "fix the net settings in the config (`banger config show`)")
 		return
 	}
-	if err := n.Tables(); err != nil {
-		add("nftables", api.Fail, err.Error(), "`modprobe nf_tables` (and `apt-get install nftables` for the nft tool)")
+	if st.TablesErr != nil {
+		add("nftables", api.Fail, st.TablesErr.Error(), "`modprobe nf_tables` (and `apt-get install nftables` for the nft tool)")
 	} else {
 		add("nftables", api.Pass, "the kernel's nf_tables answers", "")
 	}
-	d.netrt.mu.Lock()
-	up := d.netrt.up
-	d.netrt.mu.Unlock()
-	if !up {
-		if err := n.CheckSubnet(); err != nil {
-			add("bridge", api.Fail, err.Error(), "set net.subnet in the config to a free private /24")
+	if !st.Up {
+		if st.SubnetErr != nil {
+			add("bridge", api.Fail, st.SubnetErr.Error(), "set net.subnet in the config to a free private /24")
 		} else {
-			add("bridge", api.Pass, fmt.Sprintf("%s (%s) is made with the first networked VM; the subnet is free", n.Bridge(), n.Subnet()), "")
+			add("bridge", api.Pass, fmt.Sprintf("%s (%s) is made with the first networked VM; the subnet is free", st.Bridge, st.Subnet), "")
 		}
 		add("dns", api.Pass, "starts with the first networked VM", "")
 		return
 	}
-	add("bridge", api.Pass, fmt.Sprintf("%s at %s/%d", n.Bridge(), n.Gateway(), n.Subnet().Bits()), "")
-	addr := net.JoinHostPort(n.Gateway().String(), "53")
-	err = n.Do(func() error {
-		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
-		if err == nil {
-			c.Close()
-		}
-		return err
-	})
-	if err != nil {
-		add("dns", api.Fail, "the VM DNS server does not answer on "+addr, "restart bangerd (`banger daemon stop`)")
+	add("bridge", api.Pass, fmt.Sprintf("%s at %s", st.Bridge, st.Subnet), "")
+	if st.DNSErr != nil {
+		add("dns", api.Fail, "the VM DNS server does not answer on "+st.DNS, "restart bangerd (`banger daemon stop`)")
 	} else {
-		add("dns", api.Pass, "answers NAME.vm on "+addr, "")
+		add("dns", api.Pass, "answers NAME.vm on "+st.DNS, "")
 	}
 }
 

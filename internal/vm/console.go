@@ -1,11 +1,10 @@
-package daemon
+package vm
 
 import (
 	"bytes"
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -29,8 +28,8 @@ import (
 func consolePath(dir string) string { return filepath.Join(dir, vmm.ConsoleLog) }
 
 // consoleLogMax is the cap on each VM's console log (console_log_max).
-func (d *Daemon) consoleLogMax() int64 {
-	n, err := config.ParseSize(d.opts.Config.ConsoleLogMax)
+func (s *Service) consoleLogMax() int64 {
+	n, err := config.ParseSize(s.cfg.ConsoleLogMax)
 	if err != nil || n == 0 {
 		return consolelog.DefaultMax
 	}
@@ -43,18 +42,21 @@ func (d *Daemon) consoleLogMax() int64 {
 // for the VMM's spec (close it once the VMM has its copy: the helper
 // ends when the VMM does), and a channel closed once the helper has
 // written all and exited.
-func (d *Daemon) startConsole(v api.VM) (*os.File, <-chan struct{}, error) {
-	exe, err := bangerdBinary()
+func (s *Service) startConsole(v api.VM) (*os.File, <-chan struct{}, error) {
+	if s.consoleWriter != nil {
+		return s.consoleWriter(consolePath(v.Dir), s.consoleLogMax())
+	}
+	exe, err := HelperBinary()
 	if err != nil {
 		return nil, nil, fmt.Errorf("the console log is kept by `bangerd %s`, and this daemon cannot run it (%v): run the bangerd binary", consolelog.HelperCommand, err)
 	}
 	// Its rare complaints (a full disk) go to the daemon's log.
-	errLog, err := os.OpenFile(d.layout.DaemonLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	errLog, err := os.OpenFile(s.layout.DaemonLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
-		return nil, nil, fmt.Errorf("opening log %s for the console log helper: %w", d.layout.DaemonLog(), err)
+		return nil, nil, fmt.Errorf("opening log %s for the console log helper: %w", s.layout.DaemonLog(), err)
 	}
 	defer errLog.Close()
-	w, p, err := consolelog.StartHelper(exe, consolePath(v.Dir), d.consoleLogMax(), errLog)
+	w, p, err := consolelog.StartHelper(exe, consolePath(v.Dir), s.consoleLogMax(), errLog)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -72,7 +74,7 @@ func (d *Daemon) startConsole(v api.VM) (*os.File, <-chan struct{}, error) {
 // seconds (something else holds the pipe) is killed. While a VMM of the
 // VM runs it does nothing: its console must go on being written, and
 // whoever ends it calls again.
-func (d *Daemon) endConsole(dir string) {
+func (s *Service) endConsole(dir string) {
 	if len(vmmProcesses(dir)) > 0 {
 		return
 	}
@@ -81,7 +83,7 @@ func (d *Daemon) endConsole(dir string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	for _, pid := range consoleHelpers(path) {
-		d.log.Warn("console log helper outlived its VMM: killed", "path", path, "pid", pid)
+		s.log.Warn("console log helper outlived its VMM: killed", "path", path, "pid", pid)
 		syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
@@ -164,19 +166,16 @@ func consoleTail(b []byte) string {
 	return system.Tail(strings.Join(lines, "\n"), 600)
 }
 
-// handleVMLogs streams the console log from the oldest byte kept (its
-// rotated half, then the current file); with follow=1 it keeps streaming
-// new output, across rotations, until the client goes away.
-func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
-	v, err := d.store.VM(r.Context(), r.PathValue("name"))
+// Logs writes the VM name's console to w (its older rotated half
+// first), calling flush after each write; with follow it keeps writing
+// new output until ctx ends.
+func (s *Service) Logs(ctx context.Context, name string, follow bool, w io.Writer, flush func()) error {
+	v, err := s.store.VM(ctx, name)
 	if err != nil {
 		return vmHint(err)
 	}
 	console := consolelog.Follow(consolePath(v.Dir), true)
 	defer console.Close()
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := console.Read(buf)
@@ -184,17 +183,17 @@ func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
 			if _, werr := w.Write(buf[:n]); werr != nil {
 				return nil
 			}
-			rc.Flush()
+			flush()
 			continue
 		}
 		if err != nil && err != io.EOF {
 			return nil
 		}
-		if r.URL.Query().Get("follow") != "1" {
+		if !follow {
 			return nil
 		}
 		select {
-		case <-r.Context().Done():
+		case <-ctx.Done():
 			return nil
 		case <-time.After(100 * time.Millisecond):
 		}

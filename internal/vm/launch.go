@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 	"banger/internal/guestinit"
 	"banger/internal/hostnet"
 	"banger/internal/snapshot"
-	"banger/internal/vm"
+	"banger/internal/store"
 	"banger/internal/vmm"
 	"banger/internal/vsockagent"
 )
@@ -31,8 +31,8 @@ type restoreFrom struct {
 }
 
 // startVMLocked boots v and waits for its agent.
-func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error) {
-	return d.launchVMLocked(v, nil, "", progress)
+func (s *Service) startVMLocked(v api.VM, progress func(string)) (*api.VM, error) {
+	return s.launchVMLocked(v, nil, "", progress)
 }
 
 // launchVMLocked boots v, or restores it from a snapshot, and waits
@@ -42,30 +42,30 @@ func (d *Daemon) startVMLocked(v api.VM, progress func(string)) (*api.VM, error)
 // become ready goes to error, its VMM killed, the reason in the message.
 // With a template key, a booted VM is snapshotted as that warm template
 // the moment it is ready, before anyone uses it.
-func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string, progress func(string)) (*api.VM, error) {
+func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string, progress func(string)) (*api.VM, error) {
 	ctx := context.Background()
-	img, err := d.store.Image(ctx, v.Image)
+	img, err := s.store.Image(ctx, v.Image)
 	if err != nil {
-		return nil, withHint(err, "the VM's image is gone: remove the VM")
+		return nil, store.Hint(err, "the VM's image is gone: remove the VM")
 	}
-	k, err := d.store.Kernel(ctx, v.Kernel)
+	k, err := s.store.Kernel(ctx, v.Kernel)
 	if err != nil {
-		return nil, withHint(err, "the VM's kernel is gone: remove the VM")
+		return nil, store.Hint(err, "the VM's kernel is gone: remove the VM")
 	}
-	_, b, err := d.backend(v.VMM)
+	_, b, err := s.backends.Pick(v.VMM)
 	if err != nil {
 		return nil, err
 	}
-	if err := d.transition(ctx, &v, vm.EvStart, 0, ""); err != nil {
+	if err := s.transition(ctx, &v, EvStart, 0, ""); err != nil {
 		return nil, err
 	}
 	began := time.Now()
 	if v.Network != "" && v.Network != "none" {
 		say(progress, "network")
 	}
-	netArgs, err := d.attachNet(ctx, v)
+	netArgs, err := s.net.Attach(ctx, v)
 	if err != nil {
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
+		s.transition(ctx, &v, EvFail, 0, err.Error())
 		return nil, err
 	}
 	bootArgs := append([]string{}, netArgs...)
@@ -78,24 +78,24 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	var fsDevs []vmm.FS
 	if len(v.Mounts) > 0 {
 		if from != nil {
-			err = fmt.Errorf("%w: VM %q has shared directories: it cannot be restored from a snapshot", errInvalid, v.Name)
+			err = fmt.Errorf("%w: VM %q has shared directories: it cannot be restored from a snapshot", api.ErrInvalid, v.Name)
 		} else {
 			var fsArgs []string
-			fsDevs, fsArgs, err = d.startMounts(ctx, &v)
+			fsDevs, fsArgs, err = s.startMounts(ctx, &v)
 			bootArgs = append(bootArgs, fsArgs...)
 		}
 		if err != nil {
-			d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-			d.detachNet(ctx, v)
+			s.transition(ctx, &v, EvFail, 0, err.Error())
+			s.net.Detach(ctx, v)
 			return nil, err
 		}
 	}
 	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
-		Cmdline: vm.Cmdline(v.Name, bootArgs...),
-		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, vm.DataDisk)}},
+		Cmdline: Cmdline(v.Name, bootArgs...),
+		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, DataDisk)}},
 		FS:      fsDevs}
 	if v.VMM == "qemu" {
-		spec.MemoryFile = d.layout.RAMFile(v.ID)
+		spec.MemoryFile = s.layout.RAMFile(v.ID)
 	}
 	if netArgs != nil {
 		spec.TAP, spec.MAC = hostnet.TAPName(v.ID), hostnet.MAC(v.ID).String()
@@ -106,22 +106,22 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	since := consolelog.Follow(consolePath(v.Dir), false)
 	defer since.Close()
 	var written <-chan struct{}
-	spec.Console, written, err = d.startConsole(v)
+	spec.Console, written, err = s.startConsole(v)
 	if err != nil {
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		d.detachNet(ctx, v)
-		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
+		s.transition(ctx, &v, EvFail, 0, err.Error())
+		s.net.Detach(ctx, v)
+		return nil, fmt.Errorf("%w: VM %q: %v", ErrStart, v.Name, err)
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	var m vmm.Machine
 	if from == nil {
 		say(progress, "vmm")
-		err = d.inVMNet(v, func() (err error) { m, err = b.start(sctx, spec); return })
+		err = s.net.Do(v, func() (err error) { m, err = b.Start(sctx, spec); return })
 	} else {
 		say(progress, "restore")
-		err = d.tapUp(v, netArgs, false)
+		err = s.tapUp(v, netArgs, false)
 		if err == nil {
-			err = d.inVMNet(v, func() (err error) { m, err = b.restore.Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
+			err = s.net.Do(v, func() (err error) { m, err = b.Restorer().Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
 		}
 	}
 	cancel()
@@ -129,72 +129,72 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 	// ends with it.
 	spec.Console.Close()
 	if err != nil {
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		d.detachNet(ctx, v)
-		return nil, fmt.Errorf("%w: VM %q: %v", errVMStart, v.Name, err)
+		s.transition(ctx, &v, EvFail, 0, err.Error())
+		s.net.Detach(ctx, v)
+		return nil, fmt.Errorf("%w: VM %q: %v", ErrStart, v.Name, err)
 	}
 	restored := time.Since(began)
-	d.setMachine(v.ID, m)
-	d.store.SetVMState(ctx, v.Name, v.State, m.PID(), "")
+	s.setMachine(v.ID, m)
+	s.store.SetVMPID(ctx, v.Name, m.PID())
 	v.PID = m.PID()
 	if from == nil {
 		say(progress, "boot")
-		err = waitReady(m, since, written, d.readyTimeout())
+		err = waitReady(m, since, written, s.readyTimeout())
 		if err == nil && syncs {
-			if err = d.startSyncs(&v, progress); err == nil {
-				err = d.store.SetVMMounts(ctx, v.Name, v.Mounts)
+			if err = s.startSyncs(&v, progress); err == nil {
+				err = s.store.SetVMMounts(ctx, v.Name, v.Mounts)
 			}
 			if err == nil && templateKey == "" {
-				err = d.agentOp(ctx, v, "release")
+				err = s.agentOp(ctx, v, "release")
 			}
 		}
 	} else {
 		say(progress, "identity")
-		if err = d.reidentify(ctx, v, netArgs, from.hostKey); err == nil {
-			err = d.tapUp(v, netArgs, true)
+		if err = s.reidentify(ctx, v, netArgs, from.hostKey); err == nil {
+			err = s.tapUp(v, netArgs, true)
 		}
 	}
 	if err != nil {
-		d.stopSyncs(v)
+		s.stopSyncs(v)
 		m.Kill()
 		m.Wait(ctx)
-		d.setMachine(v.ID, nil)
-		d.dropAgent(v.ID)
-		d.transition(ctx, &v, vm.EvFail, 0, err.Error())
-		d.detachNet(ctx, v)
-		d.log.Warn("vm failed to start", "vm", v.Name, "err", err)
-		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", errVMStart, v.Name, v.Name, err)
+		s.setMachine(v.ID, nil)
+		s.dropAgent(v.ID)
+		s.transition(ctx, &v, EvFail, 0, err.Error())
+		s.net.Detach(ctx, v)
+		s.log.Warn("vm failed to start", "vm", v.Name, "err", err)
+		return nil, fmt.Errorf("%w: VM %q (now in state error; `banger vm logs %s` has the console): %v", ErrStart, v.Name, v.Name, err)
 	}
-	if err := d.transition(ctx, &v, vm.EvReady, m.PID(), ""); err != nil {
+	if err := s.transition(ctx, &v, EvReady, m.PID(), ""); err != nil {
 		return nil, err
 	}
 	if from != nil {
-		d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "restored_from", from.snap.Name,
+		s.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "restored_from", from.snap.Name,
 			"restore", restored, "ready_after", time.Since(began))
 	} else {
-		d.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
+		s.log.Info("vm running", "vm", v.Name, "pid", m.PID(), "ip", v.IP, "ready_after", time.Since(began))
 	}
 	if templateKey != "" && from == nil {
 		say(progress, "template")
-		d.captureTemplate(ctx, v, templateKey)
-		if err := d.agentOp(ctx, v, "release"); err != nil {
-			d.log.Warn("the image's command was not released: it waits until the VM restarts", "vm", v.Name, "err", err)
+		s.captureTemplate(ctx, v, templateKey)
+		if err := s.agentOp(ctx, v, "release"); err != nil {
+			s.log.Warn("the image's command was not released: it waits until the VM restarts", "vm", v.Name, "err", err)
 		}
 	}
 	// Open the agent session now, so the first exec does not pay for the
 	// handshake; then keys registered since the VM's disk was made reach
 	// it.
-	d.jobs.Add(1)
+	s.jobs.Add(1)
 	go func() {
-		defer d.jobs.Done()
-		ctx, cancel := context.WithTimeout(d.jobCtx, 10*time.Second)
-		if _, err := d.agentSession(ctx, v); err != nil {
-			d.log.Info("no agent session yet (the first request retries)", "vm", v.Name, "err", err)
+		defer s.jobs.Done()
+		ctx, cancel := context.WithTimeout(s.jobCtx, 10*time.Second)
+		if _, err := s.agentSession(ctx, v); err != nil {
+			s.log.Info("no agent session yet (the first request retries)", "vm", v.Name, "err", err)
 		}
 		cancel()
-		d.pushAuthorizedKeys(d.jobCtx, v)
+		s.pushAuthorizedKeys(s.jobCtx, v)
 	}()
-	go d.watchExit(v, m)
+	go s.watchExit(v, m)
 	return &v, nil
 }
 
@@ -202,10 +202,10 @@ func (d *Daemon) launchVMLocked(v api.VM, from *restoreFrom, templateKey string,
 // name, MAC, address, resolver and SSH host key, the host's clock and
 // fresh randomness (see vsockagent.Identity). Until it has, the guest is
 // a copy of the snapshot's source and is not ready.
-func (d *Daemon) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte) error {
-	ctx, cancel := context.WithTimeout(ctx, d.readyTimeout())
+func (s *Service) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, s.readyTimeout())
 	defer cancel()
-	if _, err := d.agentSession(ctx, v); err != nil {
+	if _, err := s.agentSession(ctx, v); err != nil {
 		return fmt.Errorf("the restored guest's agent did not answer: %w", err)
 	}
 	c := guestinit.ParseCmdline(strings.Join(netArgs, " "))
@@ -215,52 +215,38 @@ func (d *Daemon) reidentify(ctx context.Context, v api.VM, netArgs []string, hos
 		id.MAC = hostnet.MAC(v.ID).String()
 	}
 	rand.Read(id.Entropy)
-	if err := d.agentCall(ctx, v, "identity", id); err != nil {
+	if err := s.agentCall(ctx, v, "identity", id); err != nil {
 		return fmt.Errorf("giving the restored guest its identity: %w", err)
 	}
 	return nil
 }
 
 // tapUp sets a networked VM's TAP up or down (see hostnet.SetTAPUp).
-func (d *Daemon) tapUp(v api.VM, netArgs []string, up bool) error {
+func (s *Service) tapUp(v api.VM, netArgs []string, up bool) error {
 	if netArgs == nil {
 		return nil
 	}
-	n, err := d.networkUp()
-	if err == nil {
-		err = n.SetTAPUp(hostnet.TAPName(v.ID), up)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %v", errNetwork, err)
-	}
-	return nil
-}
-
-func (d *Daemon) readyTimeout() time.Duration {
-	if d.opts.ReadyTimeout > 0 {
-		return d.opts.ReadyTimeout
-	}
-	return 2 * time.Minute
+	return s.net.SetTAPUp(v, up)
 }
 
 // watchExit records a VM's end when its VMM exits on its own (a power-off
 // in the guest, a crash). Stops and kills record it themselves.
-func (d *Daemon) watchExit(v api.VM, m vmm.Machine) {
-	if err := m.Wait(d.jobCtx); err != nil {
+func (s *Service) watchExit(v api.VM, m vmm.Machine) {
+	if err := m.Wait(s.jobCtx); err != nil {
 		return // the daemon is stopping; the VM runs on
 	}
-	unlock := d.vmLock(v.Name)
+	unlock := s.vmLock(v.Name)
 	defer unlock()
-	if d.machine(v.ID) != m {
+	if s.machine(v.ID) != m {
 		return
 	}
-	d.setMachine(v.ID, nil)
-	cur, err := d.store.VM(context.Background(), v.Name)
-	if err != nil || !vm.State(cur.State).Live() {
+	s.setMachine(v.ID, nil)
+	cur, err := s.store.VM(context.Background(), v.Name)
+	if err != nil || !State(cur.State).Live() {
 		return
 	}
-	d.transition(context.Background(), &cur, vm.EvExited, 0, "")
-	d.dropAgent(cur.ID)
-	d.detachNet(context.Background(), cur)
-	d.log.Info("vm exited", "vm", v.Name)
+	s.transition(context.Background(), &cur, EvExited, 0, "")
+	s.dropAgent(cur.ID)
+	s.net.Detach(context.Background(), cur)
+	s.log.Info("vm exited", "vm", v.Name)
 }

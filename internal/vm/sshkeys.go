@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"bytes"
@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"banger/internal/api"
-	"banger/internal/vm"
 	"banger/internal/vsockagent"
 )
 
@@ -48,7 +46,7 @@ func newHostKey(comment string) (private []byte, public string, err error) {
 
 // sshSeed returns the files a new VM's disk gets for SSH, and records the
 // host key's public half in the VM's directory.
-func (d *Daemon) sshSeed(v api.VM) (map[string][]byte, error) {
+func (s *Service) sshSeed(v api.VM) (map[string][]byte, error) {
 	priv, pub, err := newHostKey(v.Name + ".vm")
 	if err != nil {
 		return nil, fmt.Errorf("making the VM's SSH host key: %w", err)
@@ -56,7 +54,7 @@ func (d *Daemon) sshSeed(v api.VM) (map[string][]byte, error) {
 	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(pub+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	keys, _ := os.ReadFile(d.authorizedKeysPath())
+	keys, _ := os.ReadFile(s.authorizedKeysPath())
 	return map[string][]byte{vsockagent.SSHHostKeyPath: priv, vsockagent.SSHAuthorizedKeysPath: keys}, nil
 }
 
@@ -68,43 +66,39 @@ func withHostKey(v api.VM) api.VM {
 	return v
 }
 
-func (d *Daemon) listVMs(ctx context.Context) ([]api.VM, error) {
-	vms, err := d.store.VMs(ctx)
+func (s *Service) listVMs(ctx context.Context) ([]api.VM, error) {
+	vms, err := s.store.VMs(ctx)
 	for i := range vms {
 		vms[i] = withHostKey(vms[i])
 	}
 	return vms, err
 }
 
-func (d *Daemon) getVM(ctx context.Context, name string) (api.VM, error) {
-	v, err := d.store.VM(ctx, name)
+func (s *Service) getVM(ctx context.Context, name string) (api.VM, error) {
+	v, err := s.store.VM(ctx, name)
 	return withHostKey(v), err
 }
 
-func (d *Daemon) authorizedKeysPath() string {
-	return filepath.Join(d.layout.StateDir, "ssh_authorized_keys")
+func (s *Service) authorizedKeysPath() string {
+	return filepath.Join(s.layout.StateDir, "ssh_authorized_keys")
 }
 
 var authorizedKeysMu sync.Mutex
 
-// handleAddSSHKey authorizes a user's public key in every VM: new VMs
-// get it on their disk, running ones through their agents, stopped ones
-// when they next start.
-func (d *Daemon) handleAddSSHKey(w http.ResponseWriter, r *http.Request) error {
-	var req api.SSHKeyRequest
-	if err := decodeBody(r, &req); err != nil {
-		return err
-	}
+// AddSSHKey authorizes a user's public key in every VM: new VMs get it
+// on their disk, running ones through their agents, stopped ones when
+// they next start.
+func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 	key, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(req.Key))
 	if err != nil {
-		return fmt.Errorf("%w: not an SSH public key (authorized_keys format): %v", errInvalid, err)
+		return fmt.Errorf("%w: not an SSH public key (authorized_keys format): %v", api.ErrInvalid, err)
 	}
 	line := strings.TrimSpace(string(ssh.MarshalAuthorizedKey(key)))
 	if comment != "" {
 		line += " " + comment
 	}
 	authorizedKeysMu.Lock()
-	old, _ := os.ReadFile(d.authorizedKeysPath())
+	old, _ := os.ReadFile(s.authorizedKeysPath())
 	known := false
 	for _, l := range strings.Split(string(old), "\n") {
 		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l)); err == nil && bytes.Equal(k.Marshal(), key.Marshal()) {
@@ -112,42 +106,41 @@ func (d *Daemon) handleAddSSHKey(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if !known {
-		err = os.WriteFile(d.authorizedKeysPath(), append(old, []byte(line+"\n")...), 0o644)
+		err = os.WriteFile(s.authorizedKeysPath(), append(old, []byte(line+"\n")...), 0o644)
 	}
 	authorizedKeysMu.Unlock()
 	if err != nil {
 		return err
 	}
-	vms, err := d.store.VMs(r.Context())
+	vms, err := s.store.VMs(ctx)
 	if err != nil {
 		return err
 	}
 	var wg sync.WaitGroup
 	for _, v := range vms {
-		if v.State == string(vm.Running) {
+		if v.State == string(Running) {
 			wg.Add(1)
-			go func(v api.VM) { defer wg.Done(); d.pushAuthorizedKeys(r.Context(), v) }(v)
+			go func(v api.VM) { defer wg.Done(); s.pushAuthorizedKeys(ctx, v) }(v)
 		}
 	}
 	wg.Wait()
-	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
 
 // pushAuthorizedKeys writes the authorized keys onto a running VM's disk
 // through its agent. Best effort: a VM that cannot take them now gets
 // them at its next start.
-func (d *Daemon) pushAuthorizedKeys(ctx context.Context, v api.VM) {
-	keys, err := os.ReadFile(d.authorizedKeysPath())
+func (s *Service) pushAuthorizedKeys(ctx context.Context, v api.VM) {
+	keys, err := os.ReadFile(s.authorizedKeysPath())
 	if err != nil || len(keys) == 0 {
 		return
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	s, err := d.agentSession(ctx, v)
+	sess, err := s.agentSession(ctx, v)
 	if err == nil {
 		var st *vsockagent.Stream
-		if st, err = s.Open(ctx, vsockagent.Request{Op: "put", Path: filepath.Join(guestDataDir, vsockagent.SSHAuthorizedKeysPath)}); err == nil {
+		if st, err = sess.Open(ctx, vsockagent.Request{Op: "put", Path: filepath.Join(guestDataDir, vsockagent.SSHAuthorizedKeysPath)}); err == nil {
 			err = vsockagent.WriteFileTar(st, "authorized_keys", keys, 0o600)
 			st.CloseWrite()
 			if e, werr := st.Wait(ctx); werr != nil {
@@ -158,6 +151,6 @@ func (d *Daemon) pushAuthorizedKeys(ctx context.Context, v api.VM) {
 		}
 	}
 	if err != nil {
-		d.log.Info("authorized keys not pushed (the VM gets them at its next start)", "vm", v.Name, "err", err)
+		s.log.Info("authorized keys not pushed (the VM gets them at its next start)", "vm", v.Name, "err", err)
 	}
 }

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"bufio"
@@ -7,8 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"sync"
 	"testing"
@@ -19,7 +17,6 @@ import (
 	"banger/internal/api"
 	"banger/internal/paths"
 	"banger/internal/store"
-	"banger/internal/vm"
 	"banger/internal/vmm"
 	"banger/internal/vsockagent"
 )
@@ -106,7 +103,7 @@ func flood(c net.Conn) {
 
 // stuckVM records a running VM named name whose VMM is a stuckGuest, and
 // opens the daemon's agent session to it, which the flood wedges.
-func stuckVM(t *testing.T, name string) (*Daemon, api.VM, *stuckGuest) {
+func stuckVM(t *testing.T, name string) (*Service, api.VM, *stuckGuest) {
 	t.Helper()
 	layout, err := paths.New(t.TempDir())
 	if err != nil {
@@ -120,51 +117,55 @@ func stuckVM(t *testing.T, name string) (*Daemon, api.VM, *stuckGuest) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	d := &Daemon{layout: layout, log: slog.New(slog.DiscardHandler), store: st}
-	v := api.VM{ID: newID(), Name: name, State: string(vm.Running), VMM: "qemu", Network: "none", Dir: t.TempDir()}
+	s := New(Deps{Layout: layout, Store: st, Log: slog.New(slog.DiscardHandler)})
+	v := api.VM{ID: store.NewID(), Name: name, State: string(Running), VMM: "qemu", Network: "none", Dir: t.TempDir()}
 	if err := st.InsertVM(t.Context(), &v, nil); err != nil {
 		t.Fatal(err)
 	}
 	m := &stuckGuest{exited: make(chan struct{})}
-	d.setMachine(v.ID, m)
-	t.Cleanup(func() { d.closeAgents(); m.Kill() })
-	if _, err := d.agentSession(t.Context(), v); err != nil {
+	s.setMachine(v.ID, m)
+	t.Cleanup(func() { s.closeAgents(); m.Kill() })
+	if _, err := s.agentSession(t.Context(), v); err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // the pongs fill the guest's buffers
-	return d, v, m
+	return s, v, m
 }
 
-// vmAction runs POST /v1/vms/NAME/ACTION on d's handler in the
-// background and delivers the response.
-func vmAction(d *Daemon, name, action string) <-chan *httptest.ResponseRecorder {
-	out := make(chan *httptest.ResponseRecorder, 1)
+// result is how a VM verb ended.
+type result struct {
+	v   *api.VM
+	err error
+}
+
+// vmAction runs a VM verb of s (stop or kill) in the background and
+// delivers how it ended.
+func vmAction(s *Service, name, action string) <-chan result {
+	out := make(chan result, 1)
 	go func() {
-		r := httptest.NewRequest(http.MethodPost, "/v1/vms/"+name+"/"+action, nil)
-		r.SetPathValue("name", name)
-		r.SetPathValue("action", action)
-		w := httptest.NewRecorder()
-		if err := d.handleVMAction(w, r); err != nil {
-			w.Code = http.StatusInternalServerError
-			w.Body.WriteString(err.Error())
+		verb := s.Stop
+		if action == "kill" {
+			verb = s.Kill
 		}
-		out <- w
+		v, err := verb(context.Background(), name)
+		out <- result{v, err}
 	}()
 	return out
 }
 
-// within waits for a response up to limit.
-func within(t *testing.T, what string, limit time.Duration, c <-chan *httptest.ResponseRecorder) *httptest.ResponseRecorder {
+// within waits for a verb to end up to limit, and fails t unless it
+// succeeded.
+func within(t *testing.T, what string, limit time.Duration, c <-chan result) result {
 	t.Helper()
 	select {
-	case w := <-c:
-		if w.Code != http.StatusOK {
-			t.Errorf("%s: %d %s", what, w.Code, w.Body)
+	case r := <-c:
+		if r.err != nil {
+			t.Errorf("%s: %v", what, r.err)
 		}
-		return w
+		return r
 	case <-time.After(limit):
 		t.Fatalf("%s did not return within %s", what, limit)
-		return nil
+		return result{}
 	}
 }
 
@@ -172,12 +173,12 @@ func within(t *testing.T, what string, limit time.Duration, c <-chan *httptest.R
 // floods pings, ignores power-off) holds the VM's lock: a kill must cut
 // it short, not wait for it, and the VM must end killed and stopped.
 func TestKillCutsAStopOfAStuckGuest(t *testing.T) {
-	d, v, m := stuckVM(t, "stuck")
-	stop := vmAction(d, v.Name, "stop")
+	s, v, m := stuckVM(t, "stuck")
+	stop := vmAction(s, v.Name, "stop")
 	// The stop is under way, holding the lock, once the VM is stopping;
 	// then give it time to get stuck on the guest.
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		if cur, _ := d.store.VM(t.Context(), v.Name); cur.State == string(vm.Stopping) {
+		if cur, _ := s.store.VM(t.Context(), v.Name); cur.State == string(Stopping) {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -185,7 +186,7 @@ func TestKillCutsAStopOfAStuckGuest(t *testing.T) {
 		}
 	}
 	time.Sleep(time.Second)
-	kill := vmAction(d, v.Name, "kill")
+	kill := vmAction(s, v.Name, "kill")
 	within(t, "vm kill during a stuck stop", 5*time.Second, kill)
 	within(t, "the stop a kill cut short", 5*time.Second, stop)
 	select {
@@ -193,7 +194,7 @@ func TestKillCutsAStopOfAStuckGuest(t *testing.T) {
 	default:
 		t.Error("the VMM was not killed")
 	}
-	if cur, err := d.store.VM(t.Context(), v.Name); err != nil || cur.State != string(vm.Stopped) {
+	if cur, err := s.store.VM(t.Context(), v.Name); err != nil || cur.State != string(Stopped) {
 		t.Errorf("after the kill: %+v, %v", cur, err)
 	}
 }
@@ -201,11 +202,11 @@ func TestKillCutsAStopOfAStuckGuest(t *testing.T) {
 // A stop alone is bounded too: the power-off through a stuck agent gives
 // up after its 3 s, and the VMM's own stop then kills at its deadline.
 func TestStopOfAStuckGuestGivesUpOnTheAgent(t *testing.T) {
-	d, v, _ := stuckVM(t, "stuck")
+	s, v, _ := stuckVM(t, "stuck")
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	began := time.Now()
-	err := d.agentPowerOff(ctx, v)
+	err := s.agentPowerOff(ctx, v)
 	if err == nil {
 		t.Fatal("a guest that does not read powered off")
 	}
@@ -217,14 +218,14 @@ func TestStopOfAStuckGuestGivesUpOnTheAgent(t *testing.T) {
 // ssh-key add pushes keys to every running VM: a stuck one must not
 // hold the request past the push's bound.
 func TestKeyPushToAStuckGuestIsBounded(t *testing.T) {
-	d, v, _ := stuckVM(t, "stuck")
-	if err := os.WriteFile(d.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
+	s, v, _ := stuckVM(t, "stuck")
+	if err := os.WriteFile(s.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 	defer cancel()
 	done := make(chan struct{})
-	go func() { d.pushAuthorizedKeys(ctx, v); close(done) }()
+	go func() { s.pushAuthorizedKeys(ctx, v); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(4 * time.Second):
@@ -235,16 +236,16 @@ func TestKeyPushToAStuckGuestIsBounded(t *testing.T) {
 // Daemon shutdown waits for its jobs; one that talks to a guest that
 // stopped reading (the keys pushed after a start) must not hold it.
 func TestShutdownWithAJobOnAStuckGuest(t *testing.T) {
-	d, v, _ := stuckVM(t, "stuck")
-	if err := os.WriteFile(d.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
+	s, v, _ := stuckVM(t, "stuck")
+	if err := os.WriteFile(s.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	d.jobCtx, d.jobCancel = context.WithCancel(context.Background())
-	d.jobs.Add(1)
-	go func() { defer d.jobs.Done(); d.pushAuthorizedKeys(d.jobCtx, v) }()
+	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
+	s.jobs.Add(1)
+	go func() { defer s.jobs.Done(); s.pushAuthorizedKeys(s.jobCtx, v) }()
 	time.Sleep(300 * time.Millisecond)
 	done := make(chan struct{})
-	go func() { d.drainJobs(); close(done) }()
+	go func() { s.drainJobs(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(3 * time.Second):

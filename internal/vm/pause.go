@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -6,22 +6,21 @@ import (
 	"time"
 
 	"banger/internal/api"
-	"banger/internal/vm"
 	"banger/internal/vmm"
 )
 
 // pauseVMLocked freezes (pause) or thaws v's guest through its VMM: QMP
 // stop/cont under QEMU, PATCH /vm under Firecracker. The state changes
 // only once the VMM did it, so a failed pause leaves the VM running.
-func (d *Daemon) pauseVMLocked(ctx context.Context, v api.VM, pause bool) (*api.VM, error) {
-	ev, doing := vm.EvPause, "pausing"
+func (s *Service) pauseVMLocked(ctx context.Context, v api.VM, pause bool) (*api.VM, error) {
+	ev, doing := EvPause, "pausing"
 	if !pause {
-		ev, doing = vm.EvResume, "resuming"
+		ev, doing = EvResume, "resuming"
 	}
-	if _, err := vm.Next(vm.State(v.State), ev); err != nil {
+	if _, err := Next(State(v.State), ev); err != nil {
 		return nil, fmt.Errorf("VM %q: %w", v.Name, err)
 	}
-	p, err := d.pauser(v)
+	p, err := s.pauser(v)
 	if err != nil {
 		return nil, err
 	}
@@ -30,27 +29,27 @@ func (d *Daemon) pauseVMLocked(ctx context.Context, v api.VM, pause bool) (*api.
 	op := p.Resume
 	if pause {
 		op = p.Pause
-		d.agentPaused(v.ID, true) // before the guest stops reading
+		s.agentPaused(v.ID, true) // before the guest stops reading
 	}
 	if err := op(pctx); err != nil {
-		d.agentPaused(v.ID, !pause)
+		s.agentPaused(v.ID, !pause)
 		return nil, fmt.Errorf("%s VM %q: %w", doing, v.Name, err)
 	}
 	if !pause {
-		d.agentPaused(v.ID, false)
+		s.agentPaused(v.ID, false)
 	}
-	if err := d.transition(ctx, &v, ev, v.PID, ""); err != nil {
+	if err := s.transition(ctx, &v, ev, v.PID, ""); err != nil {
 		return nil, err
 	}
-	d.log.Info("vm "+string(ev)+"d", "vm", v.Name)
+	s.log.Info("vm "+string(ev)+"d", "vm", v.Name)
 	return &v, nil
 }
 
 // pauser is the VMM handle of a live VM that can pause.
-func (d *Daemon) pauser(v api.VM) (vmm.Pauser, error) {
-	m := d.machine(v.ID)
+func (s *Service) pauser(v api.VM) (vmm.Pauser, error) {
+	m := s.machine(v.ID)
 	if m == nil {
-		return nil, fmt.Errorf("%w: VM %q: bangerd has no handle on its VMM (it could not adopt it after a restart): it can only be killed, `banger vm kill %s`", errConflict, v.Name, v.Name)
+		return nil, fmt.Errorf("%w: VM %q: bangerd has no handle on its VMM (it could not adopt it after a restart): it can only be killed, `banger vm kill %s`", api.ErrConflict, v.Name, v.Name)
 	}
 	p, ok := m.(vmm.Pauser)
 	if !ok {

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -12,7 +12,6 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/virtiofs"
-	"banger/internal/vm"
 	"banger/internal/vmm"
 )
 
@@ -24,21 +23,21 @@ import (
 // user and the VM's VMM and kernel, and returns them as the VM records
 // them: live virtio-fs shares on QEMU, synced copies on Firecracker (or
 // when asked for with the sync option).
-func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind string, k api.Kernel) ([]api.Mount, error) {
+func (s *Service) resolveMounts(caller Caller, specs []string, vmmKind string, k api.Kernel) ([]api.Mount, error) {
 	if len(specs) == 0 {
 		return nil, nil
 	}
-	c := callerOf(ctx)
+	c := virtiofs.Caller{UID: caller.UID, GID: caller.GID, Groups: caller.Groups}
 	var out []api.Mount
 	live, synced := 0, 0
-	for i, s := range specs {
-		sp, err := virtiofs.Parse(s)
+	for i, spec := range specs {
+		sp, err := virtiofs.Parse(spec)
 		var m api.Mount
 		if err == nil {
 			m, err = virtiofs.Resolve(sp, c)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w: %v", errInvalid, err)
+			return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 		}
 		if vmmKind == "qemu" && !sp.Sync {
 			m.Kind, m.Tag = api.MountVirtioFS, "banger"+strconv.Itoa(i)
@@ -50,19 +49,19 @@ func (d *Daemon) resolveMounts(ctx context.Context, specs []string, vmmKind stri
 		out = append(out, m)
 	}
 	if err := virtiofs.Check(out); err != nil {
-		return nil, fmt.Errorf("%w: %v", errInvalid, err)
+		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
 	if live > 0 {
 		if k.Initrd != "" && !slices.Contains(k.Modules, "virtiofs") {
-			return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`, or add :sync to the -v value", errInvalid, k.Name, k.Name, k.Name)
+			return nil, fmt.Errorf("%w: kernel %q has no virtio-fs driver packed (it was imported before banger shared directories, or lacks virtiofs.ko): import it again, e.g. `banger kernel rm %s && banger kernel pull %s`, or add :sync to the -v value", api.ErrInvalid, k.Name, k.Name, k.Name)
 		}
 		if _, err := virtiofs.Find(); err != nil {
-			return nil, fmt.Errorf("%w: -v: %v (or add :sync to the -v value)", errInvalid, err)
+			return nil, fmt.Errorf("%w: -v: %v (or add :sync to the -v value)", api.ErrInvalid, err)
 		}
 	}
 	if synced > 0 {
 		if _, err := syncHelper(); err != nil {
-			return nil, fmt.Errorf("%w: -v: %v", errInvalid, err)
+			return nil, fmt.Errorf("%w: -v: %v", api.ErrInvalid, err)
 		}
 	}
 	return out, nil
@@ -74,18 +73,6 @@ func hasMount(ms []api.Mount, kind string) bool {
 	return slices.ContainsFunc(ms, func(m api.Mount) bool { return m.Kind == kind })
 }
 
-// callerOf is the user who made the request, with their groups: the
-// host side of a mount acts with their rights, not the daemon's.
-func callerOf(ctx context.Context) virtiofs.Caller {
-	pc, _ := ctx.Value(peerKey{}).(peerCred)
-	if !pc.ok {
-		return virtiofs.Caller{UID: os.Geteuid(), GID: os.Getegid()}
-	}
-	c := virtiofs.Caller{UID: int(pc.uid), GID: int(pc.gid)}
-	c.Groups = groupsOf(c.UID)
-	return c
-}
-
 // fsMarker names mount i of v's virtiofsd processes (virtiofs.Processes).
 func fsMarker(v api.VM, i int) string { return v.ID + "/" + strconv.Itoa(i) }
 
@@ -95,7 +82,7 @@ func fsLog(v api.VM, i int) string    { return filepath.Join(v.Dir, "fs"+strconv
 // startMounts starts a virtiofsd for each of v's mounts and returns the
 // VMM's devices and the guest's command line parameters for them. On
 // error none is left running.
-func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmdline []string, err error) {
+func (s *Service) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmdline []string, err error) {
 	if !hasMount(v.Mounts, api.MountVirtioFS) {
 		return nil, nil, nil
 	}
@@ -126,7 +113,7 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 		devs = append(devs, vmm.FS{Tag: m.Tag, Socket: fsSocket(*v, i)})
 		cmdline = append(cmdline, virtiofs.Cmdline(*m))
 	}
-	if err := d.store.SetVMMounts(ctx, v.Name, v.Mounts); err != nil {
+	if err := s.store.SetVMMounts(ctx, v.Name, v.Mounts); err != nil {
 		return nil, nil, err
 	}
 	for _, p := range procs {
@@ -134,7 +121,7 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 	}
 	for i, m := range v.Mounts {
 		if m.Kind == api.MountVirtioFS {
-			go d.watchMount(*v, i)
+			go s.watchMount(*v, i)
 		}
 	}
 	return devs, cmdline, nil
@@ -144,13 +131,13 @@ func (d *Daemon) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cmd
 // daemon start (a mount whose virtiofsd is gone is recorded as failed)
 // and starts its syncs again: their helpers ended with the daemon that
 // relayed them.
-func (d *Daemon) adoptMounts(v api.VM) {
+func (s *Service) adoptMounts(v api.VM) {
 	for i, m := range v.Mounts {
 		switch {
 		case m.Kind == api.MountSync:
-			d.runSync(v, i, nil)
+			s.runSync(v, i, nil)
 		case m.PID != 0:
-			go d.watchMount(v, i)
+			go s.watchMount(v, i)
 		}
 	}
 }
@@ -159,38 +146,38 @@ func (d *Daemon) adoptMounts(v api.VM) {
 // forks a worker: either may be the one to go). If the VM still runs
 // then, the mount failed: the guest sees I/O errors under it until the
 // VM restarts. That goes in the VM's record and the log.
-func (d *Daemon) watchMount(v api.VM, i int) {
+func (s *Service) watchMount(v api.VM, i int) {
 	for len(virtiofs.Processes(fsMarker(v, i))) > 0 {
 		select {
-		case <-d.jobCtx.Done():
+		case <-s.jobCtx.Done():
 			return
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
-	unlock := d.vmLock(v.Name)
+	unlock := s.vmLock(v.Name)
 	defer unlock()
-	cur, err := d.store.VM(context.Background(), v.Name)
+	cur, err := s.store.VM(context.Background(), v.Name)
 	if err != nil || cur.ID != v.ID || i >= len(cur.Mounts) || cur.Mounts[i].PID != v.Mounts[i].PID {
 		return
 	}
 	m := &cur.Mounts[i]
 	m.PID = 0
-	if vm.State(cur.State).Live() && vmmProcess(cur.PID, cur.Dir) {
+	if State(cur.State).Live() && vmmProcess(cur.PID, cur.Dir) {
 		m.Error = fmt.Sprintf("virtiofsd for %s ended while the VM ran: %s has its log; the guest gets I/O errors under %s until `banger vm restart %s`", m.Host, fsLog(cur, i), m.Guest, cur.Name)
-		d.log.Warn("shared directory lost", "vm", cur.Name, "host", m.Host, "guest", m.Guest, "log", fsLog(cur, i))
+		s.log.Warn("shared directory lost", "vm", cur.Name, "host", m.Host, "guest", m.Guest, "log", fsLog(cur, i))
 	}
-	d.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
+	s.store.SetVMMounts(context.Background(), cur.Name, cur.Mounts)
 }
 
 // stopMounts ends whatever virtiofsd or sync helper of v still runs
 // (its VMM is gone: they end by themselves when it disconnects, this
 // makes sure) and removes their sockets.
-func (d *Daemon) stopMounts(ctx context.Context, name string) {
-	v, err := d.store.VM(ctx, name)
+func (s *Service) stopMounts(ctx context.Context, name string) {
+	v, err := s.store.VM(ctx, name)
 	if err != nil || len(v.Mounts) == 0 {
 		return
 	}
-	d.stopSyncs(v)
+	s.stopSyncs(v)
 	for i := range v.Mounts {
 		m := &v.Mounts[i]
 		marker := fsMarker(v, i)
@@ -206,5 +193,5 @@ func (d *Daemon) stopMounts(ctx context.Context, name string) {
 		m.PID = 0
 		os.Remove(fsSocket(v, i))
 	}
-	d.store.SetVMMounts(ctx, v.Name, v.Mounts)
+	s.store.SetVMMounts(ctx, v.Name, v.Mounts)
 }

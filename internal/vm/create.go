@@ -1,0 +1,294 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/guestinit"
+	"banger/internal/hostnet"
+	"banger/internal/store"
+	"banger/internal/vmnet"
+)
+
+// This file is how a VM comes to exist (Create) and the verbs on one VM
+// by name: start, restart, stop, kill, pause, resume, show and list.
+
+// vmHint says where to look when a VM is not found.
+func vmHint(err error) error {
+	return store.Hint(err, "list VMs with `banger vm ls`")
+}
+
+// Create makes a VM from req and, unless req.NoStart, starts it (from a
+// warm template when one fits, else by booting) and returns it running.
+// Stages go to progress: disk, network, vmm or restore, boot or
+// identity, template.
+func (s *Service) Create(ctx context.Context, c Caller, req api.VMCreateRequest, progress func(string)) (*api.VM, error) {
+	return s.createVM(ctx, c, req, progress)
+}
+
+func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateRequest, progress func(string)) (*api.VM, error) {
+	v, unlock, err := s.newVMRecord(ctx, req.Name)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	cfg := s.cfg
+	if req.Image == "" {
+		req.Image = cfg.DefaultImage
+	}
+	img, err := s.store.Image(ctx, req.Image)
+	if err != nil {
+		return nil, store.Hint(err, "pull it with `banger image pull "+req.Image+"`")
+	}
+	kk, err := s.kernels.Resolve(ctx, req.Kernel, cfg.DefaultKernel)
+	if err != nil {
+		return nil, err
+	}
+	k := &kk
+	if req.VMM == "" {
+		req.VMM = cfg.VMM
+	}
+	if req.Network == "" {
+		req.Network = cfg.Network
+	}
+	choice, _, err := s.backends.Pick(req.VMM)
+	if err != nil {
+		return nil, err
+	}
+	mode, err := hostnet.ParseMode(req.Network)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	ports, err := vmnet.ParsePorts(mode, req.Ports)
+	if err != nil {
+		return nil, err
+	}
+	mounts, err := s.resolveMounts(c, req.Mounts, choice, *k)
+	if err != nil {
+		return nil, err
+	}
+	alloc, err := s.net.Prepare(mode, ports)
+	if err != nil {
+		return nil, err
+	}
+	v.Mounts = mounts
+	mem, _ := config.ParseSize(cfg.Memory)
+	v.Image, v.Kernel, v.VMM = img.Name, k.Name, choice
+	v.VCPU, v.MemoryMiB, v.DiskBytes = orInt(req.VCPU, cfg.VCPU), orInt(req.MemoryMiB, int(mem>>20)), req.DiskBytes
+	v.Network, v.Ports = string(mode), ports
+	if v.DiskBytes == 0 {
+		v.DiskBytes, _ = config.ParseSize(cfg.DiskSize)
+	}
+	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
+		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", api.ErrInvalid)
+	}
+	if err := os.MkdirAll(v.Dir, vmDirMode); err != nil {
+		return nil, err
+	}
+	// A warm start: the template's disk instead of a new one, restored
+	// instead of booted.
+	var from *restoreFrom
+	key := ""
+	// A VM with shared directories cannot be snapshotted (see
+	// takeSnapshot), so it neither restores a template nor makes one.
+	if cfg.Warm && !req.Cold && !req.NoStart && len(mounts) == 0 {
+		key, from = s.warmStart(ctx, v, img, *k)
+	}
+	say(progress, "disk")
+	if from != nil {
+		hostKey, err := s.restoredDisk(v, from.snap)
+		if err != nil {
+			return nil, err
+		}
+		from.hostKey = hostKey
+		v.Origin = "template " + from.snap.Name
+	} else if err := s.newDataDisk(ctx, v, img); err != nil {
+		return nil, err
+	}
+	v.CreatedAt = time.Now().UTC()
+	if err := s.store.InsertVM(ctx, &v, alloc); err != nil {
+		os.RemoveAll(v.Dir)
+		return nil, err
+	}
+	s.log.Info("vm created", "vm", v.Name, "image", img.Name, "kernel", k.Name, "vmm", choice, "origin", v.Origin)
+	if req.NoStart {
+		return &v, nil
+	}
+	if from == nil {
+		return s.launchVMLocked(v, nil, key, progress)
+	}
+	out, err := s.launchVMLocked(v, from, "", progress)
+	if err == nil {
+		return out, nil
+	}
+	// A template that does not restore is of no use to anyone: drop it
+	// and boot this VM cold on a new disk (which makes a new template).
+	s.log.Warn("warm start failed: dropping the template, booting cold", "vm", v.Name, "template", from.snap.Name, "err", err)
+	s.dropSnapshot(ctx, from.snap, "it did not restore")
+	cur, gerr := s.store.VM(ctx, v.Name)
+	if gerr != nil {
+		return nil, err
+	}
+	os.Remove(filepath.Join(cur.Dir, DataDisk))
+	if err := s.newDataDisk(ctx, cur, img); err != nil {
+		return nil, err
+	}
+	cur.Origin = ""
+	if err := s.store.SetVMOrigin(ctx, cur.Name, ""); err != nil {
+		return nil, err
+	}
+	return s.launchVMLocked(cur, nil, key, progress)
+}
+
+// newDataDisk makes v's writable disk, seeded with the image's run spec
+// and the VM's SSH keys. On error v's directory is removed.
+func (s *Service) newDataDisk(ctx context.Context, v api.VM, img api.Image) error {
+	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
+		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	seed, err := s.sshSeed(v)
+	if err != nil {
+		os.RemoveAll(v.Dir)
+		return err
+	}
+	if _, err := CreateDataDisk(ctx, s.runner, v.Dir, v.DiskBytes, spec, seed); err != nil {
+		os.RemoveAll(v.Dir)
+		return err
+	}
+	return nil
+}
+
+func orInt(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+func (s *Service) transition(ctx context.Context, v *api.VM, ev Event, pid int, msg string) error {
+	next, err := Next(State(v.State), ev)
+	if err != nil {
+		return fmt.Errorf("VM %q: %w", v.Name, err)
+	}
+	if err := s.store.SetVMState(ctx, v.Name, string(next), pid, msg); err != nil {
+		return err
+	}
+	v.State, v.PID, v.Error = string(next), pid, msg
+	if !next.Live() {
+		// No VMM maps the guest's RAM any more, serves its mounts or
+		// writes its console (but for a kill, recorded first: see
+		// stopVMLocked).
+		os.Remove(s.layout.RAMFile(v.ID))
+		s.stopMounts(ctx, v.Name)
+		s.endConsole(v.Dir)
+	}
+	return nil
+}
+
+// Get is the VM named name, with its SSH host key.
+func (s *Service) Get(ctx context.Context, name string) (api.VM, error) {
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return v, vmHint(err)
+	}
+	return withHostKey(v), nil
+}
+
+// List is every VM, with their SSH host keys.
+func (s *Service) List(ctx context.Context) ([]api.VM, error) {
+	vms, err := s.store.VMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for i := range vms {
+		vms[i] = withHostKey(vms[i])
+	}
+	return vms, nil
+}
+
+// Start starts the stopped (or failed, or never started) VM name.
+func (s *Service) Start(ctx context.Context, name string, progress func(string)) (*api.VM, error) {
+	unlock := s.vmLock(name)
+	defer unlock()
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return nil, vmHint(err)
+	}
+	if _, err := Next(State(v.State), EvStart); err != nil {
+		return nil, fmt.Errorf("VM %q: %w", name, err)
+	}
+	return s.startVMLocked(v, progress)
+}
+
+// Restart stops the VM name gracefully when it runs, then starts it.
+func (s *Service) Restart(ctx context.Context, name string, progress func(string)) (*api.VM, error) {
+	unlock := s.vmLock(name)
+	defer unlock()
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return nil, vmHint(err)
+	}
+	if State(v.State).Live() {
+		if _, err := s.stopVMLocked(ctx, v, false); err != nil {
+			return nil, err
+		}
+		if s.killWaiting(name) {
+			return nil, fmt.Errorf("%w: VM %q was killed while it restarted (`banger vm kill` or `vm rm -f`): it stays stopped; start it with `banger vm start %s`", api.ErrConflict, name, name)
+		}
+		if v, err = s.store.VM(ctx, name); err != nil {
+			return nil, vmHint(err)
+		}
+	}
+	return s.startVMLocked(v, progress)
+}
+
+// Stop shuts the VM name down gracefully: the guest syncs and powers
+// off, and is killed after 30 s. A Kill meanwhile cuts it short.
+func (s *Service) Stop(ctx context.Context, name string) (*api.VM, error) {
+	unlock := s.vmLock(name)
+	defer unlock()
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return nil, vmHint(err)
+	}
+	return s.stopVMLocked(ctx, v, false)
+}
+
+// Kill ends the VM name's VMM at once. It never waits for a graceful
+// stop under way: it cuts it short (see killLock).
+func (s *Service) Kill(ctx context.Context, name string) (*api.VM, error) {
+	unlock, cut := s.killLock(name)
+	defer unlock()
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return nil, vmHint(err)
+	}
+	if cut && !State(v.State).Live() {
+		return &v, nil // the stop this kill cut short has killed the VM
+	}
+	return s.stopVMLocked(ctx, v, true)
+}
+
+// Pause freezes the VM name's guest; Resume thaws it.
+func (s *Service) Pause(ctx context.Context, name string) (*api.VM, error) {
+	return s.pauseByName(ctx, name, true)
+}
+
+// Resume thaws the VM name's guest.
+func (s *Service) Resume(ctx context.Context, name string) (*api.VM, error) {
+	return s.pauseByName(ctx, name, false)
+}
+
+func (s *Service) pauseByName(ctx context.Context, name string, pause bool) (*api.VM, error) {
+	unlock := s.vmLock(name)
+	defer unlock()
+	v, err := s.store.VM(ctx, name)
+	if err != nil {
+		return nil, vmHint(err)
+	}
+	return s.pauseVMLocked(ctx, v, pause)
+}
