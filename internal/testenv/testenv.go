@@ -34,6 +34,15 @@ func RequireRoot(tb testing.TB) {
 	}
 }
 
+// Require skips unless ok, a capability the caller probed (a cgroup
+// hierarchy, a kernel feature); why says what is missing and how to get it.
+func Require(tb testing.TB, ok bool, why string) {
+	tb.Helper()
+	if !ok {
+		skipOrFail(tb, why)
+	}
+}
+
 // RequireBinary skips unless name is on PATH; install says how to get it.
 func RequireBinary(tb testing.TB, name, install string) {
 	tb.Helper()
