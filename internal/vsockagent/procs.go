@@ -66,7 +66,7 @@ type ProcInfo struct {
 	PID  int      `json:"pid"`
 	Argv []string `json:"argv"`
 	// Env is what the request added to the environment, as envd lists it.
-	Env []string `json:"env,omitempty"`
+	Env []string `json:"env"`
 	Dir string   `json:"dir"`
 	Tag string   `json:"tag,omitempty"`
 	TTY bool     `json:"tty"`
@@ -343,7 +343,7 @@ func (a *Agent) startDetached(st *Stream) {
 		st.Fail(err)
 		return
 	}
-	p := &proc{info: ProcInfo{Argv: req.Argv, Env: req.Env, Dir: cmd.dir, Tag: req.Tag, TTY: req.TTY}, attachers: map[*attacher]bool{}}
+	p := &proc{info: ProcInfo{Argv: req.Argv, Env: append([]string{}, req.Env...), Dir: cmd.dir, Tag: req.Tag, TTY: req.TTY}, attachers: map[*attacher]bool{}}
 	at := newAttacher(st, 0)
 	p.attachers[at] = true
 
