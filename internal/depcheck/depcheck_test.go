@@ -29,8 +29,10 @@ var agentAllowed = map[string]bool{
 	"banger/internal/guestinit":     true,
 	// synced mounts' guest side: the standard library and x/sys only.
 	"banger/internal/filesync": true,
-	"golang.org/x/sys/unix":    true,
-	"golang.org/x/crypto/ssh":  true,
+	// inotify watches: synced mounts and the agent's watch op.
+	"banger/internal/fswatch": true,
+	"golang.org/x/sys/unix":   true,
+	"golang.org/x/crypto/ssh": true,
 	// sftp for the agent's SSH server (scp, rsync and editors need it).
 	"github.com/kr/fs": true,
 }

@@ -206,6 +206,23 @@ func relay(ctx context.Context, front *vsockagent.Stream, s *vsockagent.Session)
 		front.Fail(err)
 		return
 	}
+	if req.WantsStarted() {
+		// The pid before any output, as the agent sent it; an EXIT
+		// first (a detached command that does not exist) has none.
+		sctx, cancel := context.WithCancel(ctx)
+		go func() {
+			select {
+			case <-front.Done():
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		pid, err := back.Started(sctx)
+		cancel()
+		if err == nil && pid > 0 {
+			front.SendStarted(pid)
+		}
+	}
 	go func() {
 		vsockagent.Copy(back, front)
 		back.CloseWrite()

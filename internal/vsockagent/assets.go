@@ -1,7 +1,9 @@
 // Package vsockagent is banger's guest agent: the files that install it in
-// a guest (binary path, systemd unit, modules-load configuration) and, in
-// later stages, its protocol, server and host-side client. This file holds
-// only the install-time assets, which the image pipeline injects.
+// a guest (binary path, systemd unit, modules-load configuration), its
+// protocol (docs/agent-protocol.md), its server (exec, detached processes,
+// copies, file system ops, ports, SSH) and the host's side: the session
+// and the typed helpers of hostops.go. This file holds only the
+// install-time assets, which the image pipeline injects.
 package vsockagent
 
 import _ "embed"

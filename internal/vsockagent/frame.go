@@ -24,7 +24,13 @@ const (
 	FrameSignal byte = 0x08 // 1 byte: signal number
 	FrameExit   byte = 0x09 // JSON Exit
 	FrameClose  byte = 0x0a // the stream is over (either side; also an abort)
-	FrameError  byte = 0x0b // JSON {"message"}: the open failed
+	FrameError  byte = 0x0b // JSON {"message","code"}: the request failed
+	// FrameStarted (JSON {"pid"}) tells the host a process's pid before
+	// its output. Hosts from before it treat an unknown type as a
+	// broken channel, so the agent sends it only to a host that asked:
+	// an exec with "detach" or "report_pid", and "attach" (which only a
+	// host that knows STARTED sends).
+	FrameStarted byte = 0x0c
 )
 
 // frameMagic starts every frame; a stream that loses sync finds its way
@@ -59,7 +65,7 @@ type Frame struct {
 	Payload []byte
 }
 
-func validType(t byte) bool { return t >= FrameHello && t <= FrameError }
+func validType(t byte) bool { return t >= FrameHello && t <= FrameStarted }
 
 // AppendFrame encodes a frame onto b.
 func AppendFrame(b []byte, f Frame) []byte {

@@ -44,9 +44,9 @@ func Serve(ctx context.Context, opts Options, stdout io.Writer) error {
 			}
 		}
 	}
-	SetPong(Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image})
+	SetPong(Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image, Features: agentFeatures})
 	hello := func() Hello {
-		return Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image, UptimeMs: time.Since(started).Milliseconds()}
+		return Hello{Agent: opts.Version, Hostname: currentHostname(), Image: opts.Image, UptimeMs: time.Since(started).Milliseconds(), Features: agentFeatures}
 	}
 	if dev := serialPort(SerialPortName); dev != "" {
 		if f, err := os.OpenFile(dev, os.O_RDWR, 0); err == nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 )
@@ -24,13 +25,36 @@ type Hello struct {
 	Image    string `json:"image,omitempty"`
 	UptimeMs int64  `json:"uptime_ms,omitempty"`
 	Pong     bool   `json:"pong,omitempty"`
+	// Features lists what the agent serves beyond protocol 1's first
+	// ops (Feature*), so a host can tell an older agent apart before it
+	// sends a request that agent would misread (an old agent ignores
+	// "detach" and would kill the process at the stream's end).
+	Features []string `json:"features,omitempty"`
 }
+
+// Features an agent announces in its Hello.
+const (
+	// FeatureProcs: detached exec, STARTED, attach, procs, signal,
+	// stdin, resize; ERROR codes.
+	FeatureProcs = "procs"
+	// FeatureFS: stat, ls, mkdir, mv, rm, write, read, watch, metrics,
+	// ensure_user.
+	FeatureFS = "fs"
+)
+
+// agentFeatures is what this agent announces.
+var agentFeatures = []string{FeatureProcs, FeatureFS}
+
+// Supports reports whether the peer announced feature.
+func (s *Session) Supports(feature string) bool { return slices.Contains(s.peer.Features, feature) }
 
 // Request opens a stream: what the guest should do.
 type Request struct {
 	// Op: exec, put (a tar stream into Path), get (a tar stream of
 	// Path), dial (a TCP connection to Addr), ports, sync, poweroff,
-	// filesync (a synced mount of Path, see package filesync).
+	// filesync (a synced mount of Path, see package filesync); attach,
+	// procs, signal, stdin, resize (detached processes); stat, ls,
+	// mkdir, mv, rm, write, read, watch, metrics, ensure_user.
 	Op        string   `json:"op"`
 	Argv      []string `json:"argv,omitempty"`
 	Env       []string `json:"env,omitempty"`
@@ -42,8 +66,39 @@ type Request struct {
 	TimeoutMs int64    `json:"timeout_ms,omitempty"`
 	Path      string   `json:"path,omitempty"`
 	Addr      string   `json:"addr,omitempty"`
+
+	// Detach (exec) makes the process the agent's: the stream's end
+	// only detaches from it (see docs/agent-protocol.md).
+	Detach bool `json:"detach,omitempty"`
+	// Stdin (exec): false gives the process /dev/null; nil is true.
+	Stdin *bool `json:"stdin,omitempty"`
+	// Tag (exec) labels a detached process in procs.
+	Tag string `json:"tag,omitempty"`
+	// ReportPID (exec) asks for a STARTED frame before any output.
+	ReportPID bool `json:"report_pid,omitempty"`
+	// PID names a detached process (attach, signal, stdin, resize).
+	PID int `json:"pid,omitempty"`
+	// Sig is the signal number for op signal.
+	Sig int `json:"signal,omitempty"`
+	// Close (stdin) closes the process's stdin at the host's EOF.
+	Close bool `json:"close,omitempty"`
+	// To is mv's destination.
+	To string `json:"to,omitempty"`
+	// Depth is how deep ls lists (default 1: the directory's entries).
+	Depth int `json:"depth,omitempty"`
+	// Recursive makes watch cover the whole tree.
+	Recursive bool `json:"recursive,omitempty"`
+	// Home is ensure_user's home directory (default /home/USER).
+	Home string `json:"home,omitempty"`
 	// VM names the VM on the CLI-to-daemon leg; the daemon drops it.
 	VM string `json:"vm,omitempty"`
+}
+
+// WantsStarted reports whether the agent answers req with a STARTED
+// frame (FrameStarted): a detached exec, an exec with ReportPID, an
+// attach. A relay forwards it before any output.
+func (r Request) WantsStarted() bool {
+	return (r.Op == "exec" && (r.Detach || r.ReportPID)) || r.Op == "attach"
 }
 
 // Exit is how a stream's work ended.
@@ -344,7 +399,7 @@ func (s *Session) dispatch(f Frame) error {
 
 // refuse queues a refusal of the open of stream id for writeReplies.
 func (s *Session) refuse(id uint32, msg string) error {
-	b, _ := json.Marshal(map[string]string{"message": msg})
+	b, _ := json.Marshal(AgentError{Message: msg})
 	select {
 	case s.refusals <- AppendFrame(nil, Frame{Type: FrameError, Stream: id, Payload: b}):
 		return nil

@@ -22,15 +22,21 @@ import (
 // session over a socket pair, and returns the host's side.
 func pair(t testing.TB) *Session {
 	t.Helper()
+	return pairWith(t, NewAgent(Options{Version: "test", Env: []string{"IMAGE_VAR=from-image"}, PowerOff: func() {}}))
+}
+
+// pairWith is pair with a given agent: sessions come and go, the agent
+// (and its detached processes) stays.
+func pairWith(t testing.TB, a *Agent) *Session {
+	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	host, guest := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	a := NewAgent(Options{Version: "test", Env: []string{"IMAGE_VAR=from-image"}, PowerOff: func() {}})
 	srv := make(chan *Session, 1)
 	go func() {
-		s, err := Server(NewChannel(guest), Hello{Agent: "test"}, a.Handle, guest)
+		s, err := Server(NewChannel(guest), Hello{Agent: "test", Features: agentFeatures}, a.Handle, guest)
 		if err != nil {
 			t.Error(err)
 		}
@@ -86,7 +92,7 @@ func TestExecStreamsAndExitCodes(t *testing.T) {
 	if r := run(s, Request{Op: "exec", Argv: []string{"sh", "-c", "kill -9 $$"}}, nil); r.exit.Code != 137 || r.exit.Signal != "SIGKILL" {
 		t.Errorf("killed = %+v", r)
 	}
-	if r := run(s, Request{Op: "exec", Argv: []string{"no-such-command"}}, nil); r.err == nil || !strings.Contains(r.err.Error(), "not found") {
+	if r := run(s, Request{Op: "exec", Argv: []string{"no-such-command"}}, nil); !IsCode(r.err, CodeNotFound) || !strings.Contains(r.err.Error(), "not found") {
 		t.Errorf("missing command = %+v", r)
 	}
 	if r := run(s, Request{Op: "exec", Argv: []string{"sleep", "10"}, TimeoutMs: 200}, nil); !r.exit.TimedOut || r.exit.Code != 137 {

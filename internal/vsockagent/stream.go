@@ -25,6 +25,8 @@ type Stream struct {
 	closed      bool
 	closeErr    error
 	exit        chan Exit
+	started     chan int
+	exited      chan struct{} // closed when EXIT arrives
 	resizes     chan Winsize
 	signals     chan int
 	done        chan struct{}
@@ -34,7 +36,7 @@ type Stream struct {
 
 func newStream(s *Session, id uint32, req Request) *Stream {
 	st := &Stream{s: s, id: id, Req: req, out: newPipe(), errOut: newPipe(), credit: Window,
-		exit: make(chan Exit, 1), resizes: make(chan Winsize, 8), signals: make(chan int, 8), done: make(chan struct{})}
+		exit: make(chan Exit, 1), started: make(chan int, 1), exited: make(chan struct{}), resizes: make(chan Winsize, 8), signals: make(chan int, 8), done: make(chan struct{})}
 	st.cond = sync.NewCond(&st.mu)
 	return st
 }
@@ -115,12 +117,24 @@ func (st *Stream) deliver(f Frame) error {
 		}
 		select {
 		case st.exit <- e:
+			close(st.exited)
+		default:
+		}
+	case FrameStarted:
+		var m struct {
+			PID int `json:"pid"`
+		}
+		if json.Unmarshal(f.Payload, &m) != nil {
+			return fmt.Errorf("%w: started", ErrBadFrame)
+		}
+		select {
+		case st.started <- m.PID:
 		default:
 		}
 	case FrameError:
-		var m struct{ Message string }
-		json.Unmarshal(f.Payload, &m)
-		st.abort(errors.New(m.Message))
+		ae := &AgentError{}
+		json.Unmarshal(f.Payload, ae)
+		st.abort(ae)
 		st.s.remove(st.id)
 	case FrameClose:
 		st.abort(io.EOF)
@@ -252,9 +266,51 @@ func (st *Stream) SendExit(e Exit) error {
 	return err
 }
 
-// Fail reports that the request could not be carried out at all.
+// SendStarted tells the opener the pid of the process the stream
+// serves (served side). Send it only to a host that asked (see
+// FrameStarted).
+func (st *Stream) SendStarted(pid int) error {
+	b, _ := json.Marshal(map[string]int{"pid": pid})
+	return st.send(FrameStarted, b)
+}
+
+// Started waits for the served side's STARTED frame and returns its
+// pid. It returns 0 and no error when the stream's EXIT came first (a
+// detached exec whose command does not exist: its status is in Wait),
+// and the stream's error when it ended without either.
+func (st *Stream) Started(ctx context.Context) (int, error) {
+	select {
+	case pid := <-st.started:
+		return pid, nil
+	case <-st.exited:
+		select {
+		case pid := <-st.started:
+			return pid, nil
+		default:
+			return 0, nil
+		}
+	case <-st.done:
+		select {
+		case pid := <-st.started:
+			return pid, nil
+		case <-st.exited:
+			return 0, nil
+		default:
+		}
+		return 0, st.waitErr()
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+// Fail reports that the request could not be carried out: err's
+// *AgentError code, when it has one, goes along with its text.
 func (st *Stream) Fail(err error) {
-	b, _ := json.Marshal(map[string]string{"message": err.Error()})
+	ae := &AgentError{Message: err.Error()}
+	if errors.As(err, &ae) {
+		ae = &AgentError{Code: ae.Code, Message: err.Error()}
+	}
+	b, _ := json.Marshal(ae)
 	st.send(FrameError, b)
 	st.abort(err)
 	st.s.remove(st.id)
@@ -271,17 +327,22 @@ func (st *Stream) Wait(ctx context.Context) (Exit, error) {
 			return e, nil
 		default:
 		}
-		st.mu.Lock()
-		err := st.closeErr
-		st.mu.Unlock()
-		if err == io.EOF || err == nil {
-			err = errors.New("the stream ended without an exit status")
-		}
-		return Exit{}, err
+		return Exit{}, st.waitErr()
 	case <-ctx.Done():
 		st.abort(ctx.Err())
 		return Exit{}, ctx.Err()
 	}
+}
+
+// waitErr is why the stream ended without an exit status.
+func (st *Stream) waitErr() error {
+	st.mu.Lock()
+	err := st.closeErr
+	st.mu.Unlock()
+	if err == io.EOF || err == nil {
+		err = errors.New("the stream ended without an exit status")
+	}
+	return err
 }
 
 // Close ends the stream on both sides.
