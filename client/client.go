@@ -65,6 +65,20 @@ func (e *DialError) Error() string {
 }
 func (e *DialError) Unwrap() error { return e.Err }
 
+// DaemonStoppedError means bangerd went away in the middle of a request:
+// the connection broke after it was made (bangerd was stopped, killed or
+// crashed). What the request did may be half done: ask bangerd again
+// once it runs (its start cleans up what it finds).
+type DaemonStoppedError struct {
+	Request string // method and path
+	Err     error
+}
+
+func (e *DaemonStoppedError) Error() string {
+	return fmt.Sprintf("bangerd stopped during the request (%s): %v", e.Request, e.Err)
+}
+func (e *DaemonStoppedError) Unwrap() error { return e.Err }
+
 // Client talks to one daemon. It is safe for concurrent use.
 type Client struct {
 	socket string
@@ -121,7 +135,10 @@ func (c *Client) send(ctx context.Context, method, path string, body io.Reader, 
 		if errors.As(err, &de) {
 			return nil, de
 		}
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, context.Cause(ctx)
+		}
+		return nil, &DaemonStoppedError{Request: method + " " + path, Err: err}
 	}
 	if resp.StatusCode >= 300 {
 		defer resp.Body.Close()
@@ -297,9 +314,12 @@ func readEvents(ctx context.Context, resp *http.Response, onEvent func(api.Event
 		if ctx.Err() != nil {
 			return nil, context.Cause(ctx)
 		}
-		return nil, fmt.Errorf("reading events: %w", err)
+		return nil, &DaemonStoppedError{Request: resp.Request.Method + " " + resp.Request.URL.Path, Err: err}
 	}
-	return nil, errors.New("bangerd closed the stream early: see its log (`banger daemon status` shows where)")
+	if ctx.Err() != nil {
+		return nil, context.Cause(ctx)
+	}
+	return nil, &DaemonStoppedError{Request: resp.Request.Method + " " + resp.Request.URL.Path, Err: errors.New("the stream ended before its result")}
 }
 
 // Kernels lists imported kernels, newest first.
@@ -399,6 +419,11 @@ func (c *Client) VMAction(ctx context.Context, name, action string, onEvent func
 		return c.vmStream(ctx, path+"?stream=1", nil, onEvent)
 	}
 	return c.vmCall(ctx, http.MethodPost, path, nil)
+}
+
+// SetPolicy replaces a VM's egress rules (req.Reset: the default).
+func (c *Client) SetPolicy(ctx context.Context, name string, req api.PolicyRequest) (*api.VM, error) {
+	return c.vmCall(ctx, http.MethodPost, "/v1/vms/"+url.PathEscape(name)+"/policy", req)
 }
 
 // RemoveVM removes a VM; force kills a running one first.

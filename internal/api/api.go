@@ -42,6 +42,10 @@ type Image struct {
 	// of an imported source and what the user named ("docker-archive
 	// /home/me/app.tar", "rootfs -"), or "mmdebstrap debian:bookworm".
 	Source string `json:"source"`
+	// Owner is the uid of whoever made it: images are everyone's to use,
+	// theirs (and root's) to remove.
+	Owner     int    `json:"owner"`
+	OwnerName string `json:"owner_name,omitempty"`
 }
 
 // ImportOptions are the query parameters of POST /v1/images/import,
@@ -81,6 +85,9 @@ type Kernel struct {
 	Source    string    `json:"source"`  // vmlinux, bzImage, deb, catalog:NAME, oci:REF
 	AgentHash string    `json:"agent_hash,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Owner is the uid of whoever imported it (see Image.Owner).
+	Owner     int    `json:"owner"`
+	OwnerName string `json:"owner_name,omitempty"`
 }
 
 // KernelImportRequest is the body of POST /v1/kernels/import.
@@ -143,6 +150,34 @@ type VM struct {
 	Origin string `json:"origin,omitempty"`
 	// Mounts are the host directories the VM sees live (-v).
 	Mounts []Mount `json:"mounts,omitempty"`
+	// Owner is the uid of the user the VM belongs to: whoever created
+	// it (a fork or a warm start belongs to whoever asked for it). Only
+	// they and root see it or act on it.
+	Owner     int    `json:"owner"`
+	OwnerName string `json:"owner_name,omitempty"`
+	// Policy is what the guest may reach beyond the default (see
+	// Policy); nil when the VM has the default rules.
+	Policy *Policy `json:"policy,omitempty"`
+	// Labels are the creator's key=value notes (a Kubernetes pod's uid,
+	// an E2B sandbox's metadata).
+	Labels map[string]string `json:"labels,omitempty"`
+}
+
+// Policy is a VM's egress rules beyond the default (the internet yes;
+// the host, link-local and private ranges no). AllowOut lists domain
+// names (exact or *.example.com), IPs and CIDRs; once it has any entry,
+// everything not listed is denied. DenyOut lists CIDRs denied on top.
+type Policy struct {
+	AllowOut []string `json:"allow_out,omitempty"`
+	DenyOut  []string `json:"deny_out,omitempty"`
+}
+
+// PolicyRequest is the body of POST /v1/vms/{name}/policy: the new
+// rules replace the old ones (Reset: back to the default).
+type PolicyRequest struct {
+	AllowOut []string `json:"allow_out,omitempty"`
+	DenyOut  []string `json:"deny_out,omitempty"`
+	Reset    bool     `json:"reset,omitempty"`
 }
 
 // Mount kinds.
@@ -204,8 +239,15 @@ type Snapshot struct {
 	// SizeBytes is what the snapshot occupies on disk.
 	SizeBytes int64 `json:"size_bytes"`
 	// PausedMs is how long the source's guest was frozen for it.
-	PausedMs  int64     `json:"paused_ms"`
+	PausedMs int64 `json:"paused_ms"`
+	// Policy is the source VM's egress rules, which its forks get.
+	Policy    *Policy   `json:"policy,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// Owner is the uid of the user it belongs to: the one who took it
+	// (for a template, the owner of the VM it was taken from). It holds
+	// a guest's memory: only they (and root) see, fork or remove it.
+	Owner     int    `json:"owner"`
+	OwnerName string `json:"owner_name,omitempty"`
 }
 
 // SnapshotFile is one file of a snapshot.
@@ -299,6 +341,11 @@ type VMCreateRequest struct {
 	// Mounts are -v values, HOST:GUEST[:ro|:rw][,sync]; HOST is resolved by
 	// the CLI (relative to its working directory).
 	Mounts []string `json:"mounts,omitempty"`
+	// AllowOut and DenyOut are the VM's egress rules (see Policy).
+	AllowOut []string `json:"allow_out,omitempty"`
+	DenyOut  []string `json:"deny_out,omitempty"`
+	// Labels are key=value notes kept with the VM.
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // RegistryAuth carries credentials the CLI resolved from the user's own
@@ -375,6 +422,7 @@ var (
 	ErrInvalid   = errors.New("invalid request") // CodeInvalid
 	ErrConflict  = errors.New("conflict")        // CodeConflict
 	ErrForbidden = errors.New("forbidden")       // CodeForbidden
+	ErrLimit     = errors.New("limit reached")   // CodeLimit: a per-user limit of [limits]
 )
 
 // Error is the body of every non-2xx response and of error events.
@@ -405,4 +453,5 @@ const (
 	CodeBuild        = "build_failed"
 	CodeBadSnapshot  = "bad_snapshot"
 	CodeInternal     = "internal"
+	CodeLimit        = "limit_exceeded"
 )

@@ -46,12 +46,16 @@ type app struct {
 	layout  paths.Layout
 	c       *client.Client
 	autoErr error
+	// subject is the VM a command works on, when it names one: if
+	// bangerd stops mid-request, the error says what became of it.
+	subject string
 }
 
 // Execute runs the CLI with args and returns the process exit status. It
 // prints errors itself, once.
 func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	root := newRootCommand(&app{})
+	a := &app{}
+	root := newRootCommand(a)
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)
@@ -70,9 +74,44 @@ func Execute(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "banger: interrupted")
 		return 130
 	}
+	var stopped *client.DaemonStoppedError
+	if errors.As(err, &stopped) {
+		fmt.Fprintln(stderr, "banger:", safeText(a.daemonStopped(ctx)))
+		return 1
+	}
 	// An error may quote a guest's console (a VM that did not start).
 	fmt.Fprintln(stderr, "banger:", safeText(err.Error()))
 	return 1
+}
+
+// daemonStopped says, in plain words, that bangerd went away during the
+// request, where its log is, and what became of the VM the command
+// worked on: asked of a daemon started again (its start cleans up and
+// records what it finds).
+func (a *app) daemonStopped(ctx context.Context) string {
+	msg := "bangerd stopped during the request"
+	if log := a.layout.DaemonLog(); log != "" {
+		msg += ": its log is " + log
+	}
+	if a.subject == "" {
+		return msg + "; `banger vm ls` shows what exists now"
+	}
+	a.c = nil
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	c, err := a.client(ctx)
+	if err != nil {
+		return msg + fmt.Sprintf("; %s's state is unknown until bangerd runs again (`banger vm show %s`)", a.subject, a.subject)
+	}
+	v, err := c.VM(ctx, a.subject)
+	switch {
+	case err != nil:
+		return msg + fmt.Sprintf("; %s was not made: nothing of it is left", a.subject)
+	case v.State == "running":
+		return msg + fmt.Sprintf("; %s is running", v.Name)
+	default:
+		return msg + fmt.Sprintf("; %s is %s: `banger vm start %s`, or `banger vm rm %s`", v.Name, v.State, v.Name, v.Name)
+	}
 }
 
 func (a *app) init() error {

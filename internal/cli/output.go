@@ -126,6 +126,9 @@ type listSpec[T any] struct {
 	head  string         // table header, tab-separated
 	row   func(T) string // one table row, tab-separated
 	empty string         // hint on stderr when there are none
+	// owner, when set, is the OWNER column root sees (everyone's
+	// things are in root's lists; a user's are all their own).
+	owner func(T) string
 }
 
 // newListCommand is `list` (alias ls) with --json, -q and a table.
@@ -162,9 +165,18 @@ func newListCommand[T any](a *app, spec listSpec[T]) *cobra.Command {
 				return nil
 			}
 			tw := newTable(out)
-			fmt.Fprintln(tw, spec.head)
+			withOwner := spec.owner != nil && os.Geteuid() == 0
+			if withOwner {
+				fmt.Fprintln(tw, "OWNER\t"+spec.head)
+			} else {
+				fmt.Fprintln(tw, spec.head)
+			}
 			for _, it := range items {
-				fmt.Fprintln(tw, spec.row(it))
+				if withOwner {
+					fmt.Fprintln(tw, spec.owner(it)+"\t"+spec.row(it))
+				} else {
+					fmt.Fprintln(tw, spec.row(it))
+				}
 			}
 			if err := tw.Flush(); err != nil {
 				return err

@@ -79,6 +79,7 @@ func newVMRunCommand(a *app) *cobra.Command {
 			if err := spec.finish(&req); err != nil {
 				return err
 			}
+			a.subject = req.Name
 			return a.run(cmd, req, path, untracked, command, rm, detach, dir)
 		},
 	}

@@ -26,6 +26,7 @@ func newSnapshotCommand(a *app) *cobra.Command {
 					humanBytes(int64(s.MemoryMiB)<<20), humanBytes(s.SizeBytes), humanAgo(s.CreatedAt))
 			},
 			empty: "no snapshots yet: `banger vm snapshot VM`; a cold `banger vm run` leaves a warm template",
+			owner: func(s api.Snapshot) string { return orDash(s.OwnerName) },
 		}),
 		newSnapshotShowCommand(a),
 		newRmCommand(a, "Remove snapshots or templates (VMs made from them keep running)", func(ctx context.Context, c *client.Client, name string) error {

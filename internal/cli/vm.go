@@ -2,8 +2,10 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -21,7 +23,7 @@ func newVMCommand(a *app) *cobra.Command {
 	cmd.AddCommand(newVMCreateCommand(a), newVMListCommand(a), newVMShowCommand(a), newVMLogsCommand(a),
 		newVMRmCommand(a), newVMPruneCommand(a), newVMExecCommand(a), newVMShellCommand(a), newVMCopyCommand(a),
 		newVMPortsCommand(a), newVMForwardCommand(a), newVMSSHCommand(a), newVMSSHProxyCommand(a), newVMKnownHostsCommand(a),
-		newVMRunCommand(a), newVMWorkspaceCommand(a), newVMSnapshotCommand(a), newVMForkCommand(a))
+		newVMRunCommand(a), newVMWorkspaceCommand(a), newVMSnapshotCommand(a), newVMForkCommand(a), newVMPolicyCommand(a))
 	for _, action := range []struct{ name, short string }{
 		{"start", "Start a VM and wait until it is ready"},
 		{"stop", "Shut a VM down gracefully (killed after 30 s)"},
@@ -51,6 +53,7 @@ func newVMCreateCommand(a *app) *cobra.Command {
 			if err := spec.finish(&req); err != nil {
 				return err
 			}
+			a.subject = req.Name
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
@@ -87,6 +90,35 @@ func newVMCreateCommand(a *app) *cobra.Command {
 	return cmd
 }
 
+// policyText says what a VM may reach, as vm show prints it.
+func policyText(v api.VM) string {
+	if v.Network == "none" {
+		return "none (no network)"
+	}
+	if v.Policy == nil {
+		return "default: the internet; not the host (but DNS), link-local or private ranges"
+	}
+	var parts []string
+	if len(v.Policy.AllowOut) > 0 {
+		parts = append(parts, "only "+strings.Join(v.Policy.AllowOut, ", "))
+	} else {
+		parts = append(parts, "default")
+	}
+	if len(v.Policy.DenyOut) > 0 {
+		parts = append(parts, "denied "+strings.Join(v.Policy.DenyOut, ", "))
+	}
+	return strings.Join(parts, "; ")
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"
@@ -101,6 +133,7 @@ func newVMActionCommand(a *app, action, short string) *cobra.Command {
 		Short: short,
 		Args:  argsError(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			a.subject = args[0]
 			c, err := a.client(cmd.Context())
 			if err != nil {
 				return err
@@ -137,6 +170,7 @@ func newVMListCommand(a *app) *cobra.Command {
 			return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s", v.Name, v.State, orDash(v.IP), v.Image, v.Kernel, v.VMM, v.VCPU, humanBytes(int64(v.MemoryMiB)<<20), humanAgo(v.CreatedAt))
 		},
 		empty: "no VMs yet: `banger vm create --image IMAGE`",
+		owner: func(v api.VM) string { return orDash(v.OwnerName) },
 	})
 }
 
@@ -164,6 +198,7 @@ func newVMShowCommand(a *app) *cobra.Command {
 				{"vcpu", strconv.Itoa(v.VCPU)}, {"memory", humanBytes(int64(v.MemoryMiB) << 20)}, {"disk", humanBytes(v.DiskBytes)},
 				{"network", v.Network}, {"ip", orDash(v.IP)}, {"ports", orDash(strings.Join(v.Ports, " "))},
 				{"pid", strconv.Itoa(v.PID)}, {"origin", orDash(v.Origin)}, {"dir", v.Dir}, {"created", v.CreatedAt.Local().Format(time.RFC3339)},
+				{"owner", fmt.Sprintf("%s (uid %d)", orDash(v.OwnerName), v.Owner)}, {"egress", policyText(*v)},
 			} {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], safeText(kv[1]))
 			}
@@ -177,6 +212,9 @@ func newVMShowCommand(a *app) *cobra.Command {
 					line += ": " + m.Error
 				}
 				fmt.Fprintf(tw, "mount:\t%s\n", safeText(line))
+			}
+			for _, k := range sortedKeys(v.Labels) {
+				fmt.Fprintf(tw, "label:\t%s=%s\n", safeText(k), safeText(v.Labels[k]))
 			}
 			if v.Error != "" {
 				// It may quote the guest's console.
@@ -260,7 +298,10 @@ func newVMPruneCommand(a *app) *cobra.Command {
 
 // vmSpecFlags are the flags that describe a new VM, shared by create
 // and run; sizes are parsed by finish.
-type vmSpecFlags struct{ memory, disk string }
+type vmSpecFlags struct {
+	memory, disk string
+	labels       []string
+}
 
 func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringVar(&req.Name, "name", "", "VM name, a DNS label (default: generated)")
@@ -274,6 +315,14 @@ func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringArrayVarP(&req.Ports, "publish", "p", nil, "publish a guest TCP port on the host, [IP:]HOSTPORT:GUESTPORT[/tcp] (IP defaults to 127.0.0.1); repeatable")
 	f.BoolVar(&req.Cold, "cold", false, "boot, even when a warm template of this image and shape could be restored")
 	f.StringArrayVarP(&req.Mounts, "mount", "v", nil, "share a host directory, HOST:GUEST[:OPTIONS], OPTIONS ro, rw, sync comma-separated (HOST relative to here): QEMU shares it live (virtio-fs); Firecracker, or the sync option, keeps a two-way synced copy; repeatable")
+	bindPolicy(f, &req.AllowOut, &req.DenyOut)
+	f.StringArrayVar(&v.labels, "label", nil, "a KEY=VALUE note kept with the VM (`vm show` lists them); repeatable")
+}
+
+// bindPolicy binds the egress-rule flags of vm create, run and policy.
+func bindPolicy(f *pflag.FlagSet, allow, deny *[]string) {
+	f.StringArrayVar(allow, "allow-out", nil, "let the VM reach only these (and deny the rest): domain names (example.com, *.example.com), IPs and CIDRs, comma-separated; repeatable")
+	f.StringArrayVar(deny, "deny-out", nil, "deny these CIDRs on top of the other rules, comma-separated; repeatable")
 }
 
 // finish puts the parsed sizes into req.
@@ -285,6 +334,16 @@ func (v *vmSpecFlags) finish(req *api.VMCreateRequest) error {
 	req.MemoryMiB = int(mem >> 20)
 	if req.DiskBytes, err = config.ParseSize(v.disk); err != nil {
 		return err
+	}
+	for _, l := range v.labels {
+		k, val, ok := strings.Cut(l, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("--label %q: want KEY=VALUE", l)
+		}
+		if req.Labels == nil {
+			req.Labels = map[string]string{}
+		}
+		req.Labels[k] = val
 	}
 	// The daemon does not share the CLI's working directory.
 	for i, m := range req.Mounts {
@@ -299,4 +358,48 @@ func (v *vmSpecFlags) finish(req *api.VMCreateRequest) error {
 		req.Mounts[i] = abs + ":" + rest
 	}
 	return nil
+}
+
+func newVMPolicyCommand(a *app) *cobra.Command {
+	var req api.PolicyRequest
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "policy NAME",
+		Short: "Change what a VM may reach (at once when it runs)",
+		Long: "Replace a VM's egress rules. By default a VM reaches the internet, but not the\n" +
+			"host (except banger's DNS), link-local or private addresses, nor other VMs.\n" +
+			"--allow-out lets it reach only what it lists (domain names, *.domain, IPs,\n" +
+			"CIDRs; private ones included); --deny-out denies CIDRs on top; --reset goes\n" +
+			"back to the default. A running VM gets the rules at once: connections to what\n" +
+			"is now denied are cut. Domain names work through banger's DNS: a name not\n" +
+			"allowed gets NXDOMAIN, and only addresses allowed names resolved to are let\n" +
+			"through (two names on one address cannot be told apart).",
+		Example: "  banger vm policy dev --allow-out pypi.org,*.pythonhosted.org,10.0.0.5\n" +
+			"  banger vm policy dev --deny-out 203.0.113.0/24\n" +
+			"  banger vm policy dev --reset",
+		Args: argsError(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.Reset && (len(req.AllowOut) > 0 || len(req.DenyOut) > 0) {
+				return errors.New("--reset goes back to the default rules: give it alone")
+			}
+			c, err := a.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			v, err := c.SetPolicy(cmd.Context(), args[0], req)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(cmd.OutOrStdout(), v)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "%s\t%s\n", v.Name, policyText(*v))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	bindPolicy(f, &req.AllowOut, &req.DenyOut)
+	f.BoolVar(&req.Reset, "reset", false, "go back to the default rules")
+	f.BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
 }

@@ -39,6 +39,28 @@ type Config struct {
 
 	Net         Net         `toml:"net"`
 	Firecracker Firecracker `toml:"firecracker"`
+	Limits      Limits      `toml:"limits"`
+}
+
+// Limits bound what each user other than root may have. Zero is no
+// limit (the default).
+type Limits struct {
+	// VMs is how many VMs one user may have, in any state.
+	VMs int `toml:"vms"`
+	// VCPUs and Memory bound what one user's running VMs add up to.
+	VCPUs  int    `toml:"vcpus"`
+	Memory string `toml:"memory"`
+	// PublicPorts lets users other than root publish ports on addresses
+	// other than loopback (-p 0.0.0.0:H:G); LowPorts, host ports below
+	// 1024.
+	PublicPorts bool `toml:"public_ports"`
+	LowPorts    bool `toml:"low_ports"`
+}
+
+// MemoryBytes is the memory limit in bytes, 0 for none.
+func (l Limits) MemoryBytes() int64 {
+	n, _ := ParseSize(l.Memory)
+	return n
 }
 
 // Net is the VM network.
@@ -129,7 +151,8 @@ func Load(path string) (Loaded, error) {
 func Keys() []string {
 	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm", "console_log_max",
 		"net.bridge", "net.subnet", "net.dns_upstream",
-		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid"}
+		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid",
+		"limits.vms", "limits.vcpus", "limits.memory", "limits.public_ports", "limits.low_ports"}
 }
 
 // Value is one setting's effective value as text.
@@ -167,6 +190,16 @@ func (c Config) Value(key string) string {
 		return strconv.Itoa(c.Firecracker.JailerUID)
 	case "firecracker.jailer_gid":
 		return strconv.Itoa(c.Firecracker.JailerGID)
+	case "limits.vms":
+		return strconv.Itoa(c.Limits.VMs)
+	case "limits.vcpus":
+		return strconv.Itoa(c.Limits.VCPUs)
+	case "limits.memory":
+		return c.Limits.Memory
+	case "limits.public_ports":
+		return strconv.FormatBool(c.Limits.PublicPorts)
+	case "limits.low_ports":
+		return strconv.FormatBool(c.Limits.LowPorts)
 	}
 	return ""
 }
@@ -210,6 +243,17 @@ func (c Config) validate() func(func(string, error) bool) {
 			if _, err := netip.ParseAddrPort(u); err != nil {
 				errs["net.dns_upstream"] = fmt.Errorf("%q: an IP address, or IP:PORT", u)
 			}
+		}
+	}
+	if c.Limits.VMs < 0 {
+		errs["limits.vms"] = fmt.Errorf("%d: a number of VMs, 0 for no limit", c.Limits.VMs)
+	}
+	if c.Limits.VCPUs < 0 {
+		errs["limits.vcpus"] = fmt.Errorf("%d: a number of vCPUs, 0 for no limit", c.Limits.VCPUs)
+	}
+	if c.Limits.Memory != "" {
+		if n, err := ParseSize(c.Limits.Memory); err != nil || n < 128<<20 {
+			errs["limits.memory"] = fmt.Errorf("%q: a size of at least 128M, such as 16G (or leave it out for no limit)", c.Limits.Memory)
 		}
 	}
 	if c.Firecracker.JailerUID <= 0 || c.Firecracker.JailerGID <= 0 {

@@ -19,7 +19,7 @@ func (d *Daemon) handlePull(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	job, err := d.images.Pull(r.Context(), req)
+	job, err := d.images.Pull(r.Context(), callerOf(r.Context()).UID, req)
 	if err != nil {
 		return err
 	}
@@ -31,7 +31,7 @@ func (d *Daemon) handleBuild(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	job, err := d.images.Build(r.Context(), req)
+	job, err := d.images.Build(r.Context(), callerOf(r.Context()).UID, req)
 	if err != nil {
 		return err
 	}
@@ -89,13 +89,14 @@ func (d *Daemon) handleImport(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	ew := newEventWriter(w)
-	img, err := d.images.Import(r.Context(), opts, r.Body, func(ev api.Event) { ew.emit(ev) })
+	img, err := d.images.Import(r.Context(), callerOf(r.Context()).UID, opts, r.Body, func(ev api.Event) { ew.emit(ev) })
 	emitImageEnd(ew, img, "", err)
 	return nil
 }
 
 func (d *Daemon) handleRemoveImage(w http.ResponseWriter, r *http.Request) error {
-	img, err := d.images.Remove(r.Context(), r.PathValue("name"))
+	c := callerOf(r.Context())
+	img, err := d.images.Remove(r.Context(), c.UID, c.Admin, r.PathValue("name"))
 	if err != nil {
 		return err
 	}
@@ -130,7 +131,7 @@ func (d *Daemon) handleKernelPull(w http.ResponseWriter, r *http.Request) error 
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	run, err := d.kernels.Pull(r.Context(), req)
+	run, err := d.kernels.Pull(r.Context(), callerOf(r.Context()).UID, req)
 	if err != nil {
 		return err
 	}
@@ -156,7 +157,8 @@ func (d *Daemon) handleDefaultKernel(w http.ResponseWriter, r *http.Request) err
 }
 
 func (d *Daemon) handleRemoveKernel(w http.ResponseWriter, r *http.Request) error {
-	k, err := d.kernels.Remove(r.Context(), r.PathValue("name"))
+	c := callerOf(r.Context())
+	k, err := d.kernels.Remove(r.Context(), c.UID, c.Admin, r.PathValue("name"))
 	if err != nil {
 		return err
 	}

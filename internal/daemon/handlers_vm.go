@@ -29,26 +29,26 @@ func (d *Daemon) handleCreateVM(w http.ResponseWriter, r *http.Request) error {
 // kill, pause, resume.
 func (d *Daemon) handleVMAction(w http.ResponseWriter, r *http.Request) error {
 	name, action := r.PathValue("name"), r.PathValue("action")
-	ctx := r.Context()
+	ctx, c := r.Context(), callerOf(r.Context())
 	var op func(progress func(string)) (*api.VM, error)
 	switch action {
 	case "start":
-		op = func(p func(string)) (*api.VM, error) { return d.vms.Start(ctx, name, p) }
+		op = func(p func(string)) (*api.VM, error) { return d.vms.Start(ctx, c, name, p) }
 	case "restart":
-		op = func(p func(string)) (*api.VM, error) { return d.vms.Restart(ctx, name, p) }
+		op = func(p func(string)) (*api.VM, error) { return d.vms.Restart(ctx, c, name, p) }
 	case "stop":
-		op = func(func(string)) (*api.VM, error) { return d.vms.Stop(ctx, name) }
+		op = func(func(string)) (*api.VM, error) { return d.vms.Stop(ctx, c, name) }
 	case "kill":
-		op = func(func(string)) (*api.VM, error) { return d.vms.Kill(ctx, name) }
+		op = func(func(string)) (*api.VM, error) { return d.vms.Kill(ctx, c, name) }
 	case "pause":
-		op = func(func(string)) (*api.VM, error) { return d.vms.Pause(ctx, name) }
+		op = func(func(string)) (*api.VM, error) { return d.vms.Pause(ctx, c, name) }
 	case "resume":
-		op = func(func(string)) (*api.VM, error) { return d.vms.Resume(ctx, name) }
+		op = func(func(string)) (*api.VM, error) { return d.vms.Resume(ctx, c, name) }
 	default:
 		return fmt.Errorf("%w: no VM action %q", store.ErrNotFound, action)
 	}
 	// A VM that is not there is an HTTP error, streamed or not.
-	if _, err := d.vms.Get(ctx, name); err != nil {
+	if _, err := d.vms.Get(ctx, c, name); err != nil {
 		return err
 	}
 	return respondVM(w, r, http.StatusOK, op)
@@ -75,7 +75,7 @@ func respondVM(w http.ResponseWriter, r *http.Request, status int, op func(progr
 }
 
 func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
-	v, err := d.vms.Remove(r.Context(), r.PathValue("name"), r.URL.Query().Get("force") == "1")
+	v, err := d.vms.Remove(r.Context(), callerOf(r.Context()), r.PathValue("name"), r.URL.Query().Get("force") == "1")
 	if err != nil {
 		return err
 	}
@@ -84,7 +84,7 @@ func (d *Daemon) handleRemoveVM(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (d *Daemon) handlePruneVMs(w http.ResponseWriter, r *http.Request) error {
-	removed, err := d.vms.Prune(r.Context())
+	removed, err := d.vms.Prune(r.Context(), callerOf(r.Context()))
 	if err != nil {
 		return err
 	}
@@ -97,7 +97,7 @@ func (d *Daemon) handleFork(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	out, err := d.vms.Fork(r.Context(), req)
+	out, err := d.vms.Fork(r.Context(), callerOf(r.Context()), req)
 	if err != nil {
 		return err
 	}
@@ -110,7 +110,7 @@ func (d *Daemon) handleSnapshotVM(w http.ResponseWriter, r *http.Request) error 
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	sn, err := d.vms.Snapshot(r.Context(), r.PathValue("name"), req)
+	sn, err := d.vms.Snapshot(r.Context(), callerOf(r.Context()), r.PathValue("name"), req)
 	if err != nil {
 		return err
 	}
@@ -119,7 +119,7 @@ func (d *Daemon) handleSnapshotVM(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (d *Daemon) handleRemoveSnapshot(w http.ResponseWriter, r *http.Request) error {
-	sn, err := d.vms.RemoveSnapshot(r.Context(), r.PathValue("name"))
+	sn, err := d.vms.RemoveSnapshot(r.Context(), callerOf(r.Context()), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
@@ -134,7 +134,7 @@ func (d *Daemon) handleWarm(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	tpl, made, err := d.vms.Warm(r.Context(), req)
+	tpl, made, err := d.vms.Warm(r.Context(), callerOf(r.Context()), req)
 	if err != nil {
 		return err
 	}
@@ -149,14 +149,14 @@ func (d *Daemon) handleWarm(w http.ResponseWriter, r *http.Request) error {
 // handleVMLogs streams the console log; with follow=1 it keeps streaming
 // new output until the client goes away.
 func (d *Daemon) handleVMLogs(w http.ResponseWriter, r *http.Request) error {
-	name := r.PathValue("name")
-	if _, err := d.vms.Get(r.Context(), name); err != nil {
+	name, c := r.PathValue("name"), callerOf(r.Context())
+	if _, err := d.vms.Get(r.Context(), c, name); err != nil {
 		return err
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	return d.vms.Logs(r.Context(), name, r.URL.Query().Get("follow") == "1", w, func() { rc.Flush() })
+	return d.vms.Logs(r.Context(), c, name, r.URL.Query().Get("follow") == "1", w, func() { rc.Flush() })
 }
 
 // handleAgent upgrades the connection to the agent protocol: the CLI
@@ -166,7 +166,7 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 	if r.Header.Get("Upgrade") != api.AgentUpgrade {
 		return fmt.Errorf("%w: this endpoint speaks %s (Connection: Upgrade)", api.ErrInvalid, api.AgentUpgrade)
 	}
-	back, err := d.vms.Agent(r.Context(), r.PathValue("name"))
+	back, err := d.vms.Agent(r.Context(), callerOf(r.Context()), r.PathValue("name"))
 	if err != nil {
 		return err
 	}
@@ -183,12 +183,26 @@ func (d *Daemon) handleAgent(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+// handlePolicy is POST /v1/vms/{name}/policy: new egress rules.
+func (d *Daemon) handlePolicy(w http.ResponseWriter, r *http.Request) error {
+	var req api.PolicyRequest
+	if err := decodeBody(r, &req); err != nil {
+		return err
+	}
+	v, err := d.vms.SetPolicy(r.Context(), callerOf(r.Context()), r.PathValue("name"), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, v)
+	return nil
+}
+
 func (d *Daemon) handleAddSSHKey(w http.ResponseWriter, r *http.Request) error {
 	var req api.SSHKeyRequest
 	if err := decodeBody(r, &req); err != nil {
 		return err
 	}
-	if err := d.vms.AddSSHKey(r.Context(), req); err != nil {
+	if err := d.vms.AddSSHKey(r.Context(), callerOf(r.Context()), req); err != nil {
 		return err
 	}
 	w.WriteHeader(http.StatusNoContent)

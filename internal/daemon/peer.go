@@ -82,5 +82,8 @@ func callerOf(ctx context.Context) vm.Caller {
 	if !pc.ok {
 		return vm.Self()
 	}
-	return vm.Caller{UID: int(pc.uid), GID: int(pc.gid), Groups: vm.GroupsOf(int(pc.uid))}
+	uid := int(pc.uid)
+	// Root and the daemon's own user (a per-user instance's owner) see
+	// and act on everything.
+	return vm.Caller{UID: uid, GID: int(pc.gid), Groups: vm.GroupsOf(uid), Admin: uid == 0 || uid == os.Geteuid()}
 }

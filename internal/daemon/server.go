@@ -49,20 +49,21 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/kernels/{name}", d.wrap(getHandler(d.kernels.Get)))
 	mux.Handle("DELETE /v1/kernels/{name}", d.wrap(d.handleRemoveKernel))
 
-	mux.Handle("GET /v1/vms", d.wrap(listHandler(d.vms.List)))
+	mux.Handle("GET /v1/vms", d.wrap(callerList(d.vms.List)))
 	mux.Handle("POST /v1/vms", d.wrap(d.handleCreateVM))
 	mux.Handle("POST /v1/vms/prune", d.wrap(d.handlePruneVMs))
 	mux.Handle("POST /v1/vms/fork", d.wrap(d.handleFork))
-	mux.Handle("GET /v1/vms/{name}", d.wrap(getHandler(d.vms.Get)))
+	mux.Handle("GET /v1/vms/{name}", d.wrap(callerGet(d.vms.Get)))
 	mux.Handle("DELETE /v1/vms/{name}", d.wrap(d.handleRemoveVM))
 	mux.Handle("POST /v1/vms/{name}/snapshot", d.wrap(d.handleSnapshotVM))
+	mux.Handle("POST /v1/vms/{name}/policy", d.wrap(d.handlePolicy))
 	mux.Handle("POST /v1/vms/{name}/{action}", d.wrap(d.handleVMAction))
 	mux.Handle("GET /v1/vms/{name}/logs", d.wrap(d.handleVMLogs))
 	mux.Handle("GET /v1/vms/{name}/agent", d.wrap(d.handleAgent))
 	mux.Handle("POST /v1/ssh/keys", d.wrap(d.handleAddSSHKey))
 
-	mux.Handle("GET /v1/snapshots", d.wrap(listHandler(d.vms.Snapshots)))
-	mux.Handle("GET /v1/snapshots/{name}", d.wrap(getHandler(d.vms.GetSnapshot)))
+	mux.Handle("GET /v1/snapshots", d.wrap(callerList(d.vms.Snapshots)))
+	mux.Handle("GET /v1/snapshots/{name}", d.wrap(callerGet(d.vms.GetSnapshot)))
 	mux.Handle("DELETE /v1/snapshots/{name}", d.wrap(d.handleRemoveSnapshot))
 
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
@@ -83,6 +84,16 @@ func listHandler[T any](fetch func(context.Context) ([]T, error)) handler {
 	}
 }
 
+// callerList is listHandler for what the caller may see.
+func callerList[T any](fetch func(context.Context, vm.Caller) ([]T, error)) handler {
+	return listHandler(func(ctx context.Context) ([]T, error) { return fetch(ctx, callerOf(ctx)) })
+}
+
+// callerGet is getHandler for what the caller may see.
+func callerGet[T any](fetch func(context.Context, vm.Caller, string) (T, error)) handler {
+	return getHandler(func(ctx context.Context, name string) (T, error) { return fetch(ctx, callerOf(ctx), name) })
+}
+
 // getHandler answers with the object named in the path (the service's
 // miss says which command lists what there is).
 func getHandler[T any](fetch func(context.Context, string) (T, error)) handler {
@@ -97,7 +108,9 @@ func getHandler[T any](fetch func(context.Context, string) (T, error)) handler {
 }
 
 // wrap checks the caller's credentials and turns a handler's error into
-// one JSON error response.
+// one JSON error response. Every request that may change state is
+// audited in the log: who (uid), what (method and path, the VM or object
+// it names) and how it ended.
 func (d *Daemon) wrap(h handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		pc, _ := r.Context().Value(peerKey{}).(peerCred)
@@ -106,9 +119,17 @@ func (d *Daemon) wrap(h handler) http.Handler {
 			writeError(w, fmt.Errorf("%w: %s", api.ErrForbidden, why))
 			return
 		}
-		if err := h(w, r); err != nil {
+		err := h(w, r)
+		if err != nil {
 			d.log.Info("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			writeError(w, err)
+		}
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			_, code := classify(err)
+			if err == nil {
+				code = "ok"
+			}
+			d.log.Info("audit", "uid", pc.uid, "pid", pc.pid, "method", r.Method, "path", r.URL.Path, "name", r.PathValue("name"), "action", r.PathValue("action"), "result", code)
 		}
 	})
 }
@@ -116,6 +137,8 @@ func (d *Daemon) wrap(h handler) http.Handler {
 // classify maps an error to an HTTP status and a stable API code.
 func classify(err error) (int, string) {
 	switch {
+	case errors.Is(err, api.ErrLimit):
+		return http.StatusForbidden, api.CodeLimit
 	case errors.Is(err, api.ErrForbidden):
 		return http.StatusForbidden, api.CodeForbidden
 	case errors.Is(err, store.ErrNotFound), errors.Is(err, imagepull.ErrNotFound):

@@ -20,7 +20,7 @@ const StageBuild = "build"
 // of the same name and spec share one job, as pulls do: two `vm run`s on
 // a machine without Docker Hub build the default image once, and both
 // get it.
-func (s *Service) Build(ctx context.Context, req api.BuildRequest) (*Job, error) {
+func (s *Service) Build(ctx context.Context, owner int, req api.BuildRequest) (*Job, error) {
 	spec, err := imagebuild.ParseSpec(req.Spec, req.Include)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
@@ -40,7 +40,7 @@ func (s *Service) Build(ctx context.Context, req api.BuildRequest) (*Job, error)
 	}
 	return s.startOrJoin(name, source, func(job *Job) (*api.Image, error) {
 		job.publish(api.Event{Type: api.EventProgress, Stage: StageBuild, Message: msg})
-		return s.publish(job.ctx, name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
+		return s.publish(job.ctx, owner, name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
 			return s.buildRootfs(ctx, spec, mirrors, func(src io.Reader) (*imagepull.Result, error) {
 				return s.d.Puller.Import(ctx, imagepull.ImportRequest{
 					Source: src, Dir: staging, Assets: assets,

@@ -65,7 +65,7 @@ type buildFunc func(ctx context.Context, staging string, assets imagepull.GuestA
 // publish builds an image in a staging directory with build, renames it
 // into place and records it under name with the source that source
 // describes. Any failure removes everything it made.
-func (s *Service) publish(ctx context.Context, name string, build buildFunc, source func(*imagepull.Result) string) (_ *api.Image, err error) {
+func (s *Service) publish(ctx context.Context, owner int, name string, build buildFunc, source func(*imagepull.Result) string) (_ *api.Image, err error) {
 	agent, err := paths.GuestAgentBinary()
 	if err != nil {
 		return nil, err
@@ -90,7 +90,7 @@ func (s *Service) publish(ctx context.Context, name string, build buildFunc, sou
 		ID: id, Name: name, Ref: res.Ref, Digest: res.Digest,
 		Rootfs:    filepath.Join(final, filepath.Base(res.Rootfs)),
 		SizeBytes: res.SizeBytes, DiskBytes: res.DiskBytes,
-		Config: res.Config, Layers: res.Layers, CreatedAt: time.Now().UTC(), Source: source(res),
+		Config: res.Config, Layers: res.Layers, CreatedAt: time.Now().UTC(), Source: source(res), Owner: owner,
 	}
 	if err := s.d.Store.InsertImage(context.Background(), img); err != nil {
 		os.RemoveAll(final)

@@ -17,7 +17,9 @@ import (
 // the same digest is up to date (a job that is already done); anything
 // else under that name is refused, because replacing an image under VMs
 // that use it is not a pull's call.
-func (s *Service) Pull(ctx context.Context, req api.PullRequest) (*Job, error) {
+// The image is owner's (see Remove); a pull joined is the first
+// puller's.
+func (s *Service) Pull(ctx context.Context, owner int, req api.PullRequest) (*Job, error) {
 	ref, err := imagepull.ParseReference(req.Ref)
 	if err != nil {
 		return nil, err
@@ -38,7 +40,7 @@ func (s *Service) Pull(ctx context.Context, req api.PullRequest) (*Job, error) {
 		return nil, err
 	}
 	return s.startOrJoin(name, ref.Name(), func(job *Job) (*api.Image, error) {
-		return s.publish(job.ctx, job.name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
+		return s.publish(job.ctx, owner, job.name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
 			return s.d.Puller.Pull(ctx, imagepull.Request{
 				Ref: req.Ref, Dir: staging, Assets: assets, Auth: toAuthConfig(req.Auth),
 				Progress: func(p imagepull.Progress) { job.publish(ProgressEvent(p)) },
@@ -67,7 +69,7 @@ func (s *Service) pullExisting(ctx context.Context, req api.PullRequest, existin
 // archive, an OCI layout as a tar, or a root file system tarball, as it
 // streams in. Progress goes to emit. Imports are never joined: each
 // brings its own stream.
-func (s *Service) Import(ctx context.Context, opts api.ImportOptions, src io.Reader, emit func(api.Event)) (*api.Image, error) {
+func (s *Service) Import(ctx context.Context, owner int, opts api.ImportOptions, src io.Reader, emit func(api.Event)) (*api.Image, error) {
 	if opts.Name == "" {
 		return nil, fmt.Errorf("%w: an import needs a name: give --name", api.ErrInvalid)
 	}
@@ -84,7 +86,7 @@ func (s *Service) Import(ctx context.Context, opts api.ImportOptions, src io.Rea
 	if source == "" {
 		source = "-"
 	}
-	img, err := s.publish(ctx, opts.Name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
+	img, err := s.publish(ctx, owner, opts.Name, func(ctx context.Context, staging string, assets imagepull.GuestAgentAssets) (*imagepull.Result, error) {
 		return s.d.Puller.Import(ctx, imagepull.ImportRequest{
 			Source: src, Dir: staging, Ref: opts.Ref, Config: override, Assets: assets,
 			Progress: func(p imagepull.Progress) { emit(ProgressEvent(p)) },

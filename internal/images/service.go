@@ -14,8 +14,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -89,11 +91,18 @@ func (s *Service) Pulls() int {
 // Get is the image named name.
 func (s *Service) Get(ctx context.Context, name string) (api.Image, error) {
 	img, err := s.d.Store.Image(ctx, name)
+	img.OwnerName = ownerName(img.Owner)
 	return img, store.Hint(err, "list images with `banger image list`")
 }
 
-// List is every image.
-func (s *Service) List(ctx context.Context) ([]api.Image, error) { return s.d.Store.Images(ctx) }
+// List is every image: images are everyone's to use.
+func (s *Service) List(ctx context.Context) ([]api.Image, error) {
+	imgs, err := s.d.Store.Images(ctx)
+	for i := range imgs {
+		imgs[i].OwnerName = ownerName(imgs[i].Owner)
+	}
+	return imgs, err
+}
 
 // Image names: what people type after --image. Lowercase so they survive
 // being DNS-ish identifiers later; "/", ":" and "@" allowed so a
@@ -108,10 +117,14 @@ func ValidateName(name string) error {
 	return nil
 }
 
-// Remove removes the named image: its record first, then its files (a
-// crash in between leaves a directory that the next start's reconcile
-// removes, never a record without its file).
-func (s *Service) Remove(ctx context.Context, name string) (api.Image, error) {
+// Remove removes the named image for uid: images are everyone's to use,
+// their maker's (and an admin's) to remove. The record goes first, then
+// the files (a crash in between leaves a directory that the next start's
+// reconcile removes, never a record without its file).
+func (s *Service) Remove(ctx context.Context, uid int, admin bool, name string) (api.Image, error) {
+	if img, err := s.d.Store.Image(ctx, name); err == nil && !admin && img.Owner != uid {
+		return api.Image{}, fmt.Errorf("%w: image %q is %s's: only they or root may remove it", api.ErrForbidden, name, ownerName(img.Owner))
+	}
 	s.mu.Lock()
 	_, pulling := s.pulls[name]
 	s.mu.Unlock()
@@ -204,4 +217,12 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		s.d.Log.Info("removed interrupted blob downloads", "count", n)
 	}
 	return err
+}
+
+// ownerName is the user name of uid, or its number.
+func ownerName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
 }

@@ -25,7 +25,8 @@ type PullRun func(ctx context.Context, emit func(api.Event)) (*api.Kernel, strin
 // an image that carries /boot/vmlinux (and, optionally, lib/modules).
 // What can be refused is refused here, before any progress; the run
 // does the work.
-func (s *Service) Pull(ctx context.Context, req api.KernelPullRequest) (PullRun, error) {
+// The kernel is owner's.
+func (s *Service) Pull(ctx context.Context, owner int, req api.KernelPullRequest) (PullRun, error) {
 	entry, catalogErr := kernel.CatalogEntry(req.Name, s.d.Catalog)
 	isRef := catalogErr != nil && strings.ContainsAny(req.Name, "/:")
 	if catalogErr != nil && !isRef {
@@ -69,9 +70,9 @@ func (s *Service) Pull(ctx context.Context, req api.KernelPullRequest) (PullRun,
 		}
 		var k *api.Kernel
 		if isRef {
-			k, err = s.pullOCI(ctx, req.Name, name, tmp, emit)
+			k, err = s.pullOCI(ctx, owner, req.Name, name, tmp, emit)
 		} else {
-			k, err = s.pullCatalog(ctx, entry, name, emit)
+			k, err = s.pullCatalog(ctx, owner, entry, name, emit)
 		}
 		// Clean up before the final event: when the client hears the
 		// pull ended, nothing of it is left.
@@ -82,7 +83,7 @@ func (s *Service) Pull(ctx context.Context, req api.KernelPullRequest) (PullRun,
 	}, nil
 }
 
-func (s *Service) pullCatalog(ctx context.Context, entry api.CatalogKernel, name string, emit func(api.Event)) (*api.Kernel, error) {
+func (s *Service) pullCatalog(ctx context.Context, owner int, entry api.CatalogKernel, name string, emit func(api.Event)) (*api.Kernel, error) {
 	last := time.Time{}
 	emit(api.Event{Type: api.EventProgress, Stage: "resolve", Message: entry.Description})
 	file, cached, err := kernel.CachedDownload(ctx, s.d.HTTPClient, entry, s.d.Layout.KernelCacheDir(), func(n int64) {
@@ -98,12 +99,12 @@ func (s *Service) pullCatalog(ctx context.Context, entry api.CatalogKernel, name
 		emit(api.Event{Type: api.EventProgress, Stage: "download", Current: entry.Size, Total: entry.Size, Cached: true})
 	}
 	emit(api.Event{Type: api.EventProgress, Stage: "import", Message: entry.Name})
-	return s.importFile(ctx, name, file, kernel.Options{}, kernel.SourceOf(entry))
+	return s.importFile(ctx, owner, name, file, kernel.Options{}, kernel.SourceOf(entry))
 }
 
 // pullOCI pulls an image and imports the kernel it carries:
 // boot/vmlinux (or boot/vmlinuz*), with lib/modules/VERSION when present.
-func (s *Service) pullOCI(ctx context.Context, ref, name, tmp string, emit func(api.Event)) (*api.Kernel, error) {
+func (s *Service) pullOCI(ctx context.Context, owner int, ref, name, tmp string, emit func(api.Event)) (*api.Kernel, error) {
 	match := func(p string) bool {
 		return strings.HasPrefix(p, "boot/vmlinu") || strings.HasPrefix(p, "lib/modules/") || strings.HasPrefix(p, "usr/lib/modules/")
 	}
@@ -132,7 +133,7 @@ func (s *Service) pullOCI(ctx context.Context, ref, name, tmp string, emit func(
 		}
 	}
 	emit(api.Event{Type: api.EventProgress, Stage: "import", Message: ref})
-	return s.importFile(ctx, name, filepath.Join(tmp, "root", vmlinux), kernel.Options{Modules: modules}, "oci:"+ref)
+	return s.importFile(ctx, owner, name, filepath.Join(tmp, "root", vmlinux), kernel.Options{Modules: modules}, "oci:"+ref)
 }
 
 var notNameChars = regexp.MustCompile(`[^a-z0-9._-]`)

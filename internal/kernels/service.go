@@ -15,8 +15,10 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"time"
 
 	"banger/internal/api"
@@ -88,17 +90,36 @@ func ValidateName(name string) error {
 // Get is the kernel named name.
 func (s *Service) Get(ctx context.Context, name string) (api.Kernel, error) {
 	k, err := s.d.Store.Kernel(ctx, name)
+	k.OwnerName = ownerName(k.Owner)
 	return k, store.Hint(err, "list kernels with `banger kernel list`")
 }
 
-// List is every kernel, newest first.
-func (s *Service) List(ctx context.Context) ([]api.Kernel, error) { return s.d.Store.Kernels(ctx) }
+// List is every kernel, newest first: kernels are everyone's to use.
+func (s *Service) List(ctx context.Context) ([]api.Kernel, error) {
+	ks, err := s.d.Store.Kernels(ctx)
+	for i := range ks {
+		ks[i].OwnerName = ownerName(ks[i].Owner)
+	}
+	return ks, err
+}
+
+// ownerName is the user name of uid, or its number.
+func ownerName(uid int) string {
+	if u, err := user.LookupId(strconv.Itoa(uid)); err == nil {
+		return u.Username
+	}
+	return strconv.Itoa(uid)
+}
 
 // Catalog is the catalog of kernels banger can pull by name.
 func (s *Service) Catalog() ([]api.CatalogKernel, error) { return kernel.CatalogEntries(s.d.Catalog) }
 
-// Remove removes the named kernel, its record first, then its files.
-func (s *Service) Remove(ctx context.Context, name string) (api.Kernel, error) {
+// Remove removes the named kernel for uid (its importer's, or an
+// admin's, to remove), its record first, then its files.
+func (s *Service) Remove(ctx context.Context, uid int, admin bool, name string) (api.Kernel, error) {
+	if k, err := s.d.Store.Kernel(ctx, name); err == nil && !admin && k.Owner != uid {
+		return api.Kernel{}, fmt.Errorf("%w: kernel %q is %s's: only they or root may remove it", api.ErrForbidden, name, ownerName(k.Owner))
+	}
 	k, err := s.d.Store.DeleteKernel(ctx, name)
 	if err != nil {
 		return k, store.Hint(err, "list kernels with `banger kernel list`")
@@ -126,7 +147,7 @@ func (s *Service) Import(ctx context.Context, caller system.Cred, name, from str
 		return nil, fmt.Errorf("%w: --from %q must be an absolute path", api.ErrInvalid, from)
 	}
 	asCaller := func(p string) (*os.File, error) { return system.OpenAs(caller, p) }
-	k, err := s.importFile(ctx, name, from, kernel.Options{Open: asCaller}, "")
+	k, err := s.importFile(ctx, caller.UID, name, from, kernel.Options{Open: asCaller}, "")
 	switch {
 	case errors.Is(err, fs.ErrPermission):
 		return nil, fmt.Errorf("%w: %v: you may not read it; copy it somewhere you can read and import that", api.ErrForbidden, err)
@@ -138,7 +159,7 @@ func (s *Service) Import(ctx context.Context, caller system.Cred, name, from str
 
 // importFile builds a kernel from a file in a staging directory, moves
 // it into place and records it. Nothing is left behind on failure.
-func (s *Service) importFile(ctx context.Context, name, from string, o kernel.Options, source string) (_ *api.Kernel, err error) {
+func (s *Service) importFile(ctx context.Context, owner int, name, from string, o kernel.Options, source string) (_ *api.Kernel, err error) {
 	if _, err := s.d.Store.Kernel(ctx, name); err == nil {
 		return nil, fmt.Errorf("%w: kernel %q exists: remove it with `banger kernel rm %s` or pick another name", store.ErrExists, name, name)
 	}
@@ -166,7 +187,7 @@ func (s *Service) importFile(ctx context.Context, name, from string, o kernel.Op
 		source = b.Source
 	}
 	k := api.Kernel{ID: id, Name: name, Version: b.Version, Vmlinux: filepath.Join(final, kernel.VmlinuxFile),
-		Modules: b.Modules, Source: source, AgentHash: b.AgentHash, CreatedAt: time.Now().UTC()}
+		Modules: b.Modules, Source: source, AgentHash: b.AgentHash, CreatedAt: time.Now().UTC(), Owner: owner}
 	if b.Initrd != "" {
 		k.Initrd = filepath.Join(final, kernel.InitrdFile)
 	}
@@ -199,7 +220,8 @@ func (s *Service) Default(ctx context.Context) (*api.Kernel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.importFile(ctx, DefaultName, path, kernel.Options{}, "")
+	// The host's own kernel, imported for whoever asks first, is root's.
+	return s.importFile(ctx, 0, DefaultName, path, kernel.Options{}, "")
 }
 
 // Resolve is the kernel named name, or the default kernel (see Default)

@@ -242,10 +242,11 @@ func Compatible(sn api.Snapshot, kind, version string) error {
 }
 
 // Key is a warm template's key: everything a restored VM inherits from
-// its template and cannot change afterwards. A template only serves VMs
+// its template and cannot change afterwards, and its owner: a template
+// holds its first VM's memory, so it serves only VMs of the same user
 // that agree on all of it.
-func Key(vmmKind, vmmVersion, imageDigest, kernelID, agentHash string, vcpu, memoryMiB int, diskBytes int64, network string) string {
-	h := sha256.Sum256([]byte(strings.Join([]string{vmmKind, vmmVersion, imageDigest, kernelID, agentHash,
+func Key(owner int, vmmKind, vmmVersion, imageDigest, kernelID, agentHash string, vcpu, memoryMiB int, diskBytes int64, network string) string {
+	h := sha256.Sum256([]byte(strings.Join([]string{fmt.Sprint(owner), vmmKind, vmmVersion, imageDigest, kernelID, agentHash,
 		fmt.Sprint(vcpu), fmt.Sprint(memoryMiB), fmt.Sprint(diskBytes), network}, "\x00")))
 	return hex.EncodeToString(h[:8])
 }

@@ -66,8 +66,11 @@ func TestVerify(t *testing.T) {
 }
 
 func TestKey(t *testing.T) {
-	a := Key("qemu", "7.2", "img", "k", "agent", 1, 256, 1<<27, "none")
-	if a != Key("qemu", "7.2", "img", "k", "agent", 1, 256, 1<<27, "none") || a == Key("qemu", "7.2", "img", "k", "agent", 2, 256, 1<<27, "none") {
+	a := Key(1000, "qemu", "7.2", "img", "k", "agent", 1, 256, 1<<27, "none")
+	if a != Key(1000, "qemu", "7.2", "img", "k", "agent", 1, 256, 1<<27, "none") || a == Key(1000, "qemu", "7.2", "img", "k", "agent", 2, 256, 1<<27, "none") {
 		t.Error("the key does not follow the VM's shape")
+	}
+	if a == Key(1001, "qemu", "7.2", "img", "k", "agent", 1, 256, 1<<27, "none") {
+		t.Error("two users share a template: it holds the first one's memory")
 	}
 }

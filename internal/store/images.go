@@ -24,10 +24,10 @@ func (s *Store) InsertImage(ctx context.Context, img api.Image) error {
 		img.CreatedAt = time.Now()
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO images
-		(id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at, source)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		(id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at, source, owner)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		img.ID, img.Name, img.Ref, img.Digest, img.Rootfs, img.SizeBytes, img.DiskBytes,
-		string(cfg), string(layers), img.CreatedAt.UTC().Format(time.RFC3339Nano), img.Source)
+		string(cfg), string(layers), img.CreatedAt.UTC().Format(time.RFC3339Nano), img.Source, img.Owner)
 	if isUnique(err) {
 		return fmt.Errorf("image %q: %w", img.Name, ErrExists)
 	}
@@ -37,12 +37,12 @@ func (s *Store) InsertImage(ctx context.Context, img api.Image) error {
 	return nil
 }
 
-const imageColumns = `id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at, source`
+const imageColumns = `id, name, ref, digest, rootfs, size_bytes, disk_bytes, config, layers, created_at, source, owner`
 
 func scanImage(row scanner) (api.Image, error) {
 	var img api.Image
 	var cfg, layers, created string
-	if err := row.Scan(&img.ID, &img.Name, &img.Ref, &img.Digest, &img.Rootfs, &img.SizeBytes, &img.DiskBytes, &cfg, &layers, &created, &img.Source); err != nil {
+	if err := row.Scan(&img.ID, &img.Name, &img.Ref, &img.Digest, &img.Rootfs, &img.SizeBytes, &img.DiskBytes, &cfg, &layers, &created, &img.Source, &img.Owner); err != nil {
 		return img, err
 	}
 	if err := json.Unmarshal([]byte(cfg), &img.Config); err != nil {

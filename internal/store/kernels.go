@@ -9,12 +9,12 @@ import (
 	"banger/internal/api"
 )
 
-const kernelColumns = `id, name, version, vmlinux, initrd, modules, source, agent_hash, created_at`
+const kernelColumns = `id, name, version, vmlinux, initrd, modules, source, agent_hash, created_at, owner`
 
 func scanKernel(row scanner) (api.Kernel, error) {
 	var k api.Kernel
 	var mods, created string
-	if err := row.Scan(&k.ID, &k.Name, &k.Version, &k.Vmlinux, &k.Initrd, &mods, &k.Source, &k.AgentHash, &created); err != nil {
+	if err := row.Scan(&k.ID, &k.Name, &k.Version, &k.Vmlinux, &k.Initrd, &mods, &k.Source, &k.AgentHash, &created, &k.Owner); err != nil {
 		return k, err
 	}
 	if err := json.Unmarshal([]byte(mods), &k.Modules); err != nil {
@@ -37,8 +37,8 @@ func (s *Store) InsertKernel(ctx context.Context, k api.Kernel) error {
 	if k.CreatedAt.IsZero() {
 		k.CreatedAt = time.Now()
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO kernels (`+kernelColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-		k.ID, k.Name, k.Version, k.Vmlinux, k.Initrd, string(mods), k.Source, k.AgentHash, k.CreatedAt.UTC().Format(time.RFC3339Nano))
+	_, err := s.db.ExecContext(ctx, `INSERT INTO kernels (`+kernelColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		k.ID, k.Name, k.Version, k.Vmlinux, k.Initrd, string(mods), k.Source, k.AgentHash, k.CreatedAt.UTC().Format(time.RFC3339Nano), k.Owner)
 	if isUnique(err) {
 		return fmt.Errorf("kernel %q: %w", k.Name, ErrExists)
 	}

@@ -11,13 +11,22 @@ import (
 	"banger/internal/api"
 )
 
-const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin, mounts`
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin, mounts, owner, policy, labels`
 
 func scanVM(row scanner) (api.VM, error) {
 	var v api.VM
-	var created, ports, mounts string
-	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin, &mounts); err != nil {
+	var created, ports, mounts, policy, labels string
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin, &mounts, &v.Owner, &policy, &labels); err != nil {
 		return v, err
+	}
+	if err := json.Unmarshal([]byte(policy), &v.Policy); err != nil {
+		return v, fmt.Errorf("vm %q: decoding policy: %w", v.Name, err)
+	}
+	if err := json.Unmarshal([]byte(labels), &v.Labels); err != nil {
+		return v, fmt.Errorf("vm %q: decoding labels: %w", v.Name, err)
+	}
+	if len(v.Labels) == 0 {
+		v.Labels = nil
 	}
 	if err := json.Unmarshal([]byte(mounts), &v.Mounts); err != nil {
 		return v, fmt.Errorf("vm %q: decoding mounts: %w", v.Name, err)
@@ -45,6 +54,11 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 	}
 	ports, _ := json.Marshal(v.Ports)
 	mounts := mountsJSON(v.Mounts)
+	policy, _ := json.Marshal(v.Policy)
+	labels, _ := json.Marshal(v.Labels)
+	if v.Labels == nil {
+		labels = []byte("{}")
+	}
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -61,9 +75,9 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 		}
 		v.IP = a.String()
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano),
-		v.Network, v.IP, string(ports), v.Origin, mounts)
+		v.Network, v.IP, string(ports), v.Origin, mounts, v.Owner, string(policy), string(labels))
 	if isUnique(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
 	}
@@ -118,6 +132,19 @@ func (s *Store) VMs(ctx context.Context) ([]api.VM, error) {
 // SetVMState records a VM's state, VMM pid and error message.
 func (s *Store) SetVMState(ctx context.Context, name, state string, pid int, errMsg string) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET state = ?, pid = ?, error = ? WHERE name = ?`, state, pid, errMsg, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
+	}
+	return nil
+}
+
+// SetVMPolicy records the named VM's egress policy (nil: the default).
+func (s *Store) SetVMPolicy(ctx context.Context, name string, p *api.Policy) error {
+	b, _ := json.Marshal(p)
+	res, err := s.db.ExecContext(ctx, `UPDATE vms SET policy = ? WHERE name = ?`, string(b), name)
 	if err != nil {
 		return err
 	}

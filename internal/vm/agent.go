@@ -163,10 +163,10 @@ func (s *Service) connectAgent(ctx context.Context, v api.VM) (*vsockagent.Sessi
 // Agent is the agent session of the running VM name: every request to
 // the VM is a stream on it. It connects when there is none (or the last
 // one ended).
-func (s *Service) Agent(ctx context.Context, name string) (*vsockagent.Session, error) {
-	v, err := s.store.VM(ctx, name)
+func (s *Service) Agent(ctx context.Context, c Caller, name string) (*vsockagent.Session, error) {
+	v, err := s.lookup(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
 	return s.agentSession(ctx, v)
 }

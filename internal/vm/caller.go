@@ -14,13 +14,19 @@ import (
 type Caller struct {
 	UID, GID int
 	Groups   []int // supplementary groups
+	// Admin sees and acts on everything: root, and the daemon's own
+	// user (a per-user instance's owner).
+	Admin bool
 }
 
 // Self is the daemon's own user: what it does for itself (warm
 // templates made ahead of time, reconcile).
 func Self() Caller {
-	return Caller{UID: os.Geteuid(), GID: os.Getegid(), Groups: GroupsOf(os.Geteuid())}
+	return Caller{UID: os.Geteuid(), GID: os.Getegid(), Groups: GroupsOf(os.Geteuid()), Admin: true}
 }
+
+// sees reports whether c may see and act on what owner owns.
+func (c Caller) sees(owner int) bool { return c.Admin || c.UID == owner }
 
 // Cred is c as system.OpenAs takes it.
 func (c Caller) Cred() system.Cred { return system.Cred{UID: c.UID, GID: c.GID, Groups: c.Groups} }

@@ -169,10 +169,10 @@ func consoleTail(b []byte) string {
 // Logs writes the VM name's console to w (its older rotated half
 // first), calling flush after each write; with follow it keeps writing
 // new output until ctx ends.
-func (s *Service) Logs(ctx context.Context, name string, follow bool, w io.Writer, flush func()) error {
-	v, err := s.store.VM(ctx, name)
+func (s *Service) Logs(ctx context.Context, c Caller, name string, follow bool, w io.Writer, flush func()) error {
+	v, err := s.lookup(ctx, c, name)
 	if err != nil {
-		return vmHint(err)
+		return err
 	}
 	console := consolelog.Follow(consolePath(v.Dir), true)
 	defer console.Close()

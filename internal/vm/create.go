@@ -32,12 +32,16 @@ func (s *Service) Create(ctx context.Context, c Caller, req api.VMCreateRequest,
 }
 
 func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateRequest, progress func(string)) (*api.VM, error) {
-	v, unlock, err := s.newVMRecord(ctx, req.Name)
+	v, unlock, err := s.newVMRecord(ctx, c, req.Name)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
 	cfg := s.cfg
+	v.Labels = req.Labels
+	if v.Policy, err = policyOf(req.AllowOut, req.DenyOut); err != nil {
+		return nil, err
+	}
 	if req.Image == "" {
 		req.Image = cfg.DefaultImage
 	}
@@ -68,6 +72,9 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	if err != nil {
 		return nil, err
 	}
+	if err := s.checkPorts(c, ports); err != nil {
+		return nil, err
+	}
 	mounts, err := s.resolveMounts(c, req.Mounts, choice, *k)
 	if err != nil {
 		return nil, err
@@ -86,6 +93,12 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	}
 	if v.VCPU < 1 || v.VCPU > 32 || v.MemoryMiB < 128 || v.DiskBytes < 64<<20 {
 		return nil, fmt.Errorf("%w: --vcpu 1..32, --memory at least 128 MiB, --disk-size at least 64 MiB", api.ErrInvalid)
+	}
+	if err := s.checkSizes(v); err != nil {
+		return nil, err
+	}
+	if err := s.checkLimits(ctx, c, v, !req.NoStart); err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(v.Dir, vmDirMode); err != nil {
 		return nil, err
@@ -189,49 +202,54 @@ func (s *Service) transition(ctx context.Context, v *api.VM, ev Event, pid int, 
 	return nil
 }
 
-// Get is the VM named name, with its SSH host key.
-func (s *Service) Get(ctx context.Context, name string) (api.VM, error) {
-	v, err := s.store.VM(ctx, name)
+// Get is c's VM named name, with its owner's name and SSH host key.
+func (s *Service) Get(ctx context.Context, c Caller, name string) (api.VM, error) {
+	v, err := s.lookup(ctx, c, name)
 	if err != nil {
-		return v, vmHint(err)
+		return v, err
 	}
-	return withHostKey(v), nil
+	return shown(v), nil
 }
 
-// List is every VM, with their SSH host keys.
-func (s *Service) List(ctx context.Context) ([]api.VM, error) {
+// List is every VM c may see (an admin: all), with owners' names and
+// SSH host keys.
+func (s *Service) List(ctx context.Context, c Caller) ([]api.VM, error) {
 	vms, err := s.store.VMs(ctx)
 	if err != nil {
 		return nil, err
 	}
-	for i := range vms {
-		vms[i] = withHostKey(vms[i])
+	out := []api.VM{}
+	for _, v := range vms {
+		if c.sees(v.Owner) {
+			out = append(out, shown(v))
+		}
 	}
-	return vms, nil
+	return out, nil
 }
 
-// Start starts the stopped (or failed, or never started) VM name.
-func (s *Service) Start(ctx context.Context, name string, progress func(string)) (*api.VM, error) {
-	unlock := s.vmLock(name)
-	defer unlock()
-	v, err := s.store.VM(ctx, name)
+// Start starts c's stopped (or failed, or never started) VM name.
+func (s *Service) Start(ctx context.Context, c Caller, name string, progress func(string)) (*api.VM, error) {
+	v, unlock, err := s.lockOwn(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
+	defer unlock()
 	if _, err := Next(State(v.State), EvStart); err != nil {
 		return nil, fmt.Errorf("VM %q: %w", name, err)
+	}
+	if err := s.checkLimits(ctx, c, v, true); err != nil {
+		return nil, err
 	}
 	return s.startVMLocked(v, progress)
 }
 
-// Restart stops the VM name gracefully when it runs, then starts it.
-func (s *Service) Restart(ctx context.Context, name string, progress func(string)) (*api.VM, error) {
-	unlock := s.vmLock(name)
-	defer unlock()
-	v, err := s.store.VM(ctx, name)
+// Restart stops c's VM name gracefully when it runs, then starts it.
+func (s *Service) Restart(ctx context.Context, c Caller, name string, progress func(string)) (*api.VM, error) {
+	v, unlock, err := s.lockOwn(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
+	defer unlock()
 	if State(v.State).Live() {
 		if _, err := s.stopVMLocked(ctx, v, false); err != nil {
 			return nil, err
@@ -242,30 +260,35 @@ func (s *Service) Restart(ctx context.Context, name string, progress func(string
 		if v, err = s.store.VM(ctx, name); err != nil {
 			return nil, vmHint(err)
 		}
+	} else if err := s.checkLimits(ctx, c, v, true); err != nil {
+		return nil, err
 	}
 	return s.startVMLocked(v, progress)
 }
 
-// Stop shuts the VM name down gracefully: the guest syncs and powers
+// Stop shuts c's VM name down gracefully: the guest syncs and powers
 // off, and is killed after 30 s. A Kill meanwhile cuts it short.
-func (s *Service) Stop(ctx context.Context, name string) (*api.VM, error) {
-	unlock := s.vmLock(name)
-	defer unlock()
-	v, err := s.store.VM(ctx, name)
+func (s *Service) Stop(ctx context.Context, c Caller, name string) (*api.VM, error) {
+	v, unlock, err := s.lockOwn(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
+	defer unlock()
 	return s.stopVMLocked(ctx, v, false)
 }
 
-// Kill ends the VM name's VMM at once. It never waits for a graceful
-// stop under way: it cuts it short (see killLock).
-func (s *Service) Kill(ctx context.Context, name string) (*api.VM, error) {
+// Kill ends the VMM of c's VM name at once. It never waits for a
+// graceful stop under way: it cuts it short (see killLock) — after the
+// check that the VM is c's, so no one cuts another user's stop.
+func (s *Service) Kill(ctx context.Context, c Caller, name string) (*api.VM, error) {
+	if _, err := s.lookup(ctx, c, name); err != nil {
+		return nil, err
+	}
 	unlock, cut := s.killLock(name)
 	defer unlock()
-	v, err := s.store.VM(ctx, name)
+	v, err := s.lookup(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
 	if cut && !State(v.State).Live() {
 		return &v, nil // the stop this kill cut short has killed the VM
@@ -273,22 +296,21 @@ func (s *Service) Kill(ctx context.Context, name string) (*api.VM, error) {
 	return s.stopVMLocked(ctx, v, true)
 }
 
-// Pause freezes the VM name's guest; Resume thaws it.
-func (s *Service) Pause(ctx context.Context, name string) (*api.VM, error) {
-	return s.pauseByName(ctx, name, true)
+// Pause freezes the guest of c's VM name.
+func (s *Service) Pause(ctx context.Context, c Caller, name string) (*api.VM, error) {
+	return s.pauseByName(ctx, c, name, true)
 }
 
-// Resume thaws the VM name's guest.
-func (s *Service) Resume(ctx context.Context, name string) (*api.VM, error) {
-	return s.pauseByName(ctx, name, false)
+// Resume thaws the guest of c's VM name.
+func (s *Service) Resume(ctx context.Context, c Caller, name string) (*api.VM, error) {
+	return s.pauseByName(ctx, c, name, false)
 }
 
-func (s *Service) pauseByName(ctx context.Context, name string, pause bool) (*api.VM, error) {
-	unlock := s.vmLock(name)
-	defer unlock()
-	v, err := s.store.VM(ctx, name)
+func (s *Service) pauseByName(ctx context.Context, c Caller, name string, pause bool) (*api.VM, error) {
+	v, unlock, err := s.lockOwn(ctx, c, name)
 	if err != nil {
-		return nil, vmHint(err)
+		return nil, err
 	}
+	defer unlock()
 	return s.pauseVMLocked(ctx, v, pause)
 }

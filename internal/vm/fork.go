@@ -26,14 +26,16 @@ import (
 // VM snapshotted for the purpose (that snapshot is dropped after), and
 // returns them running. Each has its own name, disk, memory, address and
 // keys. A failure after some were made says which.
-func (s *Service) Fork(ctx context.Context, req api.ForkRequest) ([]api.VM, error) {
+// The forks are c's, whoever owned the source: c may fork only their own
+// snapshots and VMs (an admin, any).
+func (s *Service) Fork(ctx context.Context, c Caller, req api.ForkRequest) ([]api.VM, error) {
 	if req.Count == 0 {
 		req.Count = 1
 	}
 	if req.Count < 1 || req.Count > 32 {
 		return nil, fmt.Errorf("%w: -n %d: fork 1 to 32 VMs at once", api.ErrInvalid, req.Count)
 	}
-	sn, temporary, err := s.forkSource(ctx, req.Source)
+	sn, temporary, err := s.forkSource(ctx, c, req.Source)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +50,7 @@ func (s *Service) Fork(ctx context.Context, req api.ForkRequest) ([]api.VM, erro
 		if name != "" && req.Count > 1 {
 			name += "-" + strconv.Itoa(i)
 		}
-		v, err := s.forkOne(ctx, sn, name)
+		v, err := s.forkOne(ctx, c, sn, name)
 		if err != nil {
 			if len(made) > 0 {
 				return nil, fmt.Errorf("%w (fork %d of %d; made: %s)", err, i, req.Count, strings.Join(made, ", "))
@@ -63,28 +65,30 @@ func (s *Service) Fork(ctx context.Context, req api.ForkRequest) ([]api.VM, erro
 
 // forkSource is the snapshot named source, or a snapshot just taken of
 // the running VM named source (temporary: the caller drops it).
-func (s *Service) forkSource(ctx context.Context, source string) (api.Snapshot, bool, error) {
+func (s *Service) forkSource(ctx context.Context, c Caller, source string) (api.Snapshot, bool, error) {
 	if source == "" {
 		return api.Snapshot{}, false, fmt.Errorf("%w: fork what? name a snapshot or a running VM", api.ErrInvalid)
 	}
-	if sn, err := s.store.Snapshot(ctx, source); err == nil {
+	if sn, err := s.lookupSnapshot(ctx, c, source); err == nil {
 		return sn, false, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return sn, false, err
 	}
-	unlock := s.vmLock(source)
-	defer unlock()
-	v, err := s.store.VM(ctx, source)
+	v, unlock, err := s.lockOwn(ctx, c, source)
 	if errors.Is(err, store.ErrNotFound) {
-		return api.Snapshot{}, false, fmt.Errorf("%w: no snapshot or VM named %q: list them with `banger snapshot ls` and `banger vm ls`", store.ErrNotFound, source)
+		if c.Admin {
+			return api.Snapshot{}, false, fmt.Errorf("%w: no snapshot or VM named %q: list them with `banger snapshot ls` and `banger vm ls`", store.ErrNotFound, source)
+		}
+		return api.Snapshot{}, false, fmt.Errorf("%w: no snapshot or VM %q of yours: list yours with `banger snapshot ls` and `banger vm ls`", store.ErrNotFound, source)
 	}
 	if err != nil {
 		return api.Snapshot{}, false, err
 	}
+	defer unlock()
 	if s := State(v.State); s != Running && s != Paused {
 		return api.Snapshot{}, false, fmt.Errorf("%w: cannot fork a VM that is %s: start it with `banger vm start %s`, or fork one of its snapshots", ErrInvalidState, s, v.Name)
 	}
-	sn, err := s.takeSnapshot(ctx, v, "fork-of-"+v.Name+"-"+store.NewID()[:8], api.SnapshotKindSnapshot, "")
+	sn, err := s.takeSnapshot(ctx, v, c.UID, "fork-of-"+v.Name+"-"+store.NewID()[:8], api.SnapshotKindSnapshot, "")
 	return sn, err == nil, err
 }
 
@@ -120,11 +124,11 @@ func (s *Service) restorable(ctx context.Context, sn api.Snapshot) (Backend, err
 }
 
 // forkOne makes one VM restored from sn.
-func (s *Service) forkOne(ctx context.Context, sn api.Snapshot, name string) (*api.VM, error) {
+func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string) (*api.VM, error) {
 	if _, err := s.restorable(ctx, sn); err != nil {
 		return nil, err
 	}
-	v, unlock, err := s.newVMRecord(ctx, name)
+	v, unlock, err := s.newVMRecord(ctx, c, name)
 	if err != nil {
 		return nil, err
 	}
@@ -136,6 +140,11 @@ func (s *Service) forkOne(ctx context.Context, sn api.Snapshot, name string) (*a
 	}
 	v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Network = sn.Image, sn.Kernel, sn.VMM, sn.VCPU, sn.MemoryMiB, sn.DiskBytes, sn.Network
 	v.Origin = "snapshot " + sn.Name
+	// A fork is as confined as the VM it was taken from.
+	v.Policy = sn.Policy
+	if err := s.checkLimits(ctx, c, v, true); err != nil {
+		return nil, err
+	}
 	hostKey, err := s.restoredDisk(v, sn)
 	if err != nil {
 		return nil, err
@@ -152,7 +161,7 @@ func (s *Service) forkOne(ctx context.Context, sn api.Snapshot, name string) (*a
 // newVMRecord is a new VM's id, name (generated when empty) and
 // directory path, with the name's lock held (the caller unlocks). The
 // name must be free.
-func (s *Service) newVMRecord(ctx context.Context, name string) (api.VM, func(), error) {
+func (s *Service) newVMRecord(ctx context.Context, c Caller, name string) (api.VM, func(), error) {
 	if name == "" {
 		for i := 0; i < 10; i++ {
 			name = GenerateName()
@@ -165,12 +174,12 @@ func (s *Service) newVMRecord(ctx context.Context, name string) (api.VM, func(),
 		return api.VM{}, nil, fmt.Errorf("%w: %v", api.ErrInvalid, err)
 	}
 	unlock := s.vmLock(name)
-	if _, err := s.store.VM(ctx, name); err == nil {
+	if v, err := s.store.VM(ctx, name); err == nil {
 		unlock()
-		return api.VM{}, nil, fmt.Errorf("%w: VM %q exists: pick another --name or remove it with `banger vm rm %s`", store.ErrExists, name, name)
+		return api.VM{}, nil, takenName(c, "VM", v.Owner, name, "banger vm rm")
 	}
 	id := store.NewID()
-	return api.VM{ID: id, Name: name, State: string(Created), Dir: s.layout.VMDir(id), Ports: []string{}}, unlock, nil
+	return api.VM{ID: id, Name: name, State: string(Created), Dir: s.layout.VMDir(id), Ports: []string{}, Owner: c.UID}, unlock, nil
 }
 
 // restoredDisk makes v's directory with its own copy of sn's writable

@@ -147,7 +147,7 @@ func vmAction(s *Service, name, action string) <-chan result {
 		if action == "kill" {
 			verb = s.Kill
 		}
-		v, err := verb(context.Background(), name)
+		v, err := verb(context.Background(), Self(), name)
 		out <- result{v, err}
 	}()
 	return out
@@ -219,7 +219,7 @@ func TestStopOfAStuckGuestGivesUpOnTheAgent(t *testing.T) {
 // hold the request past the push's bound.
 func TestKeyPushToAStuckGuestIsBounded(t *testing.T) {
 	s, v, _ := stuckVM(t, "stuck")
-	if err := os.WriteFile(s.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
+	if err := os.WriteFile(s.authorizedKeysPath(0), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), time.Second)
@@ -237,7 +237,7 @@ func TestKeyPushToAStuckGuestIsBounded(t *testing.T) {
 // stopped reading (the keys pushed after a start) must not hold it.
 func TestShutdownWithAJobOnAStuckGuest(t *testing.T) {
 	s, v, _ := stuckVM(t, "stuck")
-	if err := os.WriteFile(s.authorizedKeysPath(), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
+	if err := os.WriteFile(s.authorizedKeysPath(0), []byte("ssh-ed25519 AAAA test\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())

@@ -236,7 +236,7 @@ func newStore(t *testing.T, home string) *store.Store {
 
 func state(t *testing.T, s *Service, name string) State {
 	t.Helper()
-	v, err := s.Get(t.Context(), name)
+	v, err := s.Get(t.Context(), Self(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,11 +265,11 @@ func TestLifecycleTransitions(t *testing.T) {
 		do   func() error
 		want error
 	}{
-		{"start a running VM", func() error { _, err := s.Start(ctx, "v1", nil); return err }, ErrInvalidState},
-		{"resume a running VM", func() error { _, err := s.Resume(ctx, "v1"); return err }, ErrInvalidState},
-		{"remove a running VM", func() error { _, err := s.Remove(ctx, "v1", false); return err }, api.ErrConflict},
+		{"start a running VM", func() error { _, err := s.Start(ctx, Self(), "v1", nil); return err }, ErrInvalidState},
+		{"resume a running VM", func() error { _, err := s.Resume(ctx, Self(), "v1"); return err }, ErrInvalidState},
+		{"remove a running VM", func() error { _, err := s.Remove(ctx, Self(), "v1", false); return err }, api.ErrConflict},
 		{"create a taken name", func() error { _, err := s.Create(ctx, Self(), api.VMCreateRequest{Name: "v1"}, nil); return err }, store.ErrExists},
-		{"stop a VM that is not there", func() error { _, err := s.Stop(ctx, "nope"); return err }, store.ErrNotFound},
+		{"stop a VM that is not there", func() error { _, err := s.Stop(ctx, Self(), "nope"); return err }, store.ErrNotFound},
 	} {
 		if err := c.do(); !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.what, err, c.want)
@@ -280,38 +280,38 @@ func TestLifecycleTransitions(t *testing.T) {
 	}
 
 	// Pause and resume freeze the VMM's process for real.
-	if _, err := s.Pause(ctx, "v1"); err != nil || state(t, s, "v1") != Paused {
+	if _, err := s.Pause(ctx, Self(), "v1"); err != nil || state(t, s, "v1") != Paused {
 		t.Fatalf("pause: %v, %s", err, state(t, s, "v1"))
 	}
-	if _, err := s.Pause(ctx, "v1"); !errors.Is(err, ErrInvalidState) {
+	if _, err := s.Pause(ctx, Self(), "v1"); !errors.Is(err, ErrInvalidState) {
 		t.Errorf("pause a paused VM: %v", err)
 	}
-	if _, err := s.Resume(ctx, "v1"); err != nil || state(t, s, "v1") != Running {
+	if _, err := s.Resume(ctx, Self(), "v1"); err != nil || state(t, s, "v1") != Running {
 		t.Fatalf("resume: %v", err)
 	}
 
 	// A graceful stop goes through the agent: the guest powers off.
 	pid := v.PID
-	out, err := s.Stop(ctx, "v1")
+	out, err := s.Stop(ctx, Self(), "v1")
 	if err != nil || out.State != string(Stopped) || out.PID != 0 {
 		t.Fatalf("stop: %+v, %v", out, err)
 	}
 	if vmmProcess(pid, v.Dir) {
 		t.Error("the VMM outlived its stop")
 	}
-	if _, err := s.Stop(ctx, "v1"); !errors.Is(err, ErrInvalidState) {
+	if _, err := s.Stop(ctx, Self(), "v1"); !errors.Is(err, ErrInvalidState) {
 		t.Errorf("stop a stopped VM: %v", err)
 	}
 
 	// Start, restart and kill.
-	if out, err = s.Start(ctx, "v1", nil); err != nil || out.State != string(Running) {
+	if out, err = s.Start(ctx, Self(), "v1", nil); err != nil || out.State != string(Running) {
 		t.Fatalf("start: %+v, %v", out, err)
 	}
 	first := out.PID
-	if out, err = s.Restart(ctx, "v1", nil); err != nil || out.State != string(Running) || out.PID == first || vmmProcess(first, v.Dir) {
+	if out, err = s.Restart(ctx, Self(), "v1", nil); err != nil || out.State != string(Running) || out.PID == first || vmmProcess(first, v.Dir) {
 		t.Fatalf("restart: %+v, %v (old VMM alive: %v)", out, err, vmmProcess(first, v.Dir))
 	}
-	if out, err = s.Kill(ctx, "v1"); err != nil || out.State != string(Stopped) {
+	if out, err = s.Kill(ctx, Self(), "v1"); err != nil || out.State != string(Stopped) {
 		t.Fatalf("kill: %+v, %v", out, err)
 	}
 	if b.starts.Load() != 3 {
@@ -319,13 +319,13 @@ func TestLifecycleTransitions(t *testing.T) {
 	}
 
 	// Removal leaves nothing.
-	if _, err := s.Remove(ctx, "v1", false); err != nil {
+	if _, err := s.Remove(ctx, Self(), "v1", false); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(v.Dir); !os.IsNotExist(err) {
 		t.Errorf("VM directory after rm: %v", err)
 	}
-	if _, err := s.Get(ctx, "v1"); !errors.Is(err, store.ErrNotFound) {
+	if _, err := s.Get(ctx, Self(), "v1"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("VM after rm: %v", err)
 	}
 }
@@ -344,27 +344,27 @@ func TestFailedStartsEndInError(t *testing.T) {
 	if !errors.Is(err, ErrStart) {
 		t.Fatalf("create with a VMM that does not start: %v", err)
 	}
-	v, _ := s.Get(ctx, "f1")
+	v, _ := s.Get(ctx, Self(), "f1")
 	if State(v.State) != Error || v.Error == "" || v.PID != 0 {
 		t.Errorf("after a failed start: %+v", v)
 	}
 
 	b.setFail(nil)
 	b.neverReady.Store(true)
-	_, err = s.Start(ctx, "f1", nil)
+	_, err = s.Start(ctx, Self(), "f1", nil)
 	if !errors.Is(err, ErrStart) {
 		t.Fatalf("a guest that never becomes ready: %v", err)
 	}
-	v, _ = s.Get(ctx, "f1")
+	v, _ = s.Get(ctx, Self(), "f1")
 	if State(v.State) != Error || len(vmmProcesses(v.Dir)) != 0 {
 		t.Errorf("after a boot that never got ready: %+v, VMMs left %v", v, vmmProcesses(v.Dir))
 	}
 
 	b.neverReady.Store(false)
-	if v, err := s.Start(ctx, "f1", nil); err != nil || State(v.State) != Running {
+	if v, err := s.Start(ctx, Self(), "f1", nil); err != nil || State(v.State) != Running {
 		t.Fatalf("start after the cause went: %+v, %v", v, err)
 	}
-	s.Remove(ctx, "f1", true)
+	s.Remove(ctx, Self(), "f1", true)
 }
 
 // A new service (a restarted daemon) adopts the VMs still running and
@@ -393,14 +393,14 @@ func TestReconcileAdoptsRunningVMs(t *testing.T) {
 	if err := s2.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if v, _ := s2.Get(ctx, "alive"); State(v.State) != Running || v.PID != alive.PID {
+	if v, _ := s2.Get(ctx, Self(), "alive"); State(v.State) != Running || v.PID != alive.PID {
 		t.Errorf("the running VM after a restart: %+v", v)
 	}
 	if st := state(t, s2, "dead"); st != Stopped {
 		t.Errorf("the VM whose VMM died: %s", st)
 	}
 	// The adopted VM is as good as one started here: it stops.
-	if v, err := s2.Stop(ctx, "alive"); err != nil || State(v.State) != Stopped || vmmProcess(alive.PID, alive.Dir) {
+	if v, err := s2.Stop(ctx, Self(), "alive"); err != nil || State(v.State) != Stopped || vmmProcess(alive.PID, alive.Dir) {
 		t.Fatalf("stop of an adopted VM: %+v, %v", v, err)
 	}
 }

@@ -28,6 +28,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		s.log.Warn("guest RAM directory was not bangerd's own (another user made it, or it was open to others): moved it aside and made a new one", "dir", s.layout.RAMDir(), "moved_to", moved)
 	}
 	closePrivateDirs(s, s.layout.VMsDir(), s.layout.SnapshotsDir())
+	s.adoptOldKeys()
 	if err := s.reconcileVMs(ctx); err != nil {
 		return err
 	}

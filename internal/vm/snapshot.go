@@ -86,7 +86,7 @@ func (s *Service) agentHash() (string, error) {
 // named name. The guest is frozen only while memory, device state and
 // disk are written; whatever happens it runs on afterwards (a paused VM
 // stays paused). A failed snapshot leaves no record and no files.
-func (s *Service) takeSnapshot(ctx context.Context, v api.VM, name, kind, templateKey string) (api.Snapshot, error) {
+func (s *Service) takeSnapshot(ctx context.Context, v api.VM, owner int, name, kind, templateKey string) (api.Snapshot, error) {
 	if hasMount(v.Mounts, api.MountSync) {
 		// A fork would carry the copy, but no sync: two VMs writing
 		// one host directory through stale bases.
@@ -121,10 +121,11 @@ func (s *Service) takeSnapshot(ctx context.Context, v api.VM, name, kind, templa
 	sn := api.Snapshot{ID: id, Name: name, Kind: kind, State: string(snapshot.Creating), SourceVM: v.Name,
 		Image: img.Name, ImageID: img.ID, ImageDigest: img.Digest, Kernel: k.Name, KernelID: k.ID, AgentHash: agent,
 		VMM: v.VMM, VMMVersion: version, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, DiskBytes: v.DiskBytes, Network: v.Network,
-		TemplateKey: templateKey, Dir: s.layout.SnapshotDir(id)}
+		TemplateKey: templateKey, Dir: s.layout.SnapshotDir(id), Owner: owner, Policy: v.Policy}
 	if err := s.store.InsertSnapshot(ctx, &sn); err != nil {
 		if errors.Is(err, store.ErrExists) {
-			return sn, fmt.Errorf("%w: snapshot %q exists: pick another --name or remove it with `banger snapshot rm %s`", store.ErrExists, name, name)
+			other, _ := s.store.Snapshot(ctx, name)
+			return sn, takenName(Caller{UID: owner}, "snapshot", other.Owner, name, "banger snapshot rm")
 		}
 		return sn, err
 	}
@@ -175,13 +176,13 @@ func noSpace(err error) bool {
 // Snapshot captures the running (or paused) VM name as a snapshot:
 // memory, devices and disk at one instant. The guest is frozen only
 // while they are written, and runs on after.
-func (s *Service) Snapshot(ctx context.Context, name string, req api.SnapshotRequest) (api.Snapshot, error) {
-	unlock := s.vmLock(name)
-	defer unlock()
-	v, err := s.store.VM(ctx, name)
+// The snapshot is c's.
+func (s *Service) Snapshot(ctx context.Context, c Caller, name string, req api.SnapshotRequest) (api.Snapshot, error) {
+	v, unlock, err := s.lockOwn(ctx, c, name)
 	if err != nil {
-		return api.Snapshot{}, vmHint(err)
+		return api.Snapshot{}, err
 	}
+	defer unlock()
 	if st := State(v.State); st != Running && st != Paused {
 		return api.Snapshot{}, fmt.Errorf("%w: cannot snapshot a VM that is %s: start it with `banger vm start %s`", ErrInvalidState, st, name)
 	}
@@ -191,26 +192,38 @@ func (s *Service) Snapshot(ctx context.Context, name string, req api.SnapshotReq
 	if !snapshotNameRE.MatchString(req.Name) {
 		return api.Snapshot{}, fmt.Errorf("%w: snapshot name %q: use lowercase letters, digits, '.', '_' and '-' (at most 63), starting with a letter or digit", api.ErrInvalid, req.Name)
 	}
-	return s.takeSnapshot(ctx, v, req.Name, api.SnapshotKindSnapshot, "")
+	return s.takeSnapshot(ctx, v, c.UID, req.Name, api.SnapshotKindSnapshot, "")
 }
 
-// GetSnapshot is the snapshot (or template) named name.
-func (s *Service) GetSnapshot(ctx context.Context, name string) (api.Snapshot, error) {
-	sn, err := s.store.Snapshot(ctx, name)
-	return sn, store.Hint(err, "list snapshots with `banger snapshot ls`")
+// GetSnapshot is c's snapshot (or template) named name.
+func (s *Service) GetSnapshot(ctx context.Context, c Caller, name string) (api.Snapshot, error) {
+	sn, err := s.lookupSnapshot(ctx, c, name)
+	sn.OwnerName = OwnerName(sn.Owner)
+	return sn, err
 }
 
-// Snapshots lists every snapshot and template.
-func (s *Service) Snapshots(ctx context.Context) ([]api.Snapshot, error) {
-	return s.store.Snapshots(ctx)
-}
-
-// RemoveSnapshot removes the snapshot name. VMs made from it keep
-// running: their disks and memory are their own copies.
-func (s *Service) RemoveSnapshot(ctx context.Context, name string) (api.Snapshot, error) {
-	sn, err := s.store.Snapshot(ctx, name)
+// Snapshots lists the snapshots and templates c may see (an admin: all).
+func (s *Service) Snapshots(ctx context.Context, c Caller) ([]api.Snapshot, error) {
+	sns, err := s.store.Snapshots(ctx)
 	if err != nil {
-		return sn, store.Hint(err, "list snapshots with `banger snapshot ls`")
+		return nil, err
+	}
+	out := []api.Snapshot{}
+	for _, sn := range sns {
+		if c.sees(sn.Owner) {
+			sn.OwnerName = OwnerName(sn.Owner)
+			out = append(out, sn)
+		}
+	}
+	return out, nil
+}
+
+// RemoveSnapshot removes c's snapshot name. VMs made from it keep
+// running: their disks and memory are their own copies.
+func (s *Service) RemoveSnapshot(ctx context.Context, c Caller, name string) (api.Snapshot, error) {
+	sn, err := s.lookupSnapshot(ctx, c, name)
+	if err != nil {
+		return sn, err
 	}
 	if _, err := snapshot.Next(snapshot.State(sn.State), snapshot.EvRemove); err != nil {
 		return sn, fmt.Errorf("snapshot %q: %w", sn.Name, err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -54,7 +55,7 @@ func (s *Service) sshSeed(v api.VM) (map[string][]byte, error) {
 	if err := os.WriteFile(filepath.Join(v.Dir, hostKeyFile), []byte(pub+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	keys, _ := os.ReadFile(s.authorizedKeysPath())
+	keys, _ := os.ReadFile(s.authorizedKeysPath(v.Owner))
 	return map[string][]byte{vsockagent.SSHHostKeyPath: priv, vsockagent.SSHAuthorizedKeysPath: keys}, nil
 }
 
@@ -66,29 +67,27 @@ func withHostKey(v api.VM) api.VM {
 	return v
 }
 
-func (s *Service) listVMs(ctx context.Context) ([]api.VM, error) {
-	vms, err := s.store.VMs(ctx)
-	for i := range vms {
-		vms[i] = withHostKey(vms[i])
+// authorizedKeysPath holds the SSH keys of uid: they log in to uid's
+// VMs only.
+func (s *Service) authorizedKeysPath(uid int) string {
+	return filepath.Join(s.layout.StateDir, "ssh_authorized_keys."+strconv.Itoa(uid))
+}
+
+// adoptOldKeys gives the keys of a banger from before owners (one file
+// for every VM) to root, who owned every VM then.
+func (s *Service) adoptOldKeys() {
+	old := filepath.Join(s.layout.StateDir, "ssh_authorized_keys")
+	if _, err := os.Stat(s.authorizedKeysPath(0)); os.IsNotExist(err) {
+		os.Rename(old, s.authorizedKeysPath(0))
 	}
-	return vms, err
-}
-
-func (s *Service) getVM(ctx context.Context, name string) (api.VM, error) {
-	v, err := s.store.VM(ctx, name)
-	return withHostKey(v), err
-}
-
-func (s *Service) authorizedKeysPath() string {
-	return filepath.Join(s.layout.StateDir, "ssh_authorized_keys")
 }
 
 var authorizedKeysMu sync.Mutex
 
-// AddSSHKey authorizes a user's public key in every VM: new VMs get it
-// on their disk, running ones through their agents, stopped ones when
-// they next start.
-func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
+// AddSSHKey authorizes c's public key in every VM of c's: new ones get
+// it on their disk, running ones through their agents, stopped ones when
+// they next start. A key logs in to its owner's VMs only.
+func (s *Service) AddSSHKey(ctx context.Context, c Caller, req api.SSHKeyRequest) error {
 	key, comment, _, _, err := ssh.ParseAuthorizedKey([]byte(req.Key))
 	if err != nil {
 		return fmt.Errorf("%w: not an SSH public key (authorized_keys format): %v", api.ErrInvalid, err)
@@ -98,7 +97,8 @@ func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 		line += " " + comment
 	}
 	authorizedKeysMu.Lock()
-	old, _ := os.ReadFile(s.authorizedKeysPath())
+	path := s.authorizedKeysPath(c.UID)
+	old, _ := os.ReadFile(path)
 	known := false
 	for _, l := range strings.Split(string(old), "\n") {
 		if k, _, _, _, err := ssh.ParseAuthorizedKey([]byte(l)); err == nil && bytes.Equal(k.Marshal(), key.Marshal()) {
@@ -106,7 +106,7 @@ func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 		}
 	}
 	if !known {
-		err = os.WriteFile(s.authorizedKeysPath(), append(old, []byte(line+"\n")...), 0o644)
+		err = os.WriteFile(path, append(old, []byte(line+"\n")...), 0o600)
 	}
 	authorizedKeysMu.Unlock()
 	if err != nil {
@@ -118,7 +118,7 @@ func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 	}
 	var wg sync.WaitGroup
 	for _, v := range vms {
-		if v.State == string(Running) {
+		if v.State == string(Running) && v.Owner == c.UID {
 			wg.Add(1)
 			go func(v api.VM) { defer wg.Done(); s.pushAuthorizedKeys(ctx, v) }(v)
 		}
@@ -131,7 +131,7 @@ func (s *Service) AddSSHKey(ctx context.Context, req api.SSHKeyRequest) error {
 // through its agent. Best effort: a VM that cannot take them now gets
 // them at its next start.
 func (s *Service) pushAuthorizedKeys(ctx context.Context, v api.VM) {
-	keys, err := os.ReadFile(s.authorizedKeysPath())
+	keys, err := os.ReadFile(s.authorizedKeysPath(v.Owner))
 	if err != nil || len(keys) == 0 {
 		return
 	}

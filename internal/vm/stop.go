@@ -210,7 +210,10 @@ func killPID(ctx context.Context, pid int, dir string, now bool) {
 
 // Remove removes the VM name and its files. A live VM is refused unless
 // force, which kills it first (cutting a graceful stop short).
-func (s *Service) Remove(ctx context.Context, name string, force bool) (api.VM, error) {
+func (s *Service) Remove(ctx context.Context, c Caller, name string, force bool) (api.VM, error) {
+	if _, err := s.lookup(ctx, c, name); err != nil {
+		return api.VM{}, err
+	}
 	var unlock func()
 	if force {
 		unlock, _ = s.killLock(name) // it kills: it waits for no stop
@@ -218,9 +221,9 @@ func (s *Service) Remove(ctx context.Context, name string, force bool) (api.VM, 
 		unlock = s.vmLock(name)
 	}
 	defer unlock()
-	v, err := s.store.VM(ctx, name)
+	v, err := s.lookup(ctx, c, name)
 	if err != nil {
-		return v, vmHint(err)
+		return v, err
 	}
 	if State(v.State).Live() && !force {
 		return v, fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", api.ErrConflict, name, v.State, name, name)
@@ -230,16 +233,21 @@ func (s *Service) Remove(ctx context.Context, name string, force bool) (api.VM, 
 
 // Prune removes every VM that is not live (created, stopped or in
 // error) and returns their names.
-func (s *Service) Prune(ctx context.Context) ([]string, error) {
+// Only c's VMs go, an admin's included: root prunes its own, and
+// removes others' one by one.
+func (s *Service) Prune(ctx context.Context, c Caller) ([]string, error) {
 	vms, err := s.store.VMs(ctx)
 	if err != nil {
 		return nil, err
 	}
 	removed := []string{}
 	for _, v := range vms {
+		if v.Owner != c.UID {
+			continue
+		}
 		unlock := s.vmLock(v.Name)
 		cur, err := s.store.VM(ctx, v.Name)
-		if err == nil && !State(cur.State).Live() {
+		if err == nil && cur.Owner == c.UID && !State(cur.State).Live() {
 			if _, err := s.store.DeleteVM(ctx, cur.Name); err == nil {
 				s.net.Remove(cur)
 				os.RemoveAll(cur.Dir)

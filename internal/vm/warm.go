@@ -32,7 +32,7 @@ func (s *Service) templateKey(ctx context.Context, v api.VM, img api.Image, k ap
 	if err != nil {
 		return ""
 	}
-	return snapshot.Key(v.VMM, version, img.ID, k.ID, agent, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Network)
+	return snapshot.Key(v.Owner, v.VMM, version, img.ID, k.ID, agent, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Network)
 }
 
 // warmStart returns v's template key and, when a usable template has
@@ -64,7 +64,7 @@ func (s *Service) captureTemplate(ctx context.Context, v api.VM, key string) err
 	if _, err := s.store.Template(ctx, key); err == nil {
 		return nil
 	}
-	sn, err := s.takeSnapshot(ctx, v, templateName(key), api.SnapshotKindTemplate, key)
+	sn, err := s.takeSnapshot(ctx, v, v.Owner, templateName(key), api.SnapshotKindTemplate, key)
 	if errors.Is(err, store.ErrExists) {
 		return nil
 	}
@@ -79,10 +79,11 @@ func (s *Service) captureTemplate(ctx context.Context, v api.VM, key string) err
 // Warm makes a template ahead of time, by booting a throwaway VM of the
 // requested shape, so even the first `vm run` of it restores. An
 // existing template is the answer as is (made false).
-func (s *Service) Warm(ctx context.Context, req api.WarmRequest) (tpl api.Snapshot, made bool, err error) {
+// The template is c's: warm starts restore only their owner's.
+func (s *Service) Warm(ctx context.Context, c Caller, req api.WarmRequest) (tpl api.Snapshot, made bool, err error) {
 	creq := api.VMCreateRequest{Name: "warm-" + store.NewID()[:8], Image: req.Image, Kernel: req.Kernel, VMM: req.VMM,
 		VCPU: req.VCPU, MemoryMiB: req.MemoryMiB, DiskBytes: req.DiskBytes, Network: req.Network, NoStart: true}
-	v, err := s.createVM(ctx, Self(), creq, nil)
+	v, err := s.createVM(ctx, c, creq, nil)
 	if err != nil {
 		return tpl, false, err
 	}

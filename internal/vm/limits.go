@@ -1,0 +1,146 @@
+package vm
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/hostnet"
+)
+
+// This file bounds what a VM may ask of the host: sizes no host can give
+// are refused for everyone, and the per-user [limits] of the config for
+// everyone but admins.
+
+// checkSizes refuses, for every caller, a VM the host could never give:
+// more memory than the host has, a disk larger than the file system its
+// file would live on. Without it, QEMU fails late and leaves a VM in
+// error, and a huge disk fails inside truncate.
+func (s *Service) checkSizes(v api.VM) error {
+	var si unix.Sysinfo_t
+	if unix.Sysinfo(&si) == nil {
+		total := int64(si.Totalram) * int64(si.Unit)
+		if int64(v.MemoryMiB)<<20 > total {
+			return fmt.Errorf("%w: --memory %s: this host has %s of memory in all", api.ErrInvalid, sizeText(int64(v.MemoryMiB)<<20), sizeText(total))
+		}
+	}
+	var st unix.Statfs_t
+	if unix.Statfs(s.layout.VMsDir(), &st) == nil {
+		total := int64(st.Blocks) * st.Bsize
+		if v.DiskBytes > total {
+			return fmt.Errorf("%w: --disk-size %s: the file system under %s holds %s in all (a VM's disk is a sparse file there)", api.ErrInvalid, sizeText(v.DiskBytes), s.layout.VMsDir(), sizeText(total))
+		}
+	}
+	return nil
+}
+
+// checkLimits refuses v for c when it would take c past [limits]: a new
+// VM (creating) past vms, a VM that starts past vcpus or memory of c's
+// running VMs. Admins have no limits.
+func (s *Service) checkLimits(ctx context.Context, c Caller, v api.VM, starting bool) error {
+	l := s.cfg.Limits
+	if c.Admin || (l.VMs == 0 && l.VCPUs == 0 && l.MemoryBytes() == 0) {
+		return nil
+	}
+	vms, err := s.store.VMs(ctx)
+	if err != nil {
+		return err
+	}
+	var mine, live []string
+	vcpus, mem := 0, int64(0)
+	creating := true
+	for _, o := range vms {
+		if o.Owner != c.UID {
+			continue
+		}
+		if o.ID == v.ID {
+			creating = false
+			continue
+		}
+		mine = append(mine, o.Name)
+		if State(o.State).Live() {
+			live = append(live, fmt.Sprintf("%s %d vCPU %s", o.Name, o.VCPU, sizeText(int64(o.MemoryMiB)<<20)))
+			vcpus += o.VCPU
+			mem += int64(o.MemoryMiB) << 20
+		}
+	}
+	if creating && l.VMs > 0 && len(mine)+1 > l.VMs {
+		return fmt.Errorf("%w: [limits] vms = %d per user, and you have %d (%s): remove one (`banger vm rm NAME`) or ask root to raise it", api.ErrLimit, l.VMs, len(mine), strings.Join(mine, ", "))
+	}
+	if !starting {
+		return nil
+	}
+	inUse := "none running"
+	if len(live) > 0 {
+		inUse = "running: " + strings.Join(live, ", ")
+	}
+	if l.VCPUs > 0 && vcpus+v.VCPU > l.VCPUs {
+		return fmt.Errorf("%w: [limits] vcpus = %d per user, and this VM needs %d while yours use %d (%s): stop one (`banger vm stop NAME`) or ask root to raise it", api.ErrLimit, l.VCPUs, v.VCPU, vcpus, inUse)
+	}
+	if m := l.MemoryBytes(); m > 0 && mem+int64(v.MemoryMiB)<<20 > m {
+		return fmt.Errorf("%w: [limits] memory = %s per user, and this VM needs %s while yours use %s (%s): stop one (`banger vm stop NAME`) or ask root to raise it", api.ErrLimit, l.Memory, sizeText(int64(v.MemoryMiB)<<20), sizeText(mem), inUse)
+	}
+	return nil
+}
+
+// sizeText writes n bytes as people read sizes: 512M, 1G, 1.5T.
+func sizeText(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		size   int64
+	}{{"P", 1 << 50}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}} {
+		if n >= u.size {
+			v := float64(n) / float64(u.size)
+			if v == float64(int64(v)) {
+				return fmt.Sprintf("%d%s", int64(v), u.suffix)
+			}
+			return fmt.Sprintf("%.1f%s", v, u.suffix)
+		}
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// checkPorts refuses, for callers other than admins, a published port
+// on an address other than loopback or a host port below 1024, unless
+// the config's [limits] allows it: either would expose or take a port
+// the host's users and services share.
+func (s *Service) checkPorts(c Caller, ports []string) error {
+	if c.Admin {
+		return nil
+	}
+	for _, spec := range ports {
+		p, err := hostnet.ParsePort(spec)
+		if err != nil {
+			return fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		}
+		if !p.HostIP.IsLoopback() && !s.cfg.Limits.PublicPorts {
+			return fmt.Errorf("%w: -p %s: only root publishes on an address other than loopback (the config's [limits] public_ports allows it): use -p %d:%d", api.ErrForbidden, spec, p.Host, p.Guest)
+		}
+		if p.Host < 1024 && !s.cfg.Limits.LowPorts {
+			return fmt.Errorf("%w: -p %s: only root publishes host ports below 1024 (the config's [limits] low_ports allows it): pick a port of 1024 or more", api.ErrForbidden, spec)
+		}
+	}
+	return nil
+}
+
+// policyOf is the policy of a request's --allow-out and --deny-out
+// values: nil for none, entries split at commas and trimmed.
+func policyOf(allow, deny []string) (*api.Policy, error) {
+	split := func(vs []string) []string {
+		var out []string
+		for _, v := range vs {
+			for _, item := range strings.Split(v, ",") {
+				out = append(out, strings.TrimSpace(item))
+			}
+		}
+		return out
+	}
+	a, d := split(allow), split(deny)
+	if len(a) == 0 && len(d) == 0 {
+		return nil, nil
+	}
+	return &api.Policy{AllowOut: a, DenyOut: d}, nil
+}
