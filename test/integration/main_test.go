@@ -55,20 +55,27 @@ func TestMain(m *testing.M) {
 
 // instance is one banger home with its own daemon.
 type instance struct {
-	t     *testing.T
+	t     testing.TB
 	home  string
+	bins  string // where its banger and bangerd are (binDir)
 	env   []string
 	netns string // the VM network's namespace, "" when not root
 }
 
-func newInstance(t *testing.T) *instance {
+func newInstance(t testing.TB) *instance {
+	return newInstanceWith(t, binDir)
+}
+
+// newInstanceWith is newInstance running the banger and bangerd in bins
+// (another build, for a comparison).
+func newInstanceWith(t testing.TB, bins string) *instance {
 	t.Helper()
 	// Short path: the socket must fit in 108 bytes.
 	home, err := os.MkdirTemp("", "bg")
 	if err != nil {
 		t.Fatal(err)
 	}
-	in := &instance{t: t, home: home, env: append(os.Environ(), "BANGER_HOME="+home, "PATH="+binDir+":"+os.Getenv("PATH"))}
+	in := &instance{t: t, home: home, bins: bins, env: append(os.Environ(), "BANGER_HOME="+home, "PATH="+bins+":"+os.Getenv("PATH"))}
 	if os.Geteuid() == 0 {
 		// The daemon's VM network (bridge, TAPs, rules, DNS, published
 		// ports) lives in a namespace of the test's own, deleted after
@@ -104,7 +111,7 @@ func (in *instance) runLimit(limit time.Duration, extra []string, args ...string
 	in.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "banger"), args...)
+	cmd := exec.CommandContext(ctx, filepath.Join(in.bins, "banger"), args...)
 	cmd.Env = append(append([]string{}, in.env...), extra...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -173,7 +180,7 @@ func (in *instance) daemonPID() int {
 }
 
 func (in *instance) stopDaemon() {
-	cmd := exec.Command(filepath.Join(binDir, "banger"), "daemon", "stop")
+	cmd := exec.Command(filepath.Join(in.bins, "banger"), "daemon", "stop")
 	cmd.Env = append(append([]string{}, in.env...), "BANGER_NO_AUTOSTART=1")
 	cmd.Run()
 }

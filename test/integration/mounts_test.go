@@ -238,7 +238,7 @@ func TestVMMountAsUser(t *testing.T) {
 	in.ok("vm", "rm", "-f", "u1")
 }
 
-func groupID(t *testing.T, name string) int {
+func groupID(t testing.TB, name string) int {
 	out, err := exec.Command("getent", "group", name).Output()
 	if err != nil {
 		t.Fatalf("getent group %s: %v", name, err)

@@ -41,7 +41,7 @@ type vmJSON struct {
 }
 
 // busyboxLayer is a layer with a static busybox and a few applets.
-func busyboxLayer(t *testing.T) []byte {
+func busyboxLayer(t testing.TB) []byte {
 	t.Helper()
 	bbDeb := testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb (scripts/vm-fixtures.sh)")
 	x := t.TempDir()
@@ -58,7 +58,7 @@ func busyboxLayer(t *testing.T) []byte {
 
 // vmFixtures imports the Debian cloud kernel and pulls a busybox image
 // into the instance, as a user would.
-func vmFixtures(t *testing.T, in *instance) {
+func vmFixtures(t testing.TB, in *instance) {
 	t.Helper()
 	deb := testenv.KernelPackage(t)
 	testenv.RequireBinary(t, "qemu-system-x86_64", "apt-get install qemu-system-x86")

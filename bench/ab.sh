@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Two builds of banger against each other in one run, interleaved:
+# `vm run --rm -- true` cold and warm, the `vm exec` round trip and
+# bangerd's idle memory, each as new/old. OLD and NEW are git revisions
+# (default: HEAD~1 and the working tree). Fails when a time ratio is
+# above AB_MAX_RATIO (default 1.15: "no change beyond noise" on this
+# noisy two-core machine). Needs root and the VM fixtures
+# (eval "$(scripts/vm-fixtures.sh)").
+#   bench/ab.sh [OLD [NEW]]     AB_ROUNDS=5 AB_MAX_RATIO=1.15
+set -euo pipefail
+cd "$(dirname "$0")/.."
+old=${1:-HEAD~1}
+new=${2:-}
+work=$(mktemp -d /tmp/banger-ab-XXXXXX)
+trap 'git worktree remove --force "$work/src-old" 2>/dev/null || true; git worktree remove --force "$work/src-new" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+build() { # build SRC DEST
+	(cd "$1" && go build -o "$2/" ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o "$2/" ./cmd/banger-vsock-agent)
+}
+git worktree add -q --detach "$work/src-old" "$old"
+build "$work/src-old" "$work/old"
+if [ -n "$new" ]; then
+	git worktree add -q --detach "$work/src-new" "$new"
+	build "$work/src-new" "$work/new"
+else
+	build . "$work/new"
+fi
+echo "old: $old  new: ${new:-working tree}" >&2
+out=$(BANGER_AB="$work/old $work/new" go test -timeout 60m -count=1 -run '^$' -bench '^BenchmarkAB$' \
+	-benchtime "${AB_ROUNDS:-5}x" ./test/integration | tee /dev/stderr | grep '^BenchmarkAB')
+max=${AB_MAX_RATIO:-1.15}
+fail=0
+for m in cold-run-ms warm-run-ms exec-rtt-ms idle-rss-MiB; do
+	ratio=$(echo "$out" | grep -o "[0-9.]* ratio-$m" | cut -d' ' -f1)
+	printf '%-14s new/old = %s\n' "$m" "$ratio"
+	if [ "$m" != idle-rss-MiB ] && awk -v r="$ratio" -v m="$max" 'BEGIN { exit !(r > m) }'; then
+		echo "FAIL: $m ratio $ratio is above $max" >&2
+		fail=1
+	fi
+done
+exit $fail
