@@ -50,9 +50,14 @@ const (
 // shorten them).
 const LearnedIdle = 10 * time.Minute
 
-// learnedMax bounds the learned set: a guest resolving names in a
-// loop cannot grow it without end.
-const learnedMax = 65535
+// LearnedMax bounds the learned set, which all VMs share: room for
+// LearnedPerVM addresses of each of a /24's VMs. vmnet holds each VM to
+// LearnedPerVM, so that one resolving names in a loop fills its own
+// share and not the others'.
+const (
+	LearnedPerVM = 1024
+	LearnedMax   = 1 << 18
+)
 
 // DefaultDenied are the IPv4 networks a VM without an allow-list never
 // reaches: link-local (cloud metadata servers), the private ranges (the
@@ -110,8 +115,8 @@ func (rs *ruleset) egressChains(bridge string, subnet netip.Prefix) []chainSpec 
 			header: []string{"flags interval"}},
 		closed: &setSpec{set: &nftables.Set{Table: rs.inet, Name: ClosedSet, ID: 4, KeyType: nftables.TypeIPAddr}},
 		learned: &setSpec{set: &nftables.Set{Table: rs.inet, Name: LearnedSet, ID: 5, KeyType: pair, Concatenation: true,
-			HasTimeout: true, Dynamic: true, Size: learnedMax},
-			header: []string{fmt.Sprintf("size %d", learnedMax), "flags dynamic,timeout"}, learned: true},
+			HasTimeout: true, Dynamic: true, Size: LearnedMax},
+			header: []string{fmt.Sprintf("size %d", LearnedMax), "flags dynamic,timeout"}, learned: true},
 	}
 	rs.keepLearned = map[netip.Addr]func(string) bool{}
 	es := rs.egress
@@ -325,6 +330,33 @@ func (n *Net) Learn(vm netip.Addr, vmName, name string, addrs []netip.Addr, time
 		return fmt.Errorf("letting VM %q reach the addresses of %s: %w", vmName, name, err)
 	}
 	return nil
+}
+
+// Learned lists the addresses Learn gave the VM at vm that are still
+// in the set (kept alive by the VM's packets or not yet expired).
+func (n *Net) Learned(vm netip.Addr) ([]netip.Addr, error) {
+	set := &nftables.Set{Table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}, Name: LearnedSet,
+		KeyType: nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeIPAddr), Concatenation: true}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c, err := n.learnConnLocked()
+	if err != nil {
+		return nil, err
+	}
+	elems, err := c.GetSetElements(set)
+	if err != nil {
+		c.CloseLasting()
+		n.learn = nil
+		return nil, fmt.Errorf("listing the addresses DNS let VM %v reach: %w", vm, err)
+	}
+	var out []netip.Addr
+	key := vm.AsSlice()
+	for _, e := range elems {
+		if len(e.Key) == 8 && string(e.Key[:4]) == string(key) {
+			out = append(out, netip.AddrFrom4([4]byte(e.Key[4:])))
+		}
+	}
+	return out, nil
 }
 
 // learnConnLocked is the nftables connection Learn keeps open: one per

@@ -84,7 +84,7 @@ func egressSetsText(allow, deny, closed []string) string {
 	return "\tset egress_allow {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tflags interval\n" + list(allow) + "\t}\n\n" +
 		"\tset egress_deny {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tflags interval\n" + list(deny) + "\t}\n\n" +
 		"\tset egress_closed {\n\t\ttype ipv4_addr\n" + list(closed) + "\t}\n\n" +
-		"\tset egress_dns {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tsize 65535\n\t\tflags dynamic,timeout\n\t}\n"
+		"\tset egress_dns {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tsize 262144\n\t\tflags dynamic,timeout\n\t}\n"
 }
 
 // defaultDenied are the deny elements of a VM without an allow-list.
@@ -176,7 +176,7 @@ table bridge banger {
 
 	set egress_dns {
 		type ipv4_addr . ipv4_addr
-		size 65535
+		size 262144
 		flags dynamic,timeout
 	}
 

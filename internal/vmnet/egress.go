@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"time"
 
@@ -23,6 +24,11 @@ const LearnFloor = 30 * time.Second
 type attachedVM struct {
 	id, name string
 	policy   Policy
+	// learned counts the addresses DNS let the VM reach since they
+	// were last counted in the kernel: at most their number (the same
+	// address learned twice counts twice, one expired still counts),
+	// so that they are counted only when they may be too many.
+	learned int
 }
 
 // SetPolicy changes a running VM's egress policy at once, in one
@@ -60,7 +66,7 @@ func (r *Runtime) SetPolicy(ctx context.Context, v api.VM, p Policy) error {
 func (r *Runtime) setPolicyLocked(id string, ep hostnet.Endpoint, p Policy) {
 	ep.Egress = p.egress()
 	r.attached[id] = ep
-	r.byIP[ep.IP] = attachedVM{id: id, name: ep.VM, policy: p}
+	r.byIP[ep.IP] = attachedVM{id: id, name: ep.VM, policy: p, learned: r.byIP[ep.IP].learned}
 }
 
 // Policy returns the egress policy in force for an attached VM, and
@@ -124,10 +130,35 @@ func (f dnsFilter) Learned(client netip.Addr, name string, addrs []netip.Addr, t
 	if !attached || !vm.policy.Closed() || !vm.policy.AllowsName(name) || n == nil {
 		return 0, fmt.Errorf("VM at %s may no longer resolve %s", client, name)
 	}
+	// The learned set is shared: a VM may fill its share only.
+	learned := vm.learned + len(ok)
+	if learned > r.learnQuota {
+		have, err := n.Learned(client)
+		if err != nil {
+			return 0, err
+		}
+		learned = len(have)
+		for _, a := range ok {
+			if !slices.Contains(have, a) {
+				learned++
+			}
+		}
+		if learned > r.learnQuota {
+			r.cfg.Log.Warn("a VM holds too many addresses from DNS: refusing more until some expire", "vm", vm.name,
+				"addresses", len(have), "max", r.learnQuota)
+			return 0, fmt.Errorf("VM %q reaches %d addresses banger's DNS gave it, at most %d", vm.name, len(have), r.learnQuota)
+		}
+	}
 	if err := n.Learn(client, vm.name, strings.TrimSuffix(name, "."), ok, timeout); err != nil {
 		r.cfg.Log.Warn("letting a VM reach what it resolved", "vm", vm.name, "name", name, "err", err)
 		return 0, err
 	}
+	r.mu.Lock()
+	if cur, ok := r.byIP[client]; ok && cur.id == vm.id {
+		cur.learned = learned
+		r.byIP[client] = cur
+	}
+	r.mu.Unlock()
 	return timeout, nil
 }
 

@@ -429,3 +429,30 @@ func TestEgress(t *testing.T) {
 		}
 	})
 }
+
+// TestLearnQuota: a VM holds at most its share of the learned set (the
+// set is all VMs'): past it, answers are SERVFAIL until some of its
+// addresses go.
+func TestLearnQuota(t *testing.T) {
+	s := newSite(t)
+	s.r.learnQuota = 1
+	v, g := s.vm(t, "q", "10.253.0.4", mustParse(t, []string{"web.test,other.test"}, nil))
+	if got := answer(resolve(t, g, "web.test")); got != "198.51.100.2 ttl 5" {
+		t.Errorf("web.test: %s", got)
+	}
+	if got := answer(resolve(t, g, "web.test")); got != "198.51.100.2 ttl 5" {
+		t.Errorf("web.test again (the address it has): %s", got)
+	}
+	if got := answer(resolve(t, g, "other.test")); got != "SERVFAIL" {
+		t.Errorf("other.test past the quota: %s", got)
+	}
+	mustReach(t, g, "198.51.100.3:7000", "", "an address refused by the quota")
+	// Its owner drops web.test: its address goes, and other.test fits.
+	if err := s.r.SetPolicy(context.Background(), v, mustParse(t, []string{"other.test"}, nil)); err != nil {
+		t.Fatal(err)
+	}
+	if got := answer(resolve(t, g, "other.test")); got != "198.51.100.3 ttl 600" {
+		t.Errorf("other.test once web.test's address went: %s", got)
+	}
+	mustReach(t, g, "198.51.100.3:7000", "198.51.100.1", "other.test")
+}

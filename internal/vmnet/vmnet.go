@@ -57,6 +57,9 @@ type Runtime struct {
 	// byIP are the attached VMs by address: whose question banger's
 	// DNS server is answering, under which policy.
 	byIP map[netip.Addr]attachedVM
+	// learnQuota is how many addresses DNS may let one VM reach at
+	// once (hostnet.LearnedPerVM; tests lower it).
+	learnQuota int
 
 	// applyMu serialises rule updates: each applies the set of attached
 	// VMs as it is when it runs.
@@ -69,7 +72,7 @@ func New(cfg Config) *Runtime {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Runtime{cfg: cfg, fwds: map[string][]*hostnet.Forwarder{}, attached: map[string]hostnet.Endpoint{},
-		byIP: map[netip.Addr]attachedVM{}}
+		byIP: map[netip.Addr]attachedVM{}, learnQuota: hostnet.LearnedPerVM}
 }
 
 // Networked reports whether a VM of that network mode has a network
@@ -265,7 +268,9 @@ func (r *Runtime) Attach(ctx context.Context, v api.VM, p Policy) (cmdline []str
 	r.mu.Lock()
 	r.attached[v.ID] = hostnet.Endpoint{VM: v.Name, TAP: hostnet.TAPName(v.ID), MAC: hostnet.MAC(v.ID), IP: ip,
 		Mode: hostnet.Mode(v.Network), Egress: p.egress()}
-	r.byIP[ip] = attachedVM{id: v.ID, name: v.Name, policy: p}
+	// What DNS let it reach before (a daemon restart) is counted at
+	// its first answer.
+	r.byIP[ip] = attachedVM{id: v.ID, name: v.Name, policy: p, learned: r.learnQuota}
 	r.mu.Unlock()
 	if err := r.apply(); err != nil {
 		return nil, err
