@@ -10,8 +10,14 @@
 #     socket, against the same with the guard's chain emptied;
 #   - DNS: NAME.vm answered by banger, and a name banger forwards,
 #     against the same question asked of the upstream directly
-#     (queries per second from parallel clients on loopback).
+#     (queries per second from parallel clients on loopback);
+#   - egress policies: the time banger's DNS takes to answer a guest for
+#     a name its allow-list has (forwarded, and the address added to its
+#     set) against the same name for a VM without one, and a policy
+#     change on a running VM against that VM's network stop and start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go test -count=1 -run XXX -bench 'VMNetworkSetup|Forward|Guard' -benchtime "${BENCHTIME:-50x}" ./internal/hostnet | grep -E '^Benchmark|^(ok|FAIL)'
 go test -count=1 -run XXX -bench DNS -benchtime "${DNS_BENCHTIME:-2s}" ./internal/vmdns | grep -E '^Benchmark|^(ok|FAIL)'
+go test -count=1 -run XXX -bench EgressDNS -benchtime "${EGRESS_DNS_BENCHTIME:-5000x}" ./internal/vmnet | grep -E '^Benchmark|^(ok|FAIL)'
+go test -count=1 -run XXX -bench SetPolicy -benchtime "${BENCHTIME:-50x}" ./internal/vmnet | grep -E '^Benchmark|^(ok|FAIL)'

@@ -37,7 +37,10 @@ type guarded struct {
 	seq      int
 }
 
-const guardPort = 7010
+// guardPort is where the host's socket listens on the bridge address:
+// the DNS port, the one service of the host that VMs reach (the others
+// are refused by the inet table, which is not under test here).
+const guardPort = 53
 
 func newGuarded(t testing.TB) *guarded {
 	testenv.RequireBinary(t, "nft", "apt-get install nftables")
@@ -374,7 +377,7 @@ func TestApplyRepairsTables(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := endpoint("one", "bg-g1", "10.253.0.11", NAT)
-	rs, err := buildRuleset(DefaultBridge, []Endpoint{ep})
+	rs, err := buildRuleset(DefaultBridge, netip.MustParsePrefix(DefaultSubnet), []Endpoint{ep})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,9 +1,11 @@
 // Package hostnet is the host side of VM networking: one bridge, a TAP
 // per VM attached to it, addresses from a private /24, and the nftables
-// rules that give VMs the outside through NAT, keep them apart from
-// each other unless they share, and pin each TAP to its VM's MAC and
-// address (with the host's neighbour entries) so no guest passes as
-// another. Everything is done over netlink (no
+// rules that give VMs the outside through NAT as far as each VM's
+// egress policy lets it (and the host only for DNS), keep them apart
+// from each other unless they share, and pin each TAP to its VM's MAC
+// and address (with the host's neighbour entries) so no guest passes as
+// another. It knows addresses and networks, not names: vmnet turns a
+// VM's names into the addresses it Learns. Everything is done over netlink (no
 // `ip`, no `nft`), in the daemon's network namespace or in a named one
 // (bangerd --netns), and everything banger creates is named so that a
 // restarted daemon can find and remove what no live VM owns.
@@ -20,6 +22,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -81,6 +84,9 @@ type Net struct {
 	gw  netip.Addr
 	ns  netns.NsHandle // -1: the daemon's own namespace
 	mu  sync.Mutex     // serialises link and rule changes
+	// learn is Learn's nftables connection, opened in the namespace
+	// on first use (under mu).
+	learn *nftables.Conn
 }
 
 // Open validates cfg and opens its namespace; it changes nothing yet.
@@ -113,8 +119,14 @@ func Open(cfg Config) (*Net, error) {
 	return n, nil
 }
 
-// Close releases the namespace handle.
+// Close releases the namespace handle and Learn's connection.
 func (n *Net) Close() error {
+	n.mu.Lock()
+	if n.learn != nil {
+		n.learn.CloseLasting()
+		n.learn = nil
+	}
+	n.mu.Unlock()
 	if n.ns >= 0 {
 		return n.ns.Close()
 	}

@@ -30,6 +30,9 @@ type Endpoint struct {
 	MAC  net.HardwareAddr
 	IP   netip.Addr
 	Mode Mode
+	// Egress is what the VM may reach beyond the bridge (the zero
+	// value: the default policy).
+	Egress Egress
 }
 
 // forwardMarker records that banger turned IPv4 forwarding on, so that
@@ -61,25 +64,21 @@ func (n *Net) Apply(eps []Endpoint) error {
 			return n.forwarding(false)
 		})
 	}
-	rs, err := buildRuleset(n.cfg.Bridge, eps)
+	rs, err := buildRuleset(n.cfg.Bridge, n.cfg.Subnet, eps)
 	if err != nil {
 		return err
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.Do(func() error {
-		c, err := newConn()
+		err := syncOnce(rs)
+		if errors.Is(err, unix.ENOENT) {
+			// A learned address expired between the listing and the
+			// transaction, which then deleted what no longer exists:
+			// list again.
+			err = syncOnce(rs)
+		}
 		if err != nil {
-			return fmt.Errorf("opening nftables: %w", err)
-		}
-		have, err := ourObjects(c)
-		if err != nil {
-			return err
-		}
-		if err := syncRules(c, have, rs); err != nil {
-			return err
-		}
-		if err := c.Flush(); err != nil {
 			return fmt.Errorf("applying banger's nftables rules: %w (is the nf_tables module available? `modprobe nf_tables`)", err)
 		}
 		if err := n.syncNeighbours(eps); err != nil {
@@ -87,6 +86,23 @@ func (n *Net) Apply(eps []Endpoint) error {
 		}
 		return n.forwarding(true)
 	})
+}
+
+// syncOnce makes the tables rs in one transaction.
+func syncOnce(rs ruleset) error {
+	c, err := newConn()
+	if err != nil {
+		return fmt.Errorf("opening nftables: %w", err)
+	}
+	defer c.CloseLasting()
+	have, err := ourObjects(c)
+	if err != nil {
+		return err
+	}
+	if err := syncRules(c, have, rs); err != nil {
+		return err
+	}
+	return c.Flush()
 }
 
 // newConn opens nftables for a transaction of any size banger makes: a
@@ -103,8 +119,13 @@ func (n *Net) Apply(eps []Endpoint) error {
 //
 // Both buffers are forced to nlBuffer (root may exceed the
 // net.core.[rw]mem_max limits; the sizes are limits, not allocations).
+//
+// The connection is one socket for all of an Apply's listings and its
+// transaction (the caller closes it with CloseLasting): without that,
+// each of the twenty-odd listings opens and sizes a socket of its own,
+// which cost more than the listings themselves.
 func newConn() (*nftables.Conn, error) {
-	return nftables.New(nftables.WithSockOptions(func(c *netlink.Conn) error {
+	return nftables.New(nftables.AsLasting(), nftables.WithSockOptions(func(c *netlink.Conn) error {
 		if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
 			return fmt.Errorf("capping netlink acknowledgements: %w", err)
 		}
@@ -134,21 +155,22 @@ func newConn() (*nftables.Conn, error) {
 // kernel doubles it): room for the rules of a few thousand VMs.
 const nlBuffer = 4 << 20
 
-// objects is what of banger's tables, chains and set exists.
+// objects is what of banger's tables, chains and sets exists.
 type objects struct {
 	tables map[nftables.TableFamily]bool
-	chains map[string]bool // family and name
-	addrs  *nftables.Set   // nil when missing
+	chains map[string]bool          // family and name
+	sets   map[string]*nftables.Set // family and name
 }
 
 func chainID(c *nftables.Chain) string { return fmt.Sprintf("%d %s", c.Table.Family, c.Name) }
+func setID(s *nftables.Set) string     { return fmt.Sprintf("%d %s", s.Table.Family, s.Name) }
 
 // ourObjects lists what of banger's tables, chains and set exists, so
 // that only what is missing is created: "adding" an existing base chain
 // is an update that costs the kernel as much as a deletion, and a table
 // made by an older banger may lack a chain or the set.
 func ourObjects(c *nftables.Conn) (objects, error) {
-	o := objects{tables: map[nftables.TableFamily]bool{}, chains: map[string]bool{}}
+	o := objects{tables: map[nftables.TableFamily]bool{}, chains: map[string]bool{}, sets: map[string]*nftables.Set{}}
 	for _, fam := range []nftables.TableFamily{nftables.TableFamilyINet, nftables.TableFamilyBridge} {
 		ts, err := c.ListTablesOfFamily(fam)
 		if err != nil {
@@ -169,23 +191,19 @@ func ourObjects(c *nftables.Conn) (objects, error) {
 				o.chains[chainID(ch)] = true
 			}
 		}
-	}
-	if o.tables[nftables.TableFamilyBridge] {
-		sets, err := c.GetSets(&nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge})
+		sets, err := c.GetSets(&nftables.Table{Name: TableName, Family: fam})
 		if err != nil {
 			return o, fmt.Errorf("listing nftables sets: %w", err)
 		}
 		for _, s := range sets {
-			if s.Name == AddrSet {
-				o.addrs = s
-			}
+			o.sets[setID(s)] = s
 		}
 	}
 	return o, nil
 }
 
 // syncRules queues what turns what is in place into rs: the tables, chains
-// and set that are missing; deletions of set elements and rules that
+// and sets that are missing; deletions of set elements and rules that
 // are not wanted (or are there twice); additions of those missing. An
 // ordered chain whose rules differ from rs's in any way is rewritten.
 func syncRules(c *nftables.Conn, have objects, rs ruleset) error {
@@ -199,8 +217,10 @@ func syncRules(c *nftables.Conn, have objects, rs ruleset) error {
 			c.AddChain(cs.chain)
 		}
 	}
-	if err := syncElements(c, have.addrs, rs); err != nil {
-		return err
+	for _, s := range rs.sets {
+		if err := syncElements(c, have.sets[setID(s.set)], s, rs.keepLearned); err != nil {
+			return err
+		}
 	}
 	wanted := map[string]bool{}
 	for _, r := range rs.rules {
@@ -263,48 +283,56 @@ func sameKeys(rules []*nftables.Rule, want []ruleSpec) bool {
 	return true
 }
 
-// syncElements queues the changes that make AddrSet's elements rs's
-// (creating the set with them when it is missing). An element is its
-// key; one whose comment is not rs's is replaced.
-func syncElements(c *nftables.Conn, cur *nftables.Set, rs ruleset) error {
-	want := map[string]elemSpec{}
+// syncElements queues the changes that make the elements of the set
+// cur those of want (creating the set with them when it is missing).
+// An element is its key; one whose comment is not want's is replaced.
+// The learned set is not made to match: its elements come from Learn,
+// and only those keep refuses go.
+func syncElements(c *nftables.Conn, cur *nftables.Set, want *setSpec, keep map[netip.Addr]func(string) bool) error {
+	name := want.set.Name
+	wanted := map[string]elemSpec{}
 	var all []nftables.SetElement
-	for _, e := range rs.elems {
-		want[string(e.key)] = e
-		all = append(all, nftables.SetElement{Key: e.key, Comment: e.comment})
+	for _, e := range want.elems {
+		wanted[e.id()] = e
+		all = append(all, nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd, Comment: e.comment})
 	}
 	if cur == nil {
-		if err := c.AddSet(rs.addrs, all); err != nil {
-			return fmt.Errorf("creating nftables set %s: %w", AddrSet, err)
+		if err := c.AddSet(want.set, all); err != nil {
+			return fmt.Errorf("creating nftables set %s: %w", name, err)
 		}
 		return nil
 	}
 	elems, err := c.GetSetElements(cur)
 	if err != nil {
-		return fmt.Errorf("listing nftables set %s: %w", AddrSet, err)
+		return fmt.Errorf("listing nftables set %s: %w", name, err)
 	}
 	var del, add []nftables.SetElement
-	have := map[string]bool{}
-	for _, e := range elems {
-		if w, ok := want[string(e.Key)]; ok && w.comment == e.Comment {
-			have[string(e.Key)] = true
-			continue
+	if want.learned {
+		del = staleLearned(elems, keep)
+	} else {
+		have := map[string]bool{}
+		for _, e := range elems {
+			id := elemSpec{key: e.Key, keyEnd: e.KeyEnd}.id()
+			if w, ok := wanted[id]; ok && w.comment == e.Comment {
+				have[id] = true
+				continue
+			}
+			del = append(del, nftables.SetElement{Key: e.Key, KeyEnd: e.KeyEnd})
 		}
-		del = append(del, nftables.SetElement{Key: e.Key})
-	}
-	for _, e := range all {
-		if !have[string(e.Key)] {
-			add = append(add, e)
+		for _, e := range want.elems {
+			if !have[e.id()] {
+				add = append(add, nftables.SetElement{Key: e.key, KeyEnd: e.keyEnd, Comment: e.comment})
+			}
 		}
 	}
 	if len(del) > 0 {
-		if err := c.SetDeleteElements(rs.addrs, del); err != nil {
-			return fmt.Errorf("removing stale elements of nftables set %s: %w", AddrSet, err)
+		if err := c.SetDeleteElements(want.set, del); err != nil {
+			return fmt.Errorf("removing stale elements of nftables set %s: %w", name, err)
 		}
 	}
 	if len(add) > 0 {
-		if err := c.SetAddElements(rs.addrs, add); err != nil {
-			return fmt.Errorf("adding to nftables set %s: %w", AddrSet, err)
+		if err := c.SetAddElements(want.set, add); err != nil {
+			return fmt.Errorf("adding to nftables set %s: %w", name, err)
 		}
 	}
 	return nil

@@ -53,29 +53,53 @@ type ruleSpec struct {
 	first bool
 }
 
-// elemSpec is one element of AddrSet: one VM's TAP, MAC and address.
-type elemSpec struct {
-	key     []byte
-	comment string
-	text    string
+// setSpec is one named set banger wants, with its elements.
+type setSpec struct {
+	set *nftables.Set
+	// header is the lines `nft list` shows between the set's type and
+	// its elements (size, flags).
+	header []string
+	elems  []elemSpec
+	// learned: the elements come from Learn, not from the ruleset, and
+	// expire; Apply only removes those no VM may keep (keepLearned).
+	learned bool
 }
+
+// elemSpec is one element of a set: for AddrSet one VM's TAP, MAC and
+// address; for the egress sets a VM's address and a destination.
+type elemSpec struct {
+	key, keyEnd []byte // keyEnd: the last key of an interval, inclusive
+	comment     string
+	text        string
+}
+
+// id is what identifies an element in its set.
+func (e elemSpec) id() string { return string(e.key) + "\x00" + string(e.keyEnd) }
 
 // ruleset is everything banger wants in nftables for a set of VMs.
 type ruleset struct {
 	inet, bridge *nftables.Table
+	sets         []*setSpec  // of both tables, in listing order
 	chains       []chainSpec // inet's, then bridge's, in listing order
 	addrs        *nftables.Set
-	elems        []elemSpec
 	rules        []ruleSpec
+	egress       egressSets
+	// keepLearned says, for each VM whose egress is closed, which of
+	// the names banger's DNS resolved for it it may still reach.
+	keepLearned map[netip.Addr]func(name string) bool
 }
 
 // buildRuleset is banger's ruleset for the VMs eps on the bridge named
-// bridge. It checks each endpoint's TAP, MAC and address, since a rule
-// made of a bad one would either fail the whole transaction or let
-// nothing through.
-func buildRuleset(bridge string, eps []Endpoint) (ruleset, error) {
+// bridge, whose address is the first of subnet. It checks each
+// endpoint's TAP, MAC, address and egress, since a rule made of a bad
+// one would either fail the whole transaction or let nothing through.
+func buildRuleset(bridge string, subnet netip.Prefix, eps []Endpoint) (ruleset, error) {
 	eps = append([]Endpoint(nil), eps...)
 	sort.Slice(eps, func(i, j int) bool { return eps[i].TAP < eps[j].TAP })
+	subnet = subnet.Masked()
+	if !subnet.Addr().Is4() {
+		return ruleset{}, fmt.Errorf("VM subnet %s is not IPv4", subnet)
+	}
 	var rs ruleset
 	rs.inet = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 	rs.bridge = &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}
@@ -91,14 +115,23 @@ func buildRuleset(bridge string, eps []Endpoint) (ruleset, error) {
 	fwd := &nftables.Chain{Name: "forward", Table: rs.bridge, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter}
 	shared := &nftables.Chain{Name: "shared", Table: rs.bridge}
-	rs.chains = []chainSpec{
-		{chain: post, header: "type nat hook postrouting priority srcnat; policy accept;"},
-		{chain: pre, header: "type filter hook prerouting priority filter; policy accept;", ordered: true},
-		{chain: fwd, header: "type filter hook forward priority 0; policy accept;"},
-		{chain: shared},
-	}
+	// Frames from a TAP that the bridge passes up to the host.
+	up := &nftables.Chain{Name: "input", Table: rs.bridge, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(-200)}
+	egress := rs.egressChains(bridge, subnet)
+	rs.chains = append([]chainSpec{
+		{chain: post, header: "type nat hook postrouting priority srcnat; policy accept;"}},
+		egress...)
+	rs.chains = append(rs.chains,
+		chainSpec{chain: pre, header: "type filter hook prerouting priority filter; policy accept;", ordered: true},
+		chainSpec{chain: fwd, header: "type filter hook forward priority 0; policy accept;"},
+		chainSpec{chain: shared},
+		chainSpec{chain: up, header: "type filter hook input priority filter; policy accept;", ordered: true},
+	)
 	rs.addrs = &nftables.Set{Table: rs.bridge, Name: AddrSet, ID: 1, Concatenation: true,
 		KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeEtherAddr, nftables.TypeIPAddr)}
+	addrs := &setSpec{set: rs.addrs}
+	rs.sets = append(rs.egress.specs(), addrs)
 
 	for _, ep := range eps {
 		if !strings.HasPrefix(ep.TAP, TAPPrefix) || len(ep.TAP) > 15 {
@@ -110,8 +143,11 @@ func buildRuleset(bridge string, eps []Endpoint) (ruleset, error) {
 		if len(ep.MAC) != 6 || ep.MAC[0]&1 != 0 {
 			return ruleset{}, fmt.Errorf("VM %q: MAC %q is not a unicast Ethernet address (hostnet.MAC gives one)", ep.VM, ep.MAC.String())
 		}
-		rs.elems = append(rs.elems, elemSpec{key: addrKey(ep.TAP, ep.MAC, ep.IP), comment: "vm " + ep.VM,
+		addrs.elems = append(addrs.elems, elemSpec{key: addrKey(ep.TAP, ep.MAC, ep.IP), comment: "vm " + ep.VM,
 			text: fmt.Sprintf("%q . %s . %s", ep.TAP, ep.MAC, ep.IP)})
+		if err := rs.addEgress(ep); err != nil {
+			return ruleset{}, err
+		}
 		// ip saddr VM oifname != BRIDGE masquerade: traffic leaving
 		// towards the outside, not replies on the bridge.
 		rs.rules = append(rs.rules, rule(post, fmt.Sprintf("vm %s %s", ep.VM, ep.IP), false,
@@ -146,7 +182,15 @@ func buildRuleset(bridge string, eps []Endpoint) (ruleset, error) {
 		// iifname "bg-*" oifname "bg-*" drop: a prefix compare, as nft
 		// compiles a trailing wildcard.
 		rule(fwd, "isolate VMs", false, ifaceIs(expr.MetaKeyIIFNAME, true, TAPPrefix+"*"),
-			ifaceIs(expr.MetaKeyOIFNAME, true, TAPPrefix+"*"), verdict(expr.VerdictDrop, "")))
+			ifaceIs(expr.MetaKeyOIFNAME, true, TAPPrefix+"*"), verdict(expr.VerdictDrop, "")),
+		// A VM that sends a packet for another VM to the bridge's MAC
+		// (a route via the gateway) would have the host route it back
+		// onto the bridge, past the isolation above, which sees
+		// bridged frames only; and with br_netfilter the inet table
+		// cannot tell that routed packet from a bridged one. VMs meet
+		// on the bridge or not at all.
+		rule(up, keyHairpin, false, ifaceIs(expr.MetaKeyIIFNAME, true, TAPPrefix+"*"),
+			bridgeIPDaddrIn(subnet), bridgeIPDaddrIs(false, subnet.Addr().Next()), verdict(expr.VerdictDrop, "")))
 	return rs, nil
 }
 
@@ -154,7 +198,7 @@ func buildRuleset(bridge string, eps []Endpoint) (ruleset, error) {
 // ruleset` lays it out (set elements sorted, one a line).
 func (rs ruleset) String() string {
 	var b strings.Builder
-	for i, t := range []*nftables.Table{rs.inet, rs.bridge} {
+	for _, t := range []*nftables.Table{rs.inet, rs.bridge} {
 		fmt.Fprintf(&b, "table %s %s {\n", familyName(t.Family), t.Name)
 		first := true
 		sep := func() {
@@ -163,15 +207,23 @@ func (rs ruleset) String() string {
 			}
 			first = false
 		}
-		if i == 1 {
+		for _, s := range rs.sets {
+			if s.set.Table != t {
+				continue
+			}
 			sep()
-			fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", rs.addrs.Name, rs.addrs.KeyType.Name)
-			for j, e := range rs.elems {
+			fmt.Fprintf(&b, "\tset %s {\n\t\ttype %s\n", s.set.Name, s.set.KeyType.Name)
+			for _, h := range s.header {
+				fmt.Fprintf(&b, "\t\t%s\n", h)
+			}
+			elems := append([]elemSpec(nil), s.elems...)
+			sort.Slice(elems, func(i, j int) bool { return elems[i].text < elems[j].text })
+			for j, e := range elems {
 				lead, end := "\t\t\t     ", ",\n"
 				if j == 0 {
 					lead = "\t\telements = { "
 				}
-				if j == len(rs.elems)-1 {
+				if j == len(elems)-1 {
 					end = " }\n"
 				}
 				fmt.Fprintf(&b, "%s%s comment %q%s", lead, e.text, e.comment, end)

@@ -3,6 +3,12 @@
 // other question to the host's resolvers. The daemon serves it on the
 // bridge address over UDP and TCP; guests use it as their resolver and
 // the host reaches it through systemd-resolved's per-link configuration.
+//
+// A Filter (WithFilter) decides, per client address, which names a
+// VM may resolve: a name it may not is NXDOMAIN and never goes
+// upstream; the addresses of one it may are handed to the filter before
+// the answer goes back. It knows nothing of nftables or of policies'
+// syntax.
 package vmdns
 
 import (
@@ -30,11 +36,49 @@ const TTL = 5
 // guest must not turn into unbounded goroutines and upstream sockets.
 const maxInFlight = 256
 
+// Verdict is what a Filter decides about a question.
+type Verdict int
+
+const (
+	// Open: the client has no restriction (the host, a VM without an
+	// allow-list): forward as for anyone.
+	Open Verdict = iota
+	// Allow: the client may resolve the name: forward, and hand the
+	// answer's addresses to Filter.Learned before answering.
+	Allow
+	// Deny: NXDOMAIN, and the question never leaves the server.
+	Deny
+)
+
+// Filter decides what each client may resolve. Its methods are called
+// from the server's goroutines, concurrently.
+type Filter interface {
+	// Check decides about a question for name (lower case, with the
+	// final dot) from client. Questions about NAME.vm and the VM
+	// subnet's reverse names are answered before it is asked.
+	Check(client netip.Addr, name string) Verdict
+	// Learned is called, for an Allow verdict, with the IPv4
+	// addresses of the answer (its A records, CNAME targets' included)
+	// and the longest TTL among them, before the answer is sent. It
+	// returns the longest TTL the answer may then carry (the guest
+	// must not keep an address longer than it may reach it); an error
+	// makes the answer SERVFAIL.
+	Learned(client netip.Addr, name string, addrs []netip.Addr, ttl time.Duration) (time.Duration, error)
+}
+
+// Option tunes a Server.
+type Option func(*Server)
+
+// WithFilter has f decide what each client may resolve (default: every
+// client resolves everything).
+func WithFilter(f Filter) Option { return func(s *Server) { s.filter = f } }
+
 // Server answers for the VMs and forwards the rest.
 type Server struct {
 	subnet    netip.Prefix
 	upstreams []string // host:port
 	timeout   time.Duration
+	filter    Filter
 
 	mu      sync.RWMutex
 	byName  map[string]netip.Addr // "name.vm." → address
@@ -54,9 +98,12 @@ const idleConns = 16
 
 // New makes a server for VMs in subnet that forwards to upstreams
 // (host:port, or bare addresses meaning port 53).
-func New(subnet netip.Prefix, upstreams []string) *Server {
+func New(subnet netip.Prefix, upstreams []string, opts ...Option) *Server {
 	s := &Server{subnet: subnet.Masked(), timeout: 2 * time.Second, byName: map[string]netip.Addr{}, byAddr: map[netip.Addr]string{},
 		sem: make(chan struct{}, maxInFlight)}
+	for _, o := range opts {
+		o(s)
+	}
 	for _, u := range upstreams {
 		if _, _, err := net.SplitHostPort(u); err != nil {
 			u = net.JoinHostPort(u, "53")
@@ -167,6 +214,20 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		w.WriteMsg(m)
 		return
 	}
+	client, verdict := netip.Addr{}, Open
+	if s.filter != nil {
+		client = clientAddr(w.RemoteAddr())
+		verdict = s.filter.Check(client, strings.ToLower(dns.Fqdn(req.Question[0].Name)))
+	}
+	if verdict == Deny {
+		// Never forwarded: a name under a domain the VM may not
+		// resolve would otherwise carry data to that domain's servers.
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeNameError)
+		m.RecursionAvailable = true
+		w.WriteMsg(m)
+		return
+	}
 	select {
 	case s.sem <- struct{}{}:
 		defer func() { <-s.sem }()
@@ -176,7 +237,58 @@ func (s *Server) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
 		w.WriteMsg(m)
 		return
 	}
-	w.WriteMsg(s.forward(req, w.LocalAddr().Network()))
+	resp := s.forward(req, w.LocalAddr().Network())
+	if verdict == Allow {
+		resp = s.learn(client, req, resp)
+	}
+	w.WriteMsg(resp)
+}
+
+// learn hands the addresses of resp, the answer to an allowed question,
+// to the filter, and caps its TTLs at what the filter returns; if the
+// filter fails the answer is SERVFAIL, since the guest could not reach
+// the addresses it would carry.
+func (s *Server) learn(client netip.Addr, req, resp *dns.Msg) *dns.Msg {
+	var addrs []netip.Addr
+	var ttl uint32
+	for _, rr := range resp.Answer {
+		if a, ok := rr.(*dns.A); ok {
+			if ip, ok := netip.AddrFromSlice(a.A.To4()); ok {
+				addrs = append(addrs, ip)
+				ttl = max(ttl, a.Hdr.Ttl)
+			}
+		}
+	}
+	if len(addrs) == 0 {
+		return resp
+	}
+	name := strings.ToLower(dns.Fqdn(req.Question[0].Name))
+	limit, err := s.filter.Learned(client, name, addrs, time.Duration(ttl)*time.Second)
+	if err != nil {
+		m := new(dns.Msg)
+		m.SetRcode(req, dns.RcodeServerFailure)
+		return m
+	}
+	capTTL := uint32(limit / time.Second)
+	for _, rr := range resp.Answer {
+		if h := rr.Header(); h.Ttl > capTTL {
+			h.Ttl = capTTL
+		}
+	}
+	return resp
+}
+
+// clientAddr is the address a question came from.
+func clientAddr(a net.Addr) netip.Addr {
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	case *net.TCPAddr:
+		ip, _ := netip.AddrFromSlice(a.IP)
+		return ip.Unmap()
+	}
+	return netip.Addr{}
 }
 
 // local answers questions about the VM zone and the VM subnet's reverse

@@ -1,7 +1,9 @@
 // Package vmnet is the VM network's one owner: it brings the bridge and
 // the DNS server up on first use, chooses addresses, attaches and
-// detaches VMs (TAP, rules, guard, DNS name, published ports), and sweeps
-// what no VM owns after a restart. It is the only code that touches
+// detaches VMs (TAP, rules, guard, egress policy, DNS name, published
+// ports), changes a running VM's egress policy, and sweeps what no VM
+// owns after a restart. It keeps each attached VM's Policy, by address,
+// for the DNS server, which asks it about every question a VM sends. It is the only code that touches
 // hostnet's bridge and vmdns's server; callers hand it VM records and get
 // kernel parameters back. It knows nothing of VM lifecycles or of HTTP.
 package vmnet
@@ -52,6 +54,12 @@ type Runtime struct {
 	up       bool
 	fwds     map[string][]*hostnet.Forwarder // by VM id
 	attached map[string]hostnet.Endpoint     // by VM id: what the rules are made of
+	// byIP are the attached VMs by address: whose question banger's
+	// DNS server is answering, under which policy.
+	byIP map[netip.Addr]attachedVM
+	// learnQuota is how many addresses DNS may let one VM reach at
+	// once (hostnet.LearnedPerVM; tests lower it).
+	learnQuota int
 
 	// applyMu serialises rule updates: each applies the set of attached
 	// VMs as it is when it runs.
@@ -63,7 +71,8 @@ func New(cfg Config) *Runtime {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Runtime{cfg: cfg, fwds: map[string][]*hostnet.Forwarder{}, attached: map[string]hostnet.Endpoint{}}
+	return &Runtime{cfg: cfg, fwds: map[string][]*hostnet.Forwarder{}, attached: map[string]hostnet.Endpoint{},
+		byIP: map[netip.Addr]attachedVM{}, learnQuota: hostnet.LearnedPerVM}
 }
 
 // Networked reports whether a VM of that network mode has a network
@@ -124,7 +133,7 @@ func (r *Runtime) ensureUp() (*hostnet.Net, error) {
 			r.cfg.Log.Warn("no upstream resolvers: VMs resolve only NAME.vm", "err", err)
 		}
 	}
-	srv := vmdns.New(n.Subnet(), upstreams)
+	srv := vmdns.New(n.Subnet(), upstreams, vmdns.WithFilter(dnsFilter{r}))
 	addr := net.JoinHostPort(n.Gateway().String(), "53")
 	var pc net.PacketConn
 	var ln net.Listener
@@ -225,13 +234,16 @@ func ParsePorts(mode hostnet.Mode, specs []string) ([]string, error) {
 	return out, nil
 }
 
-// Attach gives a starting VM its network: TAP, rules and guard, DNS name
-// and published ports. It returns the kernel parameters that configure
-// the guest's side (nil for a VM without a network). On error nothing of
-// it is left.
-func (r *Runtime) Attach(ctx context.Context, v api.VM) (cmdline []string, err error) {
+// Attach gives a starting VM its network: TAP, rules and guard, egress
+// policy p, DNS name and published ports. It returns the kernel
+// parameters that configure the guest's side (nil for a VM without a
+// network). On error nothing of it is left.
+func (r *Runtime) Attach(ctx context.Context, v api.VM, p Policy) (cmdline []string, err error) {
 	if !Networked(v.Network) {
 		return nil, nil
+	}
+	if err := p.Validate(); err != nil {
+		return nil, fmt.Errorf("VM %q: %w", v.Name, err)
 	}
 	n, err := r.ensureUp()
 	if err != nil {
@@ -254,7 +266,11 @@ func (r *Runtime) Attach(ctx context.Context, v api.VM) (cmdline []string, err e
 	// identity cannot send a frame as that. The MAC is derived from the
 	// id, so a fork or a warm start (a new id) is pinned to its own.
 	r.mu.Lock()
-	r.attached[v.ID] = hostnet.Endpoint{VM: v.Name, TAP: hostnet.TAPName(v.ID), MAC: hostnet.MAC(v.ID), IP: ip, Mode: hostnet.Mode(v.Network)}
+	r.attached[v.ID] = hostnet.Endpoint{VM: v.Name, TAP: hostnet.TAPName(v.ID), MAC: hostnet.MAC(v.ID), IP: ip,
+		Mode: hostnet.Mode(v.Network), Egress: p.egress()}
+	// What DNS let it reach before (a daemon restart) is counted at
+	// its first answer.
+	r.byIP[ip] = attachedVM{id: v.ID, name: v.Name, policy: p, learned: r.learnQuota}
 	r.mu.Unlock()
 	if err := r.apply(); err != nil {
 		return nil, err
@@ -304,8 +320,11 @@ func (r *Runtime) Detach(ctx context.Context, v api.VM) {
 	if r.dns != nil {
 		r.dns.Remove(v.Name)
 	}
-	_, was := r.attached[v.ID]
+	ep, was := r.attached[v.ID]
 	delete(r.attached, v.ID)
+	if was && r.byIP[ep.IP].id == v.ID {
+		delete(r.byIP, ep.IP)
+	}
 	up := r.up
 	r.mu.Unlock()
 	if up && was {
@@ -378,10 +397,12 @@ func (r *Runtime) apply() error {
 }
 
 // Reconcile runs at daemon start, after the VMs are reconciled: every
-// VM in vms that is still live gets its network back (rules, guard, DNS
-// name, published ports), the rules become exactly theirs, and every
-// banger TAP of a VM not in vms goes.
-func (r *Runtime) Reconcile(ctx context.Context, vms []api.VM, live func(api.VM) bool) error {
+// VM in vms that is still live gets its network back (rules, guard,
+// egress policy, DNS name, published ports), the rules become exactly
+// theirs, and every banger TAP of a VM not in vms goes. policy gives
+// each VM's egress policy (nil: the default for all). What banger's DNS
+// let a closed VM reach stays, as far as its policy still allows it.
+func (r *Runtime) Reconcile(ctx context.Context, vms []api.VM, live func(api.VM) bool, policy func(api.VM) Policy) error {
 	if os.Geteuid() != 0 {
 		return nil // an unprivileged daemon never made any
 	}
@@ -399,7 +420,11 @@ func (r *Runtime) Reconcile(ctx context.Context, vms []api.VM, live func(api.VM)
 		if !live(v) {
 			continue
 		}
-		if _, err := r.Attach(ctx, v); err != nil {
+		var p Policy
+		if policy != nil {
+			p = policy(v)
+		}
+		if _, err := r.Attach(ctx, v, p); err != nil {
 			r.cfg.Log.Warn("restoring a running VM's network", "vm", v.Name, "err", err)
 		}
 	}

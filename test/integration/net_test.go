@@ -260,23 +260,33 @@ func TestVMNetwork(t *testing.T) {
 	// unsolicited ARP), then sends with srv's MAC (which would teach the
 	// bridge that srv is behind iso's TAP), then with an address that is
 	// no VM's. The host still reaches srv, and iso reaches the host as
-	// itself only.
+	// itself only. What reaching the host means here is a question to
+	// banger's DNS on the bridge address: the one service of the host a
+	// VM may use (a ping, or any other port, is refused by design). The
+	// forged address's ARP requests for the gateway go unanswered, and
+	// the guest's neighbour entry stays in that state for up to three
+	// seconds, holding back the next question: it is flushed first.
 	srvMAC, isoMAC := hostnet.MAC(vmID(t, srv)).String(), hostnet.MAC(vmID(t, iso)).String()
 	spoof := strings.NewReplacer("SRVIP", srv.IP, "SRVMAC", srvMAC, "ISOMAC", isoMAC).Replace(`B=/bin/busybox
-$B ping -c 1 -W 3 10.253.0.1 >/dev/null && echo OWN-PASSED
+Q="$B nslookup -timeout=2 -retry=1 srv.vm 10.253.0.1"
+$B ping -c 1 -W 2 10.253.0.1 >/dev/null || echo HOST-PING-REFUSED
+$Q >/dev/null && echo OWN-PASSED
 $B ip addr add SRVIP/32 dev eth0
 $B arping -U -c 2 -w 2 -I eth0 -s SRVIP SRVIP >/dev/null
 $B ip addr del SRVIP/32 dev eth0
 $B ip link set eth0 address SRVMAC
-$B ping -c 2 -W 1 10.253.0.1 >/dev/null && echo FORGED-MAC-PASSED
+$Q >/dev/null && echo FORGED-MAC-PASSED
 $B ip link set eth0 address ISOMAC
 $B ip addr add 10.253.0.77/24 dev eth0
-$B ping -c 1 -W 2 -I 10.253.0.77 10.253.0.1 >/dev/null && echo FORGED-IP-PASSED
+$B ip route add 10.253.0.1/32 dev eth0 src 10.253.0.77
+$Q >/dev/null && echo FORGED-IP-PASSED
+$B ip route del 10.253.0.1/32 dev eth0
 $B ip addr del 10.253.0.77/24 dev eth0
-$B ping -c 1 -W 3 10.253.0.1 >/dev/null && echo OWN-STILL-PASSES
+$B ip neigh flush dev eth0 >/dev/null
+$Q >/dev/null && echo OWN-STILL-PASSES
 true`)
-	if out := in.ok("vm", "exec", "iso", "--", "/bin/busybox", "sh", "-c", spoof); out != "OWN-PASSED\nOWN-STILL-PASSES\n" {
-		t.Errorf("from iso, want its own address only to reach the host:\n%s", out)
+	if out := in.ok("vm", "exec", "iso", "--", "/bin/busybox", "sh", "-c", spoof); out != "HOST-PING-REFUSED\nOWN-PASSED\nOWN-STILL-PASSES\n" {
+		t.Errorf("from iso, want the host refused but for DNS, and its own address only to reach that:\n%s", out)
 	}
 	if got := in.neighbours()[srv.IP]; got != srvMAC+" PERMANENT" {
 		t.Errorf("after iso's ARP, the host's entry for srv = %q, want %s PERMANENT", got, srvMAC)
