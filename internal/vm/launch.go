@@ -15,7 +15,6 @@ import (
 	"banger/internal/snapshot"
 	"banger/internal/store"
 	"banger/internal/vmm"
-	"banger/internal/vmnet"
 	"banger/internal/vsockagent"
 )
 
@@ -64,9 +63,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	if v.Network != "" && v.Network != "none" {
 		say(progress, "network")
 	}
-	// The default egress policy until VM records carry one
-	// (--allow-out/--deny-out): then pass its vmnet.Policy here.
-	netArgs, err := s.net.Attach(ctx, v, vmnet.Policy{})
+	netArgs, err := s.net.Attach(ctx, v, s.netPolicy(v))
 	if err != nil {
 		s.transition(ctx, &v, EvFail, 0, err.Error())
 		return nil, err

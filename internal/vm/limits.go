@@ -125,22 +125,3 @@ func (s *Service) checkPorts(c Caller, ports []string) error {
 	}
 	return nil
 }
-
-// policyOf is the policy of a request's --allow-out and --deny-out
-// values: nil for none, entries split at commas and trimmed.
-func policyOf(allow, deny []string) (*api.Policy, error) {
-	split := func(vs []string) []string {
-		var out []string
-		for _, v := range vs {
-			for _, item := range strings.Split(v, ",") {
-				out = append(out, strings.TrimSpace(item))
-			}
-		}
-		return out
-	}
-	a, d := split(allow), split(deny)
-	if len(a) == 0 && len(d) == 0 {
-		return nil, nil
-	}
-	return &api.Policy{AllowOut: a, DenyOut: d}, nil
-}

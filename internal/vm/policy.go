@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"banger/internal/api"
+	"banger/internal/vmnet"
 )
 
 // SetPolicy replaces the egress rules of c's VM name (req.Reset: back to
@@ -42,7 +43,37 @@ func (s *Service) SetPolicy(ctx context.Context, c Caller, name string, req api.
 	return &out, nil
 }
 
-// applyPolicy gives the running VM v its recorded egress rules.
+// applyPolicy gives the running VM v its recorded egress rules, at once
+// (connections to what is now denied are cut at their next packet).
 func (s *Service) applyPolicy(ctx context.Context, v api.VM) error {
-	return nil
+	return s.net.SetPolicy(ctx, v, s.netPolicy(v))
+}
+
+// policyOf checks a request's --allow-out and --deny-out values and
+// returns them in canonical form, nil for none (the default rules).
+func policyOf(allow, deny []string) (*api.Policy, error) {
+	p, err := vmnet.ParsePolicy(allow, deny)
+	if err != nil {
+		return nil, err
+	}
+	if p.IsDefault() {
+		return nil, nil
+	}
+	return &api.Policy{AllowOut: p.AllowOut(), DenyOut: p.DenyOut()}, nil
+}
+
+// netPolicy is v's recorded policy as the network runtime takes it. It
+// was checked when it was recorded; parsing it again cannot fail unless
+// a newer banger reads rules an older one accepted, and then the VM gets
+// the default rules and the log says why.
+func (s *Service) netPolicy(v api.VM) vmnet.Policy {
+	if v.Policy == nil {
+		return vmnet.Policy{}
+	}
+	p, err := vmnet.ParsePolicy(v.Policy.AllowOut, v.Policy.DenyOut)
+	if err != nil {
+		s.log.Warn("the VM's recorded egress rules no longer parse: it gets the default rules; set them again with `banger vm policy`", "vm", v.Name, "err", err)
+		return vmnet.Policy{}
+	}
+	return p
 }

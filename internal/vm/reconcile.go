@@ -42,9 +42,7 @@ func (s *Service) Reconcile(ctx context.Context) error {
 		return err
 	}
 	live := func(v api.VM) bool { return State(v.State) == Running || State(v.State) == Paused }
-	// Every VM keeps the default egress policy until VM records carry
-	// one (--allow-out/--deny-out): then pass its vmnet.Policy here.
-	if err := s.net.Reconcile(ctx, vms, live, nil); err != nil {
+	if err := s.net.Reconcile(ctx, vms, live, s.netPolicy); err != nil {
 		s.log.Warn("reconciling the VM network (retried at the next VM start or stop)", "err", err)
 	}
 	return nil
