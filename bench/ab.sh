@@ -26,12 +26,16 @@ else
 	build . "$work/new"
 fi
 echo "old: $old  new: ${new:-working tree}" >&2
-out=$(BANGER_AB="$work/old $work/new" go test -timeout 60m -count=1 -run '^$' -bench '^BenchmarkAB$' \
-	-benchtime "${AB_ROUNDS:-5}x" ./test/integration | tee /dev/stderr | grep '^BenchmarkAB')
+BANGER_AB="$work/old $work/new" go test -timeout 60m -count=1 -run '^$' -bench '^BenchmarkAB$' \
+	-benchtime "${AB_ROUNDS:-5}x" ./test/integration >"$work/out"
+out=$(grep '^BenchmarkAB' "$work/out")
+# One metric per line: name then value.
+echo "$out" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
 max=${AB_MAX_RATIO:-1.15}
 fail=0
 for m in cold-run-ms warm-run-ms exec-rtt-ms idle-rss-MiB; do
 	ratio=$(echo "$out" | grep -o "[0-9.]* ratio-$m" | cut -d' ' -f1)
+	[ -n "$ratio" ] || { echo "FAIL: no $m in the benchmark's output:" >&2; cat "$work/out" >&2; exit 1; }
 	printf '%-14s new/old = %s\n' "$m" "$ratio"
 	if [ "$m" != idle-rss-MiB ] && awk -v r="$ratio" -v m="$max" 'BEGIN { exit !(r > m) }'; then
 		echo "FAIL: $m ratio $ratio is above $max" >&2
