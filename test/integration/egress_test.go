@@ -19,7 +19,8 @@ import (
 // DNS server that knows web.test and other.test and counts what it is
 // asked.
 type egressWorld struct {
-	asked map[string]*atomic.Int32
+	asked    map[string]*atomic.Int32
+	upstream string // the DNS server's address, for BANGER_DNS_UPSTREAM
 }
 
 func (in *instance) egressWorld() *egressWorld {
@@ -45,10 +46,13 @@ func (in *instance) egressWorld() *egressWorld {
 		testenv.Serve(t, ln, testenv.TellRemoteIP)
 	}
 	w := &egressWorld{asked: map[string]*atomic.Int32{"web.test.": {}, "other.test.": {}, "tunnel.other.test.": {}}}
-	var pc net.PacketConn
-	if err := hostnet.InNetNS(out, func() (err error) { pc, err = net.ListenPacket("udp", "198.51.100.2:53"); return }); err != nil {
+	// The daemon forwards from its own namespace (only the VM network
+	// lives in the test's): the upstream listens on loopback there.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
 		t.Fatal(err)
 	}
+	w.upstream = pc.LocalAddr().String()
 	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(rw dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
@@ -84,11 +88,16 @@ func (in *instance) reaches(name, addr string) string {
 // an address, or "" for none.
 func (in *instance) resolves(name, host string) string {
 	in.t.Helper()
-	_, out, _ := in.code(nil, "vm", "exec", name, "--", "/bin/busybox", "sh", "-c",
-		"/bin/busybox nslookup "+host+" 2>/dev/null | /bin/busybox awk '/^Address/ {a=$2} END {print a}'")
-	a := strings.TrimSpace(out)
-	if a == "10.253.0.1" || strings.Contains(a, ":") { // the server's own line
-		return ""
+	_, out, _ := in.code(nil, "vm", "exec", name, "--", "/bin/busybox", "nslookup", host)
+	// busybox prints the server first, then each address of the name.
+	var a string
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) == 2 && f[0] == "Address:" && !strings.HasPrefix(f[1], "10.253.0.1") && !strings.Contains(f[1], ":") {
+			a = f[1]
+		}
+	}
+	if a == "" {
+		in.t.Logf("%s: nslookup %s: %q", name, host, out)
 	}
 	return a
 }
@@ -101,9 +110,9 @@ func (in *instance) resolves(name, host string) string {
 func TestVMEgress(t *testing.T) {
 	testenv.RequireBinary(t, "nft", "apt-get install nftables")
 	in := newInstance(t)
-	in.env = append(in.env, "BANGER_DNS_UPSTREAM=198.51.100.2")
-	vmFixtures(t, in)
 	w := in.egressWorld()
+	in.env = append(in.env, "BANGER_DNS_UPSTREAM="+w.upstream)
+	vmFixtures(t, in)
 	// A service of the host's own, on the bridge address.
 	var hostSvc net.Listener
 	create := func(name string, extra ...string) []string {

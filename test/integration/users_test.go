@@ -79,14 +79,16 @@ func (in *instance) runAs(u hostUser, args ...string) result {
 	in.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "banger"), append([]string{"--host", in.path("run", "bangerd.sock")}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(in.bins, "banger"), args...)
 	var env []string
 	for _, e := range in.env {
 		if !strings.HasPrefix(e, "HOME=") && !strings.HasPrefix(e, "USER=") && !strings.HasPrefix(e, "BANGER_HOME=") {
 			env = append(env, e)
 		}
 	}
-	cmd.Env = append(env, "HOME="+u.home, "USER="+u.name, "BANGER_NO_AUTOSTART=1")
+	// BANGER_HOST rather than --host: what the CLI starts (ssh's proxy
+	// command) finds the same daemon.
+	cmd.Env = append(env, "HOME="+u.home, "USER="+u.name, "BANGER_NO_AUTOSTART=1", "BANGER_HOST="+in.path("run", "bangerd.sock"))
 	cmd.Dir = u.home
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(u.uid), Gid: uint32(u.gid), Groups: u.groups}}
 	var out, errb bytes.Buffer
