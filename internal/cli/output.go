@@ -164,6 +164,13 @@ func newListCommand[T any](a *app, spec listSpec[T]) *cobra.Command {
 				}
 				return nil
 			}
+			if len(items) == 0 {
+				// Nothing to list: the hint alone (on stderr), not an
+				// empty table whose header would run into it wherever
+				// the two streams are shown together.
+				fmt.Fprintln(cmd.ErrOrStderr(), spec.empty)
+				return nil
+			}
 			tw := newTable(out)
 			withOwner := spec.owner != nil && os.Geteuid() == 0
 			if withOwner {
@@ -178,13 +185,7 @@ func newListCommand[T any](a *app, spec listSpec[T]) *cobra.Command {
 					fmt.Fprintln(tw, spec.row(it))
 				}
 			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if len(items) == 0 {
-				fmt.Fprintln(cmd.ErrOrStderr(), spec.empty)
-			}
-			return nil
+			return tw.Flush()
 		},
 	}
 	o.bind(cmd, "print only names")

@@ -98,6 +98,11 @@ func TestOwnersOnOneHost(t *testing.T) {
 	if r := in.runAs(bob, "vm", "ls", "-q"); r.code != 0 || strings.TrimSpace(r.stdout) != "" {
 		t.Errorf("bob's vm ls: %q", r.stdout)
 	}
+	// An empty list is the hint alone, on its own line (it ran into the
+	// table's header where both streams were shown together).
+	if r := in.runAs(bob, "vm", "ls"); r.code != 0 || r.stdout != "" || r.stderr != "no VMs yet: `banger vm create --image IMAGE`\n" {
+		t.Errorf("bob's empty vm ls: stdout %q, stderr %q", r.stdout, r.stderr)
+	}
 	if r := in.runAs(bob, "vm", "prune"); r.code != 0 {
 		t.Errorf("bob's prune: %s", r.stderr)
 	}
