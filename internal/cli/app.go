@@ -109,6 +109,8 @@ func (a *app) daemonStopped(ctx context.Context) string {
 		return msg + fmt.Sprintf("; %s was not made: nothing of it is left", a.subject)
 	case v.State == "running":
 		return msg + fmt.Sprintf("; %s is running", v.Name)
+	case v.State == "error":
+		return msg + fmt.Sprintf("; %s is in error: `banger vm start %s`, or `banger vm rm %s`", v.Name, v.Name, v.Name)
 	default:
 		return msg + fmt.Sprintf("; %s is %s: `banger vm start %s`, or `banger vm rm %s`", v.Name, v.State, v.Name, v.Name)
 	}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 
@@ -285,6 +286,8 @@ func TestDaemonKilledDuringVMCreate(t *testing.T) {
 	pid := in.daemonPID()
 	cmd := exec.Command(filepath.Join(binDir, "banger"), "vm", "create", "--name", "k9", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu")
 	cmd.Env = in.env
+	var cliErr bytes.Buffer
+	cmd.Stderr = &cliErr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -305,6 +308,12 @@ func TestDaemonKilledDuringVMCreate(t *testing.T) {
 	cmd.Wait()
 	for processAlive(pid) {
 		time.Sleep(10 * time.Millisecond)
+	}
+	// The CLI says it in plain words, where the log is, and what became
+	// of the VM (it asked a daemon started again), in one line.
+	want := "banger: bangerd stopped during the request: its log is " + in.path("state", "bangerd.log") + "; k9 is in error: `banger vm start k9`, or `banger vm rm k9`"
+	if lines := strings.Split(strings.TrimSpace(cliErr.String()), "\n"); lines[len(lines)-1] != want {
+		t.Errorf("the CLI of the interrupted create ended %q, want %q", cliErr.String(), want)
 	}
 	// The next command starts a new daemon, which cleans up.
 	in.jsonOut(&v, "vm", "show", "k9", "--json")
