@@ -11,12 +11,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"banger/internal/paths"
 	"banger/internal/testenv"
 )
 
@@ -48,6 +51,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
+	reapOrphans()
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
@@ -85,10 +89,80 @@ func newInstanceWith(t testing.TB, bins string) *instance {
 	}
 	t.Cleanup(func() {
 		in.stopDaemon()
+		// VMs outlive their daemon by design; a test that failed half way
+		// leaves some. Nothing of this home may outlive the test.
+		reapHome(home)
+		if l, err := paths.New(home); err == nil {
+			os.RemoveAll(l.RAMDir())
+		}
 		os.RemoveAll(home)
 	})
 	return in
 }
+
+// reapHome kills every process started for a banger home (VMMs,
+// virtiofsd, console-log helpers name a path under it) and waits for
+// them to go.
+func reapHome(home string) {
+	pids := homeProcs(home)
+	for _, pid := range pids {
+		syscall.Kill(pid, syscall.SIGKILL)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, pid := range pids {
+		for processAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+}
+
+// homeProcs lists the processes whose command line names a path under home.
+func homeProcs(home string) []int {
+	entries, _ := os.ReadDir("/proc")
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && bytes.Contains(b, []byte(home+"/")) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// reapOrphans kills what earlier runs that were killed outright (a
+// timeout, ^C) left behind: processes of an integration home that no
+// longer exists, and their RAM directories.
+func reapOrphans() {
+	homes, _ := filepath.Glob(filepath.Join(os.TempDir(), "bg*"))
+	live := map[string]bool{}
+	for _, h := range homes {
+		live[h] = true
+	}
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err != nil {
+			continue
+		}
+		for _, arg := range bytes.Split(b, []byte{0}) {
+			m := orphanHome.FindSubmatch(arg)
+			if m != nil && !live[string(m[1])] {
+				reapHome(string(m[1]))
+				if l, err := paths.New(string(m[1])); err == nil {
+					os.RemoveAll(l.RAMDir())
+				}
+				break
+			}
+		}
+	}
+}
+
+// orphanHome matches a path inside an integration home.
+var orphanHome = regexp.MustCompile(`(` + regexp.QuoteMeta(os.TempDir()) + `/bg[0-9]+)/state/`)
 
 // result is one finished CLI run.
 type result struct {
