@@ -18,6 +18,19 @@ type ImageConfig struct {
 	User       string   `json:"user,omitempty"`
 }
 
+// Run is what a VM runs instead of (part of) its image's config, as
+// `docker run` takes it: Entrypoint replaces the image's entrypoint and
+// drops its cmd (as --entrypoint does); Cmd replaces the cmd; Env entries
+// (KEY=VALUE) are set over the image's; WorkingDir and User replace the
+// image's. The environment and directory are every exec's defaults too.
+type Run struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+}
+
 // ImageLayer is one layer of an image.
 type ImageLayer struct {
 	Digest string `json:"digest"`  // compressed blob digest
@@ -161,6 +174,9 @@ type VM struct {
 	// Labels are the creator's key=value notes (a Kubernetes pod's uid,
 	// an E2B sandbox's metadata).
 	Labels map[string]string `json:"labels,omitempty"`
+	// Run is what the VM was asked to run over its image's config; nil
+	// when it runs the image's.
+	Run *Run `json:"run,omitempty"`
 }
 
 // Policy is a VM's egress rules beyond the default (the internet yes;
@@ -346,6 +362,9 @@ type VMCreateRequest struct {
 	DenyOut  []string `json:"deny_out,omitempty"`
 	// Labels are key=value notes kept with the VM.
 	Labels map[string]string `json:"labels,omitempty"`
+	// Run overrides the image's command, environment, directory or
+	// user (see Run).
+	Run *Run `json:"run,omitempty"`
 }
 
 // RegistryAuth carries credentials the CLI resolved from the user's own

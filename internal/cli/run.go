@@ -42,7 +42,8 @@ func newVMRunCommand(a *app) *cobra.Command {
 			"  banger vm run . --name work -d           # this repository in a VM, in the background\n" +
 			"  banger vm run . --live -- make           # the repository shared live (edits on either side show at once)\n" +
 			"  banger vm run -v ~/data:/data:ro         # a host directory, read-only in the VM\n" +
-			"  banger vm run --image alpine -p 8080:80 -- httpd -f",
+			"  banger vm run --image alpine -p 8080:80 -- httpd -f\n" +
+			"  banger vm run -e GOFLAGS=-mod=mod -w /src -u 1000 -- go test ./...   # environment, directory, user",
 		Args: argsError(func(cmd *cobra.Command, args []string) error {
 			if n := cmd.ArgsLenAtDash(); (n == -1 && len(args) > 1) || n > 1 {
 				return errors.New("at most one PATH before `--`; the command goes after it")
@@ -77,6 +78,11 @@ func newVMRunCommand(a *app) *cobra.Command {
 				path, dir = "", WorkspaceDir
 			}
 			if err := spec.finish(&req); err != nil {
+				return err
+			}
+			// COMMAND is run through the agent (its output and status
+			// are this command's), not as the VM's own command.
+			if err := spec.run(&req, nil); err != nil {
 				return err
 			}
 			a.subject = req.Name
@@ -170,6 +176,9 @@ func (a *app) run(cmd *cobra.Command, req api.VMCreateRequest, path string, untr
 	}
 	tty := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
 	r := vsockagent.Request{Op: "exec", Dir: dir, Argv: command, TTY: tty}
+	if req.Run != nil {
+		r.User = req.Run.User
+	}
 	if len(command) == 0 {
 		r.Argv = vsockagent.LoginShell
 		if !tty {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
@@ -42,15 +43,24 @@ func newVMCreateCommand(a *app) *cobra.Command {
 	var spec vmSpecFlags
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "create",
+		Use:   "create [flags] [-- COMMAND [ARG...]]",
 		Short: "Create a VM from an image and start it (unless --no-start)",
 		Example: "  banger vm create --image alpine:3.20\n" +
 			"  banger vm create --name dev --image debian --vcpu 4 --memory 4G --disk-size 20G --vmm qemu\n" +
 			"  banger vm create --name web --image nginx -p 8080:80      # http://localhost:8080, http://web.vm\n" +
-			"  banger vm create --image alpine --network none            # no network device at all",
-		Args: argsError(cobra.NoArgs),
+			"  banger vm create --image alpine --network none            # no network device at all\n" +
+			"  banger vm create --image python -e PORT=80 -- python -m http.server 80   # the image with another command",
+		Args: argsError(func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 && cmd.ArgsLenAtDash() != 0 {
+				return errors.New("the VM's command goes after `--` (vm create takes no other arguments)")
+			}
+			return nil
+		}),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := spec.finish(&req); err != nil {
+				return err
+			}
+			if err := spec.run(&req, args); err != nil {
 				return err
 			}
 			a.subject = req.Name
@@ -108,6 +118,18 @@ func policyText(v api.VM) string {
 		parts = append(parts, "denied "+strings.Join(v.Policy.DenyOut, ", "))
 	}
 	return strings.Join(parts, "; ")
+}
+
+// quoteArgs shows a command line as words, quoting those that need it.
+func quoteArgs(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if a == "" || strings.ContainsAny(a, " \t\n\"'\\$`;&|<>()*?[]{}#~") {
+			a = strconv.Quote(a)
+		}
+		out[i] = a
+	}
+	return strings.Join(out, " ")
 }
 
 func sortedKeys(m map[string]string) []string {
@@ -216,6 +238,18 @@ func newVMShowCommand(a *app) *cobra.Command {
 			for _, k := range sortedKeys(v.Labels) {
 				fmt.Fprintf(tw, "label:\t%s=%s\n", safeText(k), safeText(v.Labels[k]))
 			}
+			if r := v.Run; r != nil {
+				for _, kv := range [][2]string{
+					{"entrypoint", quoteArgs(r.Entrypoint)}, {"cmd", quoteArgs(r.Cmd)}, {"workdir", r.WorkingDir}, {"user", r.User},
+				} {
+					if kv[1] != "" {
+						fmt.Fprintf(tw, "%s:\t%s (over the image's)\n", kv[0], safeText(kv[1]))
+					}
+				}
+				for _, e := range r.Env {
+					fmt.Fprintf(tw, "env:\t%s\n", safeText(e))
+				}
+			}
 			if v.Error != "" {
 				// It may quote the guest's console.
 				fmt.Fprintf(tw, "error:\t%s\n", safeText(v.Error))
@@ -301,6 +335,9 @@ func newVMPruneCommand(a *app) *cobra.Command {
 type vmSpecFlags struct {
 	memory, disk string
 	labels       []string
+	// What the VM runs over its image's config (api.Run).
+	entrypoint, workdir, user string
+	env                       []string
 }
 
 func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
@@ -317,6 +354,34 @@ func (v *vmSpecFlags) bind(f *pflag.FlagSet, req *api.VMCreateRequest) {
 	f.StringArrayVarP(&req.Mounts, "mount", "v", nil, "share a host directory, HOST:GUEST[:OPTIONS], OPTIONS ro, rw, sync comma-separated (HOST relative to here): QEMU shares it live (virtio-fs); Firecracker, or the sync option, keeps a two-way synced copy; repeatable")
 	bindPolicy(f, &req.AllowOut, &req.DenyOut)
 	f.StringArrayVar(&v.labels, "label", nil, "a KEY=VALUE note kept with the VM (`vm show` lists them); repeatable")
+	f.StringVar(&v.entrypoint, "entrypoint", "", "run this instead of the image's entrypoint (and its cmd): words, or a JSON array")
+	f.StringArrayVarP(&v.env, "env", "e", nil, "set an environment variable for the image's command and every exec, KEY=VALUE (KEY alone: its value here); repeatable")
+	f.StringVarP(&v.workdir, "workdir", "w", "", "working directory of the image's command and every exec (absolute)")
+	f.StringVarP(&v.user, "user", "u", "", "user the image's command runs as (NAME, UID or UID:GID)")
+}
+
+// run puts the run flags and cmd (nil: the image's) into req.Run.
+func (v *vmSpecFlags) run(req *api.VMCreateRequest, cmd []string) error {
+	entry, err := parseCommandFlag("--entrypoint", v.entrypoint)
+	if err != nil {
+		return err
+	}
+	var env []string
+	for _, e := range v.env {
+		if !strings.Contains(e, "=") {
+			val, ok := os.LookupEnv(e)
+			if !ok {
+				return fmt.Errorf("--env %s: %s is not set here; give %s=VALUE", e, e, e)
+			}
+			e += "=" + val
+		}
+		env = append(env, e)
+	}
+	if len(entry) == 0 && len(cmd) == 0 && len(env) == 0 && v.workdir == "" && v.user == "" {
+		return nil
+	}
+	req.Run = &api.Run{Entrypoint: entry, Cmd: cmd, Env: env, WorkingDir: v.workdir, User: v.user}
+	return nil
 }
 
 // bindPolicy binds the egress-rule flags of vm create, run and policy.

@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"os"
 	"strings"
+
+	"banger/internal/vsockagent"
 )
 
 // Kernel command line parameters banger sets (all optional):
@@ -88,29 +90,31 @@ func ParseCmdline(cmdline string) Config {
 	return c
 }
 
-// RunSpec is what the VM should run when the init stage stays PID 1. The
-// host writes it to /banger/run.json on the VM's writable disk; it is the
-// image's config (entrypoint, cmd, env, working dir, user) as the host
-// decided to apply it.
-type RunSpec struct {
-	Entrypoint []string `json:"entrypoint,omitempty"`
-	Cmd        []string `json:"cmd,omitempty"`
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"working_dir,omitempty"`
-	User       string   `json:"user,omitempty"`
-	// Image names the image the VM was made from (the agent reports it).
-	Image string `json:"image,omitempty"`
-	// PowerOffOnExit powers the VM off when the command ends, like a
-	// container; otherwise the init stage keeps serving.
-	PowerOffOnExit bool `json:"poweroff_on_exit,omitempty"`
-}
+// RunSpec is what the VM should run when the init stage stays PID 1
+// (see vsockagent.RunSpec: the agent carries a new one to a restored VM).
+type RunSpec = vsockagent.RunSpec
 
 // RunSpecPath is where RunSpec lives on the writable disk (and, after the
 // root switch, under /run/banger/data).
 const RunSpecPath = "banger/run.json"
 
-// Argv is the command line: entrypoint followed by cmd.
-func (r RunSpec) Argv() []string { return append(append([]string{}, r.Entrypoint...), r.Cmd...) }
+// writeRunSpec replaces the run spec at path whole (a new file renamed
+// over the old), so a crash leaves one or the other.
+func writeRunSpec(path string, r *RunSpec) error {
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("writing the run spec: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing the run spec: %w", err)
+	}
+	return nil
+}
 
 func readRunSpec(path string) (*RunSpec, error) {
 	b, err := os.ReadFile(path)

@@ -32,6 +32,12 @@ func reidentify(id vsockagent.Identity) error {
 	if err := renewMachineID("/etc/machine-id"); err != nil {
 		return err
 	}
+	if id.Run != nil {
+		// The held command starts from this file once released.
+		if err := writeRunSpec(dataDir+"/"+RunSpecPath, id.Run); err != nil {
+			return err
+		}
+	}
 	if id.MAC == "" && id.IP == "" {
 		return nil
 	}

@@ -43,6 +43,14 @@ func stayPID1() error {
 
 	main := 0
 	startCmd := func() error {
+		if spec != nil && spec.WorkingDir != "" {
+			// As Docker does: the working directory is made when the
+			// image (or the VM's override) names one it lacks; execs
+			// start there too.
+			if err := os.MkdirAll(spec.WorkingDir, 0o755); err != nil {
+				logf("working directory %s: %v", spec.WorkingDir, err)
+			}
+		}
 		if spec == nil || len(spec.Argv()) == 0 {
 			logf("ready: no command to run")
 			return nil
@@ -70,6 +78,10 @@ func stayPID1() error {
 		select {
 		case <-held:
 			held = nil
+			// A restored VM's identity may have brought its own spec.
+			if spec, err = readRunSpec(dataDir + "/" + RunSpecPath); err != nil {
+				return err
+			}
 			if err := startCmd(); err != nil {
 				return err
 			}
@@ -269,7 +281,7 @@ func startCommand(spec *RunSpec) (int, error) {
 	}
 	pid, err := syscall.ForkExec(path, argv, attr)
 	if err != nil {
-		return 0, fmt.Errorf("starting %s: %w", argv[0], err)
+		return 0, fmt.Errorf("starting %s in %s: %w", argv[0], dir, err)
 	}
 	return pid, nil
 }

@@ -88,12 +88,14 @@ var migrations = []string{
 	// 7: host directories shared with a VM, as JSON ([]api.Mount).
 	`ALTER TABLE vms ADD COLUMN mounts TEXT NOT NULL DEFAULT '[]'`,
 	// 8: owners (uids) of VMs, images and kernels, a VM's egress policy
-	// (JSON api.Policy, null for the default) and labels (JSON). What
+	// (JSON api.Policy, null for the default), labels (JSON) and what it
+	// runs over its image's config (JSON api.Run, null for none). What
 	// older versions made belongs to root. A snapshot's owner is in its
 	// JSON record.
 	`ALTER TABLE vms ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE vms ADD COLUMN policy TEXT NOT NULL DEFAULT 'null';
 	ALTER TABLE vms ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE vms ADD COLUMN run TEXT NOT NULL DEFAULT 'null';
 	ALTER TABLE images ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE kernels ADD COLUMN owner INTEGER NOT NULL DEFAULT 0`,
 }

@@ -11,16 +11,19 @@ import (
 	"banger/internal/api"
 )
 
-const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin, mounts, owner, policy, labels`
+const vmColumns = `id, name, state, image, kernel, vmm, vcpu, memory_mib, disk_bytes, dir, pid, error, created_at, network, ip, ports, origin, mounts, owner, policy, labels, run`
 
 func scanVM(row scanner) (api.VM, error) {
 	var v api.VM
-	var created, ports, mounts, policy, labels string
-	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin, &mounts, &v.Owner, &policy, &labels); err != nil {
+	var created, ports, mounts, policy, labels, run string
+	if err := row.Scan(&v.ID, &v.Name, &v.State, &v.Image, &v.Kernel, &v.VMM, &v.VCPU, &v.MemoryMiB, &v.DiskBytes, &v.Dir, &v.PID, &v.Error, &created, &v.Network, &v.IP, &ports, &v.Origin, &mounts, &v.Owner, &policy, &labels, &run); err != nil {
 		return v, err
 	}
 	if err := json.Unmarshal([]byte(policy), &v.Policy); err != nil {
 		return v, fmt.Errorf("vm %q: decoding policy: %w", v.Name, err)
+	}
+	if err := json.Unmarshal([]byte(run), &v.Run); err != nil {
+		return v, fmt.Errorf("vm %q: decoding run: %w", v.Name, err)
 	}
 	if err := json.Unmarshal([]byte(labels), &v.Labels); err != nil {
 		return v, fmt.Errorf("vm %q: decoding labels: %w", v.Name, err)
@@ -59,6 +62,7 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 	if v.Labels == nil {
 		labels = []byte("{}")
 	}
+	run, _ := json.Marshal(v.Run)
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
 		return err
@@ -75,9 +79,9 @@ func (s *Store) InsertVM(ctx context.Context, v *api.VM, alloc func(used []netip
 		}
 		v.IP = a.String()
 	}
-	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		v.ID, v.Name, v.State, v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Dir, v.PID, v.Error, v.CreatedAt.UTC().Format(time.RFC3339Nano),
-		v.Network, v.IP, string(ports), v.Origin, mounts, v.Owner, string(policy), string(labels))
+		v.Network, v.IP, string(ports), v.Origin, mounts, v.Owner, string(policy), string(labels), string(run))
 	if isUnique(err) {
 		return fmt.Errorf("vm %q: %w", v.Name, ErrExists)
 	}

@@ -9,7 +9,6 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/config"
-	"banger/internal/guestinit"
 	"banger/internal/hostnet"
 	"banger/internal/store"
 	"banger/internal/vmnet"
@@ -39,6 +38,10 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	defer unlock()
 	cfg := s.cfg
 	v.Labels = req.Labels
+	if err := checkRun(req.Run); err != nil {
+		return nil, err
+	}
+	v.Run = req.Run
 	if v.Policy, err = policyOf(req.AllowOut, req.DenyOut); err != nil {
 		return nil, err
 	}
@@ -119,6 +122,9 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 			return nil, err
 		}
 		from.hostKey = hostKey
+		// The template's disk holds the run spec of the VM it was made
+		// from; this VM's goes with its identity.
+		from.run = runSpec(v, img)
 		v.Origin = "template " + from.snap.Name
 	} else if err := s.newDataDisk(ctx, v, img); err != nil {
 		return nil, err
@@ -161,8 +167,7 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 // newDataDisk makes v's writable disk, seeded with the image's run spec
 // and the VM's SSH keys. On error v's directory is removed.
 func (s *Service) newDataDisk(ctx context.Context, v api.VM, img api.Image) error {
-	spec := &guestinit.RunSpec{Image: img.Name, Entrypoint: img.Config.Entrypoint, Cmd: img.Config.Cmd, Env: img.Config.Env,
-		WorkingDir: img.Config.WorkingDir, User: img.Config.User}
+	spec := runSpec(v, img)
 	seed, err := s.sshSeed(v)
 	if err != nil {
 		os.RemoveAll(v.Dir)

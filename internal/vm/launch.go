@@ -28,6 +28,10 @@ type restoreFrom struct {
 	// hostKey is the VM's own SSH host key (private, PEM): its disk is
 	// the snapshot's copy, which holds the source's.
 	hostKey []byte
+	// run, for a warm start, is the VM's run spec: the guest's (the
+	// template's) is replaced before the held command is released. A
+	// fork keeps its source's, already running.
+	run *guestinit.RunSpec
 }
 
 // startVMLocked boots v and waits for its agent.
@@ -150,7 +154,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		}
 	} else {
 		say(progress, "identity")
-		if err = s.reidentify(ctx, v, netArgs, from.hostKey); err == nil {
+		if err = s.reidentify(ctx, v, netArgs, from.hostKey, from.run); err == nil {
 			err = s.tapUp(v, netArgs, true)
 		}
 	}
@@ -202,7 +206,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 // name, MAC, address, resolver and SSH host key, the host's clock and
 // fresh randomness (see vsockagent.Identity). Until it has, the guest is
 // a copy of the snapshot's source and is not ready.
-func (s *Service) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte) error {
+func (s *Service) reidentify(ctx context.Context, v api.VM, netArgs []string, hostKey []byte, run *guestinit.RunSpec) error {
 	ctx, cancel := context.WithTimeout(ctx, s.readyTimeout())
 	defer cancel()
 	if _, err := s.agentSession(ctx, v); err != nil {
@@ -210,7 +214,7 @@ func (s *Service) reidentify(ctx context.Context, v api.VM, netArgs []string, ho
 	}
 	c := guestinit.ParseCmdline(strings.Join(netArgs, " "))
 	id := vsockagent.Identity{Hostname: v.Name, Domain: c.Domain, Iface: c.Iface, IP: c.IP, GW: c.GW, DNS: c.DNS, MTU: c.MTU,
-		SSHHostKey: hostKey, Entropy: make([]byte, 64), UnixNano: time.Now().UnixNano()}
+		SSHHostKey: hostKey, Entropy: make([]byte, 64), UnixNano: time.Now().UnixNano(), Run: run}
 	if netArgs != nil {
 		id.MAC = hostnet.MAC(v.ID).String()
 	}

@@ -54,6 +54,13 @@ type Agent struct {
 	procs *procTable
 	// users serialises ensure_user's edits of /etc.
 	users sync.Mutex
+	// defaults are every exec's environment and directory: the run
+	// spec's, which a restored VM's identity may replace.
+	defaults struct {
+		sync.RWMutex
+		env []string
+		dir string
+	}
 }
 
 // NewAgent makes an agent.
@@ -61,7 +68,21 @@ func NewAgent(opts Options) *Agent {
 	if opts.PowerOff == nil {
 		opts.PowerOff = defaultPowerOff
 	}
-	return &Agent{opts: opts, procs: newProcTable()}
+	a := &Agent{opts: opts, procs: newProcTable()}
+	a.setDefaults(opts.Env, opts.Dir)
+	return a
+}
+
+func (a *Agent) setDefaults(env []string, dir string) {
+	a.defaults.Lock()
+	a.defaults.env, a.defaults.dir = env, dir
+	a.defaults.Unlock()
+}
+
+func (a *Agent) execDefaults() ([]string, string) {
+	a.defaults.RLock()
+	defer a.defaults.RUnlock()
+	return a.defaults.env, a.defaults.dir
 }
 
 // defaultPowerOff signals PID 1: SIGTERM when that is banger's init

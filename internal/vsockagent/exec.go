@@ -54,13 +54,14 @@ func (a *Agent) prepare(req Request) (command, error) {
 	if err != nil {
 		return command{}, err
 	}
-	env := mergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + id.home, "USER=" + id.name}, a.opts.Env, req.Env)
+	defEnv, defDir := a.execDefaults()
+	env := mergeEnv([]string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=" + id.home, "USER=" + id.name}, defEnv, req.Env)
 	if req.TTY {
 		env = mergeEnv(env, []string{"TERM=xterm-256color"}, envWith(req.Env, "TERM"))
 	}
 	dir := req.Dir
 	if dir == "" {
-		dir = a.opts.Dir
+		dir = defDir
 	}
 	if dir == "" {
 		// The user's home, as a login would; / when the image has none.

@@ -37,7 +37,31 @@ type Identity struct {
 	// Entropy is host randomness for the kernel's pool: every VM
 	// restored from one snapshot starts with the same pool otherwise.
 	Entropy []byte `json:"entropy"`
+	// Run, when set, replaces the run spec the VM was snapshotted with:
+	// the held command starts with it, and it is every exec's default
+	// environment and directory from now on.
+	Run *RunSpec `json:"run,omitempty"`
 }
+
+// RunSpec is what the VM should run when the init stage stays PID 1. The
+// host writes it to /banger/run.json on the VM's writable disk; it is the
+// image's config (entrypoint, cmd, env, working dir, user) as the host
+// decided to apply it.
+type RunSpec struct {
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	// Image names the image the VM was made from (the agent reports it).
+	Image string `json:"image,omitempty"`
+	// PowerOffOnExit powers the VM off when the command ends, like a
+	// container; otherwise the init stage keeps serving.
+	PowerOffOnExit bool `json:"poweroff_on_exit,omitempty"`
+}
+
+// Argv is the command line: entrypoint followed by cmd.
+func (r RunSpec) Argv() []string { return append(append([]string{}, r.Entrypoint...), r.Cmd...) }
 
 // Linux random(4) ioctls: credit entropy to the pool, and reseed the
 // CRNG from it now rather than at its next scheduled reseed.
@@ -75,6 +99,9 @@ func (a *Agent) reidentify(st *Stream) error {
 	}
 	if err := a.opts.Reidentify(id); err != nil {
 		return err
+	}
+	if id.Run != nil {
+		a.setDefaults(id.Run.Env, id.Run.WorkingDir)
 	}
 	pongHello.Lock()
 	pongHello.h.Hostname = currentHostname()
