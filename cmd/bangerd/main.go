@@ -40,6 +40,7 @@ func main() {
 	catalog := flag.String("kernel-catalog", os.Getenv("BANGER_KERNEL_CATALOG"), "JSON file of extra kernel catalog entries (default $BANGER_KERNEL_CATALOG)")
 	hostRoot := flag.String("host-root", envOr("BANGER_HOST_ROOT", "/"), "where installed kernels are looked for: ROOT/boot, ROOT/lib/modules (default $BANGER_HOST_ROOT or /)")
 	netns := flag.String("netns", os.Getenv("BANGER_NETNS"), "named network namespace for the VM network (default $BANGER_NETNS, else the daemon's own)")
+	cgroups := flag.Bool("cgroups", os.Getenv("BANGER_CGROUPS") != "off", "run each VM's processes in a cgroup of its own, with memory, CPU and pids limits, where the host allows (default true; $BANGER_CGROUPS=off turns it off)")
 	// Settings of the config file: a flag wins over its variable, which
 	// wins over the file, which wins over the default.
 	settings := []struct{ flag, env, key, usage string }{
@@ -94,19 +95,27 @@ func main() {
 	if cfg.Firecracker.Jailer != "" {
 		jail = &firecracker.Jailer{Bin: cfg.Firecracker.Jailer, UID: cfg.Firecracker.JailerUID, GID: cfg.Firecracker.JailerGID}
 	}
+	// Only tests set it: a lower overhead lets a guest push its VMM
+	// past its cgroup's memory limit (test/integration).
+	overhead, err := config.ParseSize(os.Getenv("BANGER_TEST_VM_MEMORY_OVERHEAD"))
+	if err != nil {
+		fail(fmt.Errorf("$BANGER_TEST_VM_MEMORY_OVERHEAD: %w", err))
+	}
 	level := slog.LevelInfo
 	if *debug {
 		level = slog.LevelDebug
 	}
 	d, err := daemon.New(layout, daemon.Options{
-		Group:         *group,
-		KernelCatalog: *catalog,
-		HostRoot:      *hostRoot,
-		Network:       hostnet.Config{Bridge: cfg.Net.Bridge, Subnet: prefix, NetNS: *netns},
-		DNSUpstreams:  cfg.Net.DNSUpstream,
-		Jailer:        jail,
-		Config:        cfg,
-		Logger:        slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
+		Group:            *group,
+		KernelCatalog:    *catalog,
+		HostRoot:         *hostRoot,
+		Network:          hostnet.Config{Bridge: cfg.Net.Bridge, Subnet: prefix, NetNS: *netns},
+		DNSUpstreams:     cfg.Net.DNSUpstream,
+		Jailer:           jail,
+		Config:           cfg,
+		NoCgroups:        !*cgroups,
+		VMMemoryOverhead: overhead,
+		Logger:           slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		fail(err)

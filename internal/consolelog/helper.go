@@ -66,8 +66,9 @@ func IsHelper(argv []string, path string) bool {
 // returns the writing end of the console pipe, to hand to the VMM; the
 // caller closes it once the VMM has its copy, and must wait for (reap)
 // the process. The helper exits once the VMM, and so every writing
-// end, is gone.
-func StartHelper(bin, path string, max int64, stderr *os.File) (*os.File, *os.Process, error) {
+// end, is gone. opts tune the spawn (a start hook places it in its
+// VM's cgroup).
+func StartHelper(bin, path string, max int64, stderr *os.File, opts ...system.SpawnOption) (*os.File, *os.Process, error) {
 	if max < MinMax {
 		return nil, nil, fmt.Errorf("console log cap %d: use at least %d bytes", max, MinMax)
 	}
@@ -76,7 +77,7 @@ func StartHelper(bin, path string, max int64, stderr *os.File) (*os.File, *os.Pr
 		return nil, nil, fmt.Errorf("making the console pipe: %w", err)
 	}
 	defer r.Close() // the helper has its own copy
-	p, err := system.SpawnIn("", bin, helperArgs(path, max), []string{}, nil, stderr, []*os.File{r})
+	p, err := system.SpawnIn("", bin, helperArgs(path, max), []string{}, nil, stderr, []*os.File{r}, opts...)
 	if err != nil {
 		w.Close()
 		return nil, nil, fmt.Errorf("starting the console log helper: %w", err)

@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/doctor"
 	"banger/internal/images"
@@ -49,6 +50,8 @@ type Daemon struct {
 	kernels *kernels.Service
 	vms     *vm.Service
 	doctor  doctor.Inputs
+	// cgroups holds the VMs' cgroups, nil when they run uncontained.
+	cgroups *cgroup.Manager
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -182,6 +185,7 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 		srv.Close()
 	}
 	d.net.Close()
+	d.removeCgroupParent()
 	d.log.Info("bangerd stopped")
 	return nil
 }

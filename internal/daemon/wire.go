@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/doctor"
 	"banger/internal/hostnet"
@@ -66,6 +68,14 @@ type Options struct {
 	// and, for `banger config show`, every effective setting and where
 	// it came from. Zero: config.Defaults().
 	Config config.Loaded
+	// NoCgroups runs VMs uncontained: no cgroup of their own, no memory,
+	// CPU or pids limits. Default false: each VM's processes run in a
+	// cgroup where the host allows it (else a warning, and none).
+	NoCgroups bool
+	// VMMemoryOverhead is what a VM's processes may use beyond its guest
+	// memory. Zero: the VM service's measured default. Only tests set
+	// it, lower, to push a VMM past its limit.
+	VMMemoryOverhead int64
 }
 
 // wire builds the services on the open store.
@@ -87,11 +97,36 @@ func (d *Daemon) wire() error {
 		Removed: func(ctx context.Context, k api.Kernel) { d.vms.KernelRemoved(ctx, k) }})
 	d.images = images.New(images.Deps{Layout: d.layout, Store: d.store, Puller: puller, Runner: d.opts.Runner, Log: d.log,
 		AptDir: d.opts.AptDir, Removed: func(ctx context.Context, img api.Image) { d.vms.ImageRemoved(ctx, img) }})
+	cg, cgOff := d.containment()
+	d.cgroups = cg
 	d.vms = vm.New(vm.Deps{Layout: d.layout, Store: d.store, Backends: b, Net: d.net, Kernels: d.kernels,
-		Runner: d.opts.Runner, Log: d.log, Config: d.opts.Config.Config, ReadyTimeout: d.opts.ReadyTimeout})
+		Runner: d.opts.Runner, Log: d.log, Config: d.opts.Config.Config, ReadyTimeout: d.opts.ReadyTimeout,
+		Cgroups: cg, MemoryOverhead: d.opts.VMMemoryOverhead})
 	d.doctor = doctor.Inputs{Layout: d.layout, Runner: d.opts.Runner, Store: d.store, Config: d.opts.Config.Config, Net: d.net,
-		FirecrackerBin: b.firecrackerBin, Jailer: d.opts.Jailer, Helper: vm.HelperBinary}
+		FirecrackerBin: b.firecrackerBin, Jailer: d.opts.Jailer, Helper: vm.HelperBinary, Cgroups: cg, CgroupsOff: cgOff}
 	return nil
+}
+
+// containment is the manager of the VMs' cgroups, under a parent of this
+// instance's own; or nil and why VMs run uncontained: turned off, or
+// the host (or this user) cannot. It is checked once, here, and said
+// once in the log (and by `banger doctor`), not at every VM start.
+func (d *Daemon) containment() (*cgroup.Manager, error) {
+	if d.opts.NoCgroups {
+		err := errors.New("turned off (bangerd --cgroups=false or $BANGER_CGROUPS)")
+		d.log.Info("VMs run uncontained: no memory, CPU or pids limits", "why", err)
+		return nil, err
+	}
+	m, err := cgroup.New(d.layout.CgroupParent())
+	if err == nil {
+		err = m.Check()
+	}
+	if err != nil {
+		d.log.Warn("cgroups are unusable: VMs run without memory, CPU or pids limits, so one VM can starve the others", "err", err)
+		return nil, err
+	}
+	d.log.Info("VMs run in cgroups", "mode", m.Mode().String(), "parent", m.Parent())
+	return m, nil
 }
 
 // reconcile makes files, records and processes agree after a crash or a
@@ -112,6 +147,21 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 func (d *Daemon) closeServices() {
 	d.images.Close()
 	d.vms.Close()
+}
+
+// removeCgroupParent removes the instance's parent cgroup once the
+// daemon serves no more, if no VM's group is left in it (the next VM
+// start makes it again): every test's daemon has one, and empty ones
+// would pile up on the host.
+func (d *Daemon) removeCgroupParent() {
+	if d.cgroups == nil {
+		return
+	}
+	if names, err := d.cgroups.List(); err == nil && len(names) == 0 {
+		if err := d.cgroups.RemoveParent(); err != nil {
+			d.log.Warn("removing the instance's parent cgroup", "err", err)
+		}
+	}
 }
 
 // backends implements vm.Backends with the QEMU and Firecracker drivers.

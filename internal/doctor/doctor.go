@@ -7,6 +7,7 @@ package doctor
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -16,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/debarchive"
 	"banger/internal/imagebuild"
@@ -41,6 +43,10 @@ type Inputs struct {
 	Jailer *firecracker.Jailer
 	// Helper is the binary that runs bangerd's helpers (filesync).
 	Helper func() (string, error)
+	// Cgroups contains the VMs, nil when they run uncontained for the
+	// reason CgroupsOff.
+	Cgroups    *cgroup.Manager
+	CgroupsOff error
 }
 
 // Run runs every check.
@@ -163,6 +169,8 @@ func Run(ctx context.Context, in Inputs) []api.Check {
 		add("archive keys", api.Warn, "no "+debarchive.DefaultKeyring+": catalog kernels cannot be verified, so `banger kernel pull` fails", "apt-get install debian-archive-keyring")
 	}
 
+	containment(in, add)
+
 	network(in.Net, add)
 
 	var st unix.Statfs_t
@@ -194,6 +202,19 @@ func Run(ctx context.Context, in Inputs) []api.Check {
 		add("default kernel", api.Warn, cfg.DefaultKernel+" is not imported yet", "it is fetched by the first `banger vm run` (or `banger kernel pull "+cfg.DefaultKernel+"`)")
 	}
 	return out
+}
+
+// containment says whether VMs run in cgroups of their own, as the
+// daemon decided when it started.
+func containment(in Inputs, add func(name, status, detail, fix string)) {
+	switch {
+	case in.Cgroups != nil:
+		add("cgroups", api.Pass, fmt.Sprintf("cgroup %s: each VM's VMM and helpers run in %s/VM-ID, limited to its memory plus overhead, its vCPUs plus one and a pids budget", in.Cgroups.Mode(), in.Cgroups.Parent()), "")
+	case errors.Is(in.CgroupsOff, cgroup.ErrUnavailable):
+		add("cgroups", api.Warn, fmt.Sprintf("VMs run without memory, CPU or pids limits, so one can starve the others: %v", in.CgroupsOff), "run bangerd as root on a host with cgroup v2 (memory, cpu and pids controllers) or the v1 memory, cpu and pids controllers mounted, then restart it (`banger daemon stop`)")
+	default:
+		add("cgroups", api.Warn, fmt.Sprintf("VMs run without memory, CPU or pids limits: %v", in.CgroupsOff), "start bangerd without --cgroups=false (and $BANGER_CGROUPS unset)")
+	}
 }
 
 // network checks nftables, the bridge and the DNS server.

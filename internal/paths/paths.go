@@ -139,11 +139,23 @@ var shmDir = "/dev/shm"
 // after its state directory, so instances never share one.
 func (l Layout) RAMDir() string {
 	if fi, err := os.Stat(shmDir); err == nil && fi.IsDir() {
-		h := fnv.New32a()
-		h.Write([]byte(l.StateDir))
-		return filepath.Join(shmDir, fmt.Sprintf("banger-%08x", h.Sum32()))
+		return filepath.Join(shmDir, l.instanceName())
 	}
 	return filepath.Join(l.RunDir, "ram")
+}
+
+// CgroupParent is the cgroup the instance's VM groups go under, at the
+// top of each hierarchy: named after the state directory as RAMDir is,
+// so that two instances on one host (tests run many) never share one,
+// and an instance finds its own again after a restart.
+func (l Layout) CgroupParent() string { return l.instanceName() }
+
+// instanceName is "banger-" and a hash of the state directory: a name
+// of this instance among others on the host.
+func (l Layout) instanceName() string {
+	h := fnv.New32a()
+	h.Write([]byte(l.StateDir))
+	return fmt.Sprintf("banger-%08x", h.Sum32())
 }
 
 // RAMFile is the guest RAM file of the VM with the given id.

@@ -194,8 +194,9 @@ exec "$@"`
 // (created here, for QEMU to connect to) and logging to logPath. The
 // process outlives the daemon; it ends when its VMM disconnects. marker
 // names it among processes (see Processes): virtiofsd forks its worker
-// into a PID namespace of its own, and both carry the marker.
-func Start(bin string, m api.Mount, sock, logPath, marker string) (*os.Process, error) {
+// into a PID namespace of its own, and both carry the marker. opts tune
+// the spawn (a start hook places it in its VM's cgroup).
+func Start(bin string, m api.Mount, sock, logPath, marker string, opts ...system.SpawnOption) (*os.Process, error) {
 	os.Remove(sock)
 	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
 	if err != nil {
@@ -221,7 +222,7 @@ func Start(bin string, m api.Mount, sock, logPath, marker string) (*os.Process, 
 	args := []string{"-c", script, "virtiofsd", bin, "--fd=3", "--rlimit-nofile=0",
 		"-o", "source=" + m.Host, "-o", "sandbox=namespace", "-o", "cache=auto", "-o", "xattr"}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "BANGER_SRC=" + m.Host, "BANGER_RO=" + ro, MarkerEnv(marker)}
-	p, err := system.SpawnIsolated("/bin/sh", args, env, logf, []*os.File{f}, m.UID, m.GID)
+	p, err := system.SpawnIsolated("/bin/sh", args, env, logf, []*os.File{f}, m.UID, m.GID, opts...)
 	if err != nil {
 		os.Remove(sock)
 		return nil, fmt.Errorf("starting virtiofsd for %s: %w", m.Host, err)

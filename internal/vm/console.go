@@ -56,7 +56,9 @@ func (s *Service) startConsole(v api.VM) (*os.File, <-chan struct{}, error) {
 		return nil, nil, fmt.Errorf("opening log %s for the console log helper: %w", s.layout.DaemonLog(), err)
 	}
 	defer errLog.Close()
-	w, p, err := consolelog.StartHelper(exe, consolePath(v.Dir), s.consoleLogMax(), errLog)
+	// In the VM's cgroup: what it costs to keep up with a guest that
+	// floods its console is that VM's to pay, in CPU time and memory.
+	w, p, err := consolelog.StartHelper(exe, consolePath(v.Dir), s.consoleLogMax(), errLog, system.WithStartHook(s.inCgroup(v)))
 	if err != nil {
 		return nil, nil, err
 	}

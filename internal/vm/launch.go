@@ -45,8 +45,10 @@ func (s *Service) startVMLocked(v api.VM, progress func(string)) (*api.VM, error
 // request: it runs on the daemon's own context. A VM that does not
 // become ready goes to error, its VMM killed, the reason in the message.
 // With a template key, a booted VM is snapshotted as that warm template
-// the moment it is ready, before anyone uses it.
-func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string, progress func(string)) (*api.VM, error) {
+// the moment it is ready, before anyone uses it. The VM's processes (VMM,
+// virtiofsds, console log helper) start in its cgroup, made first and
+// removed again on every failure.
+func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string, progress func(string)) (_ *api.VM, err error) {
 	ctx := context.Background()
 	img, err := s.store.Image(ctx, v.Image)
 	if err != nil {
@@ -61,6 +63,19 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		return nil, err
 	}
 	if err := s.transition(ctx, &v, EvStart, 0, ""); err != nil {
+		return nil, err
+	}
+	// Every failure below has ended the VM's processes (or is about to
+	// find them in the group and kill them): the group goes too.
+	defer func() {
+		if err != nil {
+			s.dropCgroup(v.ID, v.Name)
+		}
+	}()
+	oomBase, err := s.makeCgroup(v)
+	if err != nil {
+		err = fmt.Errorf("%w: VM %q: making its cgroup: %w (run bangerd with --cgroups=false to run VMs without limits)", ErrStart, v.Name, err)
+		s.transition(ctx, &v, EvFail, 0, err.Error())
 		return nil, err
 	}
 	began := time.Now()
@@ -95,9 +110,10 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		}
 	}
 	spec := vmm.Spec{ID: v.Name, Dir: v.Dir, VCPUs: v.VCPU, MemoryMiB: v.MemoryMiB, Kernel: k.Vmlinux, Initrd: k.Initrd,
-		Cmdline: Cmdline(v.Name, bootArgs...),
-		Drives:  []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, DataDisk)}},
-		FS:      fsDevs}
+		Cmdline:   Cmdline(v.Name, bootArgs...),
+		Drives:    []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, DataDisk)}},
+		FS:        fsDevs,
+		StartHook: s.vmmStartHook(v)}
 	if v.VMM == "qemu" {
 		spec.MemoryFile = s.layout.RAMFile(v.ID)
 	}
@@ -118,14 +134,15 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	var m vmm.Machine
+	// The VMM enters the VM network's namespace through its start hook.
 	if from == nil {
 		say(progress, "vmm")
-		err = s.net.Do(v, func() (err error) { m, err = b.Start(sctx, spec); return })
+		m, err = b.Start(sctx, spec)
 	} else {
 		say(progress, "restore")
 		err = s.tapUp(v, netArgs, false)
 		if err == nil {
-			err = s.net.Do(v, func() (err error) { m, err = b.Restorer().Restore(sctx, spec, snapshot.Paths(from.snap.Dir)); return })
+			m, err = b.Restorer().Restore(sctx, spec, snapshot.Paths(from.snap.Dir))
 		}
 	}
 	cancel()
@@ -162,6 +179,9 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		s.stopSyncs(v)
 		m.Kill()
 		m.Wait(ctx)
+		if s.oomKilled(v, m, oomBase) {
+			err = fmt.Errorf("%s; %w", oomMessage, err)
+		}
 		s.setMachine(v.ID, nil)
 		s.dropAgent(v.ID)
 		s.transition(ctx, &v, EvFail, 0, err.Error())
@@ -198,7 +218,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		cancel()
 		s.pushAuthorizedKeys(s.jobCtx, v)
 	}()
-	go s.watchExit(v, m)
+	go s.watchExit(v, m, oomBase)
 	return &v, nil
 }
 
@@ -234,8 +254,10 @@ func (s *Service) tapUp(v api.VM, netArgs []string, up bool) error {
 }
 
 // watchExit records a VM's end when its VMM exits on its own (a power-off
-// in the guest, a crash). Stops and kills record it themselves.
-func (s *Service) watchExit(v api.VM, m vmm.Machine) {
+// in the guest, a crash), as an error when the kernel killed it for
+// its cgroup's memory limit (more OOM kills than oomBase), and removes
+// its cgroup. Stops and kills record it themselves.
+func (s *Service) watchExit(v api.VM, m vmm.Machine, oomBase uint64) {
 	if err := m.Wait(s.jobCtx); err != nil {
 		return // the daemon is stopping; the VM runs on
 	}
@@ -249,8 +271,14 @@ func (s *Service) watchExit(v api.VM, m vmm.Machine) {
 	if err != nil || !State(cur.State).Live() {
 		return
 	}
-	s.transition(context.Background(), &cur, EvExited, 0, "")
+	if s.oomKilled(cur, m, oomBase) {
+		s.transition(context.Background(), &cur, EvCrash, 0, oomMessage)
+		s.log.Warn("vm killed: out of memory", "vm", v.Name, "memory_mib", cur.MemoryMiB, "limit_bytes", limits(cur, s.memOverhead).MemoryBytes)
+	} else {
+		s.transition(context.Background(), &cur, EvExited, 0, "")
+		s.log.Info("vm exited", "vm", v.Name)
+	}
 	s.dropAgent(cur.ID)
 	s.net.Detach(context.Background(), cur)
-	s.log.Info("vm exited", "vm", v.Name)
+	s.dropCgroup(cur.ID, cur.Name)
 }

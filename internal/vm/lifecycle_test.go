@@ -43,6 +43,7 @@ import (
 // fakeBackend is a VMM backend whose "VMs" are placeholder processes.
 type fakeBackend struct {
 	neverReady atomic.Bool // the guest never prints the ready line
+	hog        atomic.Bool // the VMM allocates without end a second after it starts
 	starts     atomic.Int32
 
 	mu        sync.Mutex
@@ -72,8 +73,22 @@ func (b *fakeBackend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, er
 	b.starts.Add(1)
 	// A process whose command line names the VM's directory, as a
 	// VMM's does: vmmProcess recognises it.
-	cmd := exec.Command("sh", "-c", "while :; do sleep 1; done", "fakevmm", spec.Dir)
-	if err := cmd.Start(); err != nil {
+	script := "while :; do sleep 1; done"
+	if b.hog.Load() {
+		// tail holds the line it reads, and /dev/zero has no end of
+		// line. ulimit keeps it from the host's memory should the
+		// cgroup not hold it (1 GiB: far above any test's limit).
+		script = "sleep 1; ulimit -v 1048576; exec tail /dev/zero"
+	}
+	cmd := exec.Command("sh", "-c", script, "fakevmm", spec.Dir)
+	// Started as a backend starts a VMM: through the spec's hook, which
+	// places it in the VM's cgroup.
+	cmd.SysProcAttr = &syscall.SysProcAttr{}
+	start := cmd.Start
+	if spec.StartHook != nil {
+		start = func() error { return spec.StartHook(cmd.SysProcAttr, cmd.Start) }
+	}
+	if err := start(); err != nil {
 		return nil, err
 	}
 	m := &fakeMachine2{dir: spec.Dir, proc: cmd.Process, exited: make(chan struct{})}
@@ -183,7 +198,7 @@ func (m *fakeMachine2) DialAgent(ctx context.Context, port uint32) (net.Conn, er
 
 // testService is a service on a fresh home with the fake backend, an
 // image and a kernel recorded, and VMs without a network.
-func testService(t *testing.T, b *fakeBackend, st *store.Store, home string) *Service {
+func testService(t *testing.T, b *fakeBackend, st *store.Store, home string, opts ...func(*Deps)) *Service {
 	t.Helper()
 	layout, err := paths.New(home)
 	if err != nil {
@@ -194,9 +209,13 @@ func testService(t *testing.T, b *fakeBackend, st *store.Store, home string) *Se
 	}
 	cfg := config.Defaults()
 	cfg.Warm, cfg.Network, cfg.DefaultImage, cfg.DiskSize = false, "none", "img", "64M"
-	s := New(Deps{Layout: layout, Store: st, Backends: b, Kernels: fakeKernels{},
+	d := Deps{Layout: layout, Store: st, Backends: b, Kernels: fakeKernels{},
 		Net: vmnet.New(vmnet.Config{Net: netConfig(t, layout)}), Log: slog.New(slog.DiscardHandler), Config: cfg,
-		ReadyTimeout: 3 * time.Second, ConsoleWriter: consolelog.Pipe})
+		ReadyTimeout: 3 * time.Second, ConsoleWriter: consolelog.Pipe}
+	for _, o := range opts {
+		o(&d)
+	}
+	s := New(d)
 	t.Cleanup(s.Close)
 	return s
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/system"
 	"banger/internal/virtiofs"
 	"banger/internal/vmm"
 )
@@ -104,7 +105,7 @@ func (s *Service) startMounts(ctx context.Context, v *api.VM) (devs []vmm.FS, cm
 		if m.Kind != api.MountVirtioFS {
 			continue
 		}
-		p, err := virtiofs.Start(bin, *m, fsSocket(*v, i), fsLog(*v, i), fsMarker(*v, i))
+		p, err := virtiofs.Start(bin, *m, fsSocket(*v, i), fsLog(*v, i), fsMarker(*v, i), system.WithStartHook(s.inCgroup(*v)))
 		if err != nil {
 			return nil, nil, err
 		}

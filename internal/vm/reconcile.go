@@ -61,13 +61,14 @@ func (s *Service) attach(ctx context.Context, v api.VM) (vmm.Machine, error) {
 
 // reconcileVMs runs at daemon start: a VM whose VMM died while the daemon
 // was away is marked stopped; one whose VMM still runs keeps its state
-// (the daemon can stop it by pid); directories without a record go.
+// (the daemon can stop it by pid) and its cgroup, made again; directories
+// and cgroups of no VM that runs go.
 func (s *Service) reconcileVMs(ctx context.Context) error {
 	vms, err := s.store.VMs(ctx)
 	if err != nil {
 		return err
 	}
-	known := map[string]bool{}
+	known, running := map[string]bool{}, map[string]bool{}
 	for _, v := range vms {
 		known[v.ID] = true
 		if !State(v.State).Live() {
@@ -88,6 +89,10 @@ func (s *Service) reconcileVMs(ctx context.Context) error {
 			}
 			s.log.Info("vm start interrupted", "vm", v.Name)
 		case alive:
+			// Its processes stay contained, also when its VMM does
+			// not answer (it can still be killed).
+			running[v.ID] = true
+			oomBase := s.adoptCgroup(v)
 			// Adopt the VMM again: stop, pause and the VM's own
 			// power-off are noticed as if this daemon had started it.
 			m, err := s.attach(ctx, v)
@@ -96,7 +101,7 @@ func (s *Service) reconcileVMs(ctx context.Context) error {
 				continue
 			}
 			s.setMachine(v.ID, m)
-			go s.watchExit(v, m)
+			go s.watchExit(v, m, oomBase)
 			s.adoptMounts(v)
 			if v.State == string(Running) {
 				// A daemon killed while it snapshotted this VM left it
@@ -129,6 +134,7 @@ func (s *Service) reconcileVMs(ctx context.Context) error {
 			s.log.Info("vm found stopped", "vm", v.Name)
 		}
 	}
+	s.sweepCgroups(running)
 	return paths.RemoveLeftovers(s.log, s.layout.VMsDir(), known)
 }
 

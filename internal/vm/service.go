@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/paths"
 	"banger/internal/store"
@@ -82,6 +83,13 @@ type Deps struct {
 	// `bangerd console-log`, a process that outlives the daemon as the
 	// VMM does; tests that run no bangerd give consolelog.Pipe.
 	ConsoleWriter func(path string, max int64) (*os.File, <-chan struct{}, error)
+	// Cgroups contains each VM's processes in a group of its own under
+	// the manager's parent (see cgroups.go). Nil: VMs run uncontained.
+	Cgroups *cgroup.Manager
+	// MemoryOverhead is what a VM's processes may use on top of its
+	// guest memory before the OOM killer ends them. Zero: the measured
+	// vmMemoryOverhead; tests set less to push a VMM past its limit.
+	MemoryOverhead int64
 }
 
 // Service owns VMs end to end: creating, starting (boot or restore),
@@ -102,6 +110,9 @@ type Service struct {
 	ready    time.Duration
 	// consoleWriter: see Deps.ConsoleWriter.
 	consoleWriter func(path string, max int64) (*os.File, <-chan struct{}, error)
+	// cg and memOverhead: see Deps.Cgroups and Deps.MemoryOverhead.
+	cg          *cgroup.Manager
+	memOverhead int64
 
 	// jobCtx outlives requests: agent sessions, syncs, watchers and
 	// the work after a start run on it. Close cancels it.
@@ -127,8 +138,12 @@ func New(d Deps) *Service {
 	if d.ReadyTimeout <= 0 {
 		d.ReadyTimeout = 2 * time.Minute
 	}
+	if d.MemoryOverhead <= 0 {
+		d.MemoryOverhead = vmMemoryOverhead
+	}
 	s := &Service{layout: d.Layout, store: d.Store, backends: d.Backends, net: d.Net, kernels: d.Kernels,
-		runner: d.Runner, log: d.Log, cfg: d.Config, ready: d.ReadyTimeout, consoleWriter: d.ConsoleWriter}
+		runner: d.Runner, log: d.Log, cfg: d.Config, ready: d.ReadyTimeout, consoleWriter: d.ConsoleWriter,
+		cg: d.Cgroups, memOverhead: d.MemoryOverhead}
 	s.jobCtx, s.jobCancel = context.WithCancel(context.Background())
 	return s
 }

@@ -34,6 +34,7 @@ const (
 	EvRecover Event = "recover" // the daemon found its process alive after a restart
 	EvPause   Event = "pause"   // the user freezes the guest
 	EvResume  Event = "resume"  // the user thaws it
+	EvCrash   Event = "crash"   // the VMM was killed for what the VM did (out of memory)
 )
 
 // ErrInvalidState means an operation does not apply to the VM's state.
@@ -42,10 +43,10 @@ var ErrInvalidState = errors.New("invalid state")
 var transitions = map[State]map[Event]State{
 	Created:  {EvStart: Starting},
 	Starting: {EvReady: Running, EvFail: Error, EvExited: Error, EvKill: Stopped, EvStop: Stopping},
-	Running:  {EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Running, EvPause: Paused},
+	Running:  {EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Running, EvPause: Paused, EvCrash: Error},
 	// A paused VM is stopped by thawing it first, so that its guest can
 	// sync and power off.
-	Paused:   {EvResume: Running, EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Paused},
+	Paused:   {EvResume: Running, EvStop: Stopping, EvExited: Stopped, EvKill: Stopped, EvRecover: Paused, EvCrash: Error},
 	Stopping: {EvExited: Stopped, EvKill: Stopped, EvRecover: Stopping},
 	Stopped:  {EvStart: Starting},
 	Error:    {EvStart: Starting, EvKill: Error, EvExited: Error},

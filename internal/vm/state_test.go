@@ -9,7 +9,7 @@ import (
 // every other pair is refused with ErrInvalidState.
 func TestTransitions(t *testing.T) {
 	states := []State{Created, Starting, Running, Paused, Stopping, Stopped, Error}
-	events := []Event{EvStart, EvReady, EvFail, EvStop, EvExited, EvKill, EvRecover, EvPause, EvResume}
+	events := []Event{EvStart, EvReady, EvFail, EvStop, EvExited, EvKill, EvRecover, EvPause, EvResume, EvCrash}
 	allowed := map[[2]string]State{
 		{"created", "start"}:    Starting,
 		{"starting", "ready"}:   Running,
@@ -22,11 +22,13 @@ func TestTransitions(t *testing.T) {
 		{"running", "kill"}:     Stopped,
 		{"running", "recover"}:  Running,
 		{"running", "pause"}:    Paused,
+		{"running", "crash"}:    Error,
 		{"paused", "resume"}:    Running,
 		{"paused", "stop"}:      Stopping,
 		{"paused", "exited"}:    Stopped,
 		{"paused", "kill"}:      Stopped,
 		{"paused", "recover"}:   Paused,
+		{"paused", "crash"}:     Error,
 		{"stopping", "exited"}:  Stopped,
 		{"stopping", "kill"}:    Stopped,
 		{"stopping", "recover"}: Stopping,

@@ -159,6 +159,9 @@ func (s *Service) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.V
 			return nil, err
 		}
 	}
+	// The VMM is reaped, its mounts and console ended (transition):
+	// what is left in the VM's cgroup is killed with it.
+	s.dropCgroup(v.ID, v.Name)
 	s.store.SetVMPID(ctx, v.Name, 0)
 	v.PID = 0
 	s.net.Detach(ctx, v)
@@ -228,7 +231,13 @@ func (s *Service) Remove(ctx context.Context, c Caller, name string, force bool)
 	if State(v.State).Live() && !force {
 		return v, fmt.Errorf("%w: VM %q is %s: stop it first (`banger vm stop %s`) or use `banger vm rm -f %s`", api.ErrConflict, name, v.State, name, name)
 	}
-	return v, s.removeVMLocked(ctx, v)
+	if err := s.removeVMLocked(ctx, v); err != nil {
+		return v, err
+	}
+	// A stop removed it already; this is for a VM whose group a failed
+	// removal left behind.
+	s.dropCgroup(v.ID, v.Name)
+	return v, nil
 }
 
 // Prune removes every VM that is not live (created, stopped or in
@@ -250,6 +259,7 @@ func (s *Service) Prune(ctx context.Context, c Caller) ([]string, error) {
 		if err == nil && cur.Owner == c.UID && !State(cur.State).Live() {
 			if _, err := s.store.DeleteVM(ctx, cur.Name); err == nil {
 				s.net.Remove(cur)
+				s.dropCgroup(cur.ID, cur.Name)
 				os.RemoveAll(cur.Dir)
 				removed = append(removed, cur.Name)
 			}

@@ -233,7 +233,7 @@ func (s *Service) syncSession(ctx context.Context, v api.VM, i int, onReady func
 		args = append(args, "--ro")
 	}
 	env := []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", virtiofs.MarkerEnv(fsMarker(v, i))}
-	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, GroupsOf(m.UID))
+	p, err := system.SpawnAs(exe, args, env, outW, errW, []*os.File{theirs, state}, m.UID, m.GID, GroupsOf(m.UID), system.WithStartHook(s.inCgroup(v)))
 	closeEnds()
 	if err != nil {
 		errR.Close()

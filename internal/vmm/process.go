@@ -22,16 +22,12 @@ type Process struct {
 	log   string // the file its standard error goes to
 }
 
-// StartProcess starts bin in a new session (it outlives its starter) with
-// standard output and error on the given files and extra files from
-// descriptor 3 on.
-func StartProcess(bin string, args []string, stdout, stderr *os.File, extra ...*os.File) (*Process, error) {
-	return StartProcessIn("", bin, args, stdout, stderr, extra...)
-}
-
-// StartProcessIn is StartProcess with dir as the working directory.
-func StartProcessIn(dir, bin string, args []string, stdout, stderr *os.File, extra ...*os.File) (*Process, error) {
-	proc, err := system.SpawnIn(dir, bin, args, os.Environ(), stdout, stderr, extra)
+// StartProcess starts bin in a new session (it outlives its starter) in
+// dir ("" keeps the caller's), with standard output and error on the
+// given files and extra files from descriptor 3 on, through hook (nil:
+// directly; see Spec.StartHook).
+func StartProcess(hook system.StartHook, dir, bin string, args []string, stdout, stderr *os.File, extra ...*os.File) (*Process, error) {
+	proc, err := system.SpawnIn(dir, bin, args, os.Environ(), stdout, stderr, extra, system.WithStartHook(hook))
 	if err != nil {
 		return nil, err
 	}
@@ -62,6 +58,25 @@ func (p *Process) ExitState() string {
 		return "still running"
 	}
 	return p.state.String()
+}
+
+// ExitSignal is the signal that ended the process (SIGKILL from the
+// OOM killer, say), 0 when it exited by itself; known is false while it
+// runs, and for an attached process, whose status went to the daemon
+// that started it.
+func (p *Process) ExitSignal() (sig syscall.Signal, known bool) {
+	select {
+	case <-p.exit:
+	default:
+		return 0, false
+	}
+	if p.state == nil {
+		return 0, false
+	}
+	if ws, ok := p.state.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return ws.Signal(), true
+	}
+	return 0, true
 }
 
 // Wait blocks until the process exits or ctx ends.

@@ -18,6 +18,7 @@ import (
 	"strings"
 
 	"banger/internal/consolelog"
+	"banger/internal/system"
 )
 
 // ErrNotSupported means the backend cannot do what was asked.
@@ -70,6 +71,11 @@ type Spec struct {
 	// process keeps the log, at consolelog.DefaultMax, while it runs
 	// (tests, tools); output after it exits is lost.
 	Console *os.File
+	// StartHook, when set, starts the VMM process (see
+	// system.StartHook): the VM service places it in the VM's cgroup
+	// and network namespace from birth. nil: the backend starts it
+	// directly, in its caller's.
+	StartHook system.StartHook
 }
 
 // ConsoleWriter is what a backend hands the VMM as the guest's serial

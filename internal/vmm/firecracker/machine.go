@@ -144,7 +144,7 @@ func (b *Backend) spawn(ctx context.Context, spec vmm.Spec) (m *Machine, err err
 	// Unjailed, Firecracker runs in the VM directory: the vsock socket
 	// is given relative to it, so a snapshot restored elsewhere (a fork)
 	// binds its own socket, not its still-running source's.
-	proc, err := vmm.StartProcessIn(dir, bin, args, console, vmmLog)
+	proc, err := vmm.StartProcess(spec.StartHook, dir, bin, args, console, vmmLog)
 	if err != nil {
 		return nil, err
 	}

@@ -91,7 +91,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 	// QEMU holds its own copy from here on; its exit ends the log's
 	// writer (consoleFD is the first extra file).
 	defer release()
-	proc, err := vmm.StartProcess(b.bin, append(Args(spec, b.caps), extra...), logf, logf, console)
+	proc, err := vmm.StartProcess(spec.StartHook, "", b.bin, append(Args(spec, b.caps), extra...), logf, logf, console)
 	if err != nil {
 		return nil, err
 	}

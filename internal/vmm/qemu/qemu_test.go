@@ -24,7 +24,7 @@ func TestArgs(t *testing.T) {
 	got := Args(spec, Caps{TSCkHz: 2596100})
 	want := []string{
 		"-name", "dev", "-M", "microvm,x-option-roms=off,rtc=on",
-		"-accel", "tcg,thread=multi", "-cpu", "max",
+		"-accel", "tcg,thread=multi,tb-size=64", "-cpu", "max",
 		"-m", "512", "-smp", "2",
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		"-qmp", "unix:/vm/qmp.sock,server=on,wait=off",
@@ -50,7 +50,7 @@ func TestArgs(t *testing.T) {
 		hasNot  []string
 		cmdline string
 	}{
-		{"kvm", nil, Caps{KVM: true, TSCkHz: 1}, []string{"kvm", "host"}, []string{"tcg,thread=multi"}, "console=ttyS0 banger.root=/dev/vda"},
+		{"kvm", nil, Caps{KVM: true, TSCkHz: 1}, []string{"kvm", "host"}, []string{"tcg,thread=multi,tb-size=64"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"no tap, no initrd", func(s *vmm.Spec) { s.TAP, s.Initrd = "", "" }, Caps{}, nil, []string{"-netdev", "-initrd"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"tsc already given", func(s *vmm.Spec) { s.Cmdline = "tsc_early_khz=5" }, Caps{TSCkHz: 9}, nil, nil, "tsc_early_khz=5"},
 		{"vhost-vsock", nil, Caps{VhostVsock: true}, []string{fmt.Sprintf("vhost-vsock-device,guest-cid=%d", GuestCID("/vm")), "virtserialport,chardev=agent,name=banger.agent"}, nil, "console=ttyS0 banger.root=/dev/vda"},
