@@ -38,7 +38,11 @@ func (s *Service) agentSession(ctx context.Context, v api.VM) (*vsockagent.Sessi
 	}
 	s.agents.mu.Lock()
 	if s.agents.sessions == nil {
-		s.agents.sessions, s.agents.dialing = map[string]*vsockagent.Session{}, map[string]chan struct{}{}
+		s.agents.sessions = map[string]*vsockagent.Session{}
+	}
+	if s.agents.dialing == nil {
+		// closeAgents may have made sessions alone.
+		s.agents.dialing = map[string]chan struct{}{}
 	}
 	dl := s.agents.dialing[v.ID]
 	if dl == nil {

@@ -16,7 +16,7 @@ import (
 	"banger/internal/testenv"
 )
 
-func TestLimits(t *testing.T) {
+func TestCgroupLimits(t *testing.T) {
 	mount := api.Mount{Kind: api.MountVirtioFS}
 	for _, c := range []struct {
 		name     string
@@ -92,7 +92,7 @@ func waitFor(t *testing.T, ok func() bool) bool {
 func removeAtEnd(t *testing.T, s *Service, names ...string) {
 	t.Cleanup(func() {
 		for _, n := range names {
-			s.Remove(context.Background(), n, true)
+			s.Remove(context.Background(), Self(), n, true)
 		}
 	})
 }
@@ -137,16 +137,16 @@ func TestCgroupLifecycle(t *testing.T) {
 	if !inGroup(m, v.ID, v.PID) {
 		t.Fatalf("the VMM %d is not in its VM's group: %v", v.PID, must(m.Procs(v.ID)))
 	}
-	if _, err := s.Stop(ctx, "c1"); err != nil {
+	if _, err := s.Stop(ctx, Self(), "c1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Procs(v.ID); !errors.Is(err, cgroup.ErrNotFound) {
 		t.Errorf("group after a stop: %v", err)
 	}
-	if v, err = s.Start(ctx, "c1", nil); err != nil || !inGroup(m, v.ID, v.PID) {
+	if v, err = s.Start(ctx, Self(), "c1", nil); err != nil || !inGroup(m, v.ID, v.PID) {
 		t.Fatalf("start: %v, VMM in its group: %v", err, inGroup(m, v.ID, v.PID))
 	}
-	if _, err := s.Kill(ctx, "c1"); err != nil {
+	if _, err := s.Kill(ctx, Self(), "c1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := m.Procs(v.ID); !errors.Is(err, cgroup.ErrNotFound) {
@@ -155,7 +155,7 @@ func TestCgroupLifecycle(t *testing.T) {
 
 	// A start that fails leaves no group.
 	b.setFail(errors.New("no such VMM"))
-	if _, err := s.Start(ctx, "c1", nil); !errors.Is(err, ErrStart) {
+	if _, err := s.Start(ctx, Self(), "c1", nil); !errors.Is(err, ErrStart) {
 		t.Fatalf("failed start: %v", err)
 	}
 	b.setFail(nil)
@@ -189,7 +189,7 @@ func TestCgroupLifecycle(t *testing.T) {
 	if err := s2.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	agentUp(t, s2, must(s2.Get(ctx, "c2")))
+	agentUp(t, s2, must(s2.Get(ctx, Self(), "c2")))
 	if !inGroup(m, v2.ID, v2.PID) {
 		t.Errorf("the adopted VMM %d is not in its group: %v", v2.PID, must(m.Procs(v2.ID)))
 	}
@@ -202,7 +202,7 @@ func TestCgroupLifecycle(t *testing.T) {
 		t.Errorf("the stray group's process survived the sweep")
 	}
 	// rm -f of the adopted VM leaves no group.
-	if _, err := s2.Remove(ctx, "c2", true); err != nil {
+	if _, err := s2.Remove(ctx, Self(), "c2", true); err != nil {
 		t.Fatal(err)
 	}
 	if names := must(m.List()); len(names) != 0 {
@@ -231,7 +231,7 @@ func TestOutOfMemory(t *testing.T) {
 		t.Fatal(err)
 	}
 	var v api.VM
-	if !waitFor(t, func() bool { v, _ = s.Get(ctx, "hog"); return State(v.State) == Error }) {
+	if !waitFor(t, func() bool { v, _ = s.Get(ctx, Self(), "hog"); return State(v.State) == Error }) {
 		t.Fatalf("the VM whose VMM went past its limit: %+v", v)
 	}
 	if v.Error != oomMessage {
