@@ -56,9 +56,15 @@ type Spec struct {
 	TAP, MAC string
 	// MemoryFile backs guest RAM with a shared file the host can read
 	// (QEMU): a snapshot then copies it instead of streaming RAM through
-	// the VMM, and a restore maps a copy. "" is anonymous memory, which
-	// cannot be snapshotted.
+	// the VMM. "" is anonymous memory, which cannot be snapshotted. A
+	// restore ignores it: the guest maps its snapshot's memory file
+	// copy-on-write (see Restorer).
 	MemoryFile string
+	// MemoryPrivate maps MemoryFile copy-on-write (MAP_PRIVATE) instead
+	// of shared: the file's pages are read, shared with every other VM
+	// that maps it, and a page the guest writes becomes the VMM's own;
+	// the file is never written. Restores set it (QEMU only).
+	MemoryPrivate bool
 	// FS are virtio-fs devices, each served by a vhost-user back end
 	// (virtiofsd) listening on Socket; they need MemoryFile (the back
 	// end maps guest RAM). QEMU only.
@@ -97,8 +103,11 @@ func (s Spec) Validate() error {
 	if s.ID == "" || s.Dir == "" {
 		errs = append(errs, errors.New("spec needs an ID and a directory"))
 	}
-	if len(s.FS) > 0 && s.MemoryFile == "" {
-		errs = append(errs, errors.New("virtio-fs devices need guest RAM in a shared file (MemoryFile)"))
+	if len(s.FS) > 0 && (s.MemoryFile == "" || s.MemoryPrivate) {
+		errs = append(errs, errors.New("virtio-fs devices need guest RAM in a shared file (MemoryFile, not MemoryPrivate)"))
+	}
+	if s.MemoryPrivate && s.MemoryFile == "" {
+		errs = append(errs, errors.New("private guest memory needs a file to map (MemoryFile)"))
 	}
 	if s.VCPUs < 1 || s.VCPUs > 32 {
 		errs = append(errs, errors.New("vcpus must be between 1 and 32"))
@@ -169,6 +178,14 @@ type Snapshot struct {
 // kind. The restored guest runs when Restore returns; it still believes
 // it is the VM it was snapshotted from until the caller tells it
 // otherwise.
+//
+// The guest's memory maps the snapshot's memory file copy-on-write
+// (MAP_PRIVATE): pages it only reads stay the file's, in the page cache
+// once for every VM restored from it; a page it writes becomes its
+// VMM's own. The file is never written, and must not change or shrink
+// while a VM maps it (a page cut off by a truncate is a SIGBUS in that
+// VMM). Unlinking it is safe: the kernel keeps the file until the last
+// VMM that maps it exits.
 type Restorer interface {
 	Restore(ctx context.Context, spec Spec, snap Snapshot) (Machine, error)
 }

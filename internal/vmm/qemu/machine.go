@@ -44,6 +44,9 @@ type Machine struct {
 	qmp     *QMP
 	cid     uint32 // vhost-vsock context id, 0 without vhost-vsock
 	memFile string // the guest RAM file, "" for anonymous memory
+	// private: memFile is a snapshot's, mapped copy-on-write (share=off);
+	// the guest's RAM is not all in it.
+	private bool
 }
 
 var (
@@ -95,7 +98,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{Process: proc, dir: spec.Dir, memFile: spec.MemoryFile}
+	m := &Machine{Process: proc, dir: spec.Dir, memFile: spec.MemoryFile, private: spec.MemoryPrivate}
 	if b.caps.VhostVsock {
 		m.cid = GuestCID(spec.Dir)
 	}
@@ -148,6 +151,9 @@ func Attach(ctx context.Context, dir string, pid int) (*Machine, error) {
 				for _, kv := range strings.Split(a, ",") {
 					if p, ok := strings.CutPrefix(kv, "mem-path="); ok {
 						m.memFile = p
+					}
+					if kv == "share=off" {
+						m.private = true
 					}
 				}
 			}

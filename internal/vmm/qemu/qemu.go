@@ -111,8 +111,13 @@ func Args(spec vmm.Spec, caps Caps) []string {
 	if spec.MemoryFile != "" {
 		// Guest RAM in a shared file: a snapshot is that file's copy plus
 		// a small device-state stream (migration capability
-		// x-ignore-shared), and a restore maps a copy of it.
-		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=on", spec.MemoryMiB, spec.MemoryFile))
+		// x-ignore-shared). A restore maps its snapshot's file private
+		// (copy-on-write, see snapshot.go).
+		share := "on"
+		if spec.MemoryPrivate {
+			share = "off"
+		}
+		args = append(args, "-object", fmt.Sprintf("memory-backend-file,id=ram,size=%dM,mem-path=%s,share=%s", spec.MemoryMiB, spec.MemoryFile, share))
 	}
 	if caps.KVM {
 		args = append(args, "-accel", "kvm", "-cpu", "host")

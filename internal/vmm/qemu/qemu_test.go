@@ -53,6 +53,11 @@ func TestArgs(t *testing.T) {
 		{"kvm", nil, Caps{KVM: true, TSCkHz: 1}, []string{"kvm", "host"}, []string{"tcg,thread=multi,tb-size=64"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"no tap, no initrd", func(s *vmm.Spec) { s.TAP, s.Initrd = "", "" }, Caps{}, nil, []string{"-netdev", "-initrd"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"tsc already given", func(s *vmm.Spec) { s.Cmdline = "tsc_early_khz=5" }, Caps{TSCkHz: 9}, nil, nil, "tsc_early_khz=5"},
+		{"RAM in a shared file", func(s *vmm.Spec) { s.MemoryFile = "/shm/a.ram" }, Caps{},
+			[]string{"microvm,x-option-roms=off,rtc=on,memory-backend=ram", "memory-backend-file,id=ram,size=512M,mem-path=/shm/a.ram,share=on"}, nil, "console=ttyS0 banger.root=/dev/vda"},
+		// A restore maps its snapshot's file copy-on-write: never written.
+		{"RAM mapped private", func(s *vmm.Spec) { s.MemoryFile, s.MemoryPrivate = "/snap/memory", true }, Caps{},
+			[]string{"memory-backend-file,id=ram,size=512M,mem-path=/snap/memory,share=off"}, []string{"memory-backend-file,id=ram,size=512M,mem-path=/snap/memory,share=on"}, "console=ttyS0 banger.root=/dev/vda"},
 		{"vhost-vsock", nil, Caps{VhostVsock: true}, []string{fmt.Sprintf("vhost-vsock-device,guest-cid=%d", GuestCID("/vm")), "virtserialport,chardev=agent,name=banger.agent"}, nil, "console=ttyS0 banger.root=/dev/vda"},
 	}
 	for _, c := range cases {

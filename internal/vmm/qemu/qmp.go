@@ -6,8 +6,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // QMP is a client of QEMU's machine protocol on a Unix socket. Commands
@@ -51,6 +54,16 @@ func (e *QMPError) Error() string { return fmt.Sprintf("qmp %s: %s: %s", e.Comma
 
 // Execute runs one command and returns its "return" value.
 func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessage, error) {
+	return q.execute(ctx, cmd, args, nil)
+}
+
+// ExecuteFD runs one command with the descriptor f passed along (as
+// `getfd` and `add-fd` take one); QEMU holds its own copy afterwards.
+func (q *QMP) ExecuteFD(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
+	return q.execute(ctx, cmd, args, f)
+}
+
+func (q *QMP) execute(ctx context.Context, cmd string, args any, f *os.File) (json.RawMessage, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
@@ -63,7 +76,22 @@ func (q *QMP) Execute(ctx context.Context, cmd string, args any) (json.RawMessag
 	if args != nil {
 		req["arguments"] = args
 	}
-	if err := json.NewEncoder(q.conn).Encode(req); err != nil {
+	msg, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+	}
+	msg = append(msg, '\n')
+	if f != nil {
+		// The descriptor rides with the command's own bytes: QEMU
+		// attaches what one message carries to the command in it.
+		uc, ok := q.conn.(*net.UnixConn)
+		if !ok {
+			return nil, fmt.Errorf("qmp %s: passing a descriptor needs a Unix socket", cmd)
+		}
+		if _, _, err := uc.WriteMsgUnix(msg, unix.UnixRights(int(f.Fd())), nil); err != nil {
+			return nil, fmt.Errorf("qmp %s: %w", cmd, err)
+		}
+	} else if _, err := q.conn.Write(msg); err != nil {
 		return nil, fmt.Errorf("qmp %s: %w", cmd, err)
 	}
 	for {
