@@ -177,6 +177,38 @@ type VM struct {
 	// Run is what the VM was asked to run over its image's config; nil
 	// when it runs the image's.
 	Run *Run `json:"run,omitempty"`
+	// Memory is where a running VM's host memory goes, read when it is
+	// shown (`vm show`, GET /v1/vms/{name}); nil in lists and when the
+	// VM does not run.
+	Memory *VMMemory `json:"memory,omitempty"`
+}
+
+// VMMemory is the host memory of a running VM, from its VMM's
+// /proc/PID/smaps_rollup and the guest RAM's mapping in /proc/PID/smaps,
+// and from the VM's cgroup.
+type VMMemory struct {
+	// Snapshot is the snapshot (or template) whose memory file the
+	// guest's RAM maps copy-on-write: the VM was restored from it and
+	// has not been stopped since. "" for a booted VM; the snapshot's
+	// id with " (removed)" when it was removed meanwhile.
+	Snapshot string `json:"snapshot,omitempty"`
+	// SharedBytes is guest RAM read from that file and not written
+	// since: page cache every VM restored from the snapshot shares.
+	SharedBytes int64 `json:"shared_bytes"`
+	// OwnBytes is memory this VM alone holds: GuestOwnBytes and its
+	// VMM's own (QEMU's heap, its code cache under emulation).
+	OwnBytes int64 `json:"own_bytes"`
+	// GuestOwnBytes is the part of OwnBytes that is guest RAM: what the
+	// guest wrote since its restore, or all it touched for a booted VM.
+	GuestOwnBytes int64 `json:"guest_own_bytes"`
+	// CgroupBytes is memory charged to the VM's cgroup (its VMM and
+	// helpers; page cache of a snapshot's file is charged to whoever
+	// read it first), CgroupLimitBytes the group's limit and OOMKills
+	// the processes the kernel killed for it. 0 when VMs run
+	// uncontained.
+	CgroupBytes      int64  `json:"cgroup_bytes,omitempty"`
+	CgroupLimitBytes int64  `json:"cgroup_limit_bytes,omitempty"`
+	OOMKills         uint64 `json:"oom_kills"`
 }
 
 // Policy is a VM's egress rules beyond the default (the internet yes;
@@ -264,6 +296,12 @@ type Snapshot struct {
 	// a guest's memory: only they (and root) see, fork or remove it.
 	Owner     int    `json:"owner"`
 	OwnerName string `json:"owner_name,omitempty"`
+	// InUse counts the running VMs whose memory maps this snapshot's
+	// memory file (restored from it, copy-on-write; it goes when the
+	// last of them stops, even after the snapshot is removed); UsedBy
+	// names those the caller may see. Filled when read, never stored.
+	InUse  int      `json:"in_use"`
+	UsedBy []string `json:"used_by,omitempty"`
 }
 
 // SnapshotFile is one file of a snapshot.

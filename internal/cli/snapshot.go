@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -20,21 +21,57 @@ func newSnapshotCommand(a *app) *cobra.Command {
 			short: "List snapshots and warm templates",
 			fetch: (*client.Client).Snapshots,
 			name:  func(s api.Snapshot) string { return s.Name },
-			head:  "NAME\tKIND\tSTATE\tVM\tIMAGE\tVMM\tMEMORY\tSIZE\tCREATED",
+			head:  "NAME\tKIND\tSTATE\tVM\tIMAGE\tVMM\tMEMORY\tSIZE\tIN USE\tCREATED",
 			row: func(s api.Snapshot) string {
-				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s %s\t%s\t%s\t%s", s.Name, s.Kind, s.State, s.SourceVM, s.Image, s.VMM, s.VMMVersion,
-					humanBytes(int64(s.MemoryMiB)<<20), humanBytes(s.SizeBytes), humanAgo(s.CreatedAt))
+				return fmt.Sprintf("%s\t%s\t%s\t%s\t%s\t%s %s\t%s\t%s\t%d\t%s", s.Name, s.Kind, s.State, s.SourceVM, s.Image, s.VMM, s.VMMVersion,
+					humanBytes(int64(s.MemoryMiB)<<20), humanBytes(s.SizeBytes), s.InUse, humanAgo(s.CreatedAt))
 			},
 			empty: "no snapshots yet: `banger vm snapshot VM`; a cold `banger vm run` leaves a warm template",
 			owner: func(s api.Snapshot) string { return orDash(s.OwnerName) },
 		}),
 		newSnapshotShowCommand(a),
-		newRmCommand(a, "Remove snapshots or templates (VMs made from them keep running)", func(ctx context.Context, c *client.Client, name string) error {
-			_, err := c.RemoveSnapshot(ctx, name)
-			return err
-		}),
+		newSnapshotRmCommand(a),
 	)
 	return cmd
+}
+
+// newSnapshotRmCommand removes snapshots; for one that running VMs
+// still map, it says where the space goes.
+func newSnapshotRmCommand(a *app) *cobra.Command {
+	var rm *cobra.Command
+	rm = newRmCommand(a, "Remove snapshots or templates (VMs restored from them keep running)", func(ctx context.Context, c *client.Client, name string) error {
+		s, err := c.RemoveSnapshot(ctx, name)
+		if err == nil && s.InUse > 0 {
+			fmt.Fprintf(rm.ErrOrStderr(), "%s: removed; %s still map its memory file (copy-on-write): its %s on disk come back when they stop\n",
+				name, usersText(*s), humanBytes(memoryFileBytes(*s)))
+		}
+		return err
+	})
+	rm.Long = "Remove snapshots or templates. VMs restored from one keep running: their\n" +
+		"memory maps its memory file copy-on-write, which the kernel keeps until\n" +
+		"the last of them stops; its disk space comes back then."
+	return rm
+}
+
+// usersText is "2 running VMs (f-1, f-2)".
+func usersText(s api.Snapshot) string {
+	n := fmt.Sprintf("%d running VM", s.InUse)
+	if s.InUse != 1 {
+		n += "s"
+	}
+	if len(s.UsedBy) > 0 {
+		n += " (" + strings.Join(s.UsedBy, ", ") + ")"
+	}
+	return n
+}
+
+func memoryFileBytes(s api.Snapshot) int64 {
+	for _, f := range s.Files {
+		if f.Role == "memory" {
+			return f.DiskBytes
+		}
+	}
+	return 0
 }
 
 func newSnapshotShowCommand(a *app) *cobra.Command {
@@ -61,6 +98,7 @@ func newSnapshotShowCommand(a *app) *cobra.Command {
 				{"image", s.Image + " (" + shortDigest(s.ImageDigest) + ")"}, {"kernel", s.Kernel}, {"vmm", s.VMM + " " + s.VMMVersion},
 				{"vcpu", strconv.Itoa(s.VCPU)}, {"memory", humanBytes(int64(s.MemoryMiB) << 20)}, {"disk", humanBytes(s.DiskBytes)},
 				{"network", s.Network}, {"size on disk", humanBytes(s.SizeBytes)}, {"guest frozen", (time.Duration(s.PausedMs) * time.Millisecond).String()},
+				{"in use", inUseText(*s)},
 			}
 			for _, f := range s.Files {
 				rows = append(rows, [2]string{f.Role + " file", fmt.Sprintf("%s: %s, %s on disk", f.Name, humanBytes(f.SizeBytes), humanBytes(f.DiskBytes))})
@@ -191,4 +229,12 @@ func newImageWarmCommand(a *app) *cobra.Command {
 	f.StringVar(&req.Network, "network", "", "nat, shared or none (default: config network)")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// inUseText says which running VMs map a snapshot's memory.
+func inUseText(s api.Snapshot) string {
+	if s.InUse == 0 {
+		return "no running VM maps its memory"
+	}
+	return usersText(s) + " map its memory copy-on-write"
 }

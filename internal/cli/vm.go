@@ -224,6 +224,12 @@ func newVMShowCommand(a *app) *cobra.Command {
 			} {
 				fmt.Fprintf(tw, "%s:\t%s\n", kv[0], safeText(kv[1]))
 			}
+			if m := v.Memory; m != nil {
+				fmt.Fprintf(tw, "host memory:\t%s\n", safeText(memoryText(m)))
+				if m.CgroupLimitBytes > 0 {
+					fmt.Fprintf(tw, "cgroup:\t%s of %s, %d OOM kills\n", humanBytes(m.CgroupBytes), humanBytes(m.CgroupLimitBytes), m.OOMKills)
+				}
+			}
 			for _, m := range v.Mounts {
 				line := fmt.Sprintf("%s -> %s (%s", m.Host, m.Guest, m.Kind)
 				if m.ReadOnly {
@@ -467,4 +473,13 @@ func newVMPolicyCommand(a *app) *cobra.Command {
 	f.BoolVar(&req.Reset, "reset", false, "go back to the default rules")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// memoryText says where a running VM's host memory goes.
+func memoryText(m *api.VMMemory) string {
+	own := fmt.Sprintf("%s own (guest %s, VMM %s)", humanBytes(m.OwnBytes), humanBytes(m.GuestOwnBytes), humanBytes(m.OwnBytes-m.GuestOwnBytes))
+	if m.Snapshot == "" {
+		return own
+	}
+	return fmt.Sprintf("%s shared with snapshot %s, %s", humanBytes(m.SharedBytes), m.Snapshot, own)
 }

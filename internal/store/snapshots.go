@@ -31,7 +31,7 @@ func (s *Store) InsertSnapshot(ctx context.Context, sn *api.Snapshot) error {
 	if sn.CreatedAt.IsZero() {
 		sn.CreatedAt = time.Now().UTC()
 	}
-	data, err := json.Marshal(sn)
+	data, err := snapshotJSON(*sn)
 	if err != nil {
 		return err
 	}
@@ -49,7 +49,7 @@ func (s *Store) InsertSnapshot(ctx context.Context, sn *api.Snapshot) error {
 // UpdateSnapshot rewrites a snapshot's record (its state, files and
 // sizes once written).
 func (s *Store) UpdateSnapshot(ctx context.Context, sn api.Snapshot) error {
-	data, err := json.Marshal(sn)
+	data, err := snapshotJSON(sn)
 	if err != nil {
 		return err
 	}
@@ -99,4 +99,11 @@ func (s *Store) Template(ctx context.Context, key string) (api.Snapshot, error) 
 // DeleteSnapshot removes the named snapshot's record and returns it.
 func (s *Store) DeleteSnapshot(ctx context.Context, name string) (api.Snapshot, error) {
 	return deleteByName(ctx, s, "snapshots", snapshotColumns, "snapshot", name, scanSnapshot)
+}
+
+// snapshotJSON is a snapshot's record: what is read off the host when
+// it is shown (the VMs that use it) is never stored.
+func snapshotJSON(sn api.Snapshot) ([]byte, error) {
+	sn.InUse, sn.UsedBy = 0, nil
+	return json.Marshal(sn)
 }

@@ -100,9 +100,11 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	if err := s.checkSizes(v); err != nil {
 		return nil, err
 	}
-	if err := s.checkLimits(ctx, c, v, !req.NoStart); err != nil {
+	release, err := s.admit(ctx, c, v, !req.NoStart)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	if err := os.MkdirAll(v.Dir, vmDirMode); err != nil {
 		return nil, err
 	}
@@ -114,6 +116,15 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	// takeSnapshot), so it neither restores a template nor makes one.
 	if cfg.Warm && !req.Cold && !req.NoStart && len(mounts) == 0 {
 		key, from = s.warmStart(ctx, v, img, *k)
+		if key != "" && from == nil {
+			// No template yet: this VM boots and makes it, or waits for
+			// the one another VM of its shape is making and restores.
+			maker, done := s.templateFlight(ctx, key)
+			defer done()
+			if !maker {
+				key, from = s.warmStart(ctx, v, img, *k)
+			}
+		}
 	}
 	say(progress, "disk")
 	if from != nil {
@@ -141,7 +152,10 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 	if from == nil {
 		return s.launchVMLocked(v, nil, key, progress)
 	}
+	// The template cannot be removed while its files are opened.
+	unlockSnap := s.snapshotLock(from.snap.ID, false)
 	out, err := s.launchVMLocked(v, from, "", progress)
+	unlockSnap()
 	if err == nil {
 		return out, nil
 	}
@@ -213,7 +227,9 @@ func (s *Service) Get(ctx context.Context, c Caller, name string) (api.VM, error
 	if err != nil {
 		return v, err
 	}
-	return shown(v), nil
+	v = shown(v)
+	v.Memory = s.vmMemory(ctx, v)
+	return v, nil
 }
 
 // List is every VM c may see (an admin: all), with owners' names and
@@ -242,9 +258,11 @@ func (s *Service) Start(ctx context.Context, c Caller, name string, progress fun
 	if _, err := Next(State(v.State), EvStart); err != nil {
 		return nil, fmt.Errorf("VM %q: %w", name, err)
 	}
-	if err := s.checkLimits(ctx, c, v, true); err != nil {
+	release, err := s.admit(ctx, c, v, true)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	return s.startVMLocked(v, progress)
 }
 
@@ -255,6 +273,8 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress f
 		return nil, err
 	}
 	defer unlock()
+	// A running VM restarts within the limits it ran in.
+	release := func() {}
 	if State(v.State).Live() {
 		if _, err := s.stopVMLocked(ctx, v, false); err != nil {
 			return nil, err
@@ -265,9 +285,10 @@ func (s *Service) Restart(ctx context.Context, c Caller, name string, progress f
 		if v, err = s.store.VM(ctx, name); err != nil {
 			return nil, vmHint(err)
 		}
-	} else if err := s.checkLimits(ctx, c, v, true); err != nil {
+	} else if release, err = s.admit(ctx, c, v, true); err != nil {
 		return nil, err
 	}
+	defer release()
 	return s.startVMLocked(v, progress)
 }
 

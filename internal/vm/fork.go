@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/api"
@@ -24,8 +25,11 @@ import (
 
 // Fork makes req.Count VMs restored from a snapshot, or from a running
 // VM snapshotted for the purpose (that snapshot is dropped after), and
-// returns them running. Each has its own name, disk, memory, address and
-// keys. A failure after some were made says which.
+// returns them running. Each has its own name, disk, address and keys;
+// their memory maps the snapshot's copy-on-write. They are made side by
+// side: only recording each (name, address) and the network's rules go
+// one at a time. When some fail, the others are made all the same, and
+// the error says which failed and which were made.
 // The forks are c's, whoever owned the source: c may fork only their own
 // snapshots and VMs (an admin, any).
 func (s *Service) Fork(ctx context.Context, c Caller, req api.ForkRequest) ([]api.VM, error) {
@@ -43,24 +47,45 @@ func (s *Service) Fork(ctx context.Context, c Caller, req api.ForkRequest) ([]ap
 		// Forks are copies: the snapshot taken for them can go at once.
 		defer s.dropSnapshot(context.Background(), sn, "taken for a fork")
 	}
-	var out []api.VM
-	var made []string
-	for i := 1; i <= req.Count; i++ {
+	vms := make([]*api.VM, req.Count)
+	errs := make([]error, req.Count)
+	var wg sync.WaitGroup
+	for i := range req.Count {
 		name := req.Name
 		if name != "" && req.Count > 1 {
-			name += "-" + strconv.Itoa(i)
+			name += "-" + strconv.Itoa(i+1)
 		}
-		v, err := s.forkOne(ctx, c, sn, name)
-		if err != nil {
-			if len(made) > 0 {
-				return nil, fmt.Errorf("%w (fork %d of %d; made: %s)", err, i, req.Count, strings.Join(made, ", "))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			vms[i], errs[i] = s.forkOne(ctx, c, sn, name)
+		}()
+	}
+	wg.Wait()
+	var out []api.VM
+	var made []string
+	var first error
+	failed, at := 0, 0
+	for i, v := range vms {
+		if errs[i] != nil {
+			if first == nil {
+				first, at = errs[i], i+1
 			}
-			return nil, err
+			failed++
+			continue
 		}
 		out = append(out, *v)
 		made = append(made, v.Name)
 	}
-	return out, nil
+	switch {
+	case first == nil:
+		return out, nil
+	case req.Count == 1:
+		return nil, first
+	case len(made) == 0:
+		return nil, fmt.Errorf("%w (all %d forks failed; the first error is fork %d's)", first, req.Count, at)
+	}
+	return nil, fmt.Errorf("%w (fork %d of %d; %d failed; made: %s)", first, at, req.Count, failed, strings.Join(made, ", "))
 }
 
 // forkSource is the snapshot named source, or a snapshot just taken of
@@ -125,6 +150,9 @@ func (s *Service) restorable(ctx context.Context, sn api.Snapshot) (Backend, err
 
 // forkOne makes one VM restored from sn.
 func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string) (*api.VM, error) {
+	// sn's files stay until the restore has them open (see memory.go).
+	unlockSnap := s.snapshotLock(sn.ID, false)
+	defer unlockSnap()
 	if _, err := s.restorable(ctx, sn); err != nil {
 		return nil, err
 	}
@@ -142,9 +170,11 @@ func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name s
 	v.Origin = "snapshot " + sn.Name
 	// A fork is as confined as the VM it was taken from.
 	v.Policy = sn.Policy
-	if err := s.checkLimits(ctx, c, v, true); err != nil {
+	release, err := s.admit(ctx, c, v, true)
+	if err != nil {
 		return nil, err
 	}
+	defer release()
 	hostKey, err := s.restoredDisk(v, sn)
 	if err != nil {
 		return nil, err
@@ -162,12 +192,19 @@ func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name s
 // directory path, with the name's lock held (the caller unlocks). The
 // name must be free.
 func (s *Service) newVMRecord(ctx context.Context, c Caller, name string) (api.VM, func(), error) {
-	if name == "" {
-		for i := 0; i < 10; i++ {
-			name = GenerateName()
+	generated := name == ""
+	for i := 0; generated && i < 10; i++ {
+		name = GenerateName()
+		if _, err := s.store.VM(ctx, name); !errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		// Another create may have drawn the same name just now and
+		// hold it, not yet recorded.
+		if unlock, ok := s.tryVMLock(name); ok {
 			if _, err := s.store.VM(ctx, name); errors.Is(err, store.ErrNotFound) {
-				break
+				return s.newVM(c, name), unlock, nil
 			}
+			unlock()
 		}
 	}
 	if err := ValidateName(name); err != nil {
@@ -178,8 +215,13 @@ func (s *Service) newVMRecord(ctx context.Context, c Caller, name string) (api.V
 		unlock()
 		return api.VM{}, nil, takenName(c, "VM", v.Owner, name, "banger vm rm")
 	}
+	return s.newVM(c, name), unlock, nil
+}
+
+// newVM is a new VM record's start: id, name, directory, owner.
+func (s *Service) newVM(c Caller, name string) api.VM {
 	id := store.NewID()
-	return api.VM{ID: id, Name: name, State: string(Created), Dir: s.layout.VMDir(id), Ports: []string{}, Owner: c.UID}, unlock, nil
+	return api.VM{ID: id, Name: name, State: string(Created), Dir: s.layout.VMDir(id), Ports: []string{}, Owner: c.UID}
 }
 
 // restoredDisk makes v's directory with its own copy of sn's writable

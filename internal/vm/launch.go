@@ -114,7 +114,9 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		Drives:    []vmm.Drive{{ID: "root", Path: img.Rootfs, ReadOnly: true}, {ID: "data", Path: filepath.Join(v.Dir, DataDisk)}},
 		FS:        fsDevs,
 		StartHook: s.vmmStartHook(v)}
-	if v.VMM == "qemu" {
+	if v.VMM == "qemu" && from == nil {
+		// A restore maps its snapshot's memory file instead (see
+		// vmm.Restorer).
 		spec.MemoryFile = s.layout.RAMFile(v.ID)
 	}
 	if netArgs != nil {
@@ -156,6 +158,9 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	}
 	restored := time.Since(began)
 	s.setMachine(v.ID, m)
+	if from != nil {
+		s.setMapped(v.ID, mappedFrom(from.snap))
+	}
 	s.store.SetVMPID(ctx, v.Name, m.PID())
 	v.PID = m.PID()
 	if from == nil {
@@ -183,6 +188,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 			err = fmt.Errorf("%s; %w", oomMessage, err)
 		}
 		s.setMachine(v.ID, nil)
+		s.setMapped(v.ID, nil)
 		s.dropAgent(v.ID)
 		s.transition(ctx, &v, EvFail, 0, err.Error())
 		s.net.Detach(ctx, v)
@@ -267,11 +273,16 @@ func (s *Service) watchExit(v api.VM, m vmm.Machine, oomBase uint64) {
 		return
 	}
 	s.setMachine(v.ID, nil)
+	mapped := s.mappedOf(v.ID)
+	s.setMapped(v.ID, nil)
 	cur, err := s.store.VM(context.Background(), v.Name)
 	if err != nil || !State(cur.State).Live() {
 		return
 	}
-	if s.oomKilled(cur, m, oomBase) {
+	if why := damagedMemory(mapped); why != "" {
+		s.transition(context.Background(), &cur, EvCrash, 0, why)
+		s.log.Warn("vm killed: its snapshot's memory file changed under it", "vm", v.Name, "snapshot", mapped.name)
+	} else if s.oomKilled(cur, m, oomBase) {
 		s.transition(context.Background(), &cur, EvCrash, 0, oomMessage)
 		s.log.Warn("vm killed: out of memory", "vm", v.Name, "memory_mib", cur.MemoryMiB, "limit_bytes", limits(cur, s.memOverhead).MemoryBytes)
 	} else {

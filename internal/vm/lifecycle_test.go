@@ -45,6 +45,11 @@ type fakeBackend struct {
 	neverReady atomic.Bool // the guest never prints the ready line
 	hog        atomic.Bool // the VMM allocates without end a second after it starts
 	starts     atomic.Int32
+	// restores: the backend restores snapshots (a restore starts a VMM
+	// as a boot does); together: starts and restores wait there until
+	// that many are under way at once.
+	restores atomic.Bool
+	together *barrier
 
 	mu        sync.Mutex
 	failStart error // the VMM does not start
@@ -68,6 +73,9 @@ func (b *fakeBackend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, er
 	err := b.failStart
 	b.mu.Unlock()
 	if err != nil {
+		return nil, err
+	}
+	if err := b.together.wait(); err != nil {
 		return nil, err
 	}
 	b.starts.Add(1)
@@ -99,7 +107,22 @@ func (b *fakeBackend) Start(ctx context.Context, spec vmm.Spec) (vmm.Machine, er
 	return m, nil
 }
 
-func (b *fakeBackend) Restorer() vmm.Restorer { return nil }
+func (b *fakeBackend) Restorer() vmm.Restorer {
+	if !b.restores.Load() {
+		return nil
+	}
+	return fakeRestorer{b}
+}
+
+// fakeRestorer "restores" a VM by starting its placeholder process.
+type fakeRestorer struct{ b *fakeBackend }
+
+func (r fakeRestorer) Restore(ctx context.Context, spec vmm.Spec, snap vmm.Snapshot) (vmm.Machine, error) {
+	if _, err := os.Stat(snap.Memory); err != nil {
+		return nil, fmt.Errorf("snapshot file: %w", err)
+	}
+	return r.b.Start(ctx, spec)
+}
 
 func (b *fakeBackend) Attach(ctx context.Context, dir string, pid int) (vmm.Machine, error) {
 	p, err := os.FindProcess(pid)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -37,17 +38,91 @@ func (s *Service) checkSizes(v api.VM) error {
 	return nil
 }
 
+// admissions are the VMs let past [limits] whose records do not show
+// it yet (not recorded, or not starting yet), by owner: creates, forks
+// and starts of one user that run side by side count each other.
+type admissions struct {
+	mu      sync.Mutex
+	pending map[int][]admitted
+}
+
+type admitted struct {
+	v        api.VM
+	starting bool
+}
+
+// admit checks v against c's [limits] (checkLimits), counting the VMs
+// admitted before it that are still on their way, and holds v's place
+// until release: call it once v is recorded in the state it asked for
+// (running, or refused).
+func (s *Service) admit(ctx context.Context, c Caller, v api.VM, starting bool) (release func(), err error) {
+	l := s.cfg.Limits
+	if c.Admin || (l.VMs == 0 && l.VCPUs == 0 && l.MemoryBytes() == 0) {
+		return func() {}, nil
+	}
+	s.admits.mu.Lock()
+	defer s.admits.mu.Unlock()
+	if err := s.checkLimits(ctx, c, v, starting, s.admits.pending[c.UID]); err != nil {
+		return nil, err
+	}
+	if s.admits.pending == nil {
+		s.admits.pending = map[int][]admitted{}
+	}
+	s.admits.pending[c.UID] = append(s.admits.pending[c.UID], admitted{v, starting})
+	return func() {
+		s.admits.mu.Lock()
+		defer s.admits.mu.Unlock()
+		p := s.admits.pending[c.UID]
+		for i, a := range p {
+			if a.v.ID == v.ID {
+				p = append(p[:i:i], p[i+1:]...)
+				break
+			}
+		}
+		if len(p) == 0 {
+			delete(s.admits.pending, c.UID)
+		} else {
+			s.admits.pending[c.UID] = p
+		}
+	}, nil
+}
+
 // checkLimits refuses v for c when it would take c past [limits]: a new
 // VM (creating) past vms, a VM that starts past vcpus or memory of c's
-// running VMs. Admins have no limits.
-func (s *Service) checkLimits(ctx context.Context, c Caller, v api.VM, starting bool) error {
+// running VMs and of those admitted before it (pending). Admins have
+// no limits.
+func (s *Service) checkLimits(ctx context.Context, c Caller, v api.VM, starting bool, pending []admitted) error {
 	l := s.cfg.Limits
 	if c.Admin || (l.VMs == 0 && l.VCPUs == 0 && l.MemoryBytes() == 0) {
 		return nil
 	}
-	vms, err := s.store.VMs(ctx)
+	records, err := s.store.VMs(ctx)
 	if err != nil {
 		return err
+	}
+	// A VM admitted before v counts as what it asked to be, over its
+	// record (if it has one yet).
+	ahead := map[string]api.VM{}
+	for _, a := range pending {
+		if a.v.ID == v.ID {
+			continue
+		}
+		o := a.v
+		if a.starting {
+			o.State = string(Starting)
+		}
+		ahead[o.ID] = o
+	}
+	var vms []api.VM
+	for _, o := range records {
+		if _, ok := ahead[o.ID]; !ok {
+			vms = append(vms, o)
+		}
+	}
+	for _, a := range pending {
+		if o, ok := ahead[a.v.ID]; ok {
+			vms = append(vms, o)
+		}
 	}
 	var mine, live []string
 	vcpus, mem := 0, int64(0)

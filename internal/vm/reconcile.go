@@ -101,6 +101,7 @@ func (s *Service) reconcileVMs(ctx context.Context) error {
 				continue
 			}
 			s.setMachine(v.ID, m)
+			s.setMapped(v.ID, s.findMapped(ctx, v))
 			go s.watchExit(v, m, oomBase)
 			s.adoptMounts(v)
 			if v.State == string(Running) {

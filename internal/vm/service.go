@@ -120,10 +120,13 @@ type Service struct {
 	jobCancel context.CancelFunc
 	jobs      sync.WaitGroup
 
-	vms    vmRuntime
-	agents agentRuntime
-	syncs  syncRuntime
-	snaps  snapshotState
+	vms       vmRuntime
+	agents    agentRuntime
+	syncs     syncRuntime
+	snaps     snapshotState
+	snapLocks snapshotLocks
+	templates templateFlights
+	admits    admissions
 }
 
 // New returns the VM service. Call Reconcile before serving, and Close
@@ -164,6 +167,9 @@ type vmRuntime struct {
 	// killLock).
 	stopping map[string]context.CancelCauseFunc
 	killers  map[string]int
+	// mapped is the snapshot memory file each restored VM's VMM maps,
+	// by VM id (see memory.go).
+	mapped map[string]*mappedSnapshot
 }
 
 // vmLock takes the lock of the VM named name; the caller unlocks.
@@ -180,6 +186,24 @@ func (s *Service) vmLock(name string) func() {
 	s.vms.mu.Unlock()
 	l.Lock()
 	return l.Unlock
+}
+
+// tryVMLock takes the lock of the VM named name when no one holds it.
+func (s *Service) tryVMLock(name string) (func(), bool) {
+	s.vms.mu.Lock()
+	if s.vms.locks == nil {
+		s.vms.locks = map[string]*sync.Mutex{}
+	}
+	l := s.vms.locks[name]
+	if l == nil {
+		l = &sync.Mutex{}
+		s.vms.locks[name] = l
+	}
+	s.vms.mu.Unlock()
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
 }
 
 func (s *Service) machine(id string) vmm.Machine {

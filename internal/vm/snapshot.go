@@ -195,11 +195,16 @@ func (s *Service) Snapshot(ctx context.Context, c Caller, name string, req api.S
 	return s.takeSnapshot(ctx, v, c.UID, req.Name, api.SnapshotKindSnapshot, "")
 }
 
-// GetSnapshot is c's snapshot (or template) named name.
+// GetSnapshot is c's snapshot (or template) named name, with the
+// running VMs that use it.
 func (s *Service) GetSnapshot(ctx context.Context, c Caller, name string) (api.Snapshot, error) {
 	sn, err := s.lookupSnapshot(ctx, c, name)
+	if err != nil {
+		return sn, err
+	}
 	sn.OwnerName = OwnerName(sn.Owner)
-	return sn, err
+	byFile, err := s.mappedFiles(ctx)
+	return withUsers(c, byFile, sn), err
 }
 
 // Snapshots lists the snapshots and templates c may see (an admin: all).
@@ -208,18 +213,26 @@ func (s *Service) Snapshots(ctx context.Context, c Caller) ([]api.Snapshot, erro
 	if err != nil {
 		return nil, err
 	}
+	byFile, err := s.mappedFiles(ctx)
+	if err != nil {
+		return nil, err
+	}
 	out := []api.Snapshot{}
 	for _, sn := range sns {
 		if c.sees(sn.Owner) {
 			sn.OwnerName = OwnerName(sn.Owner)
-			out = append(out, sn)
+			out = append(out, withUsers(c, byFile, sn))
 		}
 	}
 	return out, nil
 }
 
-// RemoveSnapshot removes c's snapshot name. VMs made from it keep
-// running: their disks and memory are their own copies.
+// RemoveSnapshot removes c's snapshot name: its record and name at
+// once, and its files, whose space comes back once no VM maps them. VMs
+// restored from it keep running: each has its own disk, and the kernel
+// keeps the memory file their RAM maps copy-on-write until the last of
+// them stops (see memory.go). The snapshot returned says how many
+// still use it (InUse, UsedBy).
 func (s *Service) RemoveSnapshot(ctx context.Context, c Caller, name string) (api.Snapshot, error) {
 	sn, err := s.lookupSnapshot(ctx, c, name)
 	if err != nil {
@@ -228,19 +241,45 @@ func (s *Service) RemoveSnapshot(ctx context.Context, c Caller, name string) (ap
 	if _, err := snapshot.Next(snapshot.State(sn.State), snapshot.EvRemove); err != nil {
 		return sn, fmt.Errorf("snapshot %q: %w", sn.Name, err)
 	}
-	return sn, s.dropSnapshot(ctx, sn, "removed")
+	users, err := s.dropSnapshotUsers(ctx, sn, "removed")
+	sn.InUse = len(users)
+	for _, v := range users {
+		if c.sees(v.Owner) {
+			sn.UsedBy = append(sn.UsedBy, v.Name)
+		}
+	}
+	return sn, err
 }
 
 // dropSnapshot removes a snapshot's record, then its files.
 func (s *Service) dropSnapshot(ctx context.Context, sn api.Snapshot, why string) error {
+	_, err := s.dropSnapshotUsers(ctx, sn, why)
+	return err
+}
+
+// dropSnapshotUsers removes a snapshot's record, then its files, once no
+// restore has them open half way, and returns the running VMs that
+// still map its memory file.
+func (s *Service) dropSnapshotUsers(ctx context.Context, sn api.Snapshot, why string) ([]api.VM, error) {
+	unlock := s.snapshotLock(sn.ID, true)
+	defer unlock()
+	users, _ := s.snapshotUsers(ctx, sn)
 	if _, err := s.store.DeleteSnapshot(ctx, sn.Name); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return err
+		return users, err
 	}
 	if err := os.RemoveAll(sn.Dir); err != nil {
 		s.log.Warn("removing snapshot files", "snapshot", sn.Name, "err", err)
 	}
-	s.log.Info("snapshot removed", "snapshot", sn.Name, "kind", sn.Kind, "why", why)
-	return nil
+	if len(users) > 0 {
+		names := make([]string, len(users))
+		for i, v := range users {
+			names[i] = v.Name
+		}
+		s.log.Info("snapshot removed; its memory file is freed when the VMs that map it stop", "snapshot", sn.Name, "kind", sn.Kind, "why", why, "used_by", strings.Join(names, ","))
+	} else {
+		s.log.Info("snapshot removed", "snapshot", sn.Name, "kind", sn.Kind, "why", why)
+	}
+	return users, nil
 }
 
 // dropTemplates removes the warm templates match selects: a template

@@ -154,6 +154,7 @@ func (s *Service) stopVMLocked(ctx context.Context, v api.VM, kill bool) (*api.V
 	}
 	s.dropAgent(v.ID)
 	s.setMachine(v.ID, nil)
+	s.setMapped(v.ID, nil)
 	if State(v.State).Live() {
 		if err := s.transition(ctx, &v, EvExited, 0, ""); err != nil {
 			return nil, err

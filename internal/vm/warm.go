@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"sync"
 
 	"banger/internal/api"
 	"banger/internal/snapshot"
@@ -52,6 +53,43 @@ func (s *Service) warmStart(ctx context.Context, v api.VM, img api.Image, k api.
 		return key, nil
 	}
 	return key, &restoreFrom{snap: tpl}
+}
+
+// templateFlights are the warm templates being made, by key.
+type templateFlights struct {
+	mu sync.Mutex
+	m  map[string]chan struct{}
+}
+
+// templateFlight makes the caller the maker of the template for key
+// (first true: it boots cold and captures it, then calls done), or, when
+// another request is making it, waits until that one is done (or ctx
+// ends) and returns false: VMs of one shape that arrive together boot
+// once and restore the rest, instead of each booting cold to capture
+// the same template.
+func (s *Service) templateFlight(ctx context.Context, key string) (maker bool, done func()) {
+	s.templates.mu.Lock()
+	if s.templates.m == nil {
+		s.templates.m = map[string]chan struct{}{}
+	}
+	ch := s.templates.m[key]
+	if ch == nil {
+		ch = make(chan struct{})
+		s.templates.m[key] = ch
+		s.templates.mu.Unlock()
+		return true, func() {
+			s.templates.mu.Lock()
+			delete(s.templates.m, key)
+			s.templates.mu.Unlock()
+			close(ch)
+		}
+	}
+	s.templates.mu.Unlock()
+	select {
+	case <-ch:
+	case <-ctx.Done():
+	}
+	return false, func() {}
 }
 
 // templateName is the name of the template with key.
@@ -104,6 +142,14 @@ func (s *Service) Warm(ctx context.Context, c Caller, req api.WarmRequest) (tpl 
 	}
 	if tpl, err := s.store.Template(ctx, key); err == nil {
 		return tpl, false, nil
+	}
+	if maker, done := s.templateFlight(ctx, key); !maker {
+		if tpl, err := s.store.Template(ctx, key); err == nil {
+			return tpl, false, nil
+		}
+		return tpl, false, fmt.Errorf("the warm template of %s could not be made by the VM that was making it: %s says why", v.Image, s.layout.DaemonLog())
+	} else {
+		defer done()
 	}
 	if _, err := s.launchVMLocked(*v, nil, key, nil); err != nil {
 		return tpl, false, err
