@@ -261,7 +261,8 @@ func TestDaemonKilledMidSnapshotAndRestore(t *testing.T) {
 	}
 
 	in.ok("vm", "snapshot", "src", "--name", "whole")
-	killWhen("restore", func() bool { return len(in.ramFiles()) > 1 }, "vm", "fork", "whole", "--name", "f1")
+	// A restore is under way once its QEMU maps the snapshot's memory.
+	killWhen("restore", func() bool { return len(in.restoringVMMs()) > 0 }, "vm", "fork", "whole", "--name", "f1")
 	var f vmJSON
 	in.jsonOut(&f, "vm", "show", "f1", "--json")
 	if f.State != "error" || !strings.Contains(f.Error, "interrupted") || f.PID != 0 {
@@ -291,4 +292,17 @@ func TestDaemonKilledMidSnapshotAndRestore(t *testing.T) {
 	if left := in.taps(); len(left) != 0 {
 		t.Errorf("TAP devices left: %v", left)
 	}
+}
+
+// restoringVMMs lists the instance's QEMUs that map a snapshot's memory
+// file copy-on-write: restored VMs, or restores under way.
+func (in *instance) restoringVMMs() []int {
+	var pids []int
+	for _, pid := range homeProcs(in.home) {
+		b, _ := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cmdline")
+		if strings.Contains(string(b), "share=off") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
 }

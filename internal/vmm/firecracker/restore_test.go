@@ -2,9 +2,15 @@ package firecracker
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -123,4 +129,101 @@ func TestFirecrackerRestoreAsFork(t *testing.T) {
 	} else {
 		t.Logf("truncated snapshot: %v", err)
 	}
+}
+
+// TestFirecrackerRestoreMapsMemoryPrivate restores two VMs from one
+// snapshot with the real binary and checks what vmm.Restorer promises:
+// each Firecracker maps the snapshot's memory file itself (the same
+// inode: one page cache for both) private, copy-on-write (its File
+// backend, MAP_PRIVATE), and the file's bytes never change, through the
+// restores, a run, a pause and the forks' end.
+func TestFirecrackerRestoreMapsMemoryPrivate(t *testing.T) {
+	bin := requireFirecracker(t)
+	testenv.RequireRoot(t)
+	b, err := New(bin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	spec := testSpec(t)
+	src, err := b.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { src.Kill(); src.Wait(ctx) }()
+	if err := src.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	snapDir := t.TempDir()
+	snap := vmm.Snapshot{State: filepath.Join(snapDir, "state"), Memory: filepath.Join(snapDir, "mem")}
+	if err := src.CreateSnapshot(ctx, snap.State, snap.Memory); err != nil {
+		t.Fatal(err)
+	}
+	src.Kill()
+	before := fileHash(t, snap.Memory)
+	var st syscall.Stat_t
+	if err := syscall.Stat(snap.Memory, &st); err != nil {
+		t.Fatal(err)
+	}
+	inode := strconv.FormatUint(st.Ino, 10)
+
+	var forks []*Machine
+	for i := range 2 {
+		fs := spec
+		fs.ID = fmt.Sprintf("fork%d", i)
+		fs.Dir, _ = os.MkdirTemp("", "fcfork")
+		defer os.RemoveAll(fs.Dir)
+		m, err := b.Restore(ctx, fs, snap)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fm := m.(*Machine)
+		defer func() { fm.Kill(); fm.Wait(ctx) }()
+		forks = append(forks, fm)
+	}
+	for i, m := range forks {
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", m.PID()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var found []string
+		for _, l := range strings.Split(string(maps), "\n") {
+			if f := strings.Fields(l); len(f) >= 5 && f[4] == inode {
+				found = append(found, l)
+			}
+		}
+		if len(found) == 0 {
+			t.Errorf("fork %d does not map the snapshot's memory file (inode %s):\n%s", i, inode, maps)
+		}
+		for _, l := range found {
+			if perms := strings.Fields(l)[1]; perms != "rw-p" {
+				t.Errorf("fork %d maps the memory file %s, want rw-p (private, copy-on-write): %s", i, perms, l)
+			}
+		}
+		t.Logf("fork %d: %s", i, strings.Join(found, "; "))
+	}
+	time.Sleep(500 * time.Millisecond) // the guests run (as far as they can here)
+	for _, m := range forks {
+		m.Pause(ctx)
+		m.Resume(ctx)
+		m.Kill()
+		m.Wait(ctx)
+	}
+	if after := fileHash(t, snap.Memory); after != before {
+		t.Errorf("the snapshot's memory file changed: sha256 %s, then %s", before, after)
+	}
+}
+
+func fileHash(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }
