@@ -239,7 +239,11 @@ func (s *Service) restoredDisk(v api.VM, sn api.Snapshot) ([]byte, error) {
 	}
 	if _, err := vmm.CopyFile(filepath.Join(v.Dir, DataDisk), filepath.Join(sn.Dir, snapshot.DiskFile)); err != nil {
 		os.RemoveAll(v.Dir)
-		return nil, fmt.Errorf("copying snapshot %q's disk for VM %q: %w", sn.Name, v.Name, err)
+		hint := ""
+		if noSpace(err) {
+			hint = fmt.Sprintf(": free space under %s (remove VMs or snapshots you no longer need) and try again", s.layout.VMsDir())
+		}
+		return nil, fmt.Errorf("copying snapshot %q's disk for VM %q: %w%s", sn.Name, v.Name, err, hint)
 	}
 	return seed[vsockagent.SSHHostKeyPath], nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"banger/internal/api"
@@ -136,10 +137,22 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	}
 	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	var m vmm.Machine
+	// What the boot touches of the RAM directory is promised until the
+	// boot is over (ready or not): its pages show in its use by then.
+	releaseRAM := func() {}
+	defer func() { releaseRAM() }()
 	// The VMM enters the VM network's namespace through its start hook.
 	if from == nil {
 		say(progress, "vmm")
-		m, err = b.Start(sctx, spec)
+		if spec.MemoryFile != "" {
+			var release func()
+			if release, err = s.reserveBootRAM(v, k); err == nil {
+				releaseRAM = sync.OnceFunc(release)
+			}
+		}
+		if err == nil {
+			m, err = b.Start(sctx, spec)
+		}
 	} else {
 		say(progress, "restore")
 		err = s.tapUp(v, netArgs, false)
@@ -152,6 +165,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	// ends with it.
 	spec.Console.Close()
 	if err != nil {
+		err = s.startError(v, err, from)
 		s.transition(ctx, &v, EvFail, 0, err.Error())
 		s.net.Detach(ctx, v)
 		return nil, fmt.Errorf("%w: VM %q: %v", ErrStart, v.Name, err)
@@ -166,6 +180,7 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 	if from == nil {
 		say(progress, "boot")
 		err = waitReady(m, since, written, s.readyTimeout())
+		releaseRAM()
 		if err == nil && syncs {
 			if err = s.startSyncs(&v, progress); err == nil {
 				err = s.store.SetVMMounts(ctx, v.Name, v.Mounts)
@@ -186,6 +201,8 @@ func (s *Service) launchVMLocked(v api.VM, from *restoreFrom, templateKey string
 		m.Wait(ctx)
 		if s.oomKilled(v, m, oomBase) {
 			err = fmt.Errorf("%s; %w", oomMessage, err)
+		} else if why := s.busError(v, m, s.mappedOf(v.ID)); why != "" {
+			err = fmt.Errorf("%s; %w", why, err)
 		}
 		s.setMachine(v.ID, nil)
 		s.setMapped(v.ID, nil)
@@ -279,9 +296,9 @@ func (s *Service) watchExit(v api.VM, m vmm.Machine, oomBase uint64) {
 	if err != nil || !State(cur.State).Live() {
 		return
 	}
-	if why := damagedMemory(mapped); why != "" {
+	if why := s.busError(cur, m, mapped); why != "" {
 		s.transition(context.Background(), &cur, EvCrash, 0, why)
-		s.log.Warn("vm killed: its snapshot's memory file changed under it", "vm", v.Name, "snapshot", mapped.name)
+		s.log.Warn("vm killed: its guest RAM could not be had", "vm", v.Name, "why", why)
 	} else if s.oomKilled(cur, m, oomBase) {
 		s.transition(context.Background(), &cur, EvCrash, 0, oomMessage)
 		s.log.Warn("vm killed: out of memory", "vm", v.Name, "memory_mib", cur.MemoryMiB, "limit_bytes", limits(cur, s.memOverhead).MemoryBytes)

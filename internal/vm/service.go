@@ -127,6 +127,7 @@ type Service struct {
 	snapLocks snapshotLocks
 	templates templateFlights
 	admits    admissions
+	ram       ramRoom
 }
 
 // New returns the VM service. Call Reconcile before serving, and Close

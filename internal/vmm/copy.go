@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -20,6 +21,11 @@ import (
 // be a symlink: a copy never follows one (a RAM file swapped for a link
 // to a root-only file must not carry that file into a snapshot), and dst
 // must not exist.
+//
+// The space the copy needs (src's data extents) is reserved first, with
+// fallocate: of copies that start together on a file system with room
+// for only some, those that fit get it and the others fail at once with
+// ENOSPC, instead of each filling part of the room and all failing.
 func CopyFile(dst, src string) (written int64, err error) {
 	in, err := openNoFollow(src)
 	if err != nil {
@@ -48,6 +54,9 @@ func CopyFile(dst, src string) (written int64, err error) {
 	if err := out.Truncate(fi.Size()); err != nil {
 		return 0, fmt.Errorf("copying %s: %w", src, err)
 	}
+	if err := reserve(in, out, fi.Size()); err != nil {
+		return 0, fmt.Errorf("copying %s to %s: %w", src, dst, err)
+	}
 	buf := make([]byte, 1<<20)
 	zero := make([]byte, 64<<10)
 	for off := int64(0); off < fi.Size(); {
@@ -73,6 +82,8 @@ func CopyFile(dst, src string) (written int64, err error) {
 			for i := 0; i < n; i += len(zero) {
 				chunk := buf[i:min(i+len(zero), n)]
 				if bytes.Equal(chunk, zero[:len(chunk)]) {
+					// Reserved, but zeros: a hole again.
+					unix.Fallocate(int(out.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, pos+int64(i), int64(len(chunk)))
 					continue
 				}
 				if _, err := out.WriteAt(chunk, pos+int64(i)); err != nil {
@@ -85,4 +96,37 @@ func CopyFile(dst, src string) (written int64, err error) {
 		off = hole
 	}
 	return written, nil
+}
+
+// reserving makes each copy's reservation whole before the next's
+// begins: a file's extents are reserved one call each, and copies that
+// interleaved them would each get part of the room.
+var reserving sync.Mutex
+
+// reserve allocates in out the data extents of in (size bytes). A file
+// system without fallocate (EOPNOTSUPP) is copied unreserved.
+func reserve(in, out *os.File, size int64) error {
+	reserving.Lock()
+	defer reserving.Unlock()
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		if err := unix.Fallocate(int(out.Fd()), unix.FALLOC_FL_KEEP_SIZE, data, hole-data); err != nil {
+			if errors.Is(err, unix.EOPNOTSUPP) {
+				return nil
+			}
+			return err
+		}
+		off = hole
+	}
+	return nil
 }

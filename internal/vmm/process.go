@@ -125,3 +125,27 @@ func AttachProcess(pid int, log string) (*Process, error) {
 	}()
 	return p, nil
 }
+
+// ExitError is a VMM that ended when it should not have, while it was
+// doing what: Is(ErrExited), with the signal that ended it (0 when it
+// exited by itself, or that is unknown) for callers that tell causes
+// apart (SIGBUS: guest RAM that could not be had).
+type ExitError struct {
+	What   string
+	Signal syscall.Signal
+	State  string // how it ended, as os.ProcessState says it
+	Tail   string // the end of its log
+}
+
+func (e *ExitError) Error() string {
+	return fmt.Sprintf("%s%s (%s): %s", ErrExited, e.What, e.State, e.Tail)
+}
+
+func (e *ExitError) Unwrap() error { return ErrExited }
+
+// ExitError describes the process's end, which happened while it was
+// doing what (" before its API socket appeared", say).
+func (p *Process) ExitError(what string) error {
+	sig, _ := p.ExitSignal()
+	return &ExitError{What: what, Signal: sig, State: p.ExitState(), Tail: p.LogTail()}
+}

@@ -176,7 +176,7 @@ func (m *Machine) waitSocket(ctx context.Context, sock string) error {
 		}
 		select {
 		case <-m.Exited():
-			return fmt.Errorf("%w before its API socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.LogTail())
+			return m.ExitError(" before its API socket appeared")
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		case <-time.After(2 * time.Millisecond):

@@ -118,7 +118,7 @@ func (b *Backend) start(ctx context.Context, spec vmm.Spec, extra ...string) (_ 
 		}
 		select {
 		case <-m.Exited():
-			return nil, fmt.Errorf("%w before its QMP socket appeared (%s): %s", vmm.ErrExited, m.ExitState(), m.LogTail())
+			return nil, m.ExitError(" before its QMP socket appeared")
 		case <-ctx.Done():
 			return nil, context.Cause(ctx)
 		case <-time.After(5 * time.Millisecond):

@@ -148,7 +148,7 @@ func (m *Machine) waitMigration(ctx context.Context, what string) error {
 		}
 		select {
 		case <-m.Exited():
-			return fmt.Errorf("%s: %w (%s): %s", what, vmm.ErrExited, m.ExitState(), m.LogTail())
+			return fmt.Errorf("%s: %w", what, m.ExitError(""))
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w", what, context.Cause(ctx))
 		case <-time.After(2 * time.Millisecond):

@@ -1,0 +1,519 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/internal/paths"
+	"banger/internal/testenv"
+)
+
+// memVMJSON is a VM as `vm show --json` has it, with its memory.
+type memVMJSON struct {
+	vmJSON
+	Memory *struct {
+		Snapshot         string `json:"snapshot"`
+		SharedBytes      int64  `json:"shared_bytes"`
+		OwnBytes         int64  `json:"own_bytes"`
+		GuestOwnBytes    int64  `json:"guest_own_bytes"`
+		CgroupBytes      int64  `json:"cgroup_bytes"`
+		CgroupLimitBytes int64  `json:"cgroup_limit_bytes"`
+		OOMKills         uint64 `json:"oom_kills"`
+	} `json:"memory"`
+}
+
+// useJSON is a snapshot's users as `snapshot show --json` has them.
+type useJSON struct {
+	InUse  int      `json:"in_use"`
+	UsedBy []string `json:"used_by"`
+	Dir    string   `json:"dir"`
+	Files  []struct {
+		Role      string `json:"role"`
+		SizeBytes int64  `json:"size_bytes"`
+		DiskBytes int64  `json:"disk_bytes"`
+	} `json:"files"`
+}
+
+func sha256File(t *testing.T, path string) string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// mapsOf is the lines of pid's /proc/PID/maps that name path.
+func mapsOf(pid int, path string) []string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, path) {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// TestForksShareMemory forks five VMs from one snapshot of a VM that
+// holds a file in memory (a tmpfs) and on disk, and checks what
+// copy-on-write restores promise: each fork sees the source's files and
+// its own writes only; its QEMU maps the snapshot's memory file private
+// and has no RAM file of its own; the snapshot's bytes never change;
+// `vm show` and `snapshot show` say who shares what; a fork's own
+// snapshot holds what it wrote in memory; a fork stopped and started
+// keeps its writes; and `snapshot rm` while forks run removes the
+// snapshot, leaves them running, and its file goes with the last.
+func TestForksShareMemory(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	l, _ := paths.New(in.home)
+	in.coldVM("src", "512M", "none")
+	in.ok("vm", "exec", "src", "--", "sh", "-c", "mkdir -p /t && mount -t tmpfs tmpfs /t && echo src-mem > /t/m && dd if=/dev/urandom of=/t/big bs=1M count=16 2>/dev/null")
+	var s1 useJSON
+	in.jsonOut(&s1, "vm", "snapshot", "src", "--name", "s1", "--json")
+	mem := filepath.Join(s1.Dir, "memory")
+	sum := sha256File(t, mem)
+	in.ok("vm", "fork", "s1", "--name", "f", "-n", "5")
+
+	forks := []string{"f-1", "f-2", "f-3", "f-4", "f-5"}
+	for _, f := range forks {
+		in.ok("vm", "exec", f, "--", "sh", "-c", "echo "+f+" > /t/own && echo "+f+" > /root/own && sync")
+	}
+	shown := map[string]memVMJSON{}
+	for _, f := range forks {
+		if out := in.ok("vm", "exec", f, "--", "cat", "/root/marker", "/t/m", "/root/own", "/t/own"); out != "from-src\nsrc-mem\n"+f+"\n"+f+"\n" {
+			t.Errorf("%s sees %q, want the source's files and its own writes only", f, out)
+		}
+		var v memVMJSON
+		in.jsonOut(&v, "vm", "show", f, "--json")
+		shown[f] = v
+		maps := mapsOf(v.PID, mem)
+		if len(maps) == 0 {
+			t.Errorf("%s's QEMU does not map the snapshot's memory file", f)
+		}
+		for _, m := range maps {
+			if strings.Fields(m)[1] != "rw-p" {
+				t.Errorf("%s maps the snapshot's memory file shared: %s", f, m)
+			}
+		}
+		if _, err := os.Stat(l.RAMFile(filepath.Base(v.Dir))); err == nil {
+			t.Errorf("%s has a RAM file of its own", f)
+		}
+		m := v.Memory
+		if m == nil || m.Snapshot != "s1" || m.SharedBytes <= 0 || m.GuestOwnBytes <= 0 || m.OwnBytes < m.GuestOwnBytes || m.CgroupLimitBytes != (512+192)<<20 {
+			t.Errorf("%s's memory: %+v", f, m)
+		} else {
+			t.Logf("%s: %s shared with s1, %s own (guest %s), cgroup %s", f, mib(m.SharedBytes), mib(m.OwnBytes), mib(m.GuestOwnBytes), mib(m.CgroupBytes))
+		}
+	}
+	if out := in.ok("vm", "show", "f-1"); !strings.Contains(out, "shared with snapshot s1") || !strings.Contains(out, "OOM kills") {
+		t.Errorf("vm show f-1 does not say where its memory goes:\n%s", out)
+	}
+	var src memVMJSON
+	in.jsonOut(&src, "vm", "show", "src", "--json")
+	if src.Memory == nil || src.Memory.Snapshot != "" || src.Memory.SharedBytes != 0 || src.Memory.GuestOwnBytes < 16<<20 {
+		t.Errorf("the booted source's memory: %+v", src.Memory)
+	}
+	var use useJSON
+	in.jsonOut(&use, "snapshot", "show", "s1", "--json")
+	if use.InUse != 5 || strings.Join(use.UsedBy, ",") != strings.Join(forks, ",") {
+		t.Errorf("snapshot s1 in use by %d: %v", use.InUse, use.UsedBy)
+	}
+	if out := in.ok("snapshot", "show", "s1"); !strings.Contains(out, "5 running VMs (f-1, f-2, f-3, f-4, f-5) map its memory") {
+		t.Errorf("snapshot show s1:\n%s", out)
+	}
+
+	// A fork's snapshot holds what it wrote in memory: its pages come
+	// through QEMU's stream, split into a memory file like any other.
+	var s2 useJSON
+	in.jsonOut(&s2, "vm", "snapshot", "f-1", "--name", "s2", "--json")
+	for _, f := range s2.Files {
+		if f.Role == "state" && f.SizeBytes > 1<<20 {
+			t.Errorf("f-1's snapshot's device state holds %d bytes: guest RAM was left in it", f.SizeBytes)
+		}
+		if f.Role == "memory" && f.SizeBytes != 512<<20 {
+			t.Errorf("f-1's snapshot's memory file is %d bytes", f.SizeBytes)
+		}
+	}
+	in.ok("vm", "fork", "s2", "--name", "g")
+	if out := in.ok("vm", "exec", "g", "--", "cat", "/t/m", "/t/own", "/root/own"); out != "src-mem\nf-1\nf-1\n" {
+		t.Errorf("a fork of f-1's snapshot sees %q", out)
+	}
+	if cmp := in.ok("vm", "exec", "g", "--", "sh", "-c", "md5sum /t/big"); cmp != in.ok("vm", "exec", "src", "--", "sh", "-c", "md5sum /t/big") {
+		t.Errorf("the 16 MiB in memory differ after a fork of a fork: %s", cmp)
+	}
+
+	// Stop and start: a cold boot from the fork's own disk, with its
+	// writes; its memory its own from then on.
+	in.ok("vm", "stop", "f-2")
+	in.ok("vm", "start", "f-2")
+	if out := in.ok("vm", "exec", "f-2", "--", "cat", "/root/marker", "/root/own"); out != "from-src\nf-2\n" {
+		t.Errorf("f-2 after stop and start: %q", out)
+	}
+	var f2 memVMJSON
+	in.jsonOut(&f2, "vm", "show", "f-2", "--json")
+	if f2.Memory == nil || f2.Memory.Snapshot != "" || len(mapsOf(f2.PID, mem)) != 0 {
+		t.Errorf("f-2 after a cold boot still maps the snapshot: %+v", f2.Memory)
+	}
+	in.jsonOut(&use, "snapshot", "show", "s1", "--json")
+	if use.InUse != 4 {
+		t.Errorf("s1 in use by %d after f-2 booted cold, want 4: %v", use.InUse, use.UsedBy)
+	}
+	if got := sha256File(t, mem); got != sum {
+		t.Errorf("the snapshot's memory file changed while forks ran from it")
+	}
+
+	// Removing it while forks run: gone at once from the list; the forks
+	// run on, mapping the removed file, and it goes with the last.
+	r := in.run("snapshot", "rm", "s1")
+	if r.code != 0 || r.stdout != "s1\n" || !strings.Contains(r.stderr, "s1: removed; 4 running VMs (f-1, f-3, f-4, f-5) still map its memory file") {
+		t.Errorf("snapshot rm s1 in use: %+v", r)
+	}
+	if _, err := os.Stat(s1.Dir); !os.IsNotExist(err) {
+		t.Errorf("the snapshot's directory is still there: %v", err)
+	}
+	for _, sn := range in.snapshots() {
+		if sn.Name == "s1" {
+			t.Errorf("s1 is still listed")
+		}
+	}
+	var f3 memVMJSON
+	in.jsonOut(&f3, "vm", "show", "f-3", "--json")
+	if maps := mapsOf(f3.PID, mem); len(maps) == 0 || !strings.HasSuffix(maps[0], "(deleted)") {
+		t.Errorf("f-3's mapping of the removed file: %v", maps)
+	}
+	if f3.Memory == nil || !strings.HasSuffix(f3.Memory.Snapshot, " (removed)") {
+		t.Errorf("f-3's memory after s1 was removed: %+v", f3.Memory)
+	}
+	for _, f := range []string{"f-1", "f-3", "f-4", "f-5"} {
+		if out := in.ok("vm", "exec", f, "--", "sh", "-c", "cat /t/m && md5sum /t/big >/dev/null && echo ok"); out != "src-mem\nok\n" {
+			t.Errorf("%s after its snapshot was removed: %q", f, out)
+		}
+	}
+	in.ok("vm", "rm", "-f", "src", "g", "f-1", "f-2", "f-3", "f-4", "f-5")
+	for _, pid := range homeProcs(in.home) {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid)); strings.Contains(string(b), l.SnapshotsDir()) {
+			t.Errorf("process %d still maps a snapshot file", pid)
+		}
+	}
+	in.ok("snapshot", "rm", "s2")
+}
+
+// TestVMBurst starts six VMs of one shape at once, the first of their
+// shape (one boots and makes the warm template, the others wait for it
+// and restore), then six more, all warm, and forks of one of them: every
+// VM runs, with a name, address and SSH host key of its own.
+func TestVMBurst(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	create := []string{"vm", "create", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "shared", "--json"}
+	vms := make([]vmJSON, 12)
+	burst := func(from int) {
+		parallel(t, 6, func(i int) { in.jsonOut(&vms[from+i], create...) })
+	}
+	burst(0)
+	cold := 0
+	for _, v := range vms[:6] {
+		if v.Origin == "" {
+			cold++
+		}
+	}
+	if cold != 1 {
+		t.Errorf("%d of six VMs of a new shape booted cold, want 1 (the template's maker)", cold)
+	}
+	burst(6)
+	var forks []vmJSON
+	in.jsonOut(&forks, "vm", "fork", vms[0].Name, "-n", "4", "--json")
+	names, ips, keys := map[string]bool{}, map[string]bool{}, map[string]bool{}
+	for _, v := range append(vms, forks...) {
+		var cur vmJSON
+		in.jsonOut(&cur, "vm", "show", v.Name, "--json")
+		if cur.State != "running" || cur.IP == "" || cur.HostKey == "" {
+			t.Errorf("%s = %+v", v.Name, cur)
+		}
+		if names[cur.Name] || ips[cur.IP] || keys[cur.HostKey] {
+			t.Errorf("%s shares its name, address or host key: %+v", cur.Name, cur)
+		}
+		names[cur.Name], ips[cur.IP], keys[cur.HostKey] = true, true, true
+		if h := strings.TrimSpace(in.ok("vm", "exec", cur.Name, "--", "busybox", "hostname")); h != cur.Name {
+			t.Errorf("%s's host name is %q", cur.Name, h)
+		}
+	}
+	if len(names) != 16 {
+		t.Errorf("%d VMs, want 16", len(names))
+	}
+	rm := []string{"vm", "rm", "-f"}
+	for n := range names {
+		rm = append(rm, n)
+	}
+	in.ok(rm...)
+	if taps := in.taps(); len(taps) != 0 {
+		t.Errorf("TAPs left: %v", taps)
+	}
+}
+
+// TestBurstFaults: a burst of forks that fills the disk (those that fit
+// run, the others fail in one line each and leave nothing), a burst of
+// boots that fills the guest RAM's tmpfs (likewise; restores need none
+// of it), and bangerd killed in the middle of a burst (the next daemon
+// finishes or undoes each VM).
+func TestBurstFaults(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	in.smallDisk(t, "1500M")
+	l, _ := paths.New(in.home)
+	// Guest RAM in a tmpfs of 160 MiB, made before the daemon starts
+	// (as root's, closed to others: the daemon checks).
+	ramDir := l.RAMDir()
+	os.MkdirAll(ramDir, 0o700)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=160m,mode=0700", "banger-test-ram", ramDir).CombinedOutput(); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { in.stopDaemon(); reapHome(in.home); exec.Command("umount", "-l", ramDir).Run() })
+	vmFixtures(t, in)
+	shape := []string{"--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "256M", "--vmm", "qemu", "--network", "none"}
+
+	// Boots fill the tmpfs: each guest's RAM is a file there.
+	results := make([]result, 4)
+	parallel(t, 4, func(i int) {
+		results[i] = in.run(append([]string{"vm", "create", "--name", "b" + strconv.Itoa(i), "--cold"}, shape...)...)
+	})
+	booted, full := 0, 0
+	for i, r := range results {
+		if r.code == 0 {
+			booted++
+			continue
+		}
+		full++
+		// Refused before it starts, or killed by the full tmpfs.
+		checkOneLine(t, r, "guest RAM: "+ramDir)
+		var v vmJSON
+		in.jsonOut(&v, "vm", "show", "b"+strconv.Itoa(i), "--json")
+		if v.State != "error" || v.PID != 0 || len(vmmsOf(v.Dir)) != 0 {
+			t.Errorf("b%d after a full tmpfs: %+v", i, v)
+		}
+		if _, err := os.Stat(l.RAMFile(filepath.Base(v.Dir))); err == nil {
+			t.Errorf("b%d's RAM file was left", i)
+		}
+	}
+	t.Logf("boots with guest RAM in 160 MiB: %d ran, %d failed", booted, full)
+	if booted == 0 || full == 0 {
+		t.Errorf("%d boots ran and %d failed: the tmpfs was meant to hold some", booted, full)
+	}
+	in.ok("vm", "rm", "-f", "b0", "b1", "b2", "b3")
+	// A VM with 96 MiB on its disk (room in the tmpfs for its RAM),
+	// snapshotted, then gone: its forks map the snapshot's memory, not
+	// the tmpfs.
+	if out, err := exec.Command("mount", "-o", "remount,size=1g", ramDir).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v %s", err, out)
+	}
+	in.ok(append([]string{"vm", "create", "--name", "src", "--cold"}, shape...)...)
+	in.ok("vm", "exec", "src", "--", "sh", "-c", "mkdir -p /root && dd if=/dev/urandom of=/root/blob bs=1M count=96 2>/dev/null && sync")
+	var sn useJSON
+	in.jsonOut(&sn, "vm", "snapshot", "src", "--name", "s", "--json")
+	in.ok("vm", "rm", "-f", "src")
+	if out, err := exec.Command("mount", "-o", "remount,size=160m", ramDir).CombinedOutput(); err != nil {
+		t.Fatalf("remount: %v %s", err, out)
+	}
+	// Fill the disk but for room for two and a half forks' copies of
+	// the disk.
+	var disk int64
+	for _, f := range sn.Files {
+		if f.Role == "disk" {
+			disk = f.DiskBytes
+		}
+	}
+	room := disk * 5 / 2
+	var fs syscall.Statfs_t
+	syscall.Statfs(in.home, &fs)
+	if free := int64(fs.Bavail) * fs.Bsize; free > room {
+		if out, err := exec.Command("fallocate", "-l", strconv.FormatInt(free-room, 10), in.path("filler")).CombinedOutput(); err != nil {
+			t.Fatalf("fallocate: %v %s", err, out)
+		}
+	}
+	vmsBefore := len(in.vmNames())
+	syscall.Statfs(in.home, &fs)
+	t.Logf("free before the forks: %s", mib(int64(fs.Bavail)*fs.Bsize))
+	results = make([]result, 4)
+	parallel(t, 4, func(i int) { results[i] = in.run("vm", "fork", "s", "--name", "d"+strconv.Itoa(i)) })
+	forked := 0
+	for i, r := range results {
+		if r.code == 0 {
+			forked++
+			in.ok("vm", "exec", "d"+strconv.Itoa(i), "--", "true")
+			continue
+		}
+		t.Logf("d%d: %s", i, strings.TrimSpace(r.stderr))
+		checkOneLine(t, r, "no space left on device")
+		if in.run("vm", "show", "d"+strconv.Itoa(i)).code == 0 {
+			t.Errorf("d%d was left behind after its fork failed", i)
+		}
+	}
+	t.Logf("forks with room for two and a half disks of %s: %d made", mib(disk), forked)
+	if forked != 2 {
+		t.Errorf("%d of 4 forks made: the disk had room for two", forked)
+	}
+	if got := len(in.vmNames()); got != vmsBefore+forked {
+		t.Errorf("%d VMs after the burst, want %d", got, vmsBefore+forked)
+	}
+	dirs, _ := filepath.Glob(filepath.Join(l.VMsDir(), "*"))
+	if len(dirs) != vmsBefore+forked {
+		t.Errorf("VM directories after the burst: %d, want %d", len(dirs), vmsBefore+forked)
+	}
+	os.Remove(in.path("filler"))
+
+	// bangerd killed while four forks restore.
+	pid := in.daemonPID()
+	cmd := in.cliWith("vm", "fork", "s", "--name", "k", "-n", "4")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); len(in.restoringVMMs()) < 2+forked; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("never saw the burst's restores under way")
+		}
+	}
+	syscall.Kill(pid, syscall.SIGKILL)
+	cmd.Wait()
+	for processAlive(pid) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	interrupted := 0
+	for i := 1; i <= 4; i++ {
+		name := "k-" + strconv.Itoa(i)
+		r := in.run("vm", "show", name, "--json")
+		if r.code != 0 {
+			continue // killed before it was recorded: nothing of it left (checked below)
+		}
+		var v vmJSON
+		in.jsonOut(&v, "vm", "show", name, "--json")
+		switch v.State {
+		case "running":
+			in.ok("vm", "exec", name, "--", "true")
+		case "error":
+			interrupted++
+			if !strings.Contains(v.Error, "interrupted") || len(vmmsOf(v.Dir)) != 0 {
+				t.Errorf("%s after the kill: %+v, VMMs %v", name, v, vmmsOf(v.Dir))
+			}
+			if interrupted == 1 {
+				// It boots from its own disk (RAM in the small tmpfs:
+				// one at a time).
+				in.ok("vm", "start", name)
+			}
+		default:
+			t.Errorf("%s after the kill: %+v", name, v)
+		}
+	}
+	t.Logf("after bangerd was killed mid-burst: %d forks were interrupted", interrupted)
+	recorded := map[string]bool{}
+	for _, n := range in.vmNames() {
+		var v vmJSON
+		in.jsonOut(&v, "vm", "show", n, "--json")
+		recorded[v.Dir] = true
+	}
+	dirs, _ = filepath.Glob(filepath.Join(l.VMsDir(), "*"))
+	for _, d := range dirs {
+		if !recorded[d] {
+			t.Errorf("a VM directory of no VM: %s", d)
+		}
+	}
+}
+
+// checkOneLine checks that a failed CLI run ended in one error line
+// that says want.
+func checkOneLine(t *testing.T, r result, want string) {
+	t.Helper()
+	var errLines []string
+	for _, l := range strings.Split(strings.TrimSpace(r.stderr), "\n") {
+		if strings.HasPrefix(l, "banger: ") {
+			errLines = append(errLines, l)
+		}
+	}
+	if len(errLines) != 1 || !strings.Contains(errLines[0], want) {
+		t.Errorf("stderr %q: want one line `banger: …%s…`", r.stderr, want)
+	}
+}
+
+// cliWith is the instance's CLI as a command, from its own binaries.
+func (in *instance) cliWith(args ...string) *exec.Cmd {
+	cmd := exec.Command(filepath.Join(in.bins, "banger"), args...)
+	cmd.Env = in.env
+	return cmd
+}
+
+// TestSnapshotDamagedUnderForks cuts a snapshot's memory file short
+// while forks of it run: new forks are refused as for any damaged
+// snapshot; each running fork either runs on or, once it touches a page
+// that was cut off, is in error with a line that says why; the host and
+// the source go on.
+func TestSnapshotDamagedUnderForks(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	in.coldVM("src", "256M", "none")
+	in.ok("vm", "exec", "src", "--", "sh", "-c", "mkdir -p /t && mount -t tmpfs tmpfs /t && dd if=/dev/urandom of=/t/big bs=1M count=32 2>/dev/null")
+	var sn useJSON
+	in.jsonOut(&sn, "vm", "snapshot", "src", "--name", "s", "--json")
+	in.ok("vm", "fork", "s", "--name", "f", "-n", "2")
+	if err := os.Truncate(filepath.Join(sn.Dir, "memory"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	in.fails("snapshot \"s\": its memory file is 4096 bytes", "vm", "fork", "s", "--name", "x")
+	var wg sync.WaitGroup
+	for _, f := range []string{"f-1", "f-2"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Reading the 32 MiB touches pages that are gone.
+			in.run("vm", "exec", f, "--", "md5sum", "/t/big")
+		}()
+	}
+	wg.Wait()
+	for _, f := range []string{"f-1", "f-2"} {
+		var v vmJSON
+		for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+			in.jsonOut(&v, "vm", "show", f, "--json")
+			if v.State != "running" || time.Now().After(deadline) {
+				break
+			}
+			if in.run("vm", "exec", f, "--", "true").code == 0 {
+				break
+			}
+		}
+		switch v.State {
+		case "running":
+			t.Logf("%s runs on", f)
+		case "error":
+			if !strings.Contains(v.Error, `the memory file of snapshot "s", which this VM's memory maps, was changed while it ran (4096 bytes`) {
+				t.Errorf("%s's error does not say why: %s", f, v.Error)
+			}
+			t.Logf("%s: %s", f, v.Error)
+		default:
+			t.Errorf("%s after its snapshot was cut short: %+v", f, v)
+		}
+	}
+	if out := in.ok("vm", "exec", "src", "--", "cat", "/root/marker"); out != "from-src\n" {
+		t.Errorf("the source after its snapshot was damaged: %q", out)
+	}
+	in.ok("vm", "rm", "-f", "src", "f-1", "f-2")
+	in.ok("snapshot", "rm", "s")
+}
