@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"banger/internal/paths"
 	"banger/internal/testenv"
 )
@@ -142,7 +144,9 @@ func TestForksShareMemory(t *testing.T) {
 	}
 
 	// A fork's snapshot holds what it wrote in memory: its pages come
-	// through QEMU's stream, split into a memory file like any other.
+	// through QEMU's stream, split into a memory file like any other;
+	// also after a daemon restart, which finds the forks' QEMUs again.
+	in.ok("daemon", "stop")
 	var s2 useJSON
 	in.jsonOut(&s2, "vm", "snapshot", "f-1", "--name", "s2", "--json")
 	for _, f := range s2.Files {
@@ -152,6 +156,10 @@ func TestForksShareMemory(t *testing.T) {
 		if f.Role == "memory" && f.SizeBytes != 512<<20 {
 			t.Errorf("f-1's snapshot's memory file is %d bytes", f.SizeBytes)
 		}
+	}
+	in.jsonOut(&use, "snapshot", "show", "s1", "--json")
+	if use.InUse != 5 {
+		t.Errorf("s1 in use by %d after a daemon restart", use.InUse)
 	}
 	in.ok("vm", "fork", "s2", "--name", "g")
 	if out := in.ok("vm", "exec", "g", "--", "cat", "/t/m", "/t/own", "/root/own"); out != "src-mem\nf-1\nf-1\n" {
@@ -516,4 +524,49 @@ func TestSnapshotDamagedUnderForks(t *testing.T) {
 	}
 	in.ok("vm", "rm", "-f", "src", "f-1", "f-2")
 	in.ok("snapshot", "rm", "s")
+}
+
+// TestForkMemoryWithinItsLimit: a fork whose snapshot's pages are not in
+// the page cache reads them in (charged to its cgroup, as the first to
+// touch them) and then writes every one (copies, its own): its cgroup
+// holds guest RAM plus overhead all the same, for the kernel reclaims
+// the clean file pages before it would kill anything.
+func TestForkMemoryWithinItsLimit(t *testing.T) {
+	testenv.RequireRoot(t)
+	in := newInstance(t)
+	vmFixtures(t, in)
+	in.coldVM("src", "256M", "none")
+	in.ok("vm", "exec", "src", "--", "sh", "-c", "mkdir -p /t && mount -t tmpfs -o size=200m tmpfs /t && dd if=/dev/urandom of=/t/big bs=1M count=160 2>/dev/null")
+	var sn useJSON
+	in.jsonOut(&sn, "vm", "snapshot", "src", "--name", "s", "--json")
+	in.ok("vm", "rm", "-f", "src")
+	// Out of the page cache: the fork is the first to read the pages.
+	f, err := os.Open(filepath.Join(sn.Dir, "memory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Sync()
+	if err := unixFadviseDontNeed(f); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	in.ok("vm", "fork", "s", "--name", "f")
+	in.ok("vm", "exec", "f", "--", "sh", "-c", "md5sum /t/big >/dev/null && dd if=/dev/zero of=/t/big bs=1M count=160 conv=notrunc 2>/dev/null && sync")
+	var v memVMJSON
+	in.jsonOut(&v, "vm", "show", "f", "--json")
+	m := v.Memory
+	if v.State != "running" || m == nil {
+		t.Fatalf("the fork after rewriting its memory: %+v", v)
+	}
+	t.Logf("fork: %s shared, %s own (guest %s); cgroup %s of %s, %d OOM kills", mib(m.SharedBytes), mib(m.OwnBytes), mib(m.GuestOwnBytes), mib(m.CgroupBytes), mib(m.CgroupLimitBytes), m.OOMKills)
+	if m.OOMKills != 0 || m.CgroupBytes > m.CgroupLimitBytes || m.GuestOwnBytes < 160<<20 {
+		t.Errorf("the fork's memory: %+v", m)
+	}
+	in.ok("vm", "exec", "f", "--", "true")
+	in.ok("vm", "rm", "-f", "f")
+	in.ok("snapshot", "rm", "s")
+}
+
+func unixFadviseDontNeed(f *os.File) error {
+	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
 }

@@ -72,6 +72,16 @@ func TestGuestRAMAndFilesPrivate(t *testing.T) {
 	in.jsonOut(&sn, "vm", "snapshot", "p1", "--name", "p1snap", "--json")
 	privateDir(t, sn.Dir)
 	privateFiles(t, sn.Dir)
+	// A fork maps that snapshot's memory file as it is (root's, 0600),
+	// and a snapshot of the fork, its memory split out of QEMU's
+	// stream, is root's alone too.
+	in.ok("vm", "fork", "p1snap", "--name", "p2")
+	var sn2 snapshotJSON
+	in.jsonOut(&sn2, "vm", "snapshot", "p2", "--name", "p2snap", "--json")
+	privateDir(t, sn2.Dir)
+	privateFiles(t, sn2.Dir)
+	privateFiles(t, sn.Dir)
+	in.ok("vm", "rm", "-f", "p2")
 
 	// A RAM file swapped for a link while the VM is stopped: the next
 	// start makes a new file and leaves the link's target alone.
