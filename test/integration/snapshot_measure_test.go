@@ -124,7 +124,8 @@ func TestSnapshotMeasurement(t *testing.T) {
 	t.Logf("snapshot files are sparse copies; this file system clones them by reflink: %v", reflinks(t, in.path()))
 
 	// Ten forks of one snapshot: what they add on disk (their writable
-	// disks) and in guest RAM files.
+	// disks) and in guest RAM files (none: they map the snapshot's
+	// memory copy-on-write), and their host memory as vm show has it.
 	before := duBytes(in.path("state", "vms"))
 	ramBefore := ramBytes(in)
 	t0 := time.Now()
@@ -137,8 +138,16 @@ func TestSnapshotMeasurement(t *testing.T) {
 	t.Logf("fork -n 10 of the 1 GiB idle snapshot: %s (%s each); disk added %s (%s per fork), guest RAM files %s (%s per fork)",
 		took.Round(time.Millisecond), (took / 10).Round(time.Millisecond), mib(after-before), mib((after-before)/10),
 		mib(ramBytes(in)-ramBefore), mib((ramBytes(in)-ramBefore)/10))
+	var own, shared int64
 	for _, f := range forks {
 		runTrue(t, c, f.Name)
+		if v, err := c.VM(ctx, f.Name); err == nil && v.Memory != nil {
+			own, shared = own+v.Memory.OwnBytes, shared+v.Memory.SharedBytes
+		}
+	}
+	t.Logf("the ten forks' memory: %s their own (%s per fork), %s mapped from the snapshot (%s per fork, the same pages)",
+		mib(own), mib(own/10), mib(shared), mib(shared/10))
+	for _, f := range forks {
 		c.RemoveVM(ctx, f.Name, true)
 	}
 	c.RemoveVM(ctx, "big", true)
