@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Copy-on-write restores, two builds of banger against each other in one
+# run (BenchmarkCOW): what five forks of a 1 GiB VM holding 256 MiB add
+# to the host's Shmem + AnonPages against five copies of the snapshot's
+# memory file (goal: at most 0.35x), and eight warm `vm run --rm -- true`
+# at once against one after another, and `vm fork -n 8` against eight
+# forks one after another (goal: at most 0.6x). OLD and NEW are git
+# revisions (default: the commit before copy-on-write restores, and the
+# working tree). Needs root and the VM fixtures
+# (eval "$(scripts/vm-fixtures.sh)"); wants a quiet host (meminfo is
+# the host's).
+#   bench/cow.sh [OLD [NEW]]     COW_ROUNDS=1
+set -euo pipefail
+cd "$(dirname "$0")/.."
+old=${1:-8b5a4e5}
+new=${2:-}
+work=$(mktemp -d /tmp/banger-cow-XXXXXX)
+trap 'git worktree remove --force "$work/src-old" 2>/dev/null || true; git worktree remove --force "$work/src-new" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+build() { # build SRC DEST
+	(cd "$1" && go build -o "$2/" ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o "$2/" ./cmd/banger-vsock-agent)
+}
+git worktree add -q --detach "$work/src-old" "$old"
+build "$work/src-old" "$work/old"
+if [ -n "$new" ]; then
+	git worktree add -q --detach "$work/src-new" "$new"
+	build "$work/src-new" "$work/new"
+else
+	build . "$work/new"
+fi
+echo "old: $old  new: ${new:-working tree}" >&2
+BANGER_AB="$work/old $work/new" go test -timeout 90m -count=1 -run '^$' -bench '^BenchmarkCOW$' \
+	-benchtime "${COW_ROUNDS:-1}x" ./test/integration >"$work/out" || { cat "$work/out" >&2; exit 1; }
+out=$(grep '^BenchmarkCOW' "$work/out")
+echo "$out" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
+fail=0
+check() { # check METRIC GOAL
+	v=$(echo "$out" | grep -o "[0-9.]* new-$1" | cut -d' ' -f1)
+	if awk -v r="$v" -v m="$2" 'BEGIN { exit !(r > m) }'; then
+		echo "FAIL: new $1 is $v, above $2" >&2
+		fail=1
+	fi
+}
+check fork5-mem-ratio 0.35
+check run8-ratio 0.6
+check fork8-ratio 0.6
+exit $fail
