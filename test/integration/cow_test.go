@@ -3,6 +3,7 @@ package integration
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -569,4 +570,63 @@ func TestForkMemoryWithinItsLimit(t *testing.T) {
 
 func unixFadviseDontNeed(f *os.File) error {
 	return unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+}
+
+// TestForksAsAnotherUser: alice, an unprivileged member of group banger,
+// snapshots and forks her VM: her forks share its memory and her vm show
+// and snapshot show say so; root's fork of her snapshot counts as a
+// user of it without being named to her; bob sees none of it.
+func TestForksAsAnotherUser(t *testing.T) {
+	testenv.RequireRoot(t)
+	alice, bob := testUser(t, "banger-alice"), testUser(t, "banger-bob")
+	in := newInstance(t)
+	vmFixtures(t, in)
+	in.shareWithGroup()
+	as := func(u hostUser, args ...string) string {
+		t.Helper()
+		r := in.runAs(u, args...)
+		if r.code != 0 {
+			t.Fatalf("%s: banger %s: %s", u.name, strings.Join(args, " "), r.stderr)
+		}
+		return r.stdout
+	}
+	as(alice, "vm", "create", "--name", "a", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu", "--network", "none", "--cold")
+	as(alice, "vm", "exec", "a", "--", "sh", "-c", "mkdir -p /t && mount -t tmpfs tmpfs /t && echo hers > /t/m")
+	as(alice, "vm", "snapshot", "a", "--name", "as")
+	as(alice, "vm", "fork", "as", "--name", "af", "-n", "2")
+	for _, f := range []string{"af-1", "af-2"} {
+		if out := as(alice, "vm", "exec", f, "--", "cat", "/t/m"); out != "hers\n" {
+			t.Errorf("%s: %q", f, out)
+		}
+		if out := as(alice, "vm", "show", f); !strings.Contains(out, "shared with snapshot as") {
+			t.Errorf("alice's vm show %s:\n%s", f, out)
+		}
+	}
+	in.ok("vm", "fork", "as", "--name", "rootf") // root may fork anyone's
+	var use useJSON
+	if err := json.Unmarshal([]byte(as(alice, "snapshot", "show", "as", "--json")), &use); err != nil {
+		t.Fatal(err)
+	}
+	if use.InUse != 3 || strings.Join(use.UsedBy, ",") != "af-1,af-2" {
+		t.Errorf("alice's snapshot show: in use by %d, %v (root's fork counted, not named)", use.InUse, use.UsedBy)
+	}
+	in.jsonOut(&use, "snapshot", "show", "as", "--json")
+	if use.InUse != 3 || strings.Join(use.UsedBy, ",") != "af-1,af-2,rootf" {
+		t.Errorf("root's snapshot show: in use by %d, %v", use.InUse, use.UsedBy)
+	}
+	for _, args := range [][]string{{"snapshot", "show", "as"}, {"vm", "show", "af-1"}, {"vm", "fork", "as"}, {"snapshot", "rm", "as"}} {
+		if r := in.runAs(bob, args...); r.code == 0 || !strings.Contains(r.stderr, "of yours") {
+			t.Errorf("bob: banger %s: %d %q", strings.Join(args, " "), r.code, r.stderr)
+		}
+	}
+	if r := in.runAs(bob, "snapshot", "ls", "--json"); strings.TrimSpace(r.stdout) != "[]" {
+		t.Errorf("bob's snapshot ls: %q", r.stdout)
+	}
+	r := in.runAs(alice, "snapshot", "rm", "as")
+	if r.code != 0 || !strings.Contains(r.stderr, "as: removed; 3 running VMs (af-1, af-2) still map its memory file") {
+		t.Errorf("alice's snapshot rm in use: %+v", r)
+	}
+	as(alice, "vm", "exec", "af-1", "--", "cat", "/t/m")
+	as(alice, "vm", "rm", "-f", "a", "af-1", "af-2")
+	in.ok("vm", "rm", "-f", "rootf")
 }
