@@ -150,7 +150,7 @@ func (s *Service) restorable(ctx context.Context, sn api.Snapshot) (Backend, err
 
 // forkOne makes one VM restored from sn.
 func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string) (*api.VM, error) {
-	// sn's files stay until the restore has them open (see memory.go).
+	// sn's files stay until the restore has them open (see restores.go).
 	unlockSnap := s.snapshotLock(sn.ID, false)
 	defer unlockSnap()
 	if _, err := s.restorable(ctx, sn); err != nil {

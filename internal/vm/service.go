@@ -169,7 +169,7 @@ type vmRuntime struct {
 	stopping map[string]context.CancelCauseFunc
 	killers  map[string]int
 	// mapped is the snapshot memory file each restored VM's VMM maps,
-	// by VM id (see memory.go).
+	// by VM id (see restores.go).
 	mapped map[string]*mappedSnapshot
 }
 

@@ -231,7 +231,7 @@ func (s *Service) Snapshots(ctx context.Context, c Caller) ([]api.Snapshot, erro
 // once, and its files, whose space comes back once no VM maps them. VMs
 // restored from it keep running: each has its own disk, and the kernel
 // keeps the memory file their RAM maps copy-on-write until the last of
-// them stops (see memory.go). The snapshot returned says how many
+// them stops (see restores.go). The snapshot returned says how many
 // still use it (InUse, UsedBy).
 func (s *Service) RemoveSnapshot(ctx context.Context, c Caller, name string) (api.Snapshot, error) {
 	sn, err := s.lookupSnapshot(ctx, c, name)
