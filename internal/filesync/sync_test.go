@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/filesync"
+	"banger/internal/testenv"
 	"banger/internal/vsockagent"
 )
 
@@ -45,9 +46,7 @@ type pairOpts struct {
 
 func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the guest side bind-mounts its copy: run as root")
-	}
+	testenv.RequireRoot(t) // the guest side bind-mounts its copy
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -490,11 +489,9 @@ func (p *pair) putTar(b *testing.B, dir string, tarball []byte) {
 // host's log, leaves no temporary file, and the sync goes on.
 func TestSyncGuestDiskFull(t *testing.T) {
 	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
-	if os.Geteuid() != 0 {
-		t.Skip("a small tmpfs for the guest's copy needs root")
-	}
+	testenv.RequireRoot(t) // a small tmpfs for the guest's copy
 	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("no tmpfs: %v", err)
+		testenv.Skip(t, fmt.Sprintf("mounting a tmpfs: %v", err))
 	}
 	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
 	p := startPair(t, host, guest, pairOpts{data: data})

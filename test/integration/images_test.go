@@ -375,7 +375,7 @@ func TestDiskFullMidPull(t *testing.T) {
 func (in *instance) smallDisk(t *testing.T, size string) {
 	t.Helper()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "banger-test", in.home).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		testenv.Skip(t, fmt.Sprintf("cannot mount a tmpfs: %v %s", err, out))
 	}
 	t.Cleanup(func() {
 		in.stopDaemon()
