@@ -30,7 +30,7 @@ func virtiofsds(dir string) string {
 }
 
 // fileTree writes n small files under dir, 100 to a directory.
-func fileTree(t *testing.T, dir string, n int) {
+func fileTree(t testing.TB, dir string, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		d := filepath.Join(dir, fmt.Sprintf("d%03d", i/100))

@@ -174,7 +174,7 @@ func (b *syncBuffer) String() string {
 
 // debianImage pulls the Debian fixture (systemd, git) into the instance
 // as "deb".
-func debianImage(t *testing.T, in *instance) {
+func debianImage(t testing.TB, in *instance) {
 	t.Helper()
 	dir := testenv.Fixture(t, testenv.DebianRoot, "a debootstrap --variant=minbase --include=systemd,systemd-sysv,git directory (scripts/vm-fixtures.sh)")
 	var raw bytes.Buffer
