@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -290,6 +291,67 @@ func TestVMVerbs(t *testing.T) {
 		}
 		if n := strings.Count(in.ok("vm", "logs", "rv"), "reboot: Power down"); n != downs {
 			t.Errorf("vm kill let the guest power down (%d power-downs, was %d)", n, downs)
+		}
+	})
+
+	t.Run("cp from a lying agent", func(t *testing.T) {
+		in := in.with(t)
+		// The guest's agent replaced by one that answers copies with
+		// hostile archives (testdata/liar): what a compromised guest can
+		// send. The extractor refuses each, and writes nothing outside.
+		liar := filepath.Join(t.TempDir(), "liar")
+		_, file, _, _ := runtime.Caller(0)
+		build := exec.Command("go", "build", "-o", liar, "./testdata/liar")
+		build.Dir = filepath.Dir(file)
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := build.CombinedOutput(); err != nil {
+			t.Fatalf("building the liar: %v\n%s", err, out)
+		}
+		in.ok("vm", "start", "rv")
+		in.ok("vm", "cp", liar, "rv:/liar")
+		in.ok("vm", "exec", "rv", "--", "sh", "-c", "busybox setsid /liar </dev/null >/dev/console 2>&1 &")
+		outside := t.TempDir()
+		victim := filepath.Join(outside, "victim")
+		os.WriteFile(victim, []byte("the host's own file\n"), 0o600)
+		lied := false
+		for _, c := range []struct{ kind, want string }{
+			{"dotdot", `"tree/../../escape-dotdot" leaves the destination`},
+			{"abs", "leaves the destination (an absolute path)"},
+			{"link", `"tree/l/escape-link" goes through the symlink "tree/l"`},
+			{"hardlink", `"tree/h" is a hard link to "` + victim + `", which is not a file this copy made`},
+		} {
+			kind := c.kind
+			dst := filepath.Join(outside, "dst-"+kind)
+			os.Mkdir(dst, 0o755)
+			var r result
+			// The first copies may still reach the real agent ("no such
+			// file"), or the session the liar broke: it takes over a
+			// second after it starts.
+			for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+				r = in.run("vm", "cp", "rv:/case/"+kind+outside, dst)
+				if r.code == 0 || strings.Contains(r.stderr, "refusing the copy") {
+					break
+				}
+			}
+			if r.code == 0 || !strings.Contains(r.stderr, c.want) || !strings.HasSuffix(r.stderr, "refusing the copy\n") {
+				t.Errorf("%s: vm cp from the liar: exit %d %q, want it refused: %s", kind, r.code, r.stderr, c.want)
+			} else {
+				lied = true
+			}
+		}
+		ents, _ := os.ReadDir(outside)
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		if strings.Join(names, " ") != "dst-abs dst-dotdot dst-hardlink dst-link victim" {
+			t.Errorf("beside the destinations: %v, want nothing new", names)
+		}
+		if fi, err := os.Stat(victim); err != nil || fi.Sys().(*syscall.Stat_t).Nlink != 1 || fi.Mode().Perm() != 0o600 {
+			t.Errorf("the host's file after a hard link to it was offered: %v %v", fi, err)
+		}
+		if !lied {
+			t.Errorf("the liar never answered")
 		}
 	})
 	in.ok("vm", "rm", "-f", "rv")
