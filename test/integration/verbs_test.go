@@ -80,9 +80,9 @@ func TestVMVerbs(t *testing.T) {
 		if strings.Join(shown.Ports, " ") != fmt.Sprintf("0.0.0.0:%d:80/tcp 127.0.0.1:%d:80/tcp", anyAddr, loopback) {
 			t.Errorf("ports = %v", shown.Ports)
 		}
-		// An address of the host that is not loopback (the network's own
-		// is the VMs', which the egress rules hold): only the port
-		// published on every address answers there.
+		// An address of the host outside 127.0.0.0/8 and outside the VM
+		// network (whose own traffic to the host the egress rules judge):
+		// only the port published on every address answers there.
 		testenv.IP(t, "-n", in.netns, "addr", "add", "192.0.2.1/32", "dev", "lo")
 		other := "192.0.2.1"
 		if err := in.echoes(fmt.Sprintf("%s:%d", other, anyAddr), "to every address"); err != nil {

@@ -100,8 +100,27 @@ func bootByHand(t testing.TB, argv []string, dir string) time.Duration {
 	if fi, err := os.Stat(console); err == nil {
 		offset = fi.Size()
 	}
+	// banger hands QEMU the console as a descriptor (-add-fd fd=N…,
+	// opaque=console): give the hand-started one the console log there.
+	out, err := os.OpenFile(console, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer out.Close()
 	start := time.Now()
 	cmd := exec.Command(argv[0], argv[1:]...)
+	var qemuErr bytes.Buffer
+	cmd.Stderr = &qemuErr
+	for i, a := range argv {
+		if i > 0 && argv[i-1] == "-add-fd" && strings.Contains(a, "opaque=console") {
+			var fd int
+			fmt.Sscanf(a, "fd=%d", &fd)
+			for len(cmd.ExtraFiles) < fd-3 {
+				cmd.ExtraFiles = append(cmd.ExtraFiles, nil)
+			}
+			cmd.ExtraFiles = append(cmd.ExtraFiles, out)
+		}
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +130,8 @@ func bootByHand(t testing.TB, argv []string, dir string) time.Duration {
 			break
 		}
 		if time.Since(start) > 2*time.Minute {
-			t.Fatal("hand-started VM never ready")
+			b, _ := os.ReadFile(console)
+			t.Fatalf("hand-started VM never ready: %v\nQEMU: %s\nconsole: %s", argv, qemuErr.String(), b[offset:])
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
