@@ -6,9 +6,9 @@
 # and the VM fixtures (eval "$(scripts/vm-fixtures.sh)"). Fails when a
 # goal is missed (ratios against the same work on the VM's own disk; the
 # goals sit above what one run on a loaded 2-core machine measured:
-# synced 1.1× to read, 3.1× for git status, whose index the sync's
-# mtimes make it re-read; virtio-fs 24× and 35×, every file operation a
-# round trip to virtiofsd under emulation):
+# synced 1.1× to read and 3.1× for git status (not looked into);
+# virtio-fs 24× and 35×, every file operation a round trip to virtiofsd
+# under emulation):
 #   MOUNT_MAX_SYNC_RATIO=1.5       full read, synced copy
 #   MOUNT_MAX_SYNC_GIT_RATIO=4     git status, synced copy
 #   MOUNT_MAX_VIRTIOFS_RATIO=50    full read and git status, virtio-fs
