@@ -50,7 +50,7 @@ func (s *Service) Fork(ctx context.Context, c Caller, req api.ForkRequest) ([]ap
 		if name != "" && req.Count > 1 {
 			name += "-" + strconv.Itoa(i)
 		}
-		v, err := s.forkOne(ctx, c, sn, name)
+		v, err := s.forkOne(ctx, c, sn, name, req.Labels)
 		if err != nil {
 			if len(made) > 0 {
 				return nil, fmt.Errorf("%w (fork %d of %d; made: %s)", err, i, req.Count, strings.Join(made, ", "))
@@ -123,8 +123,8 @@ func (s *Service) restorable(ctx context.Context, sn api.Snapshot) (Backend, err
 	return b, nil
 }
 
-// forkOne makes one VM restored from sn.
-func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string) (*api.VM, error) {
+// forkOne makes one VM restored from sn, labelled labels.
+func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string, labels map[string]string) (*api.VM, error) {
 	if _, err := s.restorable(ctx, sn); err != nil {
 		return nil, err
 	}
@@ -140,6 +140,7 @@ func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name s
 	}
 	v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Network = sn.Image, sn.Kernel, sn.VMM, sn.VCPU, sn.MemoryMiB, sn.DiskBytes, sn.Network
 	v.Origin = "snapshot " + sn.Name
+	v.Labels = labels
 	// A fork is as confined as the VM it was taken from.
 	v.Policy = sn.Policy
 	if err := s.checkLimits(ctx, c, v, true); err != nil {
