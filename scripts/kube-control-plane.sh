@@ -483,6 +483,7 @@ up() {
 		--service-account-private-key-file="$s/sa.key" --root-ca-file="$s/ca.crt" \
 		--cluster-signing-cert-file="$s/ca.crt" --cluster-signing-key-file="$s/ca.key" \
 		--allocate-node-cidrs --cluster-cidr="$CLUSTER_CIDR" --node-cidr-mask-size="$NODE_CIDR_MASK" \
+		--node-monitor-grace-period="${KUBE_NODE_MONITOR_GRACE:-50s}" \
 		--service-cluster-ip-range="$SERVICE_CIDR"
 	wait_for "$s" kube-scheduler "$deadline" healthz "$SCHEDULER_PORT"
 	wait_for "$s" kube-controller-manager "$deadline" healthz "$CONTROLLER_MANAGER_PORT"
