@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
+	vkslog "github.com/virtual-kubelet/virtual-kubelet/log/slog"
 	"github.com/virtual-kubelet/virtual-kubelet/node"
 	"github.com/virtual-kubelet/virtual-kubelet/node/nodeutil"
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +33,7 @@ import (
 	corev1client "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
 
 	"banger/client"
 	"banger/internal/paths"
@@ -182,6 +185,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	log := cfg.Log
+	// virtual-kubelet's own logs (its controllers, the kubelet port)
+	// into ours.
+	vklog.L = vkslog.FromSlog(log.With("from", "virtual-kubelet"))
+	ctx = vklog.WithLogger(ctx, vklog.L)
+	// client-go's own (klog) only from warnings up: at info it says
+	// "caches are synced" at every pod status update.
+	klog.SetSlogLogger(slog.New(minLevel{log.With("from", "client-go").Handler(), slog.LevelWarn}))
 	sock, err := cfg.socket()
 	if err != nil {
 		return err
@@ -287,6 +297,9 @@ func Run(ctx context.Context, cfg Config) error {
 			c.Handler = nodeutil.WithAuth(auth, mux)
 			c.StreamIdleTimeout = 4 * time.Hour
 			c.StreamCreationTimeout = 30 * time.Second
+			// podEnv resolves environments: virtual-kubelet refuses
+			// status.podIP, known here once the VM exists.
+			c.SkipDownwardAPIResolution = true
 			return nil
 		},
 		nodeutil.AttachProviderRoutes(mux),
@@ -353,3 +366,16 @@ func selfSigned(node, ip string) (tls.Certificate, error) {
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
 }
+
+// minLevel is a handler that drops records below min.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler { return minLevel{h.Handler.WithAttrs(a), h.min} }
+func (h minLevel) WithGroup(g string) slog.Handler      { return minLevel{h.Handler.WithGroup(g), h.min} }

@@ -206,12 +206,29 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 	if !ok {
 		return false
 	}
-	req, err := CreateRequest(pod, p.node, img.Name, img.Config, p.direct)
+	backoff := p.backoff
+	var env []string
+	for {
+		var err error
+		if env, err = p.podEnv(ctx, pod, pod.Spec.Containers[0], ""); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		p.event(pr, corev1.EventTypeWarning, "Failed", "Error: %v", err)
+		p.waiting(pr, "CreateContainerConfigError", err.Error())
+		if !sleep(ctx, backoff) {
+			return false
+		}
+		backoff = min(2*backoff, p.backoffMax)
+	}
+	req, err := CreateRequest(pod, p.node, img.Name, img.Config, p.direct, env)
 	if err != nil {
 		p.fail(pr, "CreateContainerConfigError", err.Error())
 		return false
 	}
-	backoff := p.backoff
+	backoff = p.backoff
 	for {
 		p.event(pr, corev1.EventTypeNormal, "Creating", "Creating VM %s from image %s", req.Name, img.Name)
 		// The create runs to its end even when the pod goes meanwhile:
@@ -356,11 +373,21 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun) {
 			return
 		}
 		if err != nil {
-			p.log.Warn("pod's command", "vm", pr.vm, "err", err)
+			// The agent session broke before the exit was known: the VM
+			// stopped (killed outside Kubernetes: the command died with
+			// it, and the restart policy says what next), or bangerd
+			// went away (the command runs on: attach again).
+			p.log.Warn("lost the pod's command", "vm", pr.vm, "err", err)
 			if !sleep(ctx, time.Second) {
 				return
 			}
-			continue // the VM's state says what happened
+			v, verr := p.bc.VM(ctx, pr.vm)
+			if verr != nil || v.State == "running" {
+				continue
+			}
+			exit = vsockagent.Exit{Code: 137, Signal: "SIGKILL", Error: fmt.Sprintf("VM %s stopped outside Kubernetes (it is %s)", pr.vm, v.State)}
+			p.event(pr, corev1.EventTypeWarning, "VMStopped", "VM %s stopped outside Kubernetes (it is %s)", pr.vm, v.State)
+			p.set(pr, func(pr *podRun) { pr.vmRunning = false })
 		}
 		code := int32(exit.Code)
 		reason := "Completed"
@@ -368,7 +395,7 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun) {
 			reason = "Error"
 		}
 		msg := exit.Error
-		if exit.Signal != "" {
+		if exit.Signal != "" && msg == "" {
 			msg = "killed by " + exit.Signal
 		}
 		p.set(pr, func(pr *podRun) {
@@ -531,7 +558,11 @@ func (p *Provider) commandRequest(ctx context.Context, pr *podRun, c corev1.Cont
 	if img, err := p.bc.Image(ctx, v.Image); err == nil {
 		cfg = img.Config
 	}
-	argv := Argv(c, cfg)
+	env, err := p.podEnv(ctx, pr.podCopy(), c, v.IP)
+	if err != nil {
+		return vsockagent.Request{}, err
+	}
+	argv := expandAll(Argv(c, cfg), env)
 	pr.mu.Lock()
 	user := pr.user
 	pr.mu.Unlock()
@@ -539,31 +570,7 @@ func (p *Provider) commandRequest(ctx context.Context, pr *podRun, c corev1.Cont
 		user = cfg.User
 	}
 	stdin := c.Stdin
-	return vsockagent.Request{Argv: argv, Env: p.fieldEnv(pr, v.IP), User: user, TTY: c.TTY, Stdin: &stdin, Tag: MainTag}, nil
-}
-
-// fieldEnv is the environment variables whose fieldRef names the pod's
-// or node's addresses: virtual-kubelet resolves them before the VM has
-// an address, so they are read from the pod as written.
-func (p *Provider) fieldEnv(pr *podRun, ip string) []string {
-	pod := pr.podCopy()
-	orig, err := p.pods.Pods(pod.Namespace).Get(pod.Name)
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, e := range orig.Spec.Containers[0].Env {
-		if e.ValueFrom == nil || e.ValueFrom.FieldRef == nil {
-			continue
-		}
-		switch e.ValueFrom.FieldRef.FieldPath {
-		case "status.podIP", "status.podIPs":
-			out = append(out, e.Name+"="+ip)
-		case "status.hostIP", "status.hostIPs":
-			out = append(out, e.Name+"="+p.nodeIP)
-		}
-	}
-	return out
+	return vsockagent.Request{Argv: argv, Env: env, User: user, TTY: c.TTY, Stdin: &stdin, Tag: MainTag}, nil
 }
 
 // stop ends pr: its goroutine first, then its command (SIGTERM, and

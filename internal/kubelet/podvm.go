@@ -5,7 +5,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
-	"sort"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -86,25 +85,6 @@ func Argv(c corev1.Container, img api.ImageConfig) []string {
 	return append(append([]string{}, entry...), cmd...)
 }
 
-// Env is the container's environment (after virtual-kubelet resolved
-// valueFrom: Secrets, ConfigMaps, fields) as KEY=VALUE, sorted, with
-// extra (the pod IP, once known) over it.
-func Env(c corev1.Container, extra map[string]string) []string {
-	m := map[string]string{}
-	for _, e := range c.Env {
-		m[e.Name] = e.Value
-	}
-	for k, v := range extra {
-		m[k] = v
-	}
-	out := make([]string, 0, len(m))
-	for k, v := range m {
-		out = append(out, k+"="+v)
-	}
-	sort.Strings(out)
-	return out
-}
-
 // Shape is the VM's vCPUs and memory for the container's resources: the
 // CPU limit (else the request) rounded up to whole vCPUs, the memory
 // limit (else the request) in MiB, at least 128. Zero: bangerd's
@@ -160,20 +140,21 @@ func Ports(c corev1.Container) ([]string, error) {
 
 // CreateRequest is the VM of pod on node: image is the banger image,
 // direct the cluster's pod networks (reached with the pod's own
-// address). The command is supervised: banger-kubelet starts it through
-// the agent, so that it has the exit code and restarts it.
-func CreateRequest(pod *corev1.Pod, node, image string, img api.ImageConfig, direct []string) (api.VMCreateRequest, error) {
+// address), env the container's environment (podEnv). The command is
+// supervised: banger-kubelet starts it through the agent, so that it
+// has the exit code and restarts it.
+func CreateRequest(pod *corev1.Pod, node, image string, img api.ImageConfig, direct, env []string) (api.VMCreateRequest, error) {
 	c := pod.Spec.Containers[0]
 	ports, err := Ports(c)
 	if err != nil {
 		return api.VMCreateRequest{}, err
 	}
 	vcpu, mem := Shape(c)
-	argv := Argv(c, img)
+	argv := expandAll(Argv(c, img), env)
 	if len(argv) == 0 {
 		return api.VMCreateRequest{}, fmt.Errorf("container %q has no command: the image %s has none either; give it a command", c.Name, image)
 	}
-	run := &api.Run{Entrypoint: argv[:1], Cmd: argv[1:], Env: Env(c, nil), WorkingDir: c.WorkingDir, Supervised: true}
+	run := &api.Run{Entrypoint: argv[:1], Cmd: argv[1:], Env: env, WorkingDir: c.WorkingDir, Supervised: true}
 	if u := RunAsUser(pod, c); u != "" {
 		run.User = u
 	}

@@ -69,31 +69,27 @@ func TestCreateRequest(t *testing.T) {
 	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "p", UID: "u-1"},
 		Spec: corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{RunAsUser: &uid}, Containers: []corev1.Container{{
 			Name: "c", Args: []string{"-v"}, WorkingDir: "/w",
-			Env:   []corev1.EnvVar{{Name: "B", Value: "2"}, {Name: "A", Value: "1"}},
 			Ports: []corev1.ContainerPort{{ContainerPort: 80}, {ContainerPort: 443, HostPort: 8443}},
 		}}}}
-	req, err := CreateRequest(pod, "n1", "img", api.ImageConfig{Entrypoint: []string{"/srv"}}, []string{"10.244.0.0/16"})
+	pod.Spec.Containers[0].Args = []string{"-v", "$(A)"}
+	req, err := CreateRequest(pod, "n1", "img", api.ImageConfig{Entrypoint: []string{"/srv"}}, []string{"10.244.0.0/16"}, []string{"A=1", "B=2"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := api.VMCreateRequest{Name: VMName("ns", "p"), Image: "img", Network: "shared", Ports: []string{"0.0.0.0:8443:443/tcp"},
 		Direct: []string{"10.244.0.0/16"},
 		Labels: map[string]string{LabelNode: "n1", LabelPodUID: "u-1", LabelNamespace: "ns", LabelPod: "p"},
-		Run:    &api.Run{Entrypoint: []string{"/srv"}, Cmd: []string{"-v"}, Env: []string{"A=1", "B=2"}, WorkingDir: "/w", User: "1000", Supervised: true}}
+		Run:    &api.Run{Entrypoint: []string{"/srv"}, Cmd: []string{"-v", "1"}, Env: []string{"A=1", "B=2"}, WorkingDir: "/w", User: "1000", Supervised: true}}
 	if !reflect.DeepEqual(req, want) {
 		t.Errorf("request\n%+v\nwant\n%+v", req, want)
 	}
 	pod.Spec.Containers[0].Ports = append(pod.Spec.Containers[0].Ports, corev1.ContainerPort{ContainerPort: 53, HostPort: 53, Protocol: corev1.ProtocolUDP})
-	if _, err := CreateRequest(pod, "n1", "img", api.ImageConfig{Entrypoint: []string{"/srv"}}, nil); err == nil || !strings.Contains(err.Error(), "TCP ports only") {
+	if _, err := CreateRequest(pod, "n1", "img", api.ImageConfig{Entrypoint: []string{"/srv"}}, nil, nil); err == nil || !strings.Contains(err.Error(), "TCP ports only") {
 		t.Errorf("a UDP hostPort: %v", err)
 	}
 	pod.Spec.Containers[0].Ports = nil
-	if _, err := CreateRequest(pod, "n1", "img", api.ImageConfig{}, nil); err == nil || !strings.Contains(err.Error(), "-v") && !strings.Contains(err.Error(), "command") {
-		// args alone over an image with no entrypoint is a command of "-v": fine.
-		_ = err
-	}
 	pod.Spec.Containers[0].Args = nil
-	if _, err := CreateRequest(pod, "n1", "img", api.ImageConfig{}, nil); err == nil || !strings.Contains(err.Error(), "no command") {
+	if _, err := CreateRequest(pod, "n1", "img", api.ImageConfig{}, nil, nil); err == nil || !strings.Contains(err.Error(), "no command") {
 		t.Errorf("no command anywhere: %v", err)
 	}
 }
@@ -148,5 +144,30 @@ func TestDockerAuth(t *testing.T) {
 	}
 	if a := dockerAuth(sec, "other.example"); a != nil {
 		t.Errorf("another registry: %+v", a)
+	}
+}
+
+func TestExpand(t *testing.T) {
+	env := map[string]string{"A": "1", "NAME": "web"}
+	for in, want := range map[string]string{
+		"plain": "plain", "$(A)": "1", "x-$(NAME)-y": "x-web-y", "$$(A)": "$(A)", "$(NOPE)": "$(NOPE)", "$(A": "$(A", "$": "$", "a$b": "a$b",
+	} {
+		if got := expand(in, env); got != want {
+			t.Errorf("expand(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestFieldValue(t *testing.T) {
+	pod := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p", Namespace: "ns", UID: "u", Labels: map[string]string{"app": "web"}},
+		Spec: corev1.PodSpec{NodeName: "n1"}}
+	for path, want := range map[string]string{"metadata.name": "p", "metadata.namespace": "ns", "metadata.uid": "u",
+		"metadata.labels['app']": "web", "spec.nodeName": "n1", "status.podIP": "10.244.0.2", "status.hostIP": "192.0.2.1"} {
+		if got, err := fieldValue(pod, path, "10.244.0.2", "192.0.2.1"); err != nil || got != want {
+			t.Errorf("%s: %q %v", path, got, err)
+		}
+	}
+	if _, err := fieldValue(pod, "status.phase", "", ""); err == nil {
+		t.Error("an unknown field resolved")
 	}
 }
