@@ -114,10 +114,10 @@ type LogOptions struct {
 
 // logRecord is one line of the file.
 type logRecord struct {
-	ts   time.Time
+	ts    time.Time
 	tsRaw []byte
-	text []byte
-	full bool
+	text  []byte
+	full  bool
 }
 
 func parseRecord(line []byte) (logRecord, bool) {

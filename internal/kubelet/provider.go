@@ -182,4 +182,3 @@ func (p *Provider) podsDir() string { return filepath.Join(p.stateDir, "pods") }
 func (p *Provider) ensureDirs() error {
 	return os.MkdirAll(p.podsDir(), 0o700)
 }
-

@@ -178,7 +178,7 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() (bool, stri
 // podJSON is what the tests read of a pod.
 type podJSON struct {
 	Metadata struct {
-		Name, UID string
+		Name, UID   string
 		Annotations map[string]string
 	}
 	Spec struct {
@@ -186,7 +186,7 @@ type podJSON struct {
 	}
 	Status struct {
 		Phase, PodIP, Reason, Message string
-		ContainerStatuses []struct {
+		ContainerStatuses             []struct {
 			RestartCount int
 			State        map[string]struct {
 				Reason   string
@@ -232,16 +232,16 @@ func (k *kubeCluster) waitPod(name, phase string, d time.Duration) podJSON {
 
 // kubeNode is one banger host as a Kubernetes node.
 type kubeNode struct {
-	k                 *kubeCluster
-	name, ip          string
-	port              int
-	in                *instance
-	user              hostUser
-	dir               string // kubeconfig, certificates, root dir, log
-	extra             []string
-	mu                sync.Mutex
-	cmd               *exec.Cmd
-	logFile           *os.File
+	k        *kubeCluster
+	name, ip string
+	port     int
+	in       *instance
+	user     hostUser
+	dir      string // kubeconfig, certificates, root dir, log
+	extra    []string
+	mu       sync.Mutex
+	cmd      *exec.Cmd
+	logFile  *os.File
 }
 
 // bangerNodeRBAC is what a banger node needs besides the Node
