@@ -38,7 +38,7 @@ func TestKubeMeasurement(t *testing.T) {
 	}
 	cs := kubernetes.NewForConfigOrDie(rest)
 	ctx := context.Background()
-	pin := fmt.Sprintf("  nodeName: bn1\n")
+	pin := "  nodeName: bn1\n"
 	// runPod creates a pod on bn1 and returns how long until it ran.
 	runPod := func(name string) time.Duration {
 		t.Helper()
@@ -61,10 +61,11 @@ func TestKubeMeasurement(t *testing.T) {
 			}
 		}
 	}
+	image := "" // the banger image the pods got
 	runVM := func(name string) time.Duration {
 		t.Helper()
 		t0 := time.Now()
-		r := kn.in1.runAs(kn.alice, "vm", "run", "-d", "--name", name, "--image", kn.image, "--network", "shared", "--vcpu", "1", "--memory", "256M", "--", "sleep", "100000")
+		r := kn.in1.runAs(kn.alice, "vm", "run", "-d", "--name", name, "--image", image, "--network", "shared", "--vcpu", "1", "--memory", "256M", "--", "sleep", "100000")
 		d := time.Since(t0)
 		if r.code != 0 {
 			t.Fatalf("vm run -d: %+v", r)
@@ -74,6 +75,12 @@ func TestKubeMeasurement(t *testing.T) {
 	// Warm-up: the first pod pulls the image and boots cold, making the
 	// warm template of the shape both sides use.
 	t.Logf("first pod (pull, cold boot, template): %s", runPod("warmup").Round(time.Millisecond))
+	var vms0 []struct{ Image string }
+	kn.in1.jsonOut(&vms0, "vm", "ls", "--json")
+	if len(vms0) != 1 {
+		t.Fatalf("VMs after the first pod: %+v", vms0)
+	}
+	image = vms0[0].Image
 	k.ok("delete", "pod", "warmup", "--wait=true")
 	var pods, vms []time.Duration
 	for i := 0; i < rounds; i++ {

@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -11,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -231,6 +234,37 @@ func TestKubeNodes(t *testing.T) {
 		t.Fatalf("anti-affinity: both web pods on %s", a.Spec.NodeName)
 	}
 
+	t.Run("node: honest capacity, lease, labels, taint", func(t *testing.T) {
+		var node struct {
+			Metadata struct{ Labels map[string]string }
+			Spec     struct{ Taints []struct{ Key, Value, Effect string } }
+			Status   struct{ Capacity map[string]string }
+		}
+		k.jsonOut(&node, "get", "node", "bn1")
+		mem := ""
+		if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+			f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+			mem = f[1] + "Ki"
+		}
+		if c := node.Status.Capacity; c["cpu"] != fmt.Sprint(runtime.NumCPU()) || c["memory"] != mem || c["pods"] != "110" {
+			t.Errorf("capacity %v, want the host's %d CPUs and %s", c, runtime.NumCPU(), mem)
+		}
+		l := node.Metadata.Labels
+		if l["type"] != "virtual-kubelet" || l["kubernetes.io/os"] != "linux" || l["banger.dev/vmm"] != "qemu" {
+			t.Errorf("labels %v", l)
+		}
+		if len(node.Spec.Taints) == 0 || node.Spec.Taints[0].Key != "virtual-kubelet.io/provider" || node.Spec.Taints[0].Value != "banger" {
+			t.Errorf("taints %+v", node.Spec.Taints)
+		}
+		var lease struct {
+			Spec struct{ RenewTime string }
+		}
+		k.jsonOut(&lease, "get", "lease", "-n", "kube-node-lease", "bn1")
+		if rt, err := time.Parse(time.RFC3339Nano, lease.Spec.RenewTime); err != nil || time.Since(rt) > 30*time.Second {
+			t.Errorf("lease renewed at %q", lease.Spec.RenewTime)
+		}
+	})
+
 	t.Run("pod IP across nodes, no NAT", func(t *testing.T) {
 		out, err := k.kubectl("exec", a.Metadata.Name, "--", "wget", "-qO-", "http://"+b.Status.PodIP+"/")
 		if err != nil || strings.TrimSpace(out) != b.Metadata.Name+" "+b.Status.PodIP {
@@ -315,6 +349,45 @@ func TestKubeNodes(t *testing.T) {
 		resp.Body.Close()
 		if strings.TrimSpace(string(body)) != a.Metadata.Name+" "+a.Status.PodIP {
 			t.Errorf("port-forward answered %q", body)
+		}
+	})
+
+	t.Run("kubelet port: no anonymous client, other nodes refused", func(t *testing.T) {
+		n := kn.n1
+		pod := a
+		if a.Spec.NodeName != "bn1" {
+			pod = b
+		}
+		url := fmt.Sprintf("https://%s:%d/containerLogs/default/%s/web", n.ip, n.port, pod.Metadata.Name)
+		get := func(cert, key string) (int, error) {
+			caPEM, _ := os.ReadFile(k.env["CA_CERT"])
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(caPEM)
+			cfg := &tls.Config{RootCAs: pool}
+			if cert != "" {
+				c, err := tls.LoadX509KeyPair(cert, key)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cfg.Certificates = []tls.Certificate{c}
+			}
+			cl := &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}, Timeout: 10 * time.Second}
+			resp, err := cl.Get(url)
+			if err != nil {
+				return 0, err
+			}
+			resp.Body.Close()
+			return resp.StatusCode, nil
+		}
+		if code, err := get("", ""); err == nil {
+			t.Errorf("no client certificate: HTTP %d, want the handshake refused", code)
+		}
+		if code, err := get(filepath.Join(kn.n2.dir, "client.crt"), filepath.Join(kn.n2.dir, "client.key")); err != nil || code != http.StatusForbidden {
+			t.Errorf("another node's certificate: %d %v, want 403", code, err)
+		}
+		st := filepath.Dir(k.env["CA_CERT"])
+		if code, err := get(filepath.Join(st, "apiserver-kubelet-client.crt"), filepath.Join(st, "apiserver-kubelet-client.key")); err != nil || code != http.StatusOK {
+			t.Errorf("the apiserver's kubelet client: %d %v, want 200", code, err)
 		}
 	})
 
