@@ -283,6 +283,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	mux := http.NewServeMux()
+	// NewNode makes a client from $KUBECONFIG before it takes ours, and
+	// warns when it cannot: point it at the same file.
+	os.Setenv("KUBECONFIG", cfg.Kubeconfig)
 	n, err := nodeutil.NewNode(cfg.NodeName,
 		func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 			p.pods = pc.Pods

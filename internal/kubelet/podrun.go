@@ -246,9 +246,16 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 			return true
 		}
 		if errors.Is(err, client.ErrExists) {
-			// A VM of this name from an earlier pod of the same name
-			// (deleted while banger-kubelet was down): not this pod's.
-			if old, gerr := p.bc.VM(ctx, req.Name); gerr == nil && old.Labels[LabelPodUID] != string(pod.UID) {
+			if old, gerr := p.bc.VM(ctx, req.Name); gerr == nil {
+				if old.Labels[LabelPodUID] == string(pod.UID) {
+					// This pod's own VM, made before banger-kubelet
+					// restarted while bangerd was away: adopt it.
+					p.set(pr, func(pr *podRun) { pr.ip, pr.vmRunning = old.IP, old.State == "running" })
+					p.log.Info("adopted a pod's VM", "vm", old.Name, "pod", podKey(pod.Namespace, pod.Name), "state", old.State)
+					return true
+				}
+				// A VM of an earlier pod of the same name, deleted while
+				// banger-kubelet was down: not this pod's.
 				p.log.Info("removing a stale VM of an earlier pod of the same name", "vm", req.Name, "pod", podKey(pod.Namespace, pod.Name))
 				p.bc.RemoveVM(ctx, req.Name, true)
 				continue

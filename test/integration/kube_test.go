@@ -218,6 +218,7 @@ func podVMs(t *testing.T, in *instance) []vmJSONLabels {
 
 type vmJSONLabels struct {
 	Name, State, IP string
+	Origin          string
 	Owner           int
 	OwnerName       string `json:"owner_name"`
 	Labels          map[string]string
@@ -453,6 +454,19 @@ func TestKubeNodes(t *testing.T) {
 		})
 		if logs, err := k.kubectl("logs", "retries", "--previous"); err != nil || logs != "try\n" {
 			t.Errorf("logs --previous: %q %v", logs, err)
+		}
+		// The web pods' VMs made each node's warm template of this
+		// shape: these pods' VMs restored it instead of booting.
+		warm := 0
+		for _, in := range []*instance{kn.in1, kn.in2} {
+			for _, v := range podVMs(t, in) {
+				if strings.HasPrefix(v.Origin, "template ") {
+					warm++
+				}
+			}
+		}
+		if warm < 3 {
+			t.Errorf("%d of the pods' VMs restored a warm template, want the 3 made after the web pods", warm)
 		}
 		k.ok("delete", "pod", "done", "fails", "retries", "--wait=true")
 	})
