@@ -238,8 +238,10 @@ func TestKubeNodes(t *testing.T) {
 	t.Run("node: honest capacity, lease, labels, taint", func(t *testing.T) {
 		var node struct {
 			Metadata struct{ Labels map[string]string }
-			Spec     struct{ Taints []struct{ Key, Value, Effect string } }
-			Status   struct{ Capacity map[string]string }
+			Spec     struct {
+				Taints []struct{ Key, Value, Effect string }
+			}
+			Status struct{ Capacity map[string]string }
 		}
 		k.jsonOut(&node, "get", "node", "bn1")
 		mem := ""
