@@ -20,7 +20,6 @@ import (
 	"banger/internal/testenv"
 )
 
-// freePort is a TCP port nothing on the host listens on now.
 // waitOut waits until buf holds s.
 func waitOut(buf *syncBuffer, s string, d time.Duration) bool {
 	for deadline := time.Now().Add(d); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
