@@ -503,3 +503,18 @@ func (c *Client) WarmImage(ctx context.Context, req api.WarmRequest) (*api.Snaps
 	var s api.Snapshot
 	return &s, c.getJSON(ctx, http.MethodPost, "/v1/images/warm", req, &s)
 }
+
+// Network is the daemon's VM network: bridge, subnet, gateway and how
+// many VMs hold addresses.
+func (c *Client) Network(ctx context.Context) (*api.Network, error) {
+	var n api.Network
+	return &n, c.getJSON(ctx, http.MethodGet, "/v1/network", nil, &n)
+}
+
+// SetSubnet makes subnet (a CIDR) the VM subnet, kept across daemon
+// restarts. Only root and the users of the config's net.subnet_users
+// may, and only while no VM holds an address (ErrConflict).
+func (c *Client) SetSubnet(ctx context.Context, subnet string) (*api.Network, error) {
+	var n api.Network
+	return &n, c.getJSON(ctx, http.MethodPost, "/v1/network", api.NetworkRequest{Subnet: subnet}, &n)
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets banger up on a fresh Debian 12 machine: installs the packages it
-# needs, builds it, and installs banger and bangerd to $PREFIX/bin and the
+# needs, builds it, and installs banger, bangerd and banger-kubelet to $PREFIX/bin and the
 # guest agent to $PREFIX/lib/banger. Run as root: sudo scripts/setup.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +32,7 @@ if ! command -v go >/dev/null; then
 fi
 go mod download
 scripts/build.sh
-install -m 0755 bin/banger bin/bangerd "$PREFIX/bin/"
+install -m 0755 bin/banger bin/bangerd bin/banger-kubelet "$PREFIX/bin/"
 install -d "$PREFIX/lib/banger"
 install -m 0755 bin/banger-vsock-agent "$PREFIX/lib/banger/"
 # The service (systemd unit, group banger for socket access, directories);

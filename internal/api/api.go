@@ -29,6 +29,12 @@ type Run struct {
 	Env        []string `json:"env,omitempty"`
 	WorkingDir string   `json:"working_dir,omitempty"`
 	User       string   `json:"user,omitempty"`
+	// Supervised: the guest's init stage does not start the command;
+	// whoever made the VM starts it through the agent (an exec with
+	// detach) and watches it, so that it gets its exit status and may
+	// start it again. The environment, directory and user still are
+	// every exec's defaults. banger-kubelet runs a pod's container so.
+	Supervised bool `json:"supervised,omitempty"`
 }
 
 // ImageLayer is one layer of an image.
@@ -218,6 +224,10 @@ type VMMemory struct {
 type Policy struct {
 	AllowOut []string `json:"allow_out,omitempty"`
 	DenyOut  []string `json:"deny_out,omitempty"`
+	// Direct lists IPv4 networks the VM reaches with its own address
+	// (not masqueraded), private ones included, whatever the rest of
+	// its rules: a Kubernetes cluster's pod network, for a pod's VM.
+	Direct []string `json:"direct,omitempty"`
 }
 
 // PolicyRequest is the body of POST /v1/vms/{name}/policy: the new
@@ -225,6 +235,7 @@ type Policy struct {
 type PolicyRequest struct {
 	AllowOut []string `json:"allow_out,omitempty"`
 	DenyOut  []string `json:"deny_out,omitempty"`
+	Direct   []string `json:"direct,omitempty"`
 	Reset    bool     `json:"reset,omitempty"`
 }
 
@@ -327,6 +338,8 @@ type ForkRequest struct {
 	// Default: generated.
 	Name  string `json:"name,omitempty"`
 	Count int    `json:"count,omitempty"`
+	// Labels are the new VMs' (a fork has none of its source's).
+	Labels map[string]string `json:"labels,omitempty"`
 }
 
 // WarmRequest is the body of POST /v1/images/warm: the VM shape
@@ -339,6 +352,29 @@ type WarmRequest struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskBytes int64  `json:"disk_bytes,omitempty"`
 	Network   string `json:"network,omitempty"`
+}
+
+// Network is the VM network of bangerd: GET and POST /v1/network.
+type Network struct {
+	Bridge  string `json:"bridge"`
+	Subnet  string `json:"subnet"`  // the VMs' addresses, a CIDR
+	Gateway string `json:"gateway"` // the bridge's address: the VMs' route and DNS server
+	NetNS   string `json:"netns,omitempty"`
+	// Source says where the subnet came from: "config" (the file, a
+	// flag or a variable, as `banger config show` says) or "set by
+	// USER at TIME" through POST /v1/network.
+	Source string `json:"source"`
+	// Addresses is how many VMs hold an address of the subnet (in any
+	// state): the subnet can change only while none does.
+	Addresses int `json:"addresses"`
+}
+
+// NetworkRequest is the body of POST /v1/network: the VM subnet from now
+// on (kept across restarts of bangerd). Only root, the daemon's user and
+// the users of the config's net.subnet_users may set it, and only while
+// no VM holds an address. banger-kubelet sets it to its node's podCIDR.
+type NetworkRequest struct {
+	Subnet string `json:"subnet"`
 }
 
 // Check is one line of `banger doctor`.
@@ -395,9 +431,11 @@ type VMCreateRequest struct {
 	// Mounts are -v values, HOST:GUEST[:ro|:rw][,sync]; HOST is resolved by
 	// the CLI (relative to its working directory).
 	Mounts []string `json:"mounts,omitempty"`
-	// AllowOut and DenyOut are the VM's egress rules (see Policy).
+	// AllowOut, DenyOut and Direct are the VM's egress rules (see
+	// Policy).
 	AllowOut []string `json:"allow_out,omitempty"`
 	DenyOut  []string `json:"deny_out,omitempty"`
+	Direct   []string `json:"direct,omitempty"`
 	// Labels are key=value notes kept with the VM.
 	Labels map[string]string `json:"labels,omitempty"`
 	// Run overrides the image's command, environment, directory or

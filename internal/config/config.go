@@ -68,6 +68,10 @@ type Net struct {
 	Bridge      string   `toml:"bridge"`
 	Subnet      string   `toml:"subnet"`
 	DNSUpstream []string `toml:"dns_upstream"`
+	// SubnetUsers may set the subnet through the API (POST
+	// /v1/network) besides root, while no VM holds an address:
+	// banger-kubelet's user, which makes it its node's podCIDR.
+	SubnetUsers []string `toml:"subnet_users"`
 }
 
 // Firecracker is where Firecracker and its jailer are.
@@ -150,7 +154,7 @@ func Load(path string) (Loaded, error) {
 // Keys lists every setting's dotted name, in file order.
 func Keys() []string {
 	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm", "console_log_max",
-		"net.bridge", "net.subnet", "net.dns_upstream",
+		"net.bridge", "net.subnet", "net.dns_upstream", "net.subnet_users",
 		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid",
 		"limits.vms", "limits.vcpus", "limits.memory", "limits.public_ports", "limits.low_ports"}
 }
@@ -182,6 +186,8 @@ func (c Config) Value(key string) string {
 		return c.Net.Subnet
 	case "net.dns_upstream":
 		return strings.Join(c.Net.DNSUpstream, ",")
+	case "net.subnet_users":
+		return strings.Join(c.Net.SubnetUsers, ",")
 	case "firecracker.binary":
 		return c.Firecracker.Binary
 	case "firecracker.jailer":
@@ -243,6 +249,11 @@ func (c Config) validate() func(func(string, error) bool) {
 			if _, err := netip.ParseAddrPort(u); err != nil {
 				errs["net.dns_upstream"] = fmt.Errorf("%q: an IP address, or IP:PORT", u)
 			}
+		}
+	}
+	for _, u := range c.Net.SubnetUsers {
+		if u == "" || strings.ContainsAny(u, " :,/") {
+			errs["net.subnet_users"] = fmt.Errorf("%q: a user name", u)
 		}
 	}
 	if c.Limits.VMs < 0 {

@@ -52,6 +52,9 @@ type Daemon struct {
 	doctor  doctor.Inputs
 	// cgroups holds the VMs' cgroups, nil when they run uncontained.
 	cgroups *cgroup.Manager
+	// netMu guards a change of the VM subnet (POST /v1/network) and
+	// opts.Config, which records where the subnet came from.
+	netMu sync.Mutex
 
 	stopOnce sync.Once
 	stopCh   chan struct{}
@@ -139,6 +142,10 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	d.store = st
 	cleanups = append(cleanups, st.Close)
 
+	if err := d.loadSubnet(); err != nil {
+		ln.Close()
+		return err
+	}
 	if err := d.wire(); err != nil {
 		ln.Close()
 		return err

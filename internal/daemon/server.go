@@ -31,6 +31,8 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("POST /v1/daemon/stop", d.wrap(d.handleStop))
 	mux.Handle("GET /v1/config", d.wrap(d.handleConfig))
 	mux.Handle("GET /v1/doctor", d.wrap(d.handleDoctor))
+	mux.Handle("GET /v1/network", d.wrap(d.handleNetwork))
+	mux.Handle("POST /v1/network", d.wrap(d.handleSetNetwork))
 
 	mux.Handle("GET /v1/images", d.wrap(listHandler(d.images.List)))
 	mux.Handle("POST /v1/images/pull", d.wrap(d.handlePull))
@@ -240,11 +242,13 @@ func (ew *eventWriter) emit(ev api.Event) error {
 }
 
 func (d *Daemon) handleConfig(w http.ResponseWriter, r *http.Request) error {
+	d.netMu.Lock()
 	c := d.opts.Config
 	out := api.Config{Path: c.Path, Settings: []api.Setting{}}
 	for _, k := range config.Keys() {
 		out.Settings = append(out.Settings, api.Setting{Key: k, Value: c.Value(k), Source: c.Source[k]})
 	}
+	d.netMu.Unlock()
 	writeJSON(w, http.StatusOK, out)
 	return nil
 }

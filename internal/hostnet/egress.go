@@ -41,6 +41,9 @@ const (
 	// LearnedSet: addresses banger's DNS server answered a closed VM
 	// for a name it may resolve (timeouts; see Learn).
 	LearnedSet = "egress_dns"
+	// DirectSet: networks a VM reaches with its own address, not
+	// masqueraded (interval set; see Egress.Direct).
+	DirectSet = "egress_direct"
 )
 
 // LearnedIdle is how long an address banger's DNS gave a VM stays
@@ -87,6 +90,11 @@ type Egress struct {
 	// others, so that a changed policy cuts them at once. nil keeps
 	// them all.
 	KeepLearned func(name string) bool
+	// Direct: IPv4 networks the VM reaches with its own address (no
+	// masquerade), even inside DefaultDenied and even when Closed: a
+	// Kubernetes cluster's pod network, where every pod must see the
+	// others' own addresses. Deny still wins.
+	Direct []netip.Prefix
 }
 
 // Keys of the egress rules.
@@ -97,11 +105,11 @@ const (
 
 // egressSets are the egress sets of one ruleset.
 type egressSets struct {
-	allow, deny, closed, learned *setSpec
+	allow, deny, closed, learned, direct *setSpec
 }
 
 func (es egressSets) specs() []*setSpec {
-	return []*setSpec{es.allow, es.deny, es.closed, es.learned}
+	return []*setSpec{es.allow, es.deny, es.closed, es.learned, es.direct}
 }
 
 // egressChains makes the egress sets and returns the inet chains that
@@ -117,6 +125,8 @@ func (rs *ruleset) egressChains(bridge string, subnet netip.Prefix) []chainSpec 
 		learned: &setSpec{set: &nftables.Set{Table: rs.inet, Name: LearnedSet, ID: 5, KeyType: pair, Concatenation: true,
 			HasTimeout: true, Dynamic: true, Size: LearnedMax},
 			header: []string{fmt.Sprintf("size %d", LearnedMax), "flags dynamic,timeout"}, learned: true},
+		direct: &setSpec{set: &nftables.Set{Table: rs.inet, Name: DirectSet, ID: 6, KeyType: pair, Concatenation: true, Interval: true},
+			header: []string{"flags interval"}},
 	}
 	rs.keepLearned = map[netip.Addr]func(string) bool{}
 	es := rs.egress
@@ -143,6 +153,11 @@ func (rs *ruleset) egressChains(bridge string, subnet netip.Prefix) []chainSpec 
 		rule(in, "nothing else of the host", false, toRefuse),
 
 		rule(fwd, "not from a VM", false, fromVM, accept),
+		// A VM answers whoever reached it: a pod's clients on other
+		// nodes (Kubernetes), a LAN host routed to it. Only replies:
+		// what the VM itself opens is held to its policy, packet by
+		// packet.
+		rule(fwd, "replies to connections made to the VM", false, ctReply(), accept),
 		// Bridged frames between VMs meet the inet hooks only with
 		// br_netfilter (in and out the bridge): the bridge table
 		// decides about them, and drops packets routed back onto the
@@ -188,12 +203,21 @@ func (rs *ruleset) addEgress(ep Endpoint) error {
 	if err != nil {
 		return fmt.Errorf("VM %q: denied network %w", ep.VM, err)
 	}
+	direct, err := ipv4Prefixes(eg.Direct)
+	if err != nil {
+		return fmt.Errorf("VM %q: direct network %w", ep.VM, err)
+	}
+	direct = merge(direct)
 	vm := "vm " + ep.VM
+	for _, p := range direct {
+		rs.egress.direct.elems = append(rs.egress.direct.elems, pairElem(ep.IP, p, vm))
+	}
 	comments := map[netip.Prefix]string{}
 	for _, p := range deny {
 		comments[p] = vm
 	}
 	if eg.Closed {
+		allow = append(allow, direct...)
 		rs.egress.closed.elems = append(rs.egress.closed.elems, elemSpec{key: ep.IP.AsSlice(), comment: vm, text: ep.IP.String()})
 		rs.keepLearned[ep.IP] = eg.KeepLearned
 		if eg.KeepLearned == nil {
@@ -203,7 +227,7 @@ func (rs *ruleset) addEgress(ep Endpoint) error {
 			rs.egress.allow.elems = append(rs.egress.allow.elems, pairElem(ep.IP, p, vm))
 		}
 	} else {
-		for _, p := range DefaultDenied {
+		for _, p := range subtract(DefaultDenied, direct) {
 			if _, ok := comments[p]; !ok {
 				comments[p] = vm + ": default"
 				deny = append(deny, p)
@@ -250,6 +274,38 @@ func merge(ps []netip.Prefix) []netip.Prefix {
 		}
 	}
 	return out
+}
+
+// subtract is the networks of ps less every network of minus, as
+// networks: each one minus takes out of a larger one is replaced by the
+// halves that do not hold it, down to minus's size.
+func subtract(ps, minus []netip.Prefix) []netip.Prefix {
+	out := append([]netip.Prefix(nil), ps...)
+	for _, m := range minus {
+		var next []netip.Prefix
+		for _, p := range out {
+			next = append(next, without(p, m)...)
+		}
+		out = next
+	}
+	return out
+}
+
+// without is p less m.
+func without(p, m netip.Prefix) []netip.Prefix {
+	if !p.Overlaps(m) {
+		return []netip.Prefix{p}
+	}
+	if m.Bits() <= p.Bits() {
+		return nil // m holds p
+	}
+	// Split p in two; the half without m stays whole.
+	lo := netip.PrefixFrom(p.Addr(), p.Bits()+1)
+	hi := netip.PrefixFrom(lastAddr(lo).Next(), p.Bits()+1)
+	if lo.Contains(m.Addr()) {
+		return append(without(lo, m), hi)
+	}
+	return append([]netip.Prefix{lo}, without(hi, m)...)
 }
 
 // pairElem is the element "vm . network" of an interval set.
@@ -470,6 +526,15 @@ func nftDuration(d time.Duration) string {
 		return fmt.Sprintf("%dm", d/time.Minute)
 	}
 	return fmt.Sprintf("%ds", d/time.Second)
+}
+
+// ctReply: a packet in the reply direction of its connection (one
+// that the other end opened).
+func ctReply() match {
+	return match{text: "ct direction reply", exprs: []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeyDIRECTION},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{1}}, // IP_CT_DIR_REPLY
+	}}
 }
 
 // ctEstablished: `ct state established,related`.

@@ -174,6 +174,10 @@ func buildRuleset(bridge string, subnet netip.Prefix, eps []Endpoint) (ruleset, 
 	// common case, a VM's own IPv4, is the first rule: each rule a frame
 	// passes through costs it time (BenchmarkGuard). Frames from ports
 	// that are not banger's TAPs miss the set and pass by the second.
+	// Before every VM's masquerade: a network it reaches directly sees
+	// its own address (a cluster's pods see each other's).
+	rs.rules = append(rs.rules, rule(post, "to networks VMs reach directly: their own address", true,
+		pairIn(rs.egress.direct.set), verdict(expr.VerdictAccept, "")))
 	rs.rules = append(rs.rules,
 		rule(pre, keyOwnIPv4, false, ownIPv4(rs.addrs), verdict(expr.VerdictAccept, "")),
 		rule(pre, keyNotVM, false, ifaceIs(expr.MetaKeyIIFNAME, false, TAPPrefix+"*"), verdict(expr.VerdictAccept, "")),

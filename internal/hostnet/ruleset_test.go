@@ -43,6 +43,7 @@ const egressChains = `	chain input {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		iifname != "banger0" accept comment "not from a VM"
+		ct direction reply accept comment "replies to connections made to the VM"
 		oifname "banger0" accept comment "between VMs: the bridge table decides"
 		meta nfproto ipv6 drop comment "IPv6: VMs have IPv4 only"
 		ip saddr . ip daddr @egress_deny jump refuse comment "denied"
@@ -72,9 +73,9 @@ const hairpin = `	chain input {
 	}
 `
 
-// egressSetsText lists the egress sets with the elements of allow, deny
-// and closed (one element a line, as nft lists them).
-func egressSetsText(allow, deny, closed []string) string {
+// egressSetsText lists the egress sets with the elements of allow, deny,
+// closed and direct (one element a line, as nft lists them).
+func egressSetsText(allow, deny, closed, direct []string) string {
 	list := func(elems []string) string {
 		if len(elems) == 0 {
 			return ""
@@ -84,7 +85,8 @@ func egressSetsText(allow, deny, closed []string) string {
 	return "\tset egress_allow {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tflags interval\n" + list(allow) + "\t}\n\n" +
 		"\tset egress_deny {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tflags interval\n" + list(deny) + "\t}\n\n" +
 		"\tset egress_closed {\n\t\ttype ipv4_addr\n" + list(closed) + "\t}\n\n" +
-		"\tset egress_dns {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tsize 262144\n\t\tflags dynamic,timeout\n\t}\n"
+		"\tset egress_dns {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tsize 262144\n\t\tflags dynamic,timeout\n\t}\n\n" +
+		"\tset egress_direct {\n\t\ttype ipv4_addr . ipv4_addr\n\t\tflags interval\n" + list(direct) + "\t}\n"
 }
 
 // defaultDenied are the deny elements of a VM without an allow-list.
@@ -107,9 +109,10 @@ func TestBuildRuleset(t *testing.T) {
 		name: "one NAT VM, default policy",
 		eps:  []Endpoint{one},
 		want: `table inet banger {
-` + egressSetsText(nil, defaultDenied("web", "10.253.0.2"), nil) + `
+` + egressSetsText(nil, defaultDenied("web", "10.253.0.2"), nil, nil) + `
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr . ip daddr @egress_direct accept comment "to networks VMs reach directly: their own address"
 		ip saddr 10.253.0.2 oifname != "banger0" masquerade comment "vm web 10.253.0.2"
 	}
 
@@ -180,8 +183,14 @@ table bridge banger {
 		flags dynamic,timeout
 	}
 
+	set egress_direct {
+		type ipv4_addr . ipv4_addr
+		flags interval
+	}
+
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr . ip daddr @egress_direct accept comment "to networks VMs reach directly: their own address"
 		ip saddr 10.253.0.2 oifname != "banger0" masquerade comment "vm web 10.253.0.2"
 		ip saddr 10.253.0.3 oifname != "banger0" masquerade comment "vm api 10.253.0.3"
 		ip saddr 10.253.0.4 oifname != "banger0" masquerade comment "vm ci 10.253.0.4"
@@ -208,6 +217,69 @@ table bridge banger {
 ` + hairpin + `}
 `,
 	}, {
+		// A pod's VM: the cluster's pod network is direct, so it
+		// leaves the default's 10.0.0.0/8 as the halves that do not
+		// hold it, and is in egress_direct (not masqueraded); a closed
+		// VM with the same network direct has it allowed.
+		name: "direct networks: a pod's VM",
+		eps: []Endpoint{
+			{VM: "pod", TAP: "bg-p1", MAC: mac("02:00:00:00:00:21"), IP: netip.MustParseAddr("10.253.0.21"), Mode: Shared,
+				Egress: Egress{Direct: []netip.Prefix{pfx("10.244.0.0/16")}}},
+			{VM: "tight", TAP: "bg-p2", MAC: mac("02:00:00:00:00:22"), IP: netip.MustParseAddr("10.253.0.22"), Mode: Shared,
+				Egress: Egress{Closed: true, Allow: []netip.Prefix{pfx("203.0.113.0/24")}, Direct: []netip.Prefix{pfx("10.244.0.0/16")}}},
+		},
+		want: `table inet banger {
+` + egressSetsText([]string{
+			`10.253.0.22 . 10.244.0.0/16 comment "vm tight"`,
+			`10.253.0.22 . 203.0.113.0/24 comment "vm tight"`,
+		}, []string{
+			`10.253.0.21 . 10.0.0.0/9 comment "vm pod: default"`,
+			`10.253.0.21 . 10.128.0.0/10 comment "vm pod: default"`,
+			`10.253.0.21 . 10.192.0.0/11 comment "vm pod: default"`,
+			`10.253.0.21 . 10.224.0.0/12 comment "vm pod: default"`,
+			`10.253.0.21 . 10.240.0.0/14 comment "vm pod: default"`,
+			`10.253.0.21 . 10.245.0.0/16 comment "vm pod: default"`,
+			`10.253.0.21 . 10.246.0.0/15 comment "vm pod: default"`,
+			`10.253.0.21 . 10.248.0.0/13 comment "vm pod: default"`,
+			`10.253.0.21 . 100.64.0.0/10 comment "vm pod: default"`,
+			`10.253.0.21 . 169.254.0.0/16 comment "vm pod: default"`,
+			`10.253.0.21 . 172.16.0.0/12 comment "vm pod: default"`,
+			`10.253.0.21 . 192.168.0.0/16 comment "vm pod: default"`,
+		}, []string{`10.253.0.22 comment "vm tight"`}, []string{
+			`10.253.0.21 . 10.244.0.0/16 comment "vm pod"`,
+			`10.253.0.22 . 10.244.0.0/16 comment "vm tight"`,
+		}) + `
+	chain postrouting {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr . ip daddr @egress_direct accept comment "to networks VMs reach directly: their own address"
+		ip saddr 10.253.0.21 oifname != "banger0" masquerade comment "vm pod 10.253.0.21"
+		ip saddr 10.253.0.22 oifname != "banger0" masquerade comment "vm tight 10.253.0.22"
+	}
+
+` + egressChains + `}
+table bridge banger {
+	set vm_addrs {
+		type ifname . ether_addr . ipv4_addr
+		elements = { "bg-p1" . 02:00:00:00:00:21 . 10.253.0.21 comment "vm pod",
+			     "bg-p2" . 02:00:00:00:00:22 . 10.253.0.22 comment "vm tight" }
+	}
+
+` + guardRules + `
+	chain forward {
+		type filter hook forward priority 0; policy accept;
+		iifname "bg-p1" jump shared comment "vm pod bg-p1"
+		iifname "bg-p2" jump shared comment "vm tight bg-p2"
+		iifname "bg-*" oifname "bg-*" drop comment "isolate VMs"
+	}
+
+	chain shared {
+		oifname "bg-p1" accept comment "vm pod bg-p1"
+		oifname "bg-p2" accept comment "vm tight bg-p2"
+	}
+
+` + hairpin + `}
+`,
+	}, {
 		name: "shared and NAT VMs, sorted by TAP",
 		eps: []Endpoint{
 			{VM: "three", TAP: "bg-g3", MAC: mac("02:00:00:00:00:13"), IP: netip.MustParseAddr("10.253.0.13"), Mode: NAT},
@@ -215,9 +287,10 @@ table bridge banger {
 			{VM: "one", TAP: "bg-g1", MAC: mac("02:00:00:00:00:11"), IP: netip.MustParseAddr("10.253.0.11"), Mode: Shared},
 		},
 		want: `table inet banger {
-` + egressSetsText(nil, slices.Concat(defaultDenied("one", "10.253.0.11"), defaultDenied("two", "10.253.0.12"), defaultDenied("three", "10.253.0.13")), nil) + `
+` + egressSetsText(nil, slices.Concat(defaultDenied("one", "10.253.0.11"), defaultDenied("two", "10.253.0.12"), defaultDenied("three", "10.253.0.13")), nil, nil) + `
 	chain postrouting {
 		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr . ip daddr @egress_direct accept comment "to networks VMs reach directly: their own address"
 		ip saddr 10.253.0.11 oifname != "banger0" masquerade comment "vm one 10.253.0.11"
 		ip saddr 10.253.0.12 oifname != "banger0" masquerade comment "vm two 10.253.0.12"
 		ip saddr 10.253.0.13 oifname != "banger0" masquerade comment "vm three 10.253.0.13"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -207,4 +208,40 @@ func (s *Store) SetVMOrigin(ctx context.Context, name, origin string) error {
 		return fmt.Errorf("vm %q: %w", name, ErrNotFound)
 	}
 	return nil
+}
+
+// ErrAddressed means a VM holds an address of the VM subnet, which can
+// then not change.
+var ErrAddressed = errors.New("a VM holds an address of the subnet")
+
+// Addressed is how many VMs hold an address, in any state.
+func (s *Store) Addressed(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM vms WHERE ip != ''`).Scan(&n)
+	return n, err
+}
+
+// Unaddressed runs fn inside a transaction in which no VM holds an
+// address: InsertVM gives addresses in transactions of its own, so none
+// is given while fn runs. When some VM holds one, fn does not run and
+// the error (ErrAddressed) names it.
+func (s *Store) Unaddressed(ctx context.Context, fn func() error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	var name, ip string
+	var n int
+	err = tx.QueryRowContext(ctx, `SELECT count(*), COALESCE(MIN(name), ''), COALESCE(MIN(ip), '') FROM vms WHERE ip != ''`).Scan(&n, &name, &ip)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		return fmt.Errorf("%w: %d VMs hold addresses (VM %q among them)", ErrAddressed, n, name)
+	}
+	if err := fn(); err != nil {
+		return err
+	}
+	return tx.Commit()
 }

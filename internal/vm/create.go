@@ -42,7 +42,7 @@ func (s *Service) createVM(ctx context.Context, c Caller, req api.VMCreateReques
 		return nil, err
 	}
 	v.Run = req.Run
-	if v.Policy, err = policyOf(req.AllowOut, req.DenyOut); err != nil {
+	if v.Policy, err = policyOf(req.AllowOut, req.DenyOut, req.Direct); err != nil {
 		return nil, err
 	}
 	if req.Image == "" {

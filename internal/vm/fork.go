@@ -58,7 +58,7 @@ func (s *Service) Fork(ctx context.Context, c Caller, req api.ForkRequest) ([]ap
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			vms[i], errs[i] = s.forkOne(ctx, c, sn, name)
+			vms[i], errs[i] = s.forkOne(ctx, c, sn, name, req.Labels)
 		}()
 	}
 	wg.Wait()
@@ -148,8 +148,8 @@ func (s *Service) restorable(ctx context.Context, sn api.Snapshot) (Backend, err
 	return b, nil
 }
 
-// forkOne makes one VM restored from sn.
-func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string) (*api.VM, error) {
+// forkOne makes one VM restored from sn, labelled labels.
+func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name string, labels map[string]string) (*api.VM, error) {
 	// sn's files stay until the restore has them open (see restores.go).
 	unlockSnap := s.snapshotLock(sn.ID, false)
 	defer unlockSnap()
@@ -168,6 +168,7 @@ func (s *Service) forkOne(ctx context.Context, c Caller, sn api.Snapshot, name s
 	}
 	v.Image, v.Kernel, v.VMM, v.VCPU, v.MemoryMiB, v.DiskBytes, v.Network = sn.Image, sn.Kernel, sn.VMM, sn.VCPU, sn.MemoryMiB, sn.DiskBytes, sn.Network
 	v.Origin = "snapshot " + sn.Name
+	v.Labels = labels
 	// A fork is as confined as the VM it was taken from.
 	v.Policy = sn.Policy
 	release, err := s.admit(ctx, c, v, true)

@@ -19,11 +19,11 @@ func (s *Service) SetPolicy(ctx context.Context, c Caller, name string, req api.
 	defer unlock()
 	var p *api.Policy
 	if !req.Reset {
-		if p, err = policyOf(req.AllowOut, req.DenyOut); err != nil {
+		if p, err = policyOf(req.AllowOut, req.DenyOut, req.Direct); err != nil {
 			return nil, err
 		}
 		if p == nil {
-			return nil, fmt.Errorf("%w: give --allow-out or --deny-out, or --reset for the default rules", api.ErrInvalid)
+			return nil, fmt.Errorf("%w: give --allow-out, --deny-out or direct networks, or --reset for the default rules", api.ErrInvalid)
 		}
 	}
 	if v.Network == "" || v.Network == "none" {
@@ -49,17 +49,26 @@ func (s *Service) applyPolicy(ctx context.Context, v api.VM) error {
 	return s.net.SetPolicy(ctx, v, s.netPolicy(v))
 }
 
-// policyOf checks a request's --allow-out and --deny-out values and
-// returns them in canonical form, nil for none (the default rules).
-func policyOf(allow, deny []string) (*api.Policy, error) {
-	p, err := vmnet.ParsePolicy(allow, deny)
+// policyOf checks a request's --allow-out, --deny-out and direct values
+// and returns them in canonical form, nil for none (the default rules).
+func policyOf(allow, deny, direct []string) (*api.Policy, error) {
+	p, err := parsePolicy(allow, deny, direct)
 	if err != nil {
 		return nil, err
 	}
 	if p.IsDefault() {
 		return nil, nil
 	}
-	return &api.Policy{AllowOut: p.AllowOut(), DenyOut: p.DenyOut()}, nil
+	return &api.Policy{AllowOut: p.AllowOut(), DenyOut: p.DenyOut(), Direct: p.Direct()}, nil
+}
+
+func parsePolicy(allow, deny, direct []string) (vmnet.Policy, error) {
+	p, err := vmnet.ParsePolicy(allow, deny)
+	if err != nil {
+		return p, err
+	}
+	p.DirectPrefixes, err = vmnet.ParseDirect(direct)
+	return p, err
 }
 
 // netPolicy is v's recorded policy as the network runtime takes it. It
@@ -70,7 +79,7 @@ func (s *Service) netPolicy(v api.VM) vmnet.Policy {
 	if v.Policy == nil {
 		return vmnet.Policy{}
 	}
-	p, err := vmnet.ParsePolicy(v.Policy.AllowOut, v.Policy.DenyOut)
+	p, err := parsePolicy(v.Policy.AllowOut, v.Policy.DenyOut, v.Policy.Direct)
 	if err != nil {
 		s.log.Warn("the VM's recorded egress rules no longer parse: it gets the default rules; set them again with `banger vm policy`", "vm", v.Name, "err", err)
 		return vmnet.Policy{}

@@ -78,6 +78,10 @@ func runSpec(v api.VM, img api.Image) *guestinit.RunSpec {
 	if r.User != "" {
 		spec.User = r.User
 	}
+	if r.Supervised {
+		// Whoever made the VM starts the command through the agent.
+		spec.Entrypoint, spec.Cmd = nil, nil
+	}
 	return spec
 }
 

@@ -23,9 +23,10 @@ func TestRunSpec(t *testing.T) {
 		{"entrypoint drops the cmd", &api.Run{Entrypoint: []string{"/bin/sh"}}, []string{"/bin/sh"}, []string{"PATH=/bin", "A=1"}, "/app", "app"},
 		{"both", &api.Run{Entrypoint: []string{"/bin/sh", "-c"}, Cmd: []string{"echo"}}, []string{"/bin/sh", "-c", "echo"}, []string{"PATH=/bin", "A=1"}, "/app", "app"},
 		{"env over", &api.Run{Env: []string{"A=2", "B=3"}, WorkingDir: "/w", User: "0"}, []string{"/entry", "serve"}, []string{"PATH=/bin", "A=2", "B=3"}, "/w", "0"},
+		{"supervised: no command, the rest kept", &api.Run{Entrypoint: []string{"/bin/sh"}, Env: []string{"B=3"}, WorkingDir: "/w", Supervised: true}, nil, []string{"PATH=/bin", "A=1", "B=3"}, "/w", "app"},
 	} {
 		s := runSpec(api.VM{Run: c.run}, img)
-		if !reflect.DeepEqual(s.Argv(), c.argv) || !reflect.DeepEqual(s.Env, c.env) || s.WorkingDir != c.dir || s.User != c.user || s.Image != "app" {
+		if argv := s.Argv(); !(len(argv) == 0 && len(c.argv) == 0) && !reflect.DeepEqual(argv, c.argv) || !reflect.DeepEqual(s.Env, c.env) || s.WorkingDir != c.dir || s.User != c.user || s.Image != "app" {
 			t.Errorf("%s: %+v", c.name, s)
 		}
 	}

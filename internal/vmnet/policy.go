@@ -35,6 +35,11 @@ type Policy struct {
 	// DenyPrefixes are networks the VM may never reach, allowed or
 	// not. IPv6 ones are kept but change nothing: VMs have no IPv6.
 	DenyPrefixes []netip.Prefix `json:"deny_prefixes,omitempty"`
+	// DirectPrefixes are IPv4 networks the VM reaches with its own
+	// address (not masqueraded), private ones included and whether or
+	// not it is closed: a Kubernetes cluster's pod network, where pods
+	// see each other's addresses. Denied networks still win.
+	DirectPrefixes []netip.Prefix `json:"direct_prefixes,omitempty"`
 }
 
 // ParsePolicy reads --allow-out and --deny-out values: each a
@@ -83,6 +88,26 @@ func ParsePolicy(allow, deny []string) (Policy, error) {
 	return p, nil
 }
 
+// ParseDirect reads direct networks (Policy.DirectPrefixes): IPv4
+// addresses and networks, comma-separated lists, reported as
+// ParsePolicy reports its items.
+func ParseDirect(direct []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var errs []error
+	for _, item := range items("direct", direct, &errs) {
+		pfx, err := parsePrefix(item, false)
+		if err != nil {
+			errs = append(errs, itemErr("direct network", item, err.Error()))
+			continue
+		}
+		out = append(out, pfx)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return sortedUnique(out, comparePrefix), nil
+}
+
 // Validate checks a Policy read back from elsewhere: every item valid
 // and the lists canonical (what ParsePolicy makes).
 func (p Policy) Validate() error {
@@ -105,7 +130,9 @@ func (p Policy) Validate() error {
 	}
 	check("allowed network", p.AllowPrefixes, false)
 	check("denied network", p.DenyPrefixes, true)
+	check("direct network", p.DirectPrefixes, false)
 	if !slices.Equal(p.AllowDomains, sortedUnique(p.AllowDomains, strings.Compare)) ||
+		!slices.Equal(p.DirectPrefixes, sortedUnique(p.DirectPrefixes, comparePrefix)) ||
 		!slices.Equal(p.AllowPrefixes, sortedUnique(p.AllowPrefixes, comparePrefix)) ||
 		!slices.Equal(p.DenyPrefixes, sortedUnique(p.DenyPrefixes, comparePrefix)) {
 		errs = append(errs, fmt.Errorf("%w: egress policy lists are not sorted and unique: make them with vmnet.ParsePolicy", api.ErrInvalid))
@@ -118,7 +145,9 @@ func (p Policy) Validate() error {
 func (p Policy) Closed() bool { return len(p.AllowDomains)+len(p.AllowPrefixes) > 0 }
 
 // IsDefault reports whether p is the default policy.
-func (p Policy) IsDefault() bool { return !p.Closed() && len(p.DenyPrefixes) == 0 }
+func (p Policy) IsDefault() bool {
+	return !p.Closed() && len(p.DenyPrefixes) == 0 && len(p.DirectPrefixes) == 0
+}
 
 // AllowsName reports whether a VM under p may resolve name (with or
 // without the final dot, any case). A policy that is not closed
@@ -150,6 +179,9 @@ func (p Policy) AllowOut() []string {
 
 func (p Policy) DenyOut() []string { return prefixItems(p.DenyPrefixes) }
 
+// Direct is p's direct networks as items.
+func (p Policy) Direct() []string { return prefixItems(p.DirectPrefixes) }
+
 // String is p in one line, for `vm show`.
 func (p Policy) String() string {
 	s := "default (the internet; not the host, other VMs, private or link-local addresses)"
@@ -159,12 +191,15 @@ func (p Policy) String() string {
 	if len(p.DenyPrefixes) > 0 {
 		s += "; deny-out " + strings.Join(p.DenyOut(), ", ")
 	}
+	if len(p.DirectPrefixes) > 0 {
+		s += "; direct " + strings.Join(p.Direct(), ", ")
+	}
 	return s
 }
 
 // egress is p as hostnet's rules take it.
 func (p Policy) egress() hostnet.Egress {
-	e := hostnet.Egress{Closed: p.Closed(), Allow: p.AllowPrefixes}
+	e := hostnet.Egress{Closed: p.Closed(), Allow: p.AllowPrefixes, Direct: p.DirectPrefixes}
 	for _, d := range p.DenyPrefixes {
 		if d.Addr().Is4() {
 			e.Deny = append(e.Deny, d) // IPv6 is dropped anyway

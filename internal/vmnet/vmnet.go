@@ -183,6 +183,70 @@ func (r *Runtime) Close() {
 	}
 }
 
+// Subnet is the VM subnet.
+func (r *Runtime) Subnet() netip.Prefix {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.net != nil {
+		return r.net.Subnet()
+	}
+	if n, err := hostnet.Open(r.cfg.Net); err == nil {
+		defer n.Close()
+		return n.Subnet()
+	}
+	return r.cfg.Net.Subnet
+}
+
+// SetSubnet makes p the VM subnet: the bridge, its rules and the DNS
+// server of the old one go now, and the next networked VM brings them
+// up on p. p must be a private IPv4 /16 to /29 that no host route
+// overlaps. The caller makes sure that no VM holds an address
+// (store.Unaddressed), and the runtime that none is attached.
+func (r *Runtime) SetSubnet(p netip.Prefix) error {
+	cfg := r.cfg.Net
+	cfg.Subnet = p
+	n, err := hostnet.Open(cfg)
+	if err != nil {
+		return fmt.Errorf("%w: %v", api.ErrInvalid, err)
+	}
+	defer n.Close()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.attached) > 0 {
+		return fmt.Errorf("%w: %d VMs are attached to the VM network: stop and remove them first", api.ErrConflict, len(r.attached))
+	}
+	if r.net != nil && r.net.Subnet() == n.Subnet() {
+		return nil
+	}
+	if os.Geteuid() == 0 {
+		if err := n.CheckSubnet(); err != nil {
+			return fmt.Errorf("%w: %v", api.ErrInvalid, err)
+		}
+	}
+	if r.dns != nil {
+		r.dns.Close()
+		r.dns = nil
+	}
+	old := r.net
+	if old == nil && os.Geteuid() == 0 {
+		old, _ = hostnet.Open(r.cfg.Net)
+	}
+	if old != nil {
+		// No VM is attached: what is left is the bridge with the old
+		// address (and its route) and, at most, empty tables.
+		if os.Geteuid() == 0 {
+			if err := old.Teardown(); err != nil {
+				r.cfg.Log.Warn("removing the old VM network", "err", err)
+			}
+		}
+		old.Close()
+	}
+	r.net, r.up = nil, false
+	r.cfg.Net.Subnet = n.Subnet()
+	r.cfg.Log.Info("vm subnet changed", "subnet", n.Subnet().String())
+	return nil
+}
+
 // Prepare checks, before anything is recorded, that the network of mode
 // can exist (no colliding subnet, the privileges) and that ports are
 // free now, and returns the address allocator of mode (nil for none).
@@ -204,7 +268,9 @@ func (r *Runtime) Prepare(mode hostnet.Mode, ports []string) (func([]netip.Addr)
 		}
 	}
 	return func(used []netip.Addr) (netip.Addr, error) {
-		a, err := hostnet.Allocate(n.Subnet(), used)
+		// The subnet now, not at Prepare: SetSubnet runs in a store
+		// transaction as this does, so the two never interleave.
+		a, err := hostnet.Allocate(r.Subnet(), used)
 		if err != nil {
 			return a, fmt.Errorf("%w: %v", ErrNetwork, err)
 		}

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,17 +19,6 @@ import (
 
 	"banger/internal/testenv"
 )
-
-// freePort is a TCP port nothing on the host listens on now.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
 
 // waitOut waits until buf holds s.
 func waitOut(buf *syncBuffer, s string, d time.Duration) bool {
@@ -52,7 +40,7 @@ func TestVMVerbs(t *testing.T) {
 	testenv.RequireBinary(t, "ssh-keygen", "apt-get install openssh-client")
 	in := newInstance(t)
 	vmFixtures(t, in)
-	anyAddr, loopback := freePort(t), freePort(t)
+	anyAddr, loopback := freePort(t, "127.0.0.1"), freePort(t, "127.0.0.1")
 	var v vmJSON
 	in.jsonOut(&v, "vm", "create", "--name", "rv", "--image", "bb", "--kernel", "k", "--vcpu", "1", "--memory", "256M", "--disk-size", "128M", "--vmm", "qemu",
 		"-p", fmt.Sprintf("0.0.0.0:%d:80", anyAddr), "-p", fmt.Sprintf("%d:80", loopback), "--json")
@@ -156,7 +144,7 @@ func TestVMVerbs(t *testing.T) {
 			t.Errorf("a stranger's key: exit %d %q, want refused", code, stderr)
 		}
 		// ssh -L: a local port through ssh (through the agent) to the guest.
-		local := freePort(t)
+		local := freePort(t, "127.0.0.1")
 		tunnel := exec.Command("ssh", "-F", userConf, "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-N", "-L", fmt.Sprintf("127.0.0.1:%d:127.0.0.1:80", local), "rv.vm")
 		tunnel.Env = append(append([]string{}, in.env...), "HOME="+home)
 		if err := tunnel.Start(); err != nil {

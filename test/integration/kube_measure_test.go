@@ -1,0 +1,147 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
+)
+
+// TestKubeMeasurement measures banger on Kubernetes in one run, on the
+// same hosts: a pod from create to Running against `banger vm run -d`
+// of the same image and shape by the same user (both restore the warm
+// template the first pod made), ten pods spread over two nodes, and
+// banger-kubelet's idle CPU and memory. A measurement, not a check:
+// BANGER_KUBE_BENCH=1 (bench/kube.sh).
+func TestKubeMeasurement(t *testing.T) {
+	if os.Getenv("BANGER_KUBE_BENCH") != "1" {
+		t.Skip("a measurement: run bench/kube.sh")
+	}
+	rounds := 5
+	if n, err := strconv.Atoi(os.Getenv("ROUNDS")); err == nil && n > 0 {
+		rounds = n
+	}
+	kn := newKubeCluster(t, 2)
+	k := kn.k
+	rest, err := clientcmd.BuildConfigFromFlags("", k.env["KUBECONFIG"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := kubernetes.NewForConfigOrDie(rest)
+	ctx := context.Background()
+	pin := "  nodeName: bn1\n"
+	// runPod creates a pod on bn1 and returns how long until it ran.
+	runPod := func(name string) time.Duration {
+		t.Helper()
+		w, err := cs.CoreV1().Pods("default").Watch(ctx, metav1.ListOptions{FieldSelector: "metadata.name=" + name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		t0 := time.Now()
+		k.apply(kn.podYAML(name, "Always", "exec sleep 100000", pin) + "    resources: {limits: {cpu: \"1\", memory: 256Mi}}\n")
+		timeout := time.After(3 * time.Minute)
+		for {
+			select {
+			case ev := <-w.ResultChan():
+				if p, ok := ev.Object.(*corev1.Pod); ok && p.Status.Phase == corev1.PodRunning {
+					return time.Since(t0)
+				}
+			case <-timeout:
+				t.Fatalf("pod %s not Running after 3 minutes: %+v", name, k.pod(name).Status)
+			}
+		}
+	}
+	image := "" // the banger image the pods got
+	runVM := func(name string) time.Duration {
+		t.Helper()
+		t0 := time.Now()
+		r := kn.in1.runAs(kn.alice, "vm", "run", "-d", "--name", name, "--image", image, "--network", "shared", "--vcpu", "1", "--memory", "256M", "--", "sleep", "100000")
+		d := time.Since(t0)
+		if r.code != 0 {
+			t.Fatalf("vm run -d: %+v", r)
+		}
+		return d
+	}
+	// Warm-up: the first pod pulls the image and boots cold, making the
+	// warm template of the shape both sides use.
+	t.Logf("first pod (pull, cold boot, template): %s", runPod("warmup").Round(time.Millisecond))
+	var vms0 []struct{ Image string }
+	kn.in1.jsonOut(&vms0, "vm", "ls", "--json")
+	if len(vms0) != 1 {
+		t.Fatalf("VMs after the first pod: %+v", vms0)
+	}
+	image = vms0[0].Image
+	k.ok("delete", "pod", "warmup", "--wait=true")
+	var pods, vms []time.Duration
+	for i := 0; i < rounds; i++ {
+		pods = append(pods, runPod(fmt.Sprintf("m%d", i)))
+		vms = append(vms, runVM(fmt.Sprintf("v%d", i)))
+		k.ok("delete", "pod", fmt.Sprintf("m%d", i), "--wait=true")
+		kn.in1.runAs(kn.alice, "vm", "rm", "-f", fmt.Sprintf("v%d", i))
+	}
+	med := func(ds []time.Duration) time.Duration {
+		s := append([]time.Duration(nil), ds...)
+		sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+		return s[len(s)/2]
+	}
+	list := func(ds []time.Duration) string {
+		var out []string
+		for _, d := range ds {
+			out = append(out, d.Round(time.Millisecond).String())
+		}
+		return strings.Join(out, " ")
+	}
+	t.Logf("pod create -> Running: median %s (%s)", med(pods).Round(time.Millisecond), list(pods))
+	t.Logf("banger vm run -d:      median %s (%s)", med(vms).Round(time.Millisecond), list(vms))
+	t.Logf("overhead ratio: %.2fx (goal: at most 1.3x)", float64(med(pods))/float64(med(vms)))
+
+	// Ten pods over two nodes, from one apply to all Running.
+	dep := strings.Replace(kn.webDeployment(10), "      affinity:\n        podAntiAffinity:\n          requiredDuringSchedulingIgnoredDuringExecution:\n          - labelSelector: {matchLabels: {app: web}}\n            topologyKey: kubernetes.io/hostname\n", "", 1)
+	k.ok("create", "configmap", "greet", "--from-literal=greeting=hello")
+	t0 := time.Now()
+	k.apply(dep)
+	pods10 := kn.webPods(t, 10)
+	wall := time.Since(t0)
+	per := map[string]int{}
+	for _, p := range pods10 {
+		per[p.Spec.NodeName]++
+	}
+	t.Logf("ten pods Running in %s (per node: %v)", wall.Round(time.Millisecond), per)
+	k.ok("delete", "deployment", "web", "--wait=true")
+	waitFor(t, 3*time.Minute, "pods gone", func() (bool, string) {
+		out, _ := k.kubectl("get", "pods", "--no-headers")
+		return strings.TrimSpace(out) == "", out
+	})
+
+	// banger-kubelet idle: CPU over 30 s and resident memory.
+	pid := kn.n1.cmd.Process.Pid
+	cpu := func() int64 {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		f := strings.Fields(string(b)[strings.LastIndexByte(string(b), ')')+2:])
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		return u + s
+	}
+	c0 := cpu()
+	time.Sleep(30 * time.Second)
+	ticks := cpu() - c0
+	rss := ""
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "VmRSS:") {
+				rss = strings.TrimSpace(strings.TrimPrefix(l, "VmRSS:"))
+			}
+		}
+	}
+	t.Logf("banger-kubelet idle: %.2f%% of a CPU over 30 s (%d ticks), RSS %s", float64(ticks)/100/30*100, ticks, rss)
+}
