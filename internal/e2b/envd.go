@@ -90,7 +90,10 @@ func (s *Service) running(ctx context.Context, sb *sandbox) (vm.Caller, error) {
 		}
 		return c, nil
 	}
-	return c, errors.New("The sandbox is paused: connect to it (Sandbox.connect) to resume it")
+	if v.State == "paused" {
+		return c, errors.New("The sandbox is paused: connect to it (Sandbox.connect) to resume it")
+	}
+	return c, fmt.Errorf("The sandbox is not running (its VM is %s): connect to it (Sandbox.connect) to start it", v.State)
 }
 
 // agent is the agent session of the request's sandbox.

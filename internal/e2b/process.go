@@ -218,9 +218,21 @@ func (p *processService) Start(ctx context.Context, req *connect.Request[process
 	if err := stream.Send(&process.StartResponse{Event: &process.ProcessEvent{Event: &process.ProcessEvent_Start{Start: &process.ProcessEvent_StartEvent{Pid: uint32(pid)}}}}); err != nil {
 		return err
 	}
-	return rpcErr(pump(ctx, st, areq.TTY, keepalive(req.Header()), func(ev *process.ProcessEvent) error {
+	return p.streamErr(e.sb.ID, pump(ctx, st, areq.TTY, keepalive(req.Header()), func(ev *process.ProcessEvent) error {
 		return stream.Send(&process.StartResponse{Event: ev})
 	}), user)
+}
+
+// streamErr is how a process's stream ended early, as envd's error: a
+// sandbox removed meanwhile (its timeout, a kill) says so.
+func (p *processService) streamErr(id string, err error, user string) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := p.s.get(id); !ok {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("sandbox %s was removed (its timeout passed, or it was killed) while the command ran", id))
+	}
+	return rpcErr(err, user)
 }
 
 // pidOf resolves a selector: a pid, or a tag among the live processes.
@@ -271,7 +283,7 @@ func (p *processService) Connect(ctx context.Context, req *connect.Request[proce
 	if err := stream.Send(&process.ConnectResponse{Event: &process.ProcessEvent{Event: &process.ProcessEvent_Start{Start: &process.ProcessEvent_StartEvent{Pid: uint32(pid)}}}}); err != nil {
 		return err
 	}
-	return rpcErr(pump(ctx, st, tty, keepalive(req.Header()), func(ev *process.ProcessEvent) error {
+	return p.streamErr(envdOf(ctx).sb.ID, pump(ctx, st, tty, keepalive(req.Header()), func(ev *process.ProcessEvent) error {
 		return stream.Send(&process.ConnectResponse{Event: ev})
 	}), "")
 }

@@ -83,8 +83,23 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// e2bError is an error worded as E2B words it (the SDK shows the
+// message after the status), with the status it answers.
+type e2bError struct {
+	status int
+	msg    string
+	cause  error // a sentinel, for errors.Is
+}
+
+func (e *e2bError) Error() string { return e.msg }
+func (e *e2bError) Unwrap() error { return e.cause }
+
 // statusOf maps the VM service's errors to E2B's statuses.
 func statusOf(err error) int {
+	var ee *e2bError
+	if errors.As(err, &ee) {
+		return ee.status
+	}
 	switch {
 	case errors.Is(err, errUnauthorized):
 		return http.StatusUnauthorized
@@ -114,5 +129,5 @@ func writeErr(w http.ResponseWriter, err error) {
 // notFound is the sandbox-not-found error E2B words (the SDK's
 // SandboxNotFoundError comes from the 404).
 func notFound(id string) error {
-	return fmt.Errorf("%w: sandbox %q doesn't exist or you don't have access to it", errGone, id)
+	return &e2bError{http.StatusNotFound, fmt.Sprintf("Sandbox %q doesn't exist or you don't have access to it", id), errGone}
 }

@@ -298,7 +298,7 @@ func (s *Service) resolveTemplate(ctx context.Context, c vm.Caller, tpl string) 
 	}
 	img, err := s.images.Get(ctx, name)
 	if errors.Is(err, store.ErrNotFound) {
-		return "", "", fmt.Errorf("%w: template '%s' not found: a template is a banger image (`banger image ls`), an alias of one (config e2b.aliases) or a snapshot", store.ErrNotFound, tpl)
+		return "", "", &e2bError{http.StatusNotFound, fmt.Sprintf("template '%s' not found: a template is a banger image (`banger image ls`), an alias of one (config e2b.aliases) or a snapshot", tpl), store.ErrNotFound}
 	}
 	if err != nil {
 		return "", "", err
@@ -561,9 +561,12 @@ func (s *Service) kill(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c v
 	return nil
 }
 
-// remove removes sandbox id's VM and record.
+// remove removes sandbox id's VM and record. The sandbox is gone to
+// every request from the start.
 func (s *Service) remove(ctx context.Context, c vm.Caller, id string) error {
+	s.setDying(id, true)
 	if _, err := s.vms.Remove(ctx, c, id, true); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.setDying(id, false)
 		return fmt.Errorf("removing sandbox %s: %w", id, err)
 	}
 	s.drop(ctx, id)

@@ -242,6 +242,10 @@ type sandbox struct {
 	// Creating: the VM is being made; a record left so by a crash is
 	// removed at expiry like any other.
 	Creating bool `json:"creating,omitempty"`
+	// dying: its VM is being removed. From the moment its removal
+	// starts the sandbox is gone to everyone (its commands' streams
+	// break as the VM dies; nothing may see it half removed).
+	dying bool
 }
 
 // runtime is what the endpoint keeps of a sandbox while it runs: the
@@ -272,7 +276,7 @@ func (s *Service) lookup(c vm.Caller, id string) (*sandbox, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb := s.sbx[id]
-	if sb == nil || sb.Owner != c.UID {
+	if sb == nil || sb.Owner != c.UID || sb.dying {
 		return nil, false
 	}
 	cp := *sb
@@ -284,11 +288,21 @@ func (s *Service) get(id string) (*sandbox, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sb := s.sbx[id]
-	if sb == nil {
+	if sb == nil || sb.dying {
 		return nil, false
 	}
 	cp := *sb
 	return &cp, true
+}
+
+// dying marks sandbox id as being removed (or, with false, as not after
+// all: its removal failed).
+func (s *Service) setDying(id string, dying bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sb := s.sbx[id]; sb != nil {
+		sb.dying = dying
+	}
 }
 
 // put writes sb to the store and the cache.
@@ -302,6 +316,9 @@ func (s *Service) put(ctx context.Context, sb *sandbox) error {
 	}
 	cp := *sb
 	s.mu.Lock()
+	if old := s.sbx[sb.ID]; old != nil {
+		cp.dying = old.dying
+	}
 	s.sbx[sb.ID] = &cp
 	s.mu.Unlock()
 	s.poke()
@@ -327,13 +344,15 @@ func (s *Service) drop(ctx context.Context, id string) {
 	}
 }
 
-// records is a copy of every record.
+// records is a copy of every record but those being removed.
 func (s *Service) records() []sandbox {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	out := make([]sandbox, 0, len(s.sbx))
 	for _, sb := range s.sbx {
-		out = append(out, *sb)
+		if !sb.dying {
+			out = append(out, *sb)
+		}
 	}
 	return out
 }

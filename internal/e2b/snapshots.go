@@ -185,7 +185,7 @@ func (s *Service) deleteTemplate(w http.ResponseWriter, r *http.Request, _ api.E
 	if _, err := s.images.Get(r.Context(), id); err == nil {
 		return fmt.Errorf("%w: template %q is a banger image: remove it with `banger image rm %s`", api.ErrInvalid, id, id)
 	}
-	return fmt.Errorf("%w: template '%s' not found", store.ErrNotFound, id)
+	return &e2bError{http.StatusNotFound, fmt.Sprintf("template '%s' not found", id), store.ErrNotFound}
 }
 
 // template is E2B's Template (images, and the aliases naming them).

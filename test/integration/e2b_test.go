@@ -1,0 +1,199 @@
+package integration
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/testenv"
+)
+
+// e2bDir is the Node package of the E2B SDK tests (test/e2b).
+func e2bDir(t testing.TB) string {
+	_, file, _, _ := runtime.Caller(0)
+	dir := filepath.Join(filepath.Dir(file), "..", "e2b")
+	testenv.RequireBinary(t, "node", "apt-get install nodejs npm")
+	testenv.Require(t, fileExists(filepath.Join(dir, "node_modules", "e2b", "package.json")),
+		"the e2b SDK is not installed: (cd test/e2b && npm ci)")
+	return dir
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}
+
+// freePort is a TCP port nothing listens on at the moment.
+func freePort(t testing.TB) int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// e2bInstance is a banger instance with the E2B endpoint on, the busybox
+// and Debian images (template "base" is Debian) and a key of root's.
+type e2bInstance struct {
+	*instance
+	url, key string
+	busybox  string // a static busybox on the host, to upload into sandboxes
+}
+
+func newE2BInstance(t *testing.T, extra string) *e2bInstance {
+	in := newInstance(t)
+	port := freePort(t)
+	url := "http://127.0.0.1:" + strconv.Itoa(port)
+	conf := fmt.Sprintf("default_kernel = \"k\"\nvmm = \"qemu\"\nvcpu = 1\nmemory = \"512M\"\ndisk_size = \"512M\"\n%s\n[e2b]\nlisten = \"127.0.0.1:%d\"\ndomain = \"e2b.test\"\naliases = [\"base=deb\"]\n", extra, port)
+	os.WriteFile(in.path("config.toml"), []byte(conf), 0o644)
+	return &e2bInstance{instance: in, url: url}
+}
+
+// setup pulls the images and makes root's key.
+func (e *e2bInstance) setup(t *testing.T) {
+	vmFixtures(t, e.instance)
+	debianImage(t, e.instance)
+	var k struct {
+		Key    string `json:"key"`
+		APIURL string `json:"api_url"`
+	}
+	e.jsonOut(&k, "e2b", "key", "create", "--name", "root-key", "--json")
+	if !strings.HasPrefix(k.Key, "e2b_") || len(k.Key) != 44 || k.APIURL != e.url {
+		t.Fatalf("key create: %+v, want an e2b_ key and the endpoint %s", k, e.url)
+	}
+	e.key = k.Key
+	x := t.TempDir()
+	if out, err := exec.Command("dpkg-deb", "-x", testenv.Fixture(t, testenv.BusyboxDeb, "the busybox-static .deb"), x).CombinedOutput(); err != nil {
+		t.Fatalf("dpkg-deb: %v %s", err, out)
+	}
+	e.busybox = filepath.Join(x, "bin", "busybox")
+}
+
+// node runs test/e2b's FILE with node's test runner against the
+// endpoint, its output in the test's log, and returns what the script
+// wrote to $E2B_TEST_OUT (JSON) when it passed.
+func (e *e2bInstance) node(t *testing.T, file string, env ...string) map[string]any {
+	t.Helper()
+	dir := e2bDir(t)
+	out := filepath.Join(t.TempDir(), "out.json")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	defer cancel()
+	args := []string{"--test", "--test-concurrency=1", "--test-reporter=spec"}
+	if p := os.Getenv("E2B_TEST_NAME"); p != "" {
+		args = append(args, "--test-name-pattern="+p) // one test, when debugging
+	}
+	cmd := exec.CommandContext(ctx, "node", append(args, file)...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "E2B_API_KEY="+e.key, "E2B_API_URL="+e.url, "E2B_SANDBOX_URL="+e.url, "E2B_DOMAIN=e2b.test",
+		"E2B_TEST_OUT="+out, "BUSYBOX="+e.busybox, "NO_COLOR=1")
+	cmd.Env = append(cmd.Env, env...)
+	stdout, _ := cmd.StdoutPipe()
+	cmd.Stderr = cmd.Stdout
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(stdout)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		t.Log(sc.Text())
+	}
+	io.Copy(io.Discard, stdout)
+	if err := cmd.Wait(); err != nil {
+		if b, err := os.ReadFile(e.path("state", "bangerd.log")); err == nil {
+			lines := strings.Split(string(b), "\n")
+			for _, l := range lines[max(0, len(lines)-60):] {
+				t.Log("bangerd:", l)
+			}
+		}
+		t.Fatalf("node --test %s: %v (its output is above)", file, err)
+	}
+	res := map[string]any{}
+	if b, err := os.ReadFile(out); err == nil {
+		json.Unmarshal(b, &res)
+	}
+	return res
+}
+
+// TestE2BSDK drives the endpoint with the real e2b SDK (npm e2b 2.51.0,
+// test/e2b/sdk.test.mjs) against real VMs: sandboxes of the Debian and
+// busybox images, commands, terminals, files, watches, the port relay,
+// lists, timeouts, pause and connect, snapshots and forks, egress rules
+// in a network of the test's own, and a second user's key that cannot
+// reach the first one's sandboxes.
+func TestE2BSDK(t *testing.T) {
+	testenv.RequireBinary(t, "nft", "apt-get install nftables")
+	e2bDir(t)
+	e := newE2BInstance(t, "")
+	w := e.egressWorld()
+	e.env = append(e.env, "BANGER_DNS_UPSTREAM="+w.upstream)
+	e.setup(t)
+	alice := testUser(t, "banger-alice")
+	e.shareWithGroup()
+	r := e.runAs(alice, "e2b", "key", "create", "--name", "alice")
+	if r.code != 0 {
+		t.Fatalf("alice's key create: %d %s", r.code, r.stderr)
+	}
+	aliceKey := strings.TrimSpace(r.stdout)
+	if !strings.Contains(r.stderr, "E2B_API_URL="+e.url) {
+		t.Errorf("key create's hint: %q", r.stderr)
+	}
+	// Root sees both keys, with their owners; alice only hers.
+	var keys []struct{ Name, OwnerName string }
+	e.jsonOut(&keys, "e2b", "key", "ls", "--json")
+	if len(keys) != 2 {
+		t.Errorf("root's key ls: %+v", keys)
+	}
+	if r := e.runAs(alice, "e2b", "key", "ls", "-q"); r.code != 0 || strings.Count(r.stdout, "\n") != 1 {
+		t.Errorf("alice's key ls: %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	if r := e.runAs(alice, "e2b", "key", "rm", "root-key"); r.code == 0 || !strings.Contains(r.stderr, "no E2B key") {
+		t.Errorf("alice removed root's key: %d %q", r.code, r.stderr)
+	}
+
+	if f := os.Getenv("E2B_TEST_FILE"); f != "" {
+		e.node(t, f) // a file of one's own, when debugging
+		return
+	}
+	res := e.node(t, "sdk.test.mjs", "OTHER_KEY="+aliceKey, "EGRESS_ALLOWED=198.51.100.2:7000", "EGRESS_OTHER=198.51.100.3:7000")
+
+	// What alice's key made is alice's VM; root's key never saw it.
+	id, _ := res["aliceSandbox"].(string)
+	if id == "" {
+		t.Fatalf("the SDK tests recorded no sandbox of alice's: %v", res)
+	}
+	var v struct {
+		Owner int               `json:"owner"`
+		State string            `json:"state"`
+		Label map[string]string `json:"labels"`
+	}
+	e.jsonOut(&v, "vm", "show", id, "--json")
+	if v.Owner != alice.uid || v.Label["who"] != "alice" {
+		t.Errorf("alice's sandbox %s: owner %d (alice is %d), labels %v", id, v.Owner, alice.uid, v.Label)
+	}
+	// Nothing the tests made outlives them but alice's sandbox (its
+	// timeout is long) and the warm templates.
+	var vms []vmJSON
+	e.jsonOut(&vms, "vm", "ls", "--json")
+	for _, x := range vms {
+		if x.Name != id {
+			t.Errorf("VM %s (%s) outlived the SDK tests", x.Name, x.State)
+		}
+	}
+	// A removed key no longer reaches anything.
+	if r := e.runAs(alice, "e2b", "key", "rm", "alice"); r.code != 0 {
+		t.Errorf("alice's key rm: %d %q", r.code, r.stderr)
+	}
+	e.node(t, "revoked.test.mjs", "OTHER_KEY="+aliceKey, "ALICE_SANDBOX="+id)
+}
