@@ -3,9 +3,16 @@ package integration
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"os"
 	"os/exec"
@@ -196,4 +203,66 @@ func TestE2BSDK(t *testing.T) {
 		t.Errorf("alice's key rm: %d %q", r.code, r.stderr)
 	}
 	e.node(t, "revoked.test.mjs", "OTHER_KEY="+aliceKey, "ALICE_SANDBOX="+id)
+}
+
+// TestE2BDomainTLS: the SDK with E2B_DOMAIN alone (no E2B_SANDBOX_URL),
+// as against E2B itself: envd at https://49983-ID.DOMAIN and getHost's
+// host names, served by bangerd over TLS with a certificate for
+// *.DOMAIN, the names resolved to the host as a wildcard DNS record
+// would (test/e2b/hosts.mjs).
+func TestE2BDomainTLS(t *testing.T) {
+	e2bDir(t)
+	dir := t.TempDir()
+	ca := writeTLS(t, dir, "e2b.test")
+	// No domain in the config: the SDK takes E2B_DOMAIN, which carries
+	// the test's port (the real thing listens on 443).
+	e := newE2BInstance(t, "")
+	conf, _ := os.ReadFile(e.path("config.toml"))
+	conf = []byte(strings.Replace(string(conf), "domain = \"e2b.test\"\n", fmt.Sprintf("tls_cert = %q\ntls_key = %q\n", filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")), 1))
+	os.WriteFile(e.path("config.toml"), conf, 0o644)
+	e.url = strings.Replace(e.url, "http:", "https:", 1)
+	vmFixtures(t, e.instance)
+	var k struct {
+		Key    string `json:"key"`
+		APIURL string `json:"api_url"`
+	}
+	e.jsonOut(&k, "e2b", "key", "create", "--json")
+	if k.APIURL != e.url {
+		t.Fatalf("key create: API URL %q, want %q", k.APIURL, e.url)
+	}
+	e.key = k.Key
+	port := e.url[strings.LastIndexByte(e.url, ':')+1:]
+	e.node(t, "domain.test.mjs", "NODE_EXTRA_CA_CERTS="+ca, "NODE_OPTIONS=--import=./hosts.mjs", "E2B_SANDBOX_URL=", "E2B_DOMAIN=e2b.test:"+port)
+}
+
+// writeTLS writes a CA (ca.pem, returned) and a certificate it signed
+// for *.domain and 127.0.0.1 (cert.pem, key.pem) into dir.
+func writeTLS(t *testing.T, dir, domain string) string {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "banger test CA"}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTpl, caTpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "*." + domain}, NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(24 * time.Hour), DNSNames: []string{"*." + domain, domain}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)},
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
+	caCert, _ := x509.ParseCertificate(caDER)
+	der, err := x509.CreateCertificate(rand.Reader, tpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := x509.MarshalECPrivateKey(key)
+	write := func(name, typ string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("ca.pem", "CERTIFICATE", caDER)
+	write("cert.pem", "CERTIFICATE", der)
+	write("key.pem", "EC PRIVATE KEY", kb)
+	return filepath.Join(dir, "ca.pem")
 }
