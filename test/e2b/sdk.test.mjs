@@ -14,7 +14,7 @@ import { Readable } from 'node:stream'
 import http from 'node:http'
 import {
   Sandbox, CommandExitError, FileNotFoundError, SandboxNotFoundError, TimeoutError, AuthenticationError,
-  InvalidArgumentError, SandboxError, NotFoundError, ALL_TRAFFIC,
+  InvalidArgumentError, SandboxError, NotEnoughSpaceError, ALL_TRAFFIC,
 } from 'e2b'
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
@@ -203,6 +203,19 @@ test('a large upload and download stream, byte for byte', async () => {
   assert.equal(got.digest('hex'), want)
 })
 
+test('a full disk: a clean NotEnoughSpaceError, and nothing half written kept in the way', async () => {
+  // Every free block taken (root's reserve too: the agent writes as
+  // root, as envd does), then an upload.
+  await sbx.commands.run("fallocate -l $(( $(stat -f -c '%f * %S' /) )) /fill || true; dd if=/dev/zero of=/fill2 bs=64k 2>/dev/null || true", { user: 'root' })
+  try {
+    await assert.rejects(sbx.files.write('/home/user/nospace.bin', new Uint8Array(4 << 20)), NotEnoughSpaceError)
+  } finally {
+    await sbx.commands.run('rm -f /fill /fill2 /home/user/nospace.bin', { user: 'root' })
+  }
+  await sbx.files.write('/home/user/after', 'room again')
+  assert.equal(await sbx.files.read('/home/user/after'), 'room again')
+})
+
 test('watchDir sees a write', async () => {
   await sbx.files.makeDir('/home/user/w')
   const events = []
@@ -227,6 +240,8 @@ test('getHost(8080) reaches a server in the sandbox', async () => {
   // envd itself by its host name, with the access token.
   assert.equal((await hostGet(`49983-${sbx.sandboxId}.e2b.test`, '/health')).status, 204)
   assert.equal((await hostGet(`49983-${sbx.sandboxId}.e2b.test`, '/envs')).status, 401)
+  const envs = await hostGet(`49983-${sbx.sandboxId}.e2b.test`, '/envs', { 'X-Access-Token': sbx.envdAccessToken })
+  assert.equal(JSON.parse(envs.body).SANDBOX_WIDE, 'yes')
   // A port nothing listens on, an unknown sandbox.
   assert.equal((await hostGet(sbx.getHost(8081))).status, 502)
   assert.equal((await hostGet('8080-inosuchsandbox.e2b.test')).status, 502)
@@ -373,6 +388,7 @@ test('another user\'s key cannot see or touch a sandbox', async () => {
   assert.ok(!(await Sandbox.list(other).nextItems()).some((x) => x.sandboxId === sbx.sandboxId))
   const theirs = await Sandbox.create('bb', { ...other, timeoutMs: 600_000, metadata: { who: 'alice' } })
   record('aliceSandbox', theirs.sandboxId)
+  record('aliceToken', theirs.envdAccessToken)
   assert.equal((await theirs.commands.run('echo mine')).stdout, 'mine\n')
   await assert.rejects(Sandbox.getInfo(theirs.sandboxId), SandboxNotFoundError)
   assert.equal(await Sandbox.kill(theirs.sandboxId), false)
@@ -385,6 +401,10 @@ test('another user\'s key cannot see or touch a sandbox', async () => {
 test('bad input: a wrong key, an unknown template or sandbox, template builds', async () => {
   const before = (await Sandbox.list().nextItems()).length
   await assert.rejects(Sandbox.create('bb', { apiKey: 'e2b_0000000000000000000000000000000000000000' }), AuthenticationError)
+  // No key at all: the SDK refuses before asking; the endpoint too.
+  const nokey = await fetch(`${process.env.E2B_API_URL}/v2/sandboxes`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{"templateID":"bb"}' })
+  assert.equal(nokey.status, 401)
+  assert.match((await nokey.json()).message, /banger e2b key create/)
   assert.equal((await Sandbox.list().nextItems()).length, before)
   await assert.rejects(Sandbox.create('no-such-template'), (e) => {
     assert.ok(e instanceof SandboxError)

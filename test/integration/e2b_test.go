@@ -14,15 +14,23 @@ import (
 	"io"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
+
+	"banger/internal/e2b/envd/filesystem"
+	"banger/internal/e2b/envd/filesystem/filesystemconnect"
+	"banger/internal/e2b/envd/process"
+	"banger/internal/e2b/envd/process/processconnect"
 	"banger/internal/testenv"
 )
 
@@ -198,6 +206,10 @@ func TestE2BSDK(t *testing.T) {
 			t.Errorf("VM %s (%s) outlived the SDK tests", x.Name, x.State)
 		}
 	}
+	// What the JavaScript SDK does not call: polled watchers and an
+	// input stream, through the generated Go clients of envd's protocol.
+	token, _ := res["aliceToken"].(string)
+	e.envdExtras(t, id, token)
 	// A removed key no longer reaches anything.
 	if r := e.runAs(alice, "e2b", "key", "rm", "alice"); r.code != 0 {
 		t.Errorf("alice's key rm: %d %q", r.code, r.stderr)
@@ -265,4 +277,87 @@ func writeTLS(t *testing.T, dir, domain string) string {
 	write("cert.pem", "CERTIFICATE", der)
 	write("key.pem", "EC PRIVATE KEY", kb)
 	return filepath.Join(dir, "ca.pem")
+}
+
+// headers adds fixed headers to every request.
+type headers struct {
+	h  http.Header
+	rt http.RoundTripper
+}
+
+func (h headers) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, v := range h.h {
+		r.Header[k] = v
+	}
+	return h.rt.RoundTrip(r)
+}
+
+// envdExtras checks envd's CreateWatcher, GetWatcherEvents,
+// RemoveWatcher and StreamInput on sandbox id (a busybox one).
+func (e *e2bInstance) envdExtras(t *testing.T, id, token string) {
+	t.Helper()
+	hc := &http.Client{Transport: headers{http.Header{"E2b-Sandbox-Id": {id}, "X-Access-Token": {token}}, http.DefaultTransport}}
+	fs := filesystemconnect.NewFilesystemClient(hc, e.url, connect.WithProtoJSON())
+	proc := processconnect.NewProcessClient(hc, e.url, connect.WithProtoJSON())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	w, err := fs.CreateWatcher(ctx, connect.NewRequest(&filesystem.CreateWatcherRequest{Path: "/home/user"}))
+	if err != nil {
+		t.Fatalf("CreateWatcher: %v", err)
+	}
+	wid := w.Msg.GetWatcherId()
+	req, _ := http.NewRequest("POST", e.url+"/files?path=/home/user/polled.txt", strings.NewReader("polled"))
+	req.Header.Set("Content-Type", "application/octet-stream")
+	if r, err := hc.Do(req); err != nil || r.StatusCode != 200 {
+		t.Fatalf("upload: %v %v", r, err)
+	}
+	var got []string
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && !slices.Contains(got, "polled.txt"); time.Sleep(200 * time.Millisecond) {
+		evs, err := fs.GetWatcherEvents(ctx, connect.NewRequest(&filesystem.GetWatcherEventsRequest{WatcherId: wid}))
+		if err != nil {
+			t.Fatalf("GetWatcherEvents: %v", err)
+		}
+		for _, ev := range evs.Msg.GetEvents() {
+			got = append(got, ev.GetName())
+		}
+	}
+	if !slices.Contains(got, "polled.txt") {
+		t.Errorf("the polled watcher saw %v, not polled.txt", got)
+	}
+	if _, err := fs.RemoveWatcher(ctx, connect.NewRequest(&filesystem.RemoveWatcherRequest{WatcherId: wid})); err != nil {
+		t.Errorf("RemoveWatcher: %v", err)
+	}
+	if _, err := fs.GetWatcherEvents(ctx, connect.NewRequest(&filesystem.GetWatcherEventsRequest{WatcherId: wid})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Errorf("a removed watcher's events: %v, want not_found", err)
+	}
+
+	yes := true
+	st, err := proc.Start(ctx, connect.NewRequest(&process.StartRequest{Process: &process.ProcessConfig{Cmd: "/bin/sh", Args: []string{"-c", "cat"}}, Stdin: &yes}))
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	defer st.Close()
+	if !st.Receive() || st.Msg().GetEvent().GetStart() == nil {
+		t.Fatalf("Start: no start event: %v", st.Err())
+	}
+	pid := st.Msg().GetEvent().GetStart().GetPid()
+	in := proc.StreamInput(ctx)
+	sel := &process.ProcessSelector{Selector: &process.ProcessSelector_Pid{Pid: pid}}
+	in.Send(&process.StreamInputRequest{Event: &process.StreamInputRequest_Start{Start: &process.StreamInputRequest_StartEvent{Process: sel}}})
+	in.Send(&process.StreamInputRequest{Event: &process.StreamInputRequest_Data{Data: &process.StreamInputRequest_DataEvent{Input: &process.ProcessInput{Input: &process.ProcessInput_Stdin{Stdin: []byte("via stream\n")}}}}})
+	if _, err := in.CloseAndReceive(); err != nil {
+		t.Fatalf("StreamInput: %v", err)
+	}
+	var out string
+	for !strings.Contains(out, "via stream") && st.Receive() {
+		out += string(st.Msg().GetEvent().GetData().GetStdout())
+	}
+	if !strings.Contains(out, "via stream") {
+		t.Errorf("cat echoed %q (%v)", out, st.Err())
+	}
+	if _, err := proc.SendSignal(ctx, connect.NewRequest(&process.SendSignalRequest{Process: sel, Signal: process.Signal_SIGNAL_SIGKILL})); err != nil {
+		t.Errorf("SendSignal: %v", err)
+	}
 }
