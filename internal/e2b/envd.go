@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"time"
 
 	"connectrpc.com/connect"
 
@@ -61,6 +62,10 @@ func (s *Service) serveEnvd(w http.ResponseWriter, r *http.Request, id string, e
 	envd.ServeHTTP(w, r.WithContext(ctx))
 }
 
+// autoResumeTimeout is how long a sandbox resumed by a request lives
+// (E2B's proxy gives the same).
+const autoResumeTimeout = 5 * time.Minute
+
 // running makes sure sb's VM runs (resuming it when sb resumes on
 // traffic) and returns its owner, or says why the sandbox cannot be
 // reached.
@@ -85,7 +90,7 @@ func (s *Service) running(ctx context.Context, sb *sandbox) (vm.Caller, error) {
 	case v.State == "running":
 		return c, nil
 	case sb.AutoResume:
-		if err := s.wakeUp(context.WithoutCancel(ctx), c, view{sb, v}, defaultTimeout); err != nil {
+		if err := s.wakeUp(context.WithoutCancel(ctx), c, view{sb, v}, autoResumeTimeout); err != nil {
 			return c, fmt.Errorf("The sandbox is paused and could not be resumed: %v", err)
 		}
 		return c, nil

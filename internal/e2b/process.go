@@ -194,13 +194,16 @@ func (p *processService) Start(ctx context.Context, req *connect.Request[process
 				}
 				return err
 			}
-			// The program is missing: its exit says so.
+			// The program is missing (or may not run): its exit says so.
 			ex, werr := st.Wait(ctx)
 			st.Close()
 			if werr != nil {
 				return werr
 			}
-			if r.Argv[0] == "/bin/bash" && shell == "" {
+			if ex.Code != 127 && ex.Code != 126 {
+				return connect.NewError(connect.CodeInternal, fmt.Errorf("the agent reported no pid for the process (exit %d %s)", ex.Code, ex.Error))
+			}
+			if r.Argv[0] == "/bin/bash" && shell == "" && ex.Code == 127 {
 				// An image without bash (busybox, alpine): E2B's
 				// commands run with its sh instead, as `sh -l -c`.
 				rt.mu.Lock()

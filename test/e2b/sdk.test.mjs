@@ -318,13 +318,14 @@ test('a timeout: the sandbox is removed, even in the middle of a command', async
   assert.equal(await s.kill(), false)
 })
 
-test('onTimeout pause: the sandbox is paused at its timeout, connect resumes it', async () => {
-  const s = await Sandbox.create('bb', { timeoutMs: 3_000, lifecycle: { onTimeout: 'pause' } })
+test('onTimeout pause: paused at its timeout; autoResume: the next request resumes it', async () => {
+  const s = await Sandbox.create('bb', { timeoutMs: 3_000, lifecycle: { onTimeout: 'pause', autoResume: true } })
   try {
-    assert.equal((await s.getInfo()).lifecycle.onTimeout, 'pause')
+    const info = await s.getInfo()
+    assert.deepEqual(info.lifecycle, { onTimeout: 'pause', autoResume: true })
     await until('paused', async () => (await s.getInfo()).state === 'paused', 30_000)
-    await Sandbox.connect(s.sandboxId, { timeoutMs: 60_000 })
     assert.equal((await s.commands.run('echo back')).stdout, 'back\n')
+    assert.equal((await s.getInfo()).state, 'running')
   } finally {
     await s.kill().catch(() => {})
   }

@@ -210,6 +210,17 @@ func TestE2BSDK(t *testing.T) {
 	// input stream, through the generated Go clients of envd's protocol.
 	token, _ := res["aliceToken"].(string)
 	e.envdExtras(t, id, token)
+	// bangerd restarts; the sandbox, its record and its envd stay.
+	e.ok("daemon", "stop")
+	e.ok("daemon", "status")
+	req, _ := http.NewRequest("GET", e.url+"/files?path=/home/user/polled.txt", nil)
+	req.Header.Set("E2b-Sandbox-Id", id)
+	req.Header.Set("X-Access-Token", token)
+	if r, err := http.DefaultClient.Do(req); err != nil || r.StatusCode != 200 {
+		t.Errorf("envd after a daemon restart: %v %v", r, err)
+	} else if b, _ := io.ReadAll(r.Body); string(b) != "polled" {
+		t.Errorf("a file read after a daemon restart: %q", b)
+	}
 	// A removed key no longer reaches anything.
 	if r := e.runAs(alice, "e2b", "key", "rm", "alice"); r.code != 0 {
 		t.Errorf("alice's key rm: %d %q", r.code, r.stderr)
