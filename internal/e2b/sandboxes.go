@@ -264,13 +264,17 @@ func (s *Service) makeVM(ctx context.Context, c vm.Caller, sb *sandbox, snap str
 	if len(sb.EnvVars) > 0 {
 		req.Run = &api.Run{Env: envList(sb.EnvVars)}
 	}
-	if _, err := s.vms.Create(ctx, c, req, nil); err != nil {
+	t0 := time.Now()
+	v, err := s.vms.Create(ctx, c, req, nil)
+	if err != nil {
 		return err
 	}
+	t1 := time.Now()
 	if err := s.ensureUser(ctx, c, sb.ID); err != nil {
 		s.vms.Remove(ctx, c, sb.ID, true)
 		return err
 	}
+	s.log.Info("e2b sandbox's VM made", "sandbox", sb.ID, "origin", v.Origin, "vm_ms", t1.Sub(t0).Milliseconds(), "user_ms", time.Since(t1).Milliseconds())
 	return nil
 }
 
