@@ -11,9 +11,13 @@
 #
 # Needs root (mmdebstrap's root mode, tar keeping owners), mmdebstrap and
 # the Debian archive. Each side starts after a `sync`, so page-cache
-# writeback of the previous run is not charged to the next.
+# writeback of the previous run is not charged to the next. Fails when a
+# goal is missed:
+#   BUILD_MAX_RATIO=1.3        image build / mmdebstrap alone
+#   IMPORT_MAX_RATIO=1.2       image import / tar -x + mkfs.ext4 -d
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 count=${COUNT:-2}
 if [ "$(id -u)" != 0 ]; then
 	echo "bench/build.sh runs mmdebstrap as root: sudo $0" >&2
@@ -22,6 +26,7 @@ fi
 scripts/build.sh >/dev/null
 work=$(mktemp -d /tmp/banger-build-bench.XXXXXX)
 export BANGER_HOME=$work/home
+# shellcheck disable=SC2317 # called by the trap
 cleanup() {
 	bin/banger daemon stop >/dev/null 2>&1 || true
 	rm -rf "$work"
@@ -31,7 +36,6 @@ pkgs=$(go run ./bench/internal/buildargs)
 mirror=$(go run ./bench/internal/buildargs -mirror)
 now() { date +%s.%N; }
 elapsed() { awk -v a="$t1" -v b="$t0" 'BEGIN { print a - b }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 : >"$work/mm" ; : >"$work/bg" ; : >"$work/imp" ; : >"$work/hand"
 bin/banger daemon status >/dev/null
@@ -67,6 +71,9 @@ done
 mm=$(median <"$work/mm"); bg=$(median <"$work/bg"); imp=$(median <"$work/imp"); hand=$(median <"$work/hand")
 printf 'rounds: %s; tarball %s MiB\n' "$count" "$(($(stat -c %s "$work/rootfs.tar") >> 20))"
 printf 'mmdebstrap alone      %6.2f s (median)\n' "$mm"
-printf 'banger image build    %6.2f s   ratio %s (goal: little above 1)\n' "$bg" "$(ratio "$bg" "$mm")"
+printf 'banger image build    %6.2f s\n' "$bg"
 printf 'tar -x + mkfs.ext4 -d %6.2f s\n' "$hand"
-printf 'banger image import   %6.2f s   ratio %s\n' "$imp" "$(ratio "$imp" "$hand")"
+printf 'banger image import   %6.2f s\n' "$imp"
+goal "image build / mmdebstrap" "$(ratio "$bg" "$mm")" '<=' "${BUILD_MAX_RATIO:-1.3}"
+goal "image import / tar + mkfs" "$(ratio "$imp" "$hand")" '<=' "${IMPORT_MAX_RATIO:-1.2}"
+exit "$bench_failed"

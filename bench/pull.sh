@@ -8,22 +8,24 @@
 #   BANGER_BENCH_MIB=100 COUNT=5 bench/pull.sh
 #
 # Prints ns/op per method and the ratios; the machine is noisy, so trust
-# the ratios more than the absolute times.
+# the ratios more than the absolute times. Fails when banger / baseline
+# is above PULL_MAX_RATIO: 0.50 by default for an image of 300 MiB or
+# more; for smaller ones, where fixed costs weigh more, 1.00 (no slower
+# than the first banger's method: scripts/test.sh pulls 32 MiB once, on
+# a busy machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 count=${COUNT:-3}
-out=$(go test -run '^$' -bench 'Pull(Banger|Baseline|Floor|Stages)$' -benchtime "${count}x" ./internal/imagepull)
+mib=${BANGER_BENCH_MIB:-300}
+out=$(go test -run '^$' -bench 'Pull(Banger|Baseline|Floor|Stages)$' -benchtime "${count}x" ./internal/imagepull 2>&1) || { echo "$out"; exit 1; }
 echo "$out" | grep -E '^Benchmark'
-echo "$out" | awk '
-	/^BenchmarkPullBanger/   { banger = $3 }
-	/^BenchmarkPullBaseline/ { base = $3 }
-	/^BenchmarkPullFloor/    { floor = $3 }
-	END {
-		if (banger == "" || base == "" || floor == "") { print "missing results"; exit 1 }
-		printf "image: %s MiB\n", ENVIRON["BANGER_BENCH_MIB"] == "" ? 300 : ENVIRON["BANGER_BENCH_MIB"]
-		mib = ENVIRON["BANGER_BENCH_MIB"] == "" ? 300 : ENVIRON["BANGER_BENCH_MIB"]
-		goal = mib >= 300 ? "   (goal: at most 0.50)" : "   (the goal is set for the 300 MiB image; small images carry fixed costs)"
-		printf "banger / baseline = %.2f%s\n", banger / base, goal
-		printf "banger / floor    = %.2f\n", banger / floor
-		printf "baseline / floor  = %.2f\n", base / floor
-	}'
+banger=$(metric "$out" ns/op BenchmarkPullBanger)
+base=$(metric "$out" ns/op BenchmarkPullBaseline)
+floor=$(metric "$out" ns/op BenchmarkPullFloor)
+echo "image: $mib MiB"
+if [ "$mib" -ge 300 ]; then max=${PULL_MAX_RATIO:-0.50}; else max=${PULL_MAX_RATIO:-1.00}; fi
+goal "banger / baseline" "$(ratio "$banger" "$base")" '<=' "$max"
+echo "banger / floor    = $(ratio "$banger" "$floor")"
+echo "baseline / floor  = $(ratio "$base" "$floor")"
+exit "$bench_failed"

@@ -19,10 +19,13 @@ apt-get update -qq
 # verified against the archive's signed index.
 # gpg (the tests sign a Debian archive of their own), curl, shellcheck,
 # debootstrap, iproute2, nftables, util-linux (nsenter),
-# openssh-client (banger vm ssh uses it; the tests too):
-# used by the tests and benchmarks. git: version stamping.
+# openssh-client (banger vm ssh uses it; the tests too), bzip2, zsh and
+# fish (the tests import a bzip2 rootfs and check each shell takes
+# `banger completion`): used by the tests and benchmarks. git: version
+# stamping.
 apt-get install -y -qq --no-install-recommends e2fsprogs ca-certificates curl git shellcheck \
-	qemu-system-x86 debootstrap mmdebstrap gpgv gpg debian-archive-keyring iproute2 nftables util-linux openssh-client >/dev/null
+	qemu-system-x86 debootstrap mmdebstrap gpgv gpg debian-archive-keyring iproute2 nftables util-linux openssh-client \
+	bzip2 zsh fish >/dev/null
 if ! command -v go >/dev/null; then
 	echo "Go 1.26 or newer is needed (https://go.dev/dl/); put it in /usr/local/go" >&2
 	exit 1

@@ -3,9 +3,22 @@
 # detector, short fuzzes of the layer flattener, the agent's frame
 # decoder and its session, the copy extractor, and a small pull benchmark.
 # As root, the root-only integration tests run too and a test that would
-# skip for lack of a tool fails instead (BANGER_TEST_STRICT=1).
+# skip for lack of a tool fails instead (BANGER_TEST_STRICT=1). The
+# skips strict mode allows (internal/testenv's Expected: Firecracker,
+# vsock loopback) are listed at the end, so a reader of the log knows
+# what was not tested here and why.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+BANGER_TEST_SKIPLOG=$(mktemp /tmp/banger-skips.XXXXXX)
+export BANGER_TEST_SKIPLOG
+not_tested() {
+	if [ -s "$BANGER_TEST_SKIPLOG" ]; then
+		echo "not tested here:"
+		sort -u "$BANGER_TEST_SKIPLOG" | awk -F '\t' '{ printf "  %s, because %s\n", $1, $2 }'
+	fi
+	rm -f "$BANGER_TEST_SKIPLOG"
+}
+trap not_tested EXIT
 export PATH=/usr/local/go/bin:$PATH
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then

@@ -46,6 +46,14 @@ var stageText = map[string]string{
 }
 
 func (p *pullProgress) event(ev api.Event) {
+	if ev.Type == api.EventResult && ev.Message != "" {
+		// What the daemon says of the result ("image is up to date"):
+		// a pull that had nothing to do shows no stage to say it.
+		p.finish()
+		p.drawn = false
+		fmt.Fprintf(p.w, "%s: %s\n", p.ref, ev.Message)
+		return
+	}
 	if ev.Type != api.EventProgress {
 		return
 	}

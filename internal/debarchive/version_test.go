@@ -3,6 +3,8 @@ package debarchive
 import (
 	"os/exec"
 	"testing"
+
+	"banger/internal/testenv"
 )
 
 func TestCompareVersions(t *testing.T) {
@@ -46,9 +48,7 @@ func TestCompareVersions(t *testing.T) {
 // TestCompareVersionsAgreesWithDpkg checks the order against dpkg itself
 // for every pair of a list of tricky versions.
 func TestCompareVersionsAgreesWithDpkg(t *testing.T) {
-	if _, err := exec.LookPath("dpkg"); err != nil {
-		t.Skip("no dpkg on PATH")
-	}
+	testenv.RequireBinary(t, "dpkg", "a Debian host has it")
 	vs := []string{"1.0", "1.0-1", "1.0~rc1", "1.0+dfsg-1", "1.0a", "1:0.5", "1.0-1+deb12u2", "1.0-1+b1", "6.1.192-3", "6.1.192-2~bpo11+1", "1.0~~", "1.0.0"}
 	for _, a := range vs {
 		for _, b := range vs {

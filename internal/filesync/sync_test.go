@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/filesync"
+	"banger/internal/testenv"
 	"banger/internal/vsockagent"
 )
 
@@ -45,9 +46,7 @@ type pairOpts struct {
 
 func startPair(t testing.TB, host, guest string, o pairOpts) *pair {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("the guest side bind-mounts its copy: run as root")
-	}
+	testenv.RequireRoot(t) // the guest side bind-mounts its copy
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -404,11 +403,51 @@ func TestSyncReadOnly(t *testing.T) {
 	}
 	write(t, filepath.Join(host, "b"), "b", 0o644)
 	p.converged("a host write reaches the read-only copy")
-	write(t, filepath.Join(data, guest, "sneaky"), "written under the bind mount", 0o644)
-	time.Sleep(300 * time.Millisecond)
+	// Nothing in the guest's copy can reach the host: the guest does not
+	// watch it (the condition itself, not a wait for a change that
+	// should not come) ...
+	copyDir := filepath.Join(data, guest)
+	if watched(t, copyDir) {
+		t.Errorf("the guest watches its read-only copy %s: its changes would be sent", copyDir)
+	}
+	// ... which a read-write pair does, so the probe sees watches.
+	rwHost, rwGuest, rwData := t.TempDir(), t.TempDir(), t.TempDir()
+	startPair(t, rwHost, rwGuest, pairOpts{data: rwData}).converged("a read-write pair beside it")
+	if !watched(t, filepath.Join(rwData, rwGuest)) {
+		t.Errorf("the probe sees no watch on a read-write pair's copy either")
+	}
+	// And a change under the bind mount is still not the host's, once a
+	// host change made after it has come through.
+	write(t, filepath.Join(copyDir, "sneaky"), "written under the bind mount", 0o644)
+	write(t, filepath.Join(host, "c"), "c", 0o644)
+	eventually(t, "a later host write reaching the copy", func() bool { return content(filepath.Join(guest, "c")) == "c" })
 	if exists(filepath.Join(host, "sneaky")) {
 		t.Errorf("a read-only mount carried a guest change to the host")
 	}
+}
+
+// watched reports whether an inotify instance of this process (the
+// test's guest side runs here) watches dir.
+func watched(t *testing.T, dir string) bool {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf(" ino:%x ", st.Ino)
+	fds, _ := os.ReadDir("/proc/self/fd")
+	for _, fd := range fds {
+		if l, _ := os.Readlink("/proc/self/fd/" + fd.Name()); l != "anon_inode:inotify" {
+			continue
+		}
+		info, _ := os.ReadFile("/proc/self/fdinfo/" + fd.Name())
+		for _, line := range strings.Split(string(info), "\n") {
+			if strings.HasPrefix(line, "inotify wd:") && strings.Contains(line, want) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // BenchmarkSyncLatency is the time from a host write to the guest
@@ -490,11 +529,9 @@ func (p *pair) putTar(b *testing.B, dir string, tarball []byte) {
 // host's log, leaves no temporary file, and the sync goes on.
 func TestSyncGuestDiskFull(t *testing.T) {
 	host, guest, data := t.TempDir(), t.TempDir(), t.TempDir()
-	if os.Geteuid() != 0 {
-		t.Skip("a small tmpfs for the guest's copy needs root")
-	}
+	testenv.RequireRoot(t) // a small tmpfs for the guest's copy
 	if err := unix.Mount("tmpfs", data, "tmpfs", 0, "size=256k"); err != nil {
-		t.Skipf("no tmpfs: %v", err)
+		testenv.Skip(t, fmt.Sprintf("mounting a tmpfs: %v", err))
 	}
 	t.Cleanup(func() { unix.Unmount(data, unix.MNT_DETACH) })
 	p := startPair(t, host, guest, pairOpts{data: data})

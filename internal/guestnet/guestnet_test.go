@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"banger/internal/testenv"
 )
 
 // runBootstrap runs the script against a fake root and command line.
@@ -60,9 +62,7 @@ func TestBootstrapIsIdempotent(t *testing.T) {
 }
 
 func TestBootstrapShellcheck(t *testing.T) {
-	if _, err := exec.LookPath("shellcheck"); err != nil {
-		t.Skip("shellcheck not installed")
-	}
+	testenv.RequireBinary(t, "shellcheck", "apt-get install shellcheck")
 	script := filepath.Join(t.TempDir(), "bootstrap.sh")
 	os.WriteFile(script, []byte(BootstrapScript()), 0o644)
 	if out, err := exec.Command("shellcheck", "-s", "sh", script).CombinedOutput(); err != nil {

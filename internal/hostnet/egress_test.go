@@ -75,7 +75,7 @@ func brNetfilter(t *testing.T, ns string, on bool) {
 	p := "/proc/sys/net/bridge/bridge-nf-call-iptables"
 	if _, err := os.Stat(p); err != nil {
 		if on {
-			t.Skip("br_netfilter is not loaded")
+			testenv.Skip(t, "br_netfilter is not loaded: modprobe br_netfilter")
 		}
 		return
 	}

@@ -3,6 +3,7 @@ package imagepull
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path"
@@ -109,10 +110,18 @@ func InjectGuestAgents(ctx context.Context, runner system.CommandRunner, ext4Fil
 	// debugfs -f carries on past failed commands and its exit status only
 	// reflects the last one, so the output is the real verdict.
 	if bad := scanDebugfsOutput(out, script, benignMkdir); bad != "" {
+		if debugfsFull.MatchString(bad) {
+			return fmt.Errorf("debugfs inject: %w: %s", ErrImageFull, bad)
+		}
 		return fmt.Errorf("debugfs inject: %s", bad)
 	}
 	return nil
 }
+
+// ErrImageFull means the image's own file system had no room (inodes or
+// blocks) for banger's guest files: BuildExt4 sized it too tightly. It is
+// not the host's disk being full (ErrNoSpace).
+var ErrImageFull = errors.New("image file system full")
 
 type injectFile struct {
 	content   []byte
@@ -215,6 +224,9 @@ var (
 	debugfsAllocated = regexp.MustCompile(`^Allocated inode: \d+$`)
 	// mkdir of a directory that already exists, as e2fsprogs words it
 	// (1.47: "Ext2 directory already exists"; older: "File exists").
+	// debugfsFull is debugfs saying the file system has no inode or
+	// block left for a write.
+	debugfsFull = regexp.MustCompile(`Could not allocate (inode|block)|No free space in the filesystem`)
 	benignMkdir = regexp.MustCompile(`^(ext2fs_mkdir|mkdir): (Ext2 directory already exists|File exists)\b`)
 )
 

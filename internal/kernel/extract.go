@@ -85,8 +85,11 @@ func ExtractVmlinux(bz []byte, w io.Writer) error {
 	off := int(binary.LittleEndian.Uint32(bz[0x248:]))
 	length := int(binary.LittleEndian.Uint32(bz[0x24c:]))
 	start := (setup+1)*512 + off
-	if off == 0 || length == 0 || start+length > len(bz) {
+	if off == 0 || length == 0 {
 		return fmt.Errorf("%w: boot header has no payload (boot protocol older than 2.08?)", ErrNotKernel)
+	}
+	if start+length > len(bz) {
+		return fmt.Errorf("%w: the payload runs %d bytes past the end of the file: truncated?", ErrNotKernel, start+length-len(bz))
 	}
 	payload := bz[start : start+length]
 	var r io.Reader

@@ -8,14 +8,14 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"banger/internal/testenv"
 )
 
 func TestCheckStaticBinary(t *testing.T) {
-	dynamic, err := exec.LookPath("ls")
-	if err != nil {
-		t.Skip("no ls on PATH")
-	}
-	err = CheckStaticBinary(dynamic)
+	testenv.RequireBinary(t, "ls", "coreutils")
+	dynamic, _ := exec.LookPath("ls")
+	err := CheckStaticBinary(dynamic)
 	if !errors.Is(err, ErrAgentNotStatic) || !strings.Contains(err.Error(), "libc.so") || !strings.Contains(err.Error(), "scripts/build.sh") {
 		t.Errorf("CheckStaticBinary(%s) = %v, want ErrAgentNotStatic naming libc and the fix", dynamic, err)
 	}
@@ -30,12 +30,8 @@ func TestCheckStaticBinary(t *testing.T) {
 // invites, `go build` with cgo on, and checks the result is static: the
 // build that once made every VM panic with "No working init found".
 func TestPlainGoBuildMakesAStaticAgent(t *testing.T) {
-	if _, err := exec.LookPath("gcc"); err != nil {
-		t.Skip("no C compiler: cgo is off anyway, and the agent static")
-	}
-	if testing.Short() {
-		t.Skip("builds the agent")
-	}
+	testenv.RequireBinary(t, "gcc", "apt-get install gcc libc6-dev: without a C compiler cgo is off anyway, and the agent static")
+	testenv.SkipShort(t, "builds the agent")
 	_, file, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(file), "..", "..")
 	for _, cgo := range []string{"1", "0"} {

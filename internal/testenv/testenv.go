@@ -3,7 +3,16 @@
 // tests' kernel and busybox packages, which scripts/vm-fixtures.sh
 // fetches). A gate skips with the reason, or fails when
 // BANGER_TEST_STRICT=1 (CI as root), so a missing tool cannot hide a
-// test. Test code only; nothing in banger's binaries imports it.
+// test. Every skip in banger's tests goes through this package: a bare
+// t.Skip would bypass strict mode (TestNoBareSkips holds that).
+//
+// A few skips are expected even in CI, for what no package registry CI
+// reaches can install (Firecracker) or what the host's kernel may lack
+// (vsock loopback): SkipExpected takes one of the names in Expected,
+// skips in strict mode too, and appends a line to the file
+// $BANGER_TEST_SKIPLOG names, so scripts/test.sh can list at its end
+// what was not tested and why. Test code only; nothing in banger's
+// binaries imports it.
 package testenv
 
 import (
@@ -18,12 +27,71 @@ import (
 	"banger/internal/system"
 )
 
+// Strict reports whether BANGER_TEST_STRICT=1: a skip is a failure
+// unless it is expected (SkipExpected).
+func Strict() bool { return os.Getenv("BANGER_TEST_STRICT") == "1" }
+
 func skipOrFail(tb testing.TB, why string) {
 	tb.Helper()
-	if os.Getenv("BANGER_TEST_STRICT") == "1" {
+	if Strict() {
 		tb.Fatalf("%s (BANGER_TEST_STRICT=1)", why)
 	}
 	tb.Skip(why)
+}
+
+// Skip skips the test for why: something this machine lacks, or a
+// set-up step that did not work here. Under BANGER_TEST_STRICT=1 it
+// fails the test instead.
+func Skip(tb testing.TB, why string) {
+	tb.Helper()
+	skipOrFail(tb, why)
+}
+
+// Expected names the skips that strict mode allows, each with the
+// reason a reader of a CI log is given: what no registry CI reaches can
+// install, or what the host's kernel may not offer.
+var Expected = map[string]string{
+	"firecracker":    "Firecracker and its jailer are in no package registry CI reaches, and need KVM with hardware virtualization",
+	"vsock-loopback": "the host kernel has no vsock loopback (vsock_loopback) or vhost-vsock; VMs then use the virtio-serial channel",
+}
+
+// SkipLogEnv names the file SkipExpected appends its lines to.
+const SkipLogEnv = "BANGER_TEST_SKIPLOG"
+
+// SkipExpected skips the test, in strict mode too, for the expected
+// reason name (a key of Expected; any other name fails the test), with
+// detail saying what this machine showed. It appends "name<TAB>reason"
+// to $BANGER_TEST_SKIPLOG when that is set.
+func SkipExpected(tb testing.TB, name, detail string) {
+	tb.Helper()
+	reason, ok := Expected[name]
+	if !ok {
+		tb.Fatalf("testenv.SkipExpected: %q is not an expected skip (see testenv.Expected)", name)
+	}
+	if p := os.Getenv(SkipLogEnv); p != "" {
+		if f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err == nil {
+			fmt.Fprintf(f, "%s\t%s\n", name, reason)
+			f.Close()
+		}
+	}
+	tb.Skipf("not tested here: %s, because %s (%s)", name, reason, detail)
+}
+
+// SkipInput skips one fuzz or table input the test cannot use (an
+// archive archive/tar refuses to write). It is no gap in the machine, so
+// strict mode does not apply.
+func SkipInput(tb testing.TB, why string) {
+	tb.Helper()
+	tb.Skip("input not usable: " + why)
+}
+
+// SkipShort skips the test under go test -short, which asks to leave out
+// slow tests; strict mode does not apply (the runner asked for it).
+func SkipShort(tb testing.TB, why string) {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("-short: " + why)
+	}
 }
 
 // RequireRoot skips unless the test runs as root.

@@ -2,6 +2,7 @@ package vsockagent
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -200,7 +201,7 @@ func TestWriteNoSpace(t *testing.T) {
 	ctx := ctxFor(t, 30*time.Second)
 	dir := t.TempDir()
 	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=64k"); err != nil {
-		t.Skipf("mounting a tmpfs: %v", err)
+		testenv.Skip(t, fmt.Sprintf("mounting a tmpfs: %v", err))
 	}
 	t.Cleanup(func() { unix.Unmount(dir, unix.MNT_DETACH) })
 	_, err := WriteFile(ctx, s, filepath.Join(dir, "big"), "tuser", bytes.NewReader(make([]byte, 1<<20)))

@@ -172,8 +172,23 @@ func TestBackPressureIsPerStream(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go stuck.Write(make([]byte, 4<<20)) // cat echoes; nobody reads
-	time.Sleep(200 * time.Millisecond)
+	// cat echoes; nobody reads. 4 MiB is far more than the windows and
+	// pipes between here and cat can hold.
+	const total = 4 << 20
+	wrote := make(chan int, 1)
+	go func() { n, _ := stuck.Write(make([]byte, total)); wrote <- n }()
+	credit := func() int {
+		stuck.mu.Lock()
+		defer stuck.mu.Unlock()
+		return stuck.credit
+	}
+	// The stall, seen where it happens: the stream's window is spent
+	// (acks may refill it for a while: cat still drains its pipe).
+	for deadline := time.Now().Add(10 * time.Second); credit() != 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the first stream never ran out of window (credit %d)", credit())
+		}
+	}
 	done := make(chan result, 1)
 	go func() { done <- run(s, Request{Op: "exec", Argv: []string{"echo", "through"}}, nil) }()
 	select {
@@ -183,6 +198,22 @@ func TestBackPressureIsPerStream(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a stalled stream blocked another")
+	}
+	// The first stream is still stalled after the second went through ...
+	select {
+	case n := <-wrote:
+		t.Fatalf("the first stream never stalled: its write of %d bytes returned %d with nobody reading", total, n)
+	default:
+	}
+	// ... and moves again once its output is read.
+	go io.Copy(io.Discard, stuck)
+	select {
+	case n := <-wrote:
+		if n != total {
+			t.Errorf("the first stream wrote %d of %d bytes", n, total)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the first stream stayed stalled after its output was read")
 	}
 	stuck.Close()
 }

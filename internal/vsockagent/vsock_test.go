@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/testenv"
 	"banger/internal/vmm"
 )
 
@@ -18,7 +19,7 @@ import (
 func TestVsockLoopback(t *testing.T) {
 	ln, err := listenVsock(0x4000 + uint32(time.Now().UnixNano()%1000))
 	if err != nil {
-		t.Skipf("no vsock here (%v): Firecracker and vhost-vsock guests use it", err)
+		testenv.SkipExpected(t, "vsock-loopback", fmt.Sprintf("no vsock listener here: %v", err))
 	}
 	var port uint32
 	if sa, err := getsockname(ln); err == nil {
@@ -31,7 +32,7 @@ func TestVsockLoopback(t *testing.T) {
 	defer dcancel()
 	conn, err := vmm.DialVsock(dctx, 1, port)
 	if err != nil {
-		t.Skipf("vsock loopback unavailable (%v): load vsock_loopback to run this", err)
+		testenv.SkipExpected(t, "vsock-loopback", fmt.Sprintf("dialing the local context id: %v (modprobe vsock_loopback)", err))
 	}
 	s, err := Client(NewChannel(conn), Hello{}, conn)
 	if err != nil {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"banger/internal/testenv"
 )
 
 // BenchmarkAB sets two builds of banger against each other in one run,
@@ -20,7 +22,7 @@ import (
 func BenchmarkAB(b *testing.B) {
 	dirs := strings.Fields(os.Getenv("BANGER_AB"))
 	if len(dirs) != 2 {
-		b.Skip("a comparison of two builds: run bench/ab.sh OLD NEW")
+		testenv.Skip(b, "a comparison of two builds: run bench/ab.sh OLD NEW (it sets BANGER_AB)")
 	}
 	sides := []*abSide{{name: "old", bins: dirs[0]}, {name: "new", bins: dirs[1]}}
 	for _, s := range sides {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"sort"
 	"syscall"
@@ -22,12 +21,15 @@ import (
 // own SSH server on port 22, so the guest side is the same program):
 // exec round trips (median of 50, each a new CLI or ssh process, and
 // over one kept session), and stream throughput through exec's stdin
-// and stdout and through a forwarded port. A measurement, not a check:
-// BANGER_AGENT_BENCH=1 (bench/agent.sh).
-func TestAgentVersusSSHMeasurement(t *testing.T) {
-	if os.Getenv("BANGER_AGENT_BENCH") != "1" {
-		t.Skip("a measurement: run bench/agent.sh")
-	}
+// and stdout and through a forwarded port: exec-ratio (time,
+// banger/ssh), stream-ratio and forward-ratio (rate, banger/ssh). The
+// rounds are inside: -benchtime 1x (bench/agent.sh checks the goals).
+func BenchmarkAgentVersusSSH(b *testing.B) {
+	report(b, measureAgentVersusSSH(b))
+}
+
+func measureAgentVersusSSH(t testing.TB) map[string]float64 {
+	m := map[string]float64{}
 	in := newInstance(t)
 	vmFixtures(t, in)
 	var v vmJSON
@@ -75,6 +77,7 @@ func TestAgentVersusSSHMeasurement(t *testing.T) {
 	})
 	t.Logf("exec round trip, median of 50: banger vm exec %s, ssh %s (banger/ssh %.2f); over one agent session %s",
 		cliExec.Round(time.Millisecond), sshExec.Round(time.Millisecond), float64(cliExec)/float64(sshExec), sessionExec.Round(100*time.Microsecond))
+	m["exec-ratio"], m["exec-ms"], m["session-exec-ms"] = float64(cliExec)/float64(sshExec), ms(cliExec), ms(sessionExec)
 
 	// Throughput: 32 MiB through cat and back.
 	const size = 32 << 20
@@ -91,6 +94,7 @@ func TestAgentVersusSSHMeasurement(t *testing.T) {
 	agentMBs := through(in.cli("vm", "exec", "-i", "m", "--", "cat"))
 	sshMBs := through(exec.Command("nsenter", sshArgs("root@"+v.IP, "cat")...))
 	t.Logf("exec stdin→stdout, 32 MiB: banger %.1f MiB/s, ssh %.1f MiB/s (banger/ssh %.2f)", agentMBs, sshMBs, agentMBs/sshMBs)
+	m["stream-ratio"] = agentMBs / sshMBs
 
 	// A forwarded port to an echo server in the guest.
 	in.ok("vm", "exec", "m", "--", "sh", "-c", "busybox nc -ll -p 9000 -e /bin/cat </dev/null >/dev/null 2>&1 &")
@@ -132,6 +136,8 @@ func TestAgentVersusSSHMeasurement(t *testing.T) {
 	fwdMBs := echoMBs("127.0.0.1:19000", false)
 	sshFwdMBs := echoMBs("127.0.0.1:19001", true)
 	t.Logf("forwarded port, 8 MiB echoed: banger vm forward %.1f MiB/s, ssh -L %.1f MiB/s (banger/ssh %.2f)", fwdMBs, sshFwdMBs, fwdMBs/sshFwdMBs)
+	m["forward-ratio"] = fwdMBs / sshFwdMBs
+	return m
 }
 
 type zeros struct{}

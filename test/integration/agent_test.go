@@ -324,9 +324,16 @@ func TestAgentOnSystemdImage(t *testing.T) {
 		t.Errorf("ssh to the systemd VM: %v %q", err, out)
 	}
 	in.ok("vm", "exec", "sd", "--", "sh", "-c", "echo kept > /root/mark")
+	// Graceful: systemd powers the guest off (the kernel's last line),
+	// before the 30 s after which a stop falls back to a kill.
 	began := time.Now()
 	in.ok("vm", "stop", "sd")
-	t.Logf("graceful stop of a systemd VM through its agent: %s", time.Since(began).Round(time.Millisecond))
+	if took := time.Since(began); took >= 30*time.Second {
+		t.Errorf("graceful stop of a systemd VM took %s: the kill at 30 s, not the guest, ended it", took)
+	}
+	if logs := in.ok("vm", "logs", "sd"); !strings.Contains(logs, "reboot: Power down") {
+		t.Errorf("the systemd guest did not power itself off; console:\n%s", tailLines(logs, 20))
+	}
 	in.ok("vm", "start", "sd")
 	if code, out, _ := in.code(nil, "vm", "exec", "sd", "--", "cat", "/root/mark"); code != 0 || out != "kept\n" {
 		t.Errorf("after stop and start: %d %q", code, out)
@@ -347,4 +354,13 @@ func echoOnce(addr, msg string) error {
 		return fmt.Errorf("echo through %s: %q %v", addr, line, err)
 	}
 	return nil
+}
+
+// tailLines is the last n lines of s.
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }

@@ -108,4 +108,17 @@ func TestVMRunOfflineDefault(t *testing.T) {
 	if out, _ := exec.Command("pgrep", "-x", "mmdebstrap").Output(); len(out) != 0 {
 		t.Errorf("mmdebstrap still running: %s", out)
 	}
+
+	// --include adds packages to the minimal system: tree is not in it.
+	if r := in.runLimit(15*time.Minute, nil, "image", "build", "-q", "debian:bookworm", "--name", "withtree", "--include", "tree"); r.code != 0 || r.stdout != "withtree\n" {
+		t.Fatalf("image build --include tree: exit %d %q %q", r.code, r.stdout, r.stderr)
+	}
+	for name, want := range map[string]bool{"withtree": true, "debian": false} {
+		var img importJSON
+		in.jsonOut(&img, "image", "show", name, "--json")
+		out, _ := exec.Command("debugfs", "-R", "stat /usr/bin/tree", img.Rootfs).CombinedOutput()
+		if has := !strings.Contains(string(out), "File not found"); has != want {
+			t.Errorf("image %s has /usr/bin/tree: %v, want %v (%s)", name, has, want, out)
+		}
+	}
 }

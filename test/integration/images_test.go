@@ -110,9 +110,26 @@ func TestImageLifecycle(t *testing.T) {
 	}
 
 	// The same reference again is up to date; no work, no new record.
+	gets := map[string]int{}
+	for _, l := range img.Layers {
+		gets[l.Digest] = reg.BlobGets(l.Digest)
+	}
 	r := in.run("image", "pull", ref, "--name", "app")
-	if r.code != 0 || !strings.Contains(r.stdout, "app") {
-		t.Errorf("re-pull: exit %d %q %q", r.code, r.stdout, r.stderr)
+	if r.code != 0 || !strings.HasPrefix(r.stdout, "app\t") || !strings.Contains(r.stderr, "up to date") {
+		t.Errorf("re-pull: exit %d %q %q, want it to say the image is up to date", r.code, r.stdout, r.stderr)
+	}
+	for d, n := range gets {
+		if got := reg.BlobGets(d); got != n {
+			t.Errorf("re-pull fetched layer %s again (%d fetches, was %d)", d, got, n)
+		}
+	}
+	var again imageJSON
+	in.jsonOut(&again, "image", "show", "app", "--json")
+	if again.ID != img.ID || again.Digest != img.Digest || again.Rootfs != img.Rootfs {
+		t.Errorf("re-pull changed the record: %+v, was %+v", again, img)
+	}
+	if left := in.leftovers(img.ID); len(left) != 0 {
+		t.Errorf("re-pull left %v", left)
 	}
 	// A taken name with another reference is refused.
 	other := smallImage(t, reg, "demo/other:1", "x")
@@ -168,6 +185,50 @@ func TestImageLifecycle(t *testing.T) {
 	in.jsonOut(&list, "image", "list", "--json")
 	if len(list) != 1 {
 		t.Errorf("after restart: %+v", list)
+	}
+}
+
+// TestPullNewDigest pulls a reference that now points to another
+// image: refused, saying to `image rm` first, with the image and its
+// files as they were; after the rm the pull brings the new image.
+func TestPullNewDigest(t *testing.T) {
+	testenv.RequireBinary(t, "debugfs", "apt-get install e2fsprogs")
+	reg := imagetest.StartRegistry(t)
+	ref := smallImage(t, reg, "moving/app:1", "v1")
+	in := newInstance(t)
+	in.ok("image", "pull", "-q", ref, "--name", "app")
+	var old imageJSON
+	in.jsonOut(&old, "image", "show", "app", "--json")
+
+	// The tag moves to a new image.
+	if moved := smallImage(t, reg, "moving/app:1", "v2"); moved != ref {
+		t.Fatalf("the tag moved to another reference: %s", moved)
+	}
+	r := in.fails("now points to", "image", "pull", ref, "--name", "app")
+	if !strings.Contains(r.stderr, "banger image rm app") || !strings.Contains(r.stderr, old.Digest) {
+		t.Errorf("refusal %q: want the old digest and the way out", r.stderr)
+	}
+	var same imageJSON
+	in.jsonOut(&same, "image", "show", "app", "--json")
+	if same.ID != old.ID || same.Digest != old.Digest {
+		t.Errorf("the refused pull changed the record: %+v, was %+v", same, old)
+	}
+	if out, err := exec.Command("debugfs", "-R", "cat /v1", old.Rootfs).Output(); err != nil || string(out) != "content of v1" {
+		t.Errorf("the old image's content after the refused pull: %q %v", out, err)
+	}
+	if left := in.leftovers(old.ID); len(left) != 0 {
+		t.Errorf("the refused pull left %v", left)
+	}
+	// As told: rm, pull again.
+	in.ok("image", "rm", "app")
+	in.ok("image", "pull", "-q", ref, "--name", "app")
+	var fresh imageJSON
+	in.jsonOut(&fresh, "image", "show", "app", "--json")
+	if fresh.Digest == old.Digest {
+		t.Errorf("after rm and pull: still digest %s", fresh.Digest)
+	}
+	if out, err := exec.Command("debugfs", "-R", "cat /v2", fresh.Rootfs).Output(); err != nil || string(out) != "content of v2" {
+		t.Errorf("the new image's content: %q %v", out, err)
 	}
 }
 
@@ -375,7 +436,7 @@ func TestDiskFullMidPull(t *testing.T) {
 func (in *instance) smallDisk(t *testing.T, size string) {
 	t.Helper()
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "banger-test", in.home).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount tmpfs: %v %s", err, out)
+		testenv.Skip(t, fmt.Sprintf("cannot mount a tmpfs: %v %s", err, out))
 	}
 	t.Cleanup(func() {
 		in.stopDaemon()

@@ -247,10 +247,8 @@ func TestDiskFullMidImport(t *testing.T) {
 // TestDaemonRefusesDynamicAgent points bangerd at a dynamically linked
 // binary as its guest agent: it must not start, and say how to fix it.
 func TestDaemonRefusesDynamicAgent(t *testing.T) {
-	dynamic, err := exec.LookPath("ls")
-	if err != nil {
-		t.Skip("no ls")
-	}
+	testenv.RequireBinary(t, "ls", "coreutils")
+	dynamic, _ := exec.LookPath("ls")
 	in := newInstance(t)
 	r := in.runEnv([]string{"BANGER_AGENT_BIN=" + dynamic}, "daemon", "status")
 	if r.code == 0 || !strings.Contains(r.stderr, "guest agent is not statically linked") || !strings.Contains(r.stderr, "CGO_ENABLED=0") {

@@ -15,12 +15,15 @@ import (
 // xargs cat`), on a virtio-fs mount and on a synced mount against the
 // same tree copied onto the VM's own disk, alternating, in one run; an
 // exec of `true` is the baseline taken off all. Then host write to
-// guest-visible latency, virtio-fs against sync. A measurement, not a
-// check: BANGER_MOUNT_BENCH=1 (bench/mounts.sh).
-func TestMountMeasurement(t *testing.T) {
-	if os.Getenv("BANGER_MOUNT_BENCH") != "1" {
-		t.Skip("a measurement: run bench/mounts.sh")
-	}
+// guest-visible latency, virtio-fs against sync: read-virtiofs-ratio and
+// read-sync-ratio (against the VM's disk), visible-virtiofs-ms and
+// visible-sync-ms. The rounds are inside: -benchtime 1x
+// (bench/mounts.sh checks the goals).
+func BenchmarkMount(b *testing.B) {
+	report(b, measureMount(b))
+}
+
+func measureMount(t testing.TB) map[string]float64 {
 	in := newInstance(t)
 	vmFixtures(t, in)
 	src := t.TempDir()
@@ -61,16 +64,20 @@ func TestMountMeasurement(t *testing.T) {
 	t.Logf("host write to guest-visible (new file): virtio-fs %s, sync %s (%.2f×); exec baseline %s, taken off",
 		medianOf(lf).Round(time.Millisecond), medianOf(ls).Round(time.Millisecond), float64(medianOf(ls))/float64(medianOf(lf)), b.Round(time.Millisecond))
 	in.ok("vm", "rm", "-f", "mb")
+	return map[string]float64{"read-virtiofs-ratio": float64(f) / float64(d), "read-sync-ratio": float64(sy) / float64(d),
+		"visible-virtiofs-ms": ms(medianOf(lf)), "visible-sync-ms": ms(medianOf(ls))}
 }
 
 // TestMountGitMeasurement runs `git status` in a 10,000-file repository
 // inside a VM: on a virtio-fs mount, on a synced mount and on a copy on
-// the VM's own disk, alternating, in one run. A measurement:
-// BANGER_MOUNT_BENCH=1 (bench/mounts.sh).
-func TestMountGitMeasurement(t *testing.T) {
-	if os.Getenv("BANGER_MOUNT_BENCH") != "1" {
-		t.Skip("a measurement: run bench/mounts.sh")
-	}
+// the VM's own disk, alternating, in one run: git-virtiofs-ratio and
+// git-sync-ratio (against the VM's disk). The rounds are inside:
+// -benchtime 1x (bench/mounts.sh checks the goals).
+func BenchmarkMountGit(b *testing.B) {
+	report(b, measureMountGit(b))
+}
+
+func measureMountGit(t testing.TB) map[string]float64 {
 	testenv.RequireBinary(t, "git", "apt-get install git")
 	in := newInstance(t)
 	vmFixtures(t, in)
@@ -98,6 +105,7 @@ func TestMountGitMeasurement(t *testing.T) {
 	t.Logf("git status, 10,000 files: virtio-fs %s, synced copy %s, VM disk %s (%.2f×, %.2f×); exec baseline %s, taken off",
 		f.Round(time.Millisecond), sy.Round(time.Millisecond), d.Round(time.Millisecond), float64(f)/float64(d), float64(sy)/float64(d), b.Round(time.Millisecond))
 	in.ok("vm", "rm", "-f", "mg")
+	return map[string]float64{"git-virtiofs-ratio": float64(f) / float64(d), "git-sync-ratio": float64(sy) / float64(d)}
 }
 
 // timedExec is how long `vm exec VM -- sh -c SCRIPT` takes.

@@ -30,7 +30,7 @@ func virtiofsds(dir string) string {
 }
 
 // fileTree writes n small files under dir, 100 to a directory.
-func fileTree(t *testing.T, dir string, n int) {
+func fileTree(t testing.TB, dir string, n int) {
 	t.Helper()
 	for i := 0; i < n; i++ {
 		d := filepath.Join(dir, fmt.Sprintf("d%03d", i/100))
@@ -111,6 +111,35 @@ func TestVMMounts(t *testing.T) {
 		}
 	}
 	in.fails("shares host directories (-v): QEMU cannot snapshot a VM with virtio-fs devices", "vm", "snapshot", "m")
+	// Where the mounts are: the read-only share is a read-only bind in its
+	// virtiofsd's own mount namespace, never on the host; the read-write
+	// share is mounted nowhere (virtiofsd serves the directory itself).
+	hostMounts, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, d := range []string{rw, ro} {
+		if mountedAt(string(hostMounts), d) != "" {
+			t.Errorf("%s is mounted in the host's namespace", d)
+		}
+	}
+	for _, c := range []struct {
+		m    mountJSON
+		want string
+	}{{v.Mounts[0], "rw"}, {v.Mounts[1], "ro"}} {
+		// virtiofsd pivots into the shared directory: that is its "/",
+		// a bind of the directory, read-only for :ro.
+		nsMounts, err := os.ReadFile(fmt.Sprintf("/proc/%d/mountinfo", c.m.PID))
+		if err != nil {
+			t.Fatalf("virtiofsd for %s: %v", c.m.Host, err)
+		}
+		// (The bind's source is relative to its file system: /tmp may be
+		// one of its own.)
+		if src, opts := rootMount(string(nsMounts)); src == "/" || !strings.HasSuffix(c.m.Host, src) || opts != c.want {
+			t.Errorf("virtiofsd for %s: its / is %s (%s), want %s (%s)", c.m.Host, src, opts, c.m.Host, c.want)
+		}
+		ns, _ := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", c.m.PID))
+		if self, _ := os.Readlink("/proc/self/ns/mnt"); ns == self {
+			t.Errorf("virtiofsd for %s runs in the host's mount namespace", c.m.Host)
+		}
+	}
 	// vm run PATH --live: the directory itself at the workspace path,
 	// and the working directory there.
 	if out := in.ok(append(append([]string{"vm", "run", rw, "--live", "--rm", "--name", "lv"}, shape...), "--", "sh", "-c", "pwd; cat hello")...); out != "/root/repo\nfrom-host\n" {
@@ -146,9 +175,29 @@ func TestVMMounts(t *testing.T) {
 			t.Errorf("virtiofsd left after vm rm: %s", left)
 		}
 	}
-	if out, _ := exec.Command("sh", "-c", "grep -c "+rw+" /proc/mounts").Output(); strings.TrimSpace(string(out)) != "0" {
-		t.Errorf("host mounts left: %s", out)
+}
+
+// rootMount is the mount at "/" in mountinfo text: the directory it binds
+// (relative to its file system's root) and "ro" or "rw".
+func rootMount(mountinfo string) (src, opts string) {
+	for _, l := range strings.Split(mountinfo, "\n") {
+		if f := strings.Fields(l); len(f) > 5 && f[4] == "/" {
+			src, opts = f[3], strings.Split(f[5], ",")[0]
+		}
 	}
+	return src, opts
+}
+
+// mountedAt finds dir as a mount point in mountinfo text: "" when it is
+// none, else "ro" or "rw" (its per-mount options).
+func mountedAt(mountinfo, dir string) string {
+	for _, l := range strings.Split(mountinfo, "\n") {
+		f := strings.Fields(l)
+		if len(f) > 5 && f[4] == dir {
+			return strings.Split(f[5], ",")[0]
+		}
+	}
+	return ""
 }
 
 // TestVMMountBadInput: every -v mistake is one line at create, and no

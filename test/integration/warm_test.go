@@ -84,6 +84,23 @@ func TestVMRunWarm(t *testing.T) {
 	in.waitLogs("m2", "MARK-FOUND")
 	in.ok("vm", "rm", "-f", "m1", "m2")
 
+	// image warm makes the template now, so even the first VM of a new
+	// shape restores instead of booting.
+	shape384 := []string{"--kernel", "k", "--vcpu", "1", "--memory", "384M", "--disk-size", "128M", "--network", "none", "--vmm", "qemu"}
+	var warmed snapshotJSON
+	in.jsonOut(&warmed, append([]string{"image", "warm", "bbm", "--json"}, shape384...)...)
+	if warmed.Kind != "template" || warmed.State != "ready" || warmed.Image != "bbm" {
+		t.Fatalf("image warm = %+v", warmed)
+	}
+	in.jsonOut(&v, append([]string{"vm", "create", "--name", "w5", "--image", "bbm", "--json"}, shape384...)...)
+	if v.Origin != "template "+warmed.Name || v.MemoryMiB != 384 {
+		t.Errorf("the first VM of the warmed shape: origin %q, memory %d; want the template %s", v.Origin, v.MemoryMiB, warmed.Name)
+	}
+	if out := in.ok("vm", "exec", "w5", "--", "cat", "/etc/marker"); out != "MARKER\n" {
+		t.Errorf("w5 reads %q", out)
+	}
+	in.ok("vm", "rm", "-f", "w5")
+
 	// A template goes with its image.
 	in.ok("image", "rm", "bbm")
 	in.jsonOut(&sns, "snapshot", "ls", "--json")

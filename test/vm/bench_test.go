@@ -1,7 +1,6 @@
 package vm
 
 import (
-	"banger/internal/testenv"
 	"os"
 	"path/filepath"
 	"testing"
@@ -9,6 +8,7 @@ import (
 
 	"banger/internal/guestinit"
 	"banger/internal/kernel"
+	"banger/internal/testenv"
 	"banger/internal/vsockagent"
 )
 
@@ -62,9 +62,7 @@ func BenchmarkBoot(b *testing.B) {
 		run(b, spec, map[string]string{"init-s": "init stage started", "ready-s": "ready: running"})
 	})
 	b.Run("systemd", func(b *testing.B) {
-		if os.Getenv(testenv.DebianRoot) == "" {
-			b.Skip(testenv.DebianRoot + " not set")
-		}
+		testenv.Fixture(b, testenv.DebianRoot, "a debootstrap'd Debian with systemd (scripts/vm-fixtures.sh)")
 		spec := vmSpec{vmlinux: k.Vmlinux, initrd: k.Initrd, root: debianImage(b), data: dataDisk(b, nil),
 			append: "banger.root=/dev/vda banger.data=/dev/vdb banger.hostname=deb " + netArgs}
 		run(b, spec, map[string]string{"init-s": "init stage started", "image-init-s": "exec /sbin/init", "ready-s": vsockagent.ReadyLine})

@@ -2,6 +2,8 @@ package vm
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"banger/internal/guestinit"
 	"banger/internal/vmm"
 	"banger/internal/vmm/qemu"
+	"banger/internal/vsockagent"
 )
 
 // waitConsole waits until the console log contains s.
@@ -65,11 +68,13 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 	if st, _ := m.QMP().Status(ctx); st != "running" {
 		t.Errorf("after resume: %s", st)
 	}
-	conn, err := m.DialAgent(ctx, 0)
-	if err != nil {
-		t.Errorf("agent channel: %v", err)
-	} else {
-		conn.Close()
+	// The agent channel: QEMU accepts on its end whether or not an agent
+	// listens in the guest, so a dial proves nothing. A greeting and an
+	// exec with its output and exit status do.
+	actx, acancel := context.WithTimeout(ctx, time.Minute)
+	defer acancel()
+	if out, err := agentEcho(actx, m, "agent-answers"); err != nil || out != "agent-answers\n" {
+		t.Errorf("agent channel: exec echo = %q, %v", out, err)
 	}
 
 	// Graceful stop: the ACPI power button reaches the init stage, which
@@ -93,4 +98,35 @@ func TestQEMUBackendLifecycle(t *testing.T) {
 			t.Errorf("QEMU still answers after Stop")
 		}
 	}
+}
+
+// agentEcho runs `sh -c "echo word"` in the guest through the agent channel of m:
+// a full exchange of the agent protocol (greeting, stream, output, exit).
+func agentEcho(ctx context.Context, m vmm.Machine, word string) (string, error) {
+	conn, err := m.DialAgent(ctx, vsockagent.VsockPort)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	s, err := vsockagent.Client(vsockagent.NewChannel(conn), vsockagent.Hello{}, conn)
+	if err != nil {
+		return "", fmt.Errorf("greeting: %w", err)
+	}
+	defer s.Close()
+	st, err := s.Open(ctx, vsockagent.Request{Op: "exec", Argv: []string{"sh", "-c", "echo " + word}})
+	if err != nil {
+		return "", err
+	}
+	st.CloseWrite()
+	out, err := io.ReadAll(st)
+	if err != nil {
+		return "", err
+	}
+	e, err := st.Wait(ctx)
+	if err != nil || e.Code != 0 {
+		return string(out), fmt.Errorf("exit %+v: %v", e, err)
+	}
+	return string(out), nil
 }

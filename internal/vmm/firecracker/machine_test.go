@@ -25,10 +25,10 @@ func requireFirecracker(t *testing.T) string {
 	t.Helper()
 	bin, err := exec.LookPath("firecracker")
 	if err != nil {
-		t.Skip("no firecracker binary on PATH: these tests drive a real Firecracker when one is installed")
+		testenv.SkipExpected(t, "firecracker", "no firecracker binary on PATH: these tests drive a real Firecracker when one is installed")
 	}
 	if _, err := os.Stat("/dev/kvm"); err != nil {
-		t.Skip("no /dev/kvm: Firecracker needs KVM")
+		testenv.SkipExpected(t, "firecracker", "no /dev/kvm: Firecracker needs KVM")
 	}
 	return bin
 }
@@ -212,7 +212,7 @@ func TestFirecrackerJailer(t *testing.T) {
 	testenv.RequireRoot(t)
 	jailerBin, err := exec.LookPath("jailer")
 	if err != nil {
-		t.Skip("no jailer binary on PATH: the jailer tests run where Firecracker's jailer is installed")
+		testenv.SkipExpected(t, "firecracker", "no jailer binary on PATH: the jailer tests run where Firecracker's jailer is installed")
 	}
 	spec := testSpec(t)
 	data := filepath.Join(spec.Dir, "data.ext4")
