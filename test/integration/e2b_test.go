@@ -49,16 +49,6 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// freePort is a TCP port nothing listens on at the moment.
-func freePort(t testing.TB) int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // e2bInstance is a banger instance with the E2B endpoint on, the busybox
 // and Debian images (template "base" is Debian) and a key of root's.
 type e2bInstance struct {
