@@ -518,3 +518,22 @@ func (c *Client) SetSubnet(ctx context.Context, subnet string) (*api.Network, er
 	var n api.Network
 	return &n, c.getJSON(ctx, http.MethodPost, "/v1/network", api.NetworkRequest{Subnet: subnet}, &n)
 }
+
+// CreateE2BKey makes an API key of the E2B endpoint for the calling
+// user; the answer holds the key's text, shown only this once.
+func (c *Client) CreateE2BKey(ctx context.Context, req api.E2BKeyRequest) (*api.E2BKey, error) {
+	var k api.E2BKey
+	return &k, c.getJSON(ctx, http.MethodPost, "/v1/e2b/keys", req, &k)
+}
+
+// E2BKeys lists the caller's E2B keys (root: everyone's).
+func (c *Client) E2BKeys(ctx context.Context) ([]api.E2BKey, error) {
+	var out []api.E2BKey
+	return out, c.getJSON(ctx, http.MethodGet, "/v1/e2b/keys", nil, &out)
+}
+
+// RemoveE2BKey removes one of the caller's E2B keys, by id or name.
+func (c *Client) RemoveE2BKey(ctx context.Context, id string) (*api.E2BKey, error) {
+	var k api.E2BKey
+	return &k, c.getJSON(ctx, http.MethodDelete, "/v1/e2b/keys/"+url.PathEscape(id), nil, &k)
+}

@@ -550,3 +550,27 @@ const (
 	CodeInternal     = "internal"
 	CodeLimit        = "limit_exceeded"
 )
+
+// E2BKey is an API key of bangerd's E2B endpoint. The key itself is
+// shown once, when it is made; bangerd keeps only its hash.
+type E2BKey struct {
+	ID     string `json:"id"`
+	Name   string `json:"name,omitempty"`
+	Prefix string `json:"prefix"` // the key's first characters, to recognise it
+	// Owner is the uid of the user who made it: every sandbox made with
+	// the key is theirs, and only they (and root) see or remove the key.
+	Owner     int        `json:"owner"`
+	OwnerName string     `json:"owner_name,omitempty"`
+	CreatedAt time.Time  `json:"created_at"`
+	LastUsed  *time.Time `json:"last_used,omitempty"`
+	// Key is the key itself, only in the answer to its creation.
+	Key string `json:"key,omitempty"`
+	// APIURL is where the E2B endpoint listens, "" while it is off
+	// (only in the answer to a creation).
+	APIURL string `json:"api_url,omitempty"`
+}
+
+// E2BKeyRequest is the body of POST /v1/e2b/keys.
+type E2BKeyRequest struct {
+	Name string `json:"name,omitempty"`
+}

@@ -26,7 +26,7 @@ Set BANGER_HOME=DIR (or --home) for a self-contained per-user instance.`,
 	root.PersistentFlags().StringVar(&a.host, "host", "", "daemon socket (default $BANGER_HOST, else the instance's socket)")
 	root.PersistentFlags().BoolVar(&a.debug, "debug", false, "show more detail")
 	root.AddGroup(&cobra.Group{ID: "main", Title: "Commands:"}, &cobra.Group{ID: "admin", Title: "Administration:"})
-	for _, c := range []*cobra.Command{newVMCommand(a), newImageCommand(a), newKernelCommand(a), newSnapshotCommand(a), newSSHConfigCommand(a)} {
+	for _, c := range []*cobra.Command{newVMCommand(a), newImageCommand(a), newKernelCommand(a), newSnapshotCommand(a), newSSHConfigCommand(a), newE2BCommand(a)} {
 		c.GroupID = "main"
 		root.AddCommand(c)
 	}

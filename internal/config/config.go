@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"regexp"
@@ -40,6 +41,39 @@ type Config struct {
 	Net         Net         `toml:"net"`
 	Firecracker Firecracker `toml:"firecracker"`
 	Limits      Limits      `toml:"limits"`
+	E2B         E2B         `toml:"e2b"`
+}
+
+// E2B is bangerd's E2B-compatible endpoint: E2B's control plane and
+// envd's API on one listener, for the unmodified E2B SDKs. Off until
+// Listen is set.
+type E2B struct {
+	// Listen is the TCP address to serve on ("127.0.0.1:3000"); ""
+	// turns the endpoint off.
+	Listen string `toml:"listen"`
+	// Domain is the base of sandbox host names, PORT-SANDBOXID.DOMAIN
+	// (what the SDK's getHost returns): a wildcard DNS name that
+	// points at this host. "" tells the SDK nothing (it uses
+	// $E2B_DOMAIN).
+	Domain string `toml:"domain"`
+	// TLSCert and TLSKey (PEM files) make the listener HTTPS, as the
+	// SDK expects of a domain's host names.
+	TLSCert string `toml:"tls_cert"`
+	TLSKey  string `toml:"tls_key"`
+	// Aliases name images as templates, "TEMPLATE=IMAGE" each; the
+	// SDK's default template, base, is default_image unless aliased.
+	Aliases []string `toml:"aliases"`
+}
+
+// AliasMap is Aliases as a map from template to image.
+func (e E2B) AliasMap() map[string]string {
+	out := map[string]string{}
+	for _, a := range e.Aliases {
+		if k, v, ok := strings.Cut(a, "="); ok {
+			out[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	return out
 }
 
 // Limits bound what each user other than root may have. Zero is no
@@ -156,7 +190,8 @@ func Keys() []string {
 	return []string{"default_image", "default_kernel", "vmm", "vcpu", "memory", "disk_size", "network", "warm", "console_log_max",
 		"net.bridge", "net.subnet", "net.dns_upstream", "net.subnet_users",
 		"firecracker.binary", "firecracker.jailer", "firecracker.jailer_uid", "firecracker.jailer_gid",
-		"limits.vms", "limits.vcpus", "limits.memory", "limits.public_ports", "limits.low_ports"}
+		"limits.vms", "limits.vcpus", "limits.memory", "limits.public_ports", "limits.low_ports",
+		"e2b.listen", "e2b.domain", "e2b.tls_cert", "e2b.tls_key", "e2b.aliases"}
 }
 
 // Value is one setting's effective value as text.
@@ -206,6 +241,16 @@ func (c Config) Value(key string) string {
 		return strconv.FormatBool(c.Limits.PublicPorts)
 	case "limits.low_ports":
 		return strconv.FormatBool(c.Limits.LowPorts)
+	case "e2b.listen":
+		return c.E2B.Listen
+	case "e2b.domain":
+		return c.E2B.Domain
+	case "e2b.tls_cert":
+		return c.E2B.TLSCert
+	case "e2b.tls_key":
+		return c.E2B.TLSKey
+	case "e2b.aliases":
+		return strings.Join(c.E2B.Aliases, ",")
 	}
 	return ""
 }
@@ -265,6 +310,23 @@ func (c Config) validate() func(func(string, error) bool) {
 	if c.Limits.Memory != "" {
 		if n, err := ParseSize(c.Limits.Memory); err != nil || n < 128<<20 {
 			errs["limits.memory"] = fmt.Errorf("%q: a size of at least 128M, such as 16G (or leave it out for no limit)", c.Limits.Memory)
+		}
+	}
+	if c.E2B.Listen != "" {
+		if _, port, err := net.SplitHostPort(c.E2B.Listen); err != nil || port == "" {
+			errs["e2b.listen"] = fmt.Errorf("%q: HOST:PORT, such as 127.0.0.1:3000", c.E2B.Listen)
+		}
+	}
+	if d := c.E2B.Domain; d != "" && (strings.ContainsAny(d, ":/ ") || strings.HasPrefix(d, ".") || strings.HasSuffix(d, ".")) {
+		errs["e2b.domain"] = fmt.Errorf("%q: a DNS name such as e2b.example.com (its *.e2b.example.com pointing at this host)", d)
+	}
+	if (c.E2B.TLSCert == "") != (c.E2B.TLSKey == "") {
+		errs["e2b.tls_cert"] = errors.New("give both tls_cert and tls_key, or neither")
+	}
+	for _, a := range c.E2B.Aliases {
+		k, v, ok := strings.Cut(a, "=")
+		if !ok || strings.TrimSpace(k) == "" || strings.TrimSpace(v) == "" {
+			errs["e2b.aliases"] = fmt.Errorf("%q: TEMPLATE=IMAGE, such as \"base=debian\"", a)
 		}
 	}
 	if c.Firecracker.JailerUID <= 0 || c.Firecracker.JailerGID <= 0 {

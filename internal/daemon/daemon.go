@@ -25,6 +25,7 @@ import (
 	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/doctor"
+	"banger/internal/e2b"
 	"banger/internal/images"
 	"banger/internal/kernels"
 	"banger/internal/paths"
@@ -49,6 +50,7 @@ type Daemon struct {
 	images  *images.Service
 	kernels *kernels.Service
 	vms     *vm.Service
+	e2b     *e2b.Service
 	doctor  doctor.Inputs
 	// cgroups holds the VMs' cgroups, nil when they run uncontained.
 	cgroups *cgroup.Manager
@@ -160,6 +162,12 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 
 	d.started = time.Now()
 	d.allowed = newAllowedPeers(d.opts.Group)
+	stopE2B, err := d.startE2B()
+	if err != nil {
+		d.closeServices()
+		ln.Close()
+		return err
+	}
 	srv := &http.Server{
 		Handler:     d.routes(),
 		ConnContext: withPeerCred,
@@ -181,11 +189,13 @@ func (d *Daemon) Run(ctx context.Context) (err error) {
 	case <-d.stopCh:
 	case err := <-serveErr:
 		d.closeServices()
+		stopE2B()
 		return fmt.Errorf("serving API: %w", err)
 	}
 	d.log.Info("bangerd stopping")
 	// The services' work first, so streaming handlers finish.
 	d.closeServices()
+	stopE2B()
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {

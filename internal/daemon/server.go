@@ -68,6 +68,10 @@ func (d *Daemon) routes() http.Handler {
 	mux.Handle("GET /v1/snapshots/{name}", d.wrap(callerGet(d.vms.GetSnapshot)))
 	mux.Handle("DELETE /v1/snapshots/{name}", d.wrap(d.handleRemoveSnapshot))
 
+	mux.Handle("GET /v1/e2b/keys", d.wrap(callerList(func(ctx context.Context, c vm.Caller) ([]api.E2BKey, error) { return d.e2b.Keys(ctx, c) })))
+	mux.Handle("POST /v1/e2b/keys", d.wrap(d.handleCreateE2BKey))
+	mux.Handle("DELETE /v1/e2b/keys/{name}", d.wrap(d.handleRemoveE2BKey))
+
 	mux.Handle("/", d.wrap(func(w http.ResponseWriter, r *http.Request) error {
 		return fmt.Errorf("%w: no such endpoint %s %s: the CLI and bangerd may be different versions (`banger version`)", store.ErrNotFound, r.Method, r.URL.Path)
 	}))

@@ -15,6 +15,7 @@ import (
 	"banger/internal/cgroup"
 	"banger/internal/config"
 	"banger/internal/doctor"
+	"banger/internal/e2b"
 	"banger/internal/hostnet"
 	"banger/internal/imagepull"
 	"banger/internal/images"
@@ -102,9 +103,42 @@ func (d *Daemon) wire() error {
 	d.vms = vm.New(vm.Deps{Layout: d.layout, Store: d.store, Backends: b, Net: d.net, Kernels: d.kernels,
 		Runner: d.opts.Runner, Log: d.log, Config: d.opts.Config.Config, ReadyTimeout: d.opts.ReadyTimeout,
 		Cgroups: cg, MemoryOverhead: d.opts.VMMemoryOverhead})
+	d.e2b, err = e2b.New(context.Background(), e2b.Deps{VMs: d.vms, Images: d.images, Store: d.store, Log: d.log.With("component", "e2b"),
+		Config: d.opts.Config.E2B, DefaultImage: d.opts.Config.DefaultImage,
+		// A key acts as its owner only while the owner may use bangerd.
+		Allowed: func(uid, gid int) string {
+			return d.allowed.check(peerCred{ok: true, uid: uint32(uid), gid: uint32(gid)})
+		}})
+	if err != nil {
+		return err
+	}
 	d.doctor = doctor.Inputs{Layout: d.layout, Runner: d.opts.Runner, Store: d.store, Config: d.opts.Config.Config, Net: d.net,
 		FirecrackerBin: b.firecrackerBin, Jailer: d.opts.Jailer, Helper: vm.HelperBinary, Cgroups: cg, CgroupsOff: cgOff}
 	return nil
+}
+
+// startE2B starts the E2B endpoint's expiry of sandboxes and, when
+// e2b.listen is set, its listener. stop ends both and waits for them.
+func (d *Daemon) startE2B() (stop func(), err error) {
+	ln, err := d.e2b.Listen()
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); d.e2b.Run(ctx) }()
+	if ln != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := d.e2b.Serve(ctx, ln); err != nil {
+				d.log.Error("the E2B endpoint stopped", "err", err)
+			}
+		}()
+		d.log.Info("E2B endpoint listening", "addr", ln.Addr().String(), "url", d.e2b.APIURL())
+	}
+	return func() { cancel(); wg.Wait() }, nil
 }
 
 // containment is the manager of the VMs' cgroups, under a parent of this

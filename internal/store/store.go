@@ -98,6 +98,23 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN run TEXT NOT NULL DEFAULT 'null';
 	ALTER TABLE images ADD COLUMN owner INTEGER NOT NULL DEFAULT 0;
 	ALTER TABLE kernels ADD COLUMN owner INTEGER NOT NULL DEFAULT 0`,
+	// 9: the E2B endpoint's API keys (only their SHA-256) and its
+	// sandboxes (a VM of the same name; the record is the endpoint's
+	// JSON, with the owner beside it).
+	`CREATE TABLE e2b_keys (
+		id         TEXT PRIMARY KEY,
+		hash       TEXT NOT NULL UNIQUE,
+		prefix     TEXT NOT NULL,
+		name       TEXT NOT NULL DEFAULT '',
+		owner      INTEGER NOT NULL,
+		created_at TEXT NOT NULL,
+		last_used  TEXT NOT NULL DEFAULT ''
+	);
+	CREATE TABLE e2b_sandboxes (
+		id    TEXT PRIMARY KEY,
+		owner INTEGER NOT NULL,
+		data  TEXT NOT NULL
+	)`,
 }
 
 // Store is the database. It is safe for concurrent use.

@@ -287,6 +287,29 @@ func TestMetrics(t *testing.T) {
 	}
 }
 
+// TestEnsureUserWithoutGroupFile: a busybox image has /etc/passwd only;
+// group and shadow are made, group readable by everyone.
+func TestEnsureUserWithoutGroupFile(t *testing.T) {
+	testenv.RequireRoot(t)
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc/passwd"), []byte("root:x:0:0:root:/root:/bin/sh\n"), 0o644)
+	s := pairWith(t, detachedAgent(t, Options{Root: root}))
+	u, err := EnsureUser(ctxFor(t, 10*time.Second), s, "user", "")
+	if err != nil || !u.Created || u.UID != 1000 || u.GID != 1000 {
+		t.Fatalf("ensure = %+v, %v", u, err)
+	}
+	for file, want := range map[string]os.FileMode{"group": 0o644, "shadow": 0o600} {
+		fi, err := os.Stat(filepath.Join(root, "etc", file))
+		if err != nil || fi.Mode().Perm() != want {
+			t.Errorf("%s: %v %v, want mode %v", file, fi, err, want)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(root, "etc/group")); string(b) != "user:x:1000:\n" {
+		t.Errorf("group: %q", b)
+	}
+}
+
 func TestEnsureUserIsIdempotent(t *testing.T) {
 	testenv.RequireRoot(t)
 	root := t.TempDir()

@@ -395,3 +395,22 @@ func writeEtc(t *testing.T, root, home string) {
 	os.WriteFile(filepath.Join(root, "etc/passwd"), fmt.Appendf(nil, "root:x:0:0:root:/root:/bin/sh\ntuser:x:%d:%d::%s:/bin/sh\n", testUID, testUID, home), 0o644)
 	os.WriteFile(filepath.Join(root, "etc/group"), fmt.Appendf(nil, "root:x:0:\ntuser:x:%d:\nextra:x:%d:someone,tuser\n", testUID, testUID+1), 0o644)
 }
+
+// TestStartedBeforeExit: a process that exits at once has its STARTED,
+// EXIT and CLOSE all read before the opener asks for its pid; the pid
+// still comes back (it once came back 0 about half the time, as if the
+// program did not exist).
+func TestStartedBeforeExit(t *testing.T) {
+	for i := range 500 {
+		st := newStream(nil, 1, Request{Op: "exec", Detach: true})
+		for _, f := range []Frame{{Type: FrameStarted, Payload: []byte(`{"pid":42}`)}, {Type: FrameExit, Payload: []byte(`{"code":1}`)}} {
+			if err := st.deliver(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		st.abort(io.EOF) // what CLOSE does
+		if pid, err := st.Started(context.Background()); pid != 42 || err != nil {
+			t.Fatalf("try %d: Started = %d, %v; want 42", i, pid, err)
+		}
+	}
+}

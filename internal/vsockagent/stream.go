@@ -290,9 +290,14 @@ func (st *Stream) Started(ctx context.Context) (int, error) {
 			return 0, nil
 		}
 	case <-st.done:
+		// Both may be there (a process that exited at once, read late):
+		// the pid first, or a select would pick either.
 		select {
 		case pid := <-st.started:
 			return pid, nil
+		default:
+		}
+		select {
 		case <-st.exited:
 			return 0, nil
 		default:

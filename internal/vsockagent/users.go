@@ -74,8 +74,10 @@ func (a *Agent) ensureUser(name, home string) (UserInfo, error) {
 	if err != nil {
 		return UserInfo{}, err
 	}
+	// Images as small as busybox's may have no /etc/group (or
+	// shadow): they are made.
 	group, err := readEtc(filepath.Join(etc, "group"))
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return UserInfo{}, err
 	}
 	info := UserInfo{User: name, UID: -1, GID: -1, Home: home}
@@ -211,7 +213,12 @@ func appendEtc(path, line string) error {
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	mode, uid, gid := fs.FileMode(0o600), 0, 0
+	// A new passwd or group is everyone's to read (name lookups); a new
+	// shadow, root's alone.
+	mode, uid, gid := fs.FileMode(0o644), 0, 0
+	if strings.Contains(filepath.Base(path), "shadow") {
+		mode = 0o600
+	}
 	if fi, err := os.Stat(path); err == nil {
 		mode = fi.Mode().Perm()
 		if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
