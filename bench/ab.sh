@@ -11,26 +11,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 old=${1:-HEAD~1}
 new=${2:-}
+. bench/lib.sh
 work=$(mktemp -d /tmp/banger-ab-XXXXXX)
-trap 'git worktree remove --force "$work/src-old" 2>/dev/null || true; git worktree remove --force "$work/src-new" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-build() { # build SRC DEST
-	(cd "$1" && go build -o "$2/" ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o "$2/" ./cmd/banger-vsock-agent)
-}
-git worktree add -q --detach "$work/src-old" "$old"
-build "$work/src-old" "$work/old"
-if [ -n "$new" ]; then
-	git worktree add -q --detach "$work/src-new" "$new"
-	build "$work/src-new" "$work/new"
-else
-	build . "$work/new"
-fi
-echo "old: $old  new: ${new:-working tree}" >&2
+two_builds "$old" "$new" "$work"
 BANGER_AB="$work/old $work/new" go test -timeout 60m -count=1 -run '^$' -bench '^BenchmarkAB$' \
 	-benchtime "${AB_ROUNDS:-5}x" ./test/integration >"$work/out"
 out=$(grep '^BenchmarkAB' "$work/out")
 # One metric per line: name then value.
-echo "$out" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
+metrics "$out"
 max=${AB_MAX_RATIO:-1.15}
 fail=0
 for m in cold-run-ms warm-run-ms exec-rtt-ms idle-rss-MiB; do

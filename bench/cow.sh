@@ -14,25 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 old=${1:-8b5a4e5}
 new=${2:-}
+. bench/lib.sh
 work=$(mktemp -d /tmp/banger-cow-XXXXXX)
-trap 'git worktree remove --force "$work/src-old" 2>/dev/null || true; git worktree remove --force "$work/src-new" 2>/dev/null || true; rm -rf "$work"' EXIT
-
-build() { # build SRC DEST
-	(cd "$1" && go build -o "$2/" ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o "$2/" ./cmd/banger-vsock-agent)
-}
-git worktree add -q --detach "$work/src-old" "$old"
-build "$work/src-old" "$work/old"
-if [ -n "$new" ]; then
-	git worktree add -q --detach "$work/src-new" "$new"
-	build "$work/src-new" "$work/new"
-else
-	build . "$work/new"
-fi
-echo "old: $old  new: ${new:-working tree}" >&2
+two_builds "$old" "$new" "$work"
 BANGER_AB="$work/old $work/new" go test -timeout 90m -count=1 -run '^$' -bench '^BenchmarkCOW$' \
 	-benchtime "${COW_ROUNDS:-1}x" ./test/integration >"$work/out" || { cat "$work/out" >&2; exit 1; }
 out=$(grep '^BenchmarkCOW' "$work/out")
-echo "$out" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
+metrics "$out"
 fail=0
 check() { # check METRIC GOAL
 	v=$(echo "$out" | grep -o "[0-9.]* new-$1" | cut -d' ' -f1)

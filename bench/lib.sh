@@ -32,3 +32,32 @@ goal() {
 
 # ratio A B: A / B to two decimals.
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
+# two_builds OLD NEW WORK: banger, bangerd and the agent built at git
+# revisions OLD and NEW (the working tree when NEW is empty) into
+# WORK/old and WORK/new, for one run that measures both. WORK and the
+# worktrees go on exit.
+two_builds() {
+	bench_work=$3
+	trap 'git worktree remove --force "$bench_work/src-old" 2>/dev/null || true; git worktree remove --force "$bench_work/src-new" 2>/dev/null || true; rm -rf "$bench_work"' EXIT
+	git worktree add -q --detach "$bench_work/src-old" "$1"
+	build_into "$bench_work/src-old" "$bench_work/old"
+	if [ -n "$2" ]; then
+		git worktree add -q --detach "$bench_work/src-new" "$2"
+		build_into "$bench_work/src-new" "$bench_work/new"
+	else
+		build_into . "$bench_work/new"
+	fi
+	echo "old: $1  new: ${2:-working tree}" >&2
+}
+
+# build_into SRC DEST: the three binaries of the checkout SRC into DEST.
+build_into() {
+	(cd "$1" && go build -o "$2/" ./cmd/banger ./cmd/bangerd && CGO_ENABLED=0 go build -o "$2/" ./cmd/banger-vsock-agent)
+}
+
+# metrics OUT: every metric of the benchmark lines in OUT, one "name
+# value" per line, sorted.
+metrics() {
+	echo "$1" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
+}

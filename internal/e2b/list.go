@@ -79,6 +79,29 @@ func (s *Service) view(ctx context.Context, c vm.Caller, id string) (view, error
 	return view{sb, v}, nil
 }
 
+// runningView is view, or ErrConflict when the sandbox is paused: what
+// needs its guest running (a snapshot, forks) asks the SDK to connect.
+func (s *Service) runningView(ctx context.Context, c vm.Caller, id string) (view, error) {
+	v, err := s.view(ctx, c, id)
+	if err == nil && v.state() != "running" {
+		err = fmt.Errorf("%w: sandbox %s is paused: connect to it first", api.ErrConflict, v.sb.ID)
+	}
+	return v, err
+}
+
+// pageLimit is a listing's ?limit: 1 to 100, 100 when absent.
+func pageLimit(q url.Values) (int, error) {
+	l := q.Get("limit")
+	if l == "" {
+		return 100, nil
+	}
+	n, err := strconv.Atoi(l)
+	if err != nil || n < 1 || n > 100 {
+		return 0, fmt.Errorf("%w: limit %q: 1 to 100", api.ErrInvalid, l)
+	}
+	return n, nil
+}
+
 // views is every sandbox of c's, newest first.
 func (s *Service) views(ctx context.Context, c vm.Caller) ([]view, error) {
 	var out []view
@@ -158,13 +181,9 @@ func (s *Service) list(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c v
 			}
 		}
 	}
-	limit := 100
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > 100 {
-			return fmt.Errorf("%w: limit %q: 1 to 100", api.ErrInvalid, l)
-		}
-		limit = n
+	limit, err := pageLimit(q)
+	if err != nil {
+		return err
 	}
 	var after time.Time
 	if sa := q.Get("startedAfter"); sa != "" {

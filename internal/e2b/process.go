@@ -238,8 +238,19 @@ func (p *processService) streamErr(id string, err error, user string) error {
 	return rpcErr(err, user)
 }
 
+// target is the sandbox's agent and the process a selector names: a
+// pid, or a tag among the live processes.
+func (p *processService) target(ctx context.Context, sel *process.ProcessSelector) (*vsockagent.Session, int, error) {
+	sess, err := p.s.agent(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	pid, err := pidOf(ctx, sess, sel)
+	return sess, pid, err
+}
+
 // pidOf resolves a selector: a pid, or a tag among the live processes.
-func (p *processService) pidOf(ctx context.Context, sess *vsockagent.Session, sel *process.ProcessSelector) (int, error) {
+func pidOf(ctx context.Context, sess *vsockagent.Session, sel *process.ProcessSelector) (int, error) {
 	if sel == nil {
 		return 0, connect.NewError(connect.CodeInvalidArgument, errors.New("process selector is required"))
 	}
@@ -259,11 +270,7 @@ func (p *processService) pidOf(ctx context.Context, sess *vsockagent.Session, se
 }
 
 func (p *processService) Connect(ctx context.Context, req *connect.Request[process.ConnectRequest], stream *connect.ServerStream[process.ConnectResponse]) error {
-	sess, err := p.s.agent(ctx)
-	if err != nil {
-		return err
-	}
-	pid, err := p.pidOf(ctx, sess, req.Msg.GetProcess())
+	sess, pid, err := p.target(ctx, req.Msg.GetProcess())
 	if err != nil {
 		return err
 	}
@@ -336,11 +343,7 @@ func cutEnv(kv string) (string, string, bool) {
 
 // input writes b to pid's stdin (or terminal); closeAfter closes stdin.
 func (p *processService) input(ctx context.Context, sel *process.ProcessSelector, b []byte, closeAfter bool) error {
-	sess, err := p.s.agent(ctx)
-	if err != nil {
-		return err
-	}
-	pid, err := p.pidOf(ctx, sess, sel)
+	sess, pid, err := p.target(ctx, sel)
 	if err != nil {
 		return err
 	}
@@ -399,11 +402,7 @@ func (p *processService) SendSignal(ctx context.Context, req *connect.Request[pr
 	if sig != int(syscall.SIGKILL) && sig != int(syscall.SIGTERM) {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("invalid signal: %s", req.Msg.GetSignal()))
 	}
-	sess, err := p.s.agent(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pid, err := p.pidOf(ctx, sess, req.Msg.GetProcess())
+	sess, pid, err := p.target(ctx, req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
 	}
@@ -421,11 +420,7 @@ func (p *processService) Update(ctx context.Context, req *connect.Request[proces
 	if size == nil {
 		return connect.NewResponse(&process.UpdateResponse{}), nil
 	}
-	sess, err := p.s.agent(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pid, err := p.pidOf(ctx, sess, req.Msg.GetProcess())
+	sess, pid, err := p.target(ctx, req.Msg.GetProcess())
 	if err != nil {
 		return nil, err
 	}

@@ -88,11 +88,8 @@ func (s *Service) refresh(w http.ResponseWriter, r *http.Request, _ api.E2BKey, 
 	if err != nil {
 		return err
 	}
-	if end := time.Now().UTC().Add(ttl); end.After(v.sb.EndAt) {
-		v.sb.EndAt = end
-		if err := s.put(r.Context(), v.sb); err != nil {
-			return err
-		}
+	if err := s.extend(r.Context(), &v, ttl); err != nil {
+		return err
 	}
 	w.WriteHeader(http.StatusNoContent)
 	return nil
@@ -115,7 +112,17 @@ func (s *Service) pause(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c 
 	return nil
 }
 
-// wake makes a paused (or stopped) sandbox run again with ttl to live.
+// extend makes v's sandbox live at least ttl from now; never shorter.
+func (s *Service) extend(ctx context.Context, v *view, ttl time.Duration) error {
+	end := time.Now().UTC().Add(ttl)
+	if !end.After(v.sb.EndAt) {
+		return nil
+	}
+	v.sb.EndAt = end
+	return s.put(ctx, v.sb)
+}
+
+// wakeUp makes a paused (or stopped) sandbox run again with ttl to live.
 func (s *Service) wakeUp(ctx context.Context, c vm.Caller, v view, ttl time.Duration) error {
 	var err error
 	if v.vm.State == "paused" {
@@ -130,18 +137,25 @@ func (s *Service) wakeUp(ctx context.Context, c vm.Caller, v view, ttl time.Dura
 	return s.put(ctx, v.sb)
 }
 
-// resume is the deprecated POST /sandboxes/{id}/resume: 409 when it
-// runs.
-func (s *Service) resume(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c vm.Caller) error {
+// timedView is the sandbox the path names and the timeout its request's
+// body asks for (E2B's default when none).
+func (s *Service) timedView(r *http.Request, c vm.Caller) (view, time.Duration, error) {
 	var b timeoutBody
 	if err := decode(r, &b); err != nil {
-		return err
+		return view{}, 0, err
 	}
 	ttl, err := timeoutOf(b.Timeout, defaultTimeout)
 	if err != nil {
-		return err
+		return view{}, 0, err
 	}
 	v, err := s.view(r.Context(), c, r.PathValue("id"))
+	return v, ttl, err
+}
+
+// resume is the deprecated POST /sandboxes/{id}/resume: 409 when it
+// runs.
+func (s *Service) resume(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c vm.Caller) error {
+	v, ttl, err := s.timedView(r, c)
 	if err != nil {
 		return err
 	}
@@ -158,24 +172,13 @@ func (s *Service) resume(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c
 // connect is POST /v2/sandboxes/{id}/connect: a running sandbox's end
 // is only ever extended (200); a paused one is resumed (201).
 func (s *Service) connect(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c vm.Caller) error {
-	var b timeoutBody
-	if err := decode(r, &b); err != nil {
-		return err
-	}
-	ttl, err := timeoutOf(b.Timeout, defaultTimeout)
-	if err != nil {
-		return err
-	}
-	v, err := s.view(r.Context(), c, r.PathValue("id"))
+	v, ttl, err := s.timedView(r, c)
 	if err != nil {
 		return err
 	}
 	if v.state() == "running" {
-		if end := time.Now().UTC().Add(ttl); end.After(v.sb.EndAt) {
-			v.sb.EndAt = end
-			if err := s.put(r.Context(), v.sb); err != nil {
-				return err
-			}
+		if err := s.extend(r.Context(), &v, ttl); err != nil {
+			return err
 		}
 		writeJSON(w, http.StatusOK, s.sandboxJSON(v.sb))
 		return nil

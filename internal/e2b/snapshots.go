@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
 	"banger/internal/api"
@@ -38,12 +37,9 @@ func (s *Service) fork(w http.ResponseWriter, r *http.Request, k api.E2BKey, c v
 	if err != nil {
 		return err
 	}
-	v, err := s.view(r.Context(), c, r.PathValue("id"))
+	v, err := s.runningView(r.Context(), c, r.PathValue("id"))
 	if err != nil {
 		return err
-	}
-	if v.state() != "running" {
-		return fmt.Errorf("%w: sandbox %s is paused: connect to it first", api.ErrConflict, v.sb.ID)
 	}
 	ctx := context.WithoutCancel(r.Context())
 	snapName := "fork-" + newID()
@@ -108,12 +104,9 @@ func (s *Service) snapshot(w http.ResponseWriter, r *http.Request, _ api.E2BKey,
 	if err := decode(r, &b); err != nil {
 		return err
 	}
-	v, err := s.view(r.Context(), c, r.PathValue("id"))
+	v, err := s.runningView(r.Context(), c, r.PathValue("id"))
 	if err != nil {
 		return err
-	}
-	if v.state() != "running" {
-		return fmt.Errorf("%w: sandbox %s is paused: connect to it first", api.ErrConflict, v.sb.ID)
 	}
 	name := b.Name
 	if name == "" {
@@ -131,13 +124,9 @@ func (s *Service) snapshot(w http.ResponseWriter, r *http.Request, _ api.E2BKey,
 // name, in pages.
 func (s *Service) listSnapshots(w http.ResponseWriter, r *http.Request, _ api.E2BKey, c vm.Caller) error {
 	q := r.URL.Query()
-	limit := 100
-	if l := q.Get("limit"); l != "" {
-		n, err := strconv.Atoi(l)
-		if err != nil || n < 1 || n > 100 {
-			return fmt.Errorf("%w: limit %q: 1 to 100", api.ErrInvalid, l)
-		}
-		limit = n
+	limit, err := pageLimit(q)
+	if err != nil {
+		return err
 	}
 	all, err := s.vms.Snapshots(r.Context(), c)
 	if err != nil {

@@ -25,6 +25,15 @@ import (
 // session), never over the VM's network.
 
 // runningVM is the VM of the pod whose command may be reached now, or
+// agent is a session with pr's VM's agent; the caller closes it.
+func (p *Provider) agent(ctx context.Context, pr *podRun) (*vsockagent.Session, error) {
+	s, err := p.bc.Agent(ctx, pr.vm)
+	if err != nil {
+		return nil, fmt.Errorf("reaching VM %s's agent: %w", pr.vm, err)
+	}
+	return s, nil
+}
+
 // an error kubectl shows as it is.
 func (p *Provider) runningVM(namespace, name, container string) (*podRun, error) {
 	pr := p.lookup(namespace, name)
@@ -49,9 +58,9 @@ func (p *Provider) RunInContainer(ctx context.Context, namespace, name, containe
 	if err != nil {
 		return err
 	}
-	s, err := p.bc.Agent(ctx, pr.vm)
+	s, err := p.agent(ctx, pr)
 	if err != nil {
-		return fmt.Errorf("reaching VM %s's agent: %w", pr.vm, err)
+		return err
 	}
 	defer s.Close()
 	pr.mu.Lock()
@@ -139,9 +148,9 @@ func (p *Provider) AttachToContainer(ctx context.Context, namespace, name, conta
 	if pid == 0 {
 		return errdefs.InvalidInputf("pod %s/%s's command is not running now", namespace, name)
 	}
-	s, err := p.bc.Agent(ctx, pr.vm)
+	s, err := p.agent(ctx, pr)
 	if err != nil {
-		return fmt.Errorf("reaching VM %s's agent: %w", pr.vm, err)
+		return err
 	}
 	defer s.Close()
 	st, err := vsockagent.Attach(ctx, s, pid)
@@ -171,9 +180,9 @@ func (p *Provider) PortForward(ctx context.Context, namespace, name string, port
 	if err != nil {
 		return err
 	}
-	s, err := p.bc.Agent(ctx, pr.vm)
+	s, err := p.agent(ctx, pr)
 	if err != nil {
-		return fmt.Errorf("reaching VM %s's agent: %w", pr.vm, err)
+		return err
 	}
 	defer s.Close()
 	st, err := s.Open(ctx, vsockagent.Request{Op: "dial", Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port)))})

@@ -175,23 +175,24 @@ type vmRuntime struct {
 
 // vmLock takes the lock of the VM named name; the caller unlocks.
 func (s *Service) vmLock(name string) func() {
-	s.vms.mu.Lock()
-	if s.vms.locks == nil {
-		s.vms.locks = map[string]*sync.Mutex{}
-	}
-	l := s.vms.locks[name]
-	if l == nil {
-		l = &sync.Mutex{}
-		s.vms.locks[name] = l
-	}
-	s.vms.mu.Unlock()
+	l := s.lockOf(name)
 	l.Lock()
 	return l.Unlock
 }
 
 // tryVMLock takes the lock of the VM named name when no one holds it.
 func (s *Service) tryVMLock(name string) (func(), bool) {
+	l := s.lockOf(name)
+	if !l.TryLock() {
+		return nil, false
+	}
+	return l.Unlock, true
+}
+
+// lockOf is the VM named name's lock, made on first use.
+func (s *Service) lockOf(name string) *sync.Mutex {
 	s.vms.mu.Lock()
+	defer s.vms.mu.Unlock()
 	if s.vms.locks == nil {
 		s.vms.locks = map[string]*sync.Mutex{}
 	}
@@ -200,11 +201,7 @@ func (s *Service) tryVMLock(name string) (func(), bool) {
 		l = &sync.Mutex{}
 		s.vms.locks[name] = l
 	}
-	s.vms.mu.Unlock()
-	if !l.TryLock() {
-		return nil, false
-	}
-	return l.Unlock, true
+	return l
 }
 
 func (s *Service) machine(id string) vmm.Machine {

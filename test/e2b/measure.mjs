@@ -1,5 +1,5 @@
 // Measurements of the E2B endpoint with the real SDK (not a test: run by
-// bench/e2b.sh through test/integration's TestE2BMeasurement). Prints one
+// bench/e2b.sh through test/integration's BenchmarkE2B). Prints one
 // JSON line of samples in milliseconds:
 //   tti: Sandbox.create() until the first commands.run('true') returns
 //        (ComputeSDK's time to interactive), ROUNDS in a row;

@@ -1,11 +1,8 @@
 package integration
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,20 +45,6 @@ type useJSON struct {
 	} `json:"files"`
 }
 
-func sha256File(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // mapsOf is the lines of pid's /proc/PID/maps that name path.
 func mapsOf(pid int, path string) []string {
 	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/maps", pid))
@@ -93,7 +76,7 @@ func TestForksShareMemory(t *testing.T) {
 	var s1 useJSON
 	in.jsonOut(&s1, "vm", "snapshot", "src", "--name", "s1", "--json")
 	mem := filepath.Join(s1.Dir, "memory")
-	sum := sha256File(t, mem)
+	sum := testenv.FileSHA256(t, mem)
 	in.ok("vm", "fork", "s1", "--name", "f", "-n", "5")
 
 	forks := []string{"f-1", "f-2", "f-3", "f-4", "f-5"}
@@ -186,7 +169,7 @@ func TestForksShareMemory(t *testing.T) {
 	if use.InUse != 4 {
 		t.Errorf("s1 in use by %d after f-2 booted cold, want 4: %v", use.InUse, use.UsedBy)
 	}
-	if got := sha256File(t, mem); got != sum {
+	if got := testenv.FileSHA256(t, mem); got != sum {
 		t.Errorf("the snapshot's memory file changed while forks ran from it")
 	}
 
@@ -295,7 +278,7 @@ func TestBurstFaults(t *testing.T) {
 	ramDir := l.RAMDir()
 	os.MkdirAll(ramDir, 0o700)
 	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=160m,mode=0700", "banger-test-ram", ramDir).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount a tmpfs: %v %s", err, out)
+		t.Fatalf("mounting a tmpfs for the guest RAM: %v %s", err, out)
 	}
 	t.Cleanup(func() { in.stopDaemon(); reapHome(in.home); exec.Command("umount", "-l", ramDir).Run() })
 	vmFixtures(t, in)

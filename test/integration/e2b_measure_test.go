@@ -12,17 +12,18 @@ import (
 	"time"
 )
 
-// TestE2BMeasurement sets the E2B endpoint, driven by the real SDK,
+// BenchmarkE2B sets the E2B endpoint, driven by the real SDK,
 // against banger's own CLI on the same host in the same run: time to
 // interactive (Sandbox.create until the first commands.run('true')
 // returns) 20 times in a row and as a burst of 10 at once, against
 // `banger vm run --rm -- true` the same way; and a command's round trip
 // through envd against `banger vm exec`. A measurement, not a check:
-// BANGER_E2B_BENCH=1 (bench/e2b.sh).
-func TestE2BMeasurement(t *testing.T) {
-	if os.Getenv("BANGER_E2B_BENCH") != "1" {
-		t.Skip("a measurement: run bench/e2b.sh")
-	}
+// bench/e2b.sh.
+func BenchmarkE2B(b *testing.B) {
+	report(b, measureE2B(b))
+}
+
+func measureE2B(t testing.TB) map[string]float64 {
 	e := newE2BInstance(t, "")
 	e.setup(t)
 	const rounds, burst = 20, 10
@@ -87,6 +88,17 @@ func TestE2BMeasurement(t *testing.T) {
 	row("banger vm run --rm -- true, burst of 10", cliBurst, cliBurst)
 	row("SDK commands.run('true') round trip", sdk.RTT, exec_)
 	row("banger vm exec VM -- true", exec_, exec_)
+	return map[string]float64{
+		"tti-ratio":       pct(sdk.TTI, 50) / pct(cli, 50),
+		"tti-burst-ratio": pct(sdk.Burst, 50) / pct(cliBurst, 50),
+		"rtt-ratio":       pct(sdk.RTT, 50) / pct(exec_, 50),
+		"tti-ms":          pct(sdk.TTI, 50),
+		"tti-p95-ms":      pct(sdk.TTI, 95),
+		"tti-p99-ms":      pct(sdk.TTI, 99),
+		"tti-burst-ms":    pct(sdk.Burst, 50),
+		"run-ms":          pct(cli, 50),
+		"run-burst-ms":    pct(cliBurst, 50),
+	}
 }
 
 func envOr(k, def string) string {

@@ -57,7 +57,7 @@ type e2bInstance struct {
 	busybox  string // a static busybox on the host, to upload into sandboxes
 }
 
-func newE2BInstance(t *testing.T, extra string) *e2bInstance {
+func newE2BInstance(t testing.TB, extra string) *e2bInstance {
 	in := newInstance(t)
 	port := freePort(t, "127.0.0.1")
 	url := "http://127.0.0.1:" + strconv.Itoa(port)
@@ -67,7 +67,7 @@ func newE2BInstance(t *testing.T, extra string) *e2bInstance {
 }
 
 // setup pulls the images and makes root's key.
-func (e *e2bInstance) setup(t *testing.T) {
+func (e *e2bInstance) setup(t testing.TB) {
 	vmFixtures(t, e.instance)
 	debianImage(t, e.instance)
 	var k struct {

@@ -37,13 +37,20 @@ import (
 
 // kubeBins is where the control plane's binaries are cached.
 func kubeBins(t testing.TB) string {
+	return cachedBuild(t, "BANGER_KUBE_BIN", "/var/cache/banger-test/kube-v1.37.2",
+		"Kubernetes binaries", "scripts/kube-control-plane.sh", " (about 13 minutes once; .ci/run does it)")
+}
+
+// cachedBuild is the directory $env names (else def) that a build
+// script filled and stamped; without its stamp the test needs it built.
+func cachedBuild(t testing.TB, env, def, what, script, hint string) string {
 	t.Helper()
-	dir := os.Getenv("BANGER_KUBE_BIN")
+	dir := os.Getenv(env)
 	if dir == "" {
-		dir = "/var/cache/banger-test/kube-v1.37.2"
+		dir = def
 	}
 	_, err := os.Stat(filepath.Join(dir, "stamp"))
-	testenv.Require(t, err == nil, "no Kubernetes binaries in "+dir+": build them with `scripts/kube-control-plane.sh "+dir+"` (about 13 minutes once; .ci/run does it)")
+	testenv.Require(t, err == nil, "no "+what+" in "+dir+": build with `"+script+" "+dir+"`"+hint)
 	return dir
 }
 

@@ -16,16 +16,17 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 )
 
-// TestKubeMeasurement measures banger on Kubernetes in one run, on the
+// BenchmarkKube measures banger on Kubernetes in one run, on the
 // same hosts: a pod from create to Running against `banger vm run -d`
 // of the same image and shape by the same user (both restore the warm
 // template the first pod made), ten pods spread over two nodes, and
 // banger-kubelet's idle CPU and memory. A measurement, not a check:
-// BANGER_KUBE_BENCH=1 (bench/kube.sh).
-func TestKubeMeasurement(t *testing.T) {
-	if os.Getenv("BANGER_KUBE_BENCH") != "1" {
-		t.Skip("a measurement: run bench/kube.sh")
-	}
+// bench/kube.sh.
+func BenchmarkKube(b *testing.B) {
+	report(b, measureKube(b))
+}
+
+func measureKube(t testing.TB) map[string]float64 {
 	rounds := 5
 	if n, err := strconv.Atoi(os.Getenv("ROUNDS")); err == nil && n > 0 {
 		rounds = n
@@ -144,4 +145,13 @@ func TestKubeMeasurement(t *testing.T) {
 		}
 	}
 	t.Logf("banger-kubelet idle: %.2f%% of a CPU over 30 s (%d ticks), RSS %s", float64(ticks)/100/30*100, ticks, rss)
+	rssKiB, _ := strconv.ParseFloat(strings.TrimSuffix(rss, " kB"), 64)
+	return map[string]float64{
+		"pod-vm-ratio": float64(med(pods)) / float64(med(vms)),
+		"pod-ms":       ms(med(pods)),
+		"vm-run-d-ms":  ms(med(vms)),
+		"ten-pods-s":   wall.Seconds(),
+		"idle-cpu-pct": float64(ticks) / 100 / 30 * 100,
+		"idle-rss-MiB": rssKiB / 1024,
+	}
 }

@@ -7,22 +7,14 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"banger/internal/testenv"
 )
 
 // agentSandbox is agent-sandbox's controller and CRDs
 // (sigs.k8s.io/agent-sandbox v1.0.1), built by
 // scripts/agent-sandbox-controller.sh.
 func agentSandbox(t testing.TB) string {
-	t.Helper()
-	dir := os.Getenv("BANGER_AGENT_SANDBOX")
-	if dir == "" {
-		dir = "/var/cache/banger-test/agent-sandbox-v1.0.1"
-	}
-	_, err := os.Stat(filepath.Join(dir, "stamp"))
-	testenv.Require(t, err == nil, "no agent-sandbox controller in "+dir+": build it with `scripts/agent-sandbox-controller.sh "+dir+"` (.ci/run does)")
-	return dir
+	return cachedBuild(t, "BANGER_AGENT_SANDBOX", "/var/cache/banger-test/agent-sandbox-v1.0.1",
+		"agent-sandbox controller", "scripts/agent-sandbox-controller.sh", " (.ci/run does)")
 }
 
 // TestKubeAgentSandbox runs agent-sandbox's own controller against the

@@ -55,7 +55,7 @@ func newKubeNodes(t *testing.T) *kubeNodes { return newKubeCluster(t, 2) }
 
 // newKubeCluster is a control plane with n (1 or 2) banger nodes,
 // ready; with two, their VM networks are joined.
-func newKubeCluster(t *testing.T, n int) *kubeNodes {
+func newKubeCluster(t testing.TB, n int) *kubeNodes {
 	t.Helper()
 	k := startKube(t)
 	kubeletBin(t)
@@ -93,7 +93,7 @@ func newKubeCluster(t *testing.T, n int) *kubeNodes {
 
 // checkSubnet holds that bangerd's VM subnet is the node's podCIDR,
 // set by the node's user.
-func checkSubnet(t *testing.T, in *instance, cidr string) {
+func checkSubnet(t testing.TB, in *instance, cidr string) {
 	t.Helper()
 	n, err := client.New(in.path("run", "bangerd.sock")).Network(context.Background())
 	if err != nil || cidr == "" || n.Subnet != cidr || !strings.Contains(n.Source, "set by banger-") {
@@ -171,7 +171,7 @@ type podList struct {
 }
 
 // webPods waits until the Deployment's n pods run and returns them.
-func (kn *kubeNodes) webPods(t *testing.T, n int) []podJSON {
+func (kn *kubeNodes) webPods(t testing.TB, n int) []podJSON {
 	t.Helper()
 	var pods podList
 	waitFor(t, 4*time.Minute, fmt.Sprintf("%d web pods Running", n), func() (bool, string) {

@@ -32,7 +32,7 @@ var usersMu sync.Mutex
 // testUser returns the account name, making it (with a home, in group
 // banger) the first time. Accounts stay: making them is idempotent and
 // tests in one run share them.
-func testUser(t *testing.T, name string) hostUser {
+func testUser(t testing.TB, name string) hostUser {
 	t.Helper()
 	testenv.RequireRoot(t)
 	usersMu.Lock()

@@ -2,10 +2,7 @@ package firecracker
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -160,7 +157,7 @@ func TestFirecrackerRestoreMapsMemoryPrivate(t *testing.T) {
 		t.Fatal(err)
 	}
 	src.Kill()
-	before := fileHash(t, snap.Memory)
+	before := testenv.FileSHA256(t, snap.Memory)
 	var st syscall.Stat_t
 	if err := syscall.Stat(snap.Memory, &st); err != nil {
 		t.Fatal(err)
@@ -209,21 +206,7 @@ func TestFirecrackerRestoreMapsMemoryPrivate(t *testing.T) {
 		m.Kill()
 		m.Wait(ctx)
 	}
-	if after := fileHash(t, snap.Memory); after != before {
+	if after := testenv.FileSHA256(t, snap.Memory); after != before {
 		t.Errorf("the snapshot's memory file changed: sha256 %s, then %s", before, after)
 	}
-}
-
-func fileHash(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
