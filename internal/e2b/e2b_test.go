@@ -191,6 +191,22 @@ func TestKeys(t *testing.T) {
 	if w.Code != http.StatusUnauthorized || !regexp.MustCompile(`^\{"code":401,"message":".*banger e2b key create`).MatchString(w.Body.String()) {
 		t.Errorf("no key: %d %s", w.Code, w.Body)
 	}
+	// A key whose owner left group banger reaches nothing (the daemon's
+	// check, asked at each request), and works again when they are back.
+	left := true
+	s.allowed = func(uid, gid int) string {
+		if left {
+			return "is not in group banger"
+		}
+		return ""
+	}
+	if _, err := auth(k.Key); !errors.Is(err, errUnauthorized) {
+		t.Errorf("the key of a user out of group banger: %v, want unauthorized", err)
+	}
+	left = false
+	if _, err := auth(k.Key); err != nil {
+		t.Errorf("the key once its user is back in group banger: %v", err)
+	}
 	other := vm.Caller{UID: me.UID + 4242}
 	if ks, _ := s.Keys(ctx, other); len(ks) != 0 {
 		t.Errorf("another user lists %v", ks)

@@ -13,7 +13,9 @@ import (
 // stream builds a QEMU 7.2 migration stream as a VM with a private "ram"
 // block of ramPages pages and a 2-page ROM writes it (withRAM), or as
 // the same VM with "ram" shared writes it under x-ignore-shared (no page
-// of "ram"): the splitter must turn the first into the second.
+// of "ram"): the splitter must turn the first into the second. ram[-1-i]
+// sends page i again after the others, as a zero-page record of its
+// first byte (a page dirtied again between precopy passes).
 type stream struct {
 	bytes.Buffer
 }
@@ -94,6 +96,12 @@ func buildStream(ramPages int, ram map[int][]byte, withRAM bool, caps ...string)
 			s.WriteByte(0)
 		}
 	}
+	for i := 0; withRAM && i < ramPages; i++ {
+		if p, ok := ram[-1-i]; ok {
+			s.u64(uint64(i*pageSize) | ramFlagZero | ramFlagContinue)
+			s.WriteByte(p[0])
+		}
+	}
 	s.u64(ramFlagEOS)
 	s.WriteByte(secFooter)
 	s.u32(2)
@@ -158,6 +166,32 @@ func TestSplitRAM(t *testing.T) {
 	fi, _ := mem.Stat()
 	if blocks := fileBlocks(fi); blocks > 5*pageSize+pageSize {
 		t.Errorf("memory file allocates %d bytes: zero pages were written", blocks)
+	}
+}
+
+// TestSplitRAMPageSentAgain: a page sent with data and then again as a
+// zero page ends zero in the memory file (not the stale data), and one
+// sent again as another fill byte holds that byte.
+func TestSplitRAMPageSentAgain(t *testing.T) {
+	const pages = 8
+	ram := map[int][]byte{1: fill(0x22), -2: fill(0), 3: fill(0x33), -4: fill(0x77)}
+	mem, err := os.Create(filepath.Join(t.TempDir(), "memory"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	var state bytes.Buffer
+	if err := splitRAM(bytes.NewReader(buildStream(pages, ram, true, "x-ignore-shared")), &state, mem, "ram"); err != nil {
+		t.Fatal(err)
+	}
+	if want := buildStream(pages, nil, false, "x-ignore-shared"); !bytes.Equal(state.Bytes(), want) {
+		t.Errorf("device state differs from an x-ignore-shared stream")
+	}
+	got, _ := os.ReadFile(mem.Name())
+	for i, want := range map[int][]byte{1: fill(0), 3: fill(0x77)} {
+		if page := got[i*pageSize : (i+1)*pageSize]; !bytes.Equal(page, want) {
+			t.Errorf("page %d = %x…, want %x…", i, page[:4], want[:4])
+		}
 	}
 }
 
