@@ -16,7 +16,7 @@ work=$(mktemp -d /tmp/banger-ab-XXXXXX)
 two_builds "$old" "$new" "$work"
 BANGER_AB="$work/old $work/new" go test -timeout 60m -count=1 -run '^$' -bench '^BenchmarkAB$' \
 	-benchtime "${AB_ROUNDS:-5}x" ./test/integration >"$work/out"
-out=$(grep '^BenchmarkAB' "$work/out")
+out=$(grep '^BenchmarkAB' "$work/out") || no_result bench/ab.sh "$work/out"
 # One metric per line: name then value.
 metrics "$out"
 max=${AB_MAX_RATIO:-1.15}

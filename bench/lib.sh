@@ -61,3 +61,11 @@ build_into() {
 metrics() {
 	echo "$1" | tr '\t' '\n' | sed -n 's/^ *\([0-9.]*\) \([a-z].*\)$/\2 \1/p' | sort
 }
+
+# no_result SCRIPT OUT: a benchmark that printed no result line (most
+# often skipped: not root, or no VM fixtures) fails with its output.
+no_result() {
+	echo "$1: no result (skipped? it needs root and the VM fixtures: eval \"\$(scripts/vm-fixtures.sh)\")" >&2
+	cat "$2" >&2
+	exit 1
+}

@@ -104,15 +104,20 @@ func newInstanceWith(t testing.TB, bins string) *instance {
 // virtiofsd, console-log helpers name a path under it) and waits for
 // them to go.
 func reapHome(home string) {
-	pids := homeProcs(home)
-	for _, pid := range pids {
-		syscall.Kill(pid, syscall.SIGKILL)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for _, pid := range pids {
-		for processAlive(pid) && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
+	// Twice: a CLI of the test's that lost its daemon may be starting
+	// another one (auto-start) just as the first pass runs.
+	for pass := 0; pass < 2; pass++ {
+		pids := homeProcs(home)
+		for _, pid := range pids {
+			syscall.Kill(pid, syscall.SIGKILL)
 		}
+		deadline := time.Now().Add(10 * time.Second)
+		for _, pid := range pids {
+			for processAlive(pid) && time.Now().Before(deadline) {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
@@ -126,7 +131,9 @@ func homeProcs(home string) []int {
 			continue
 		}
 		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
-		if err == nil && bytes.Contains(b, []byte(home+"/")) {
+		// A path under home, or home itself as an argument (bangerd
+		// --home HOME).
+		if err == nil && (bytes.Contains(b, []byte(home+"/")) || bytes.Contains(b, []byte("\x00"+home+"\x00"))) {
 			pids = append(pids, pid)
 		}
 	}
@@ -161,8 +168,9 @@ func reapOrphans() {
 	}
 }
 
-// orphanHome matches a path inside an integration home.
-var orphanHome = regexp.MustCompile(`(` + regexp.QuoteMeta(os.TempDir()) + `/bg[0-9]+)/state/`)
+// orphanHome matches a path inside an integration home, or a whole
+// argument that is one (bangerd --home HOME).
+var orphanHome = regexp.MustCompile(`(` + regexp.QuoteMeta(os.TempDir()) + `/bg[0-9]+)(/state/|$)`)
 
 // result is one finished CLI run.
 type result struct {
