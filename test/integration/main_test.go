@@ -117,7 +117,9 @@ func reapHome(home string) {
 				time.Sleep(20 * time.Millisecond)
 			}
 		}
-		time.Sleep(200 * time.Millisecond)
+		if pass == 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 }
 
