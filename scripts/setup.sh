@@ -21,11 +21,15 @@ apt-get update -qq
 # debootstrap, iproute2, nftables, util-linux (nsenter),
 # openssh-client (banger vm ssh uses it; the tests too), bzip2, zsh and
 # fish (the tests import a bzip2 rootfs and check each shell takes
-# `banger completion`): used by the tests and benchmarks. git: version
-# stamping.
+# `banger completion`): used by the tests and benchmarks. etcd-server
+# and openssl: scripts/kube-control-plane.sh (a control plane for trying
+# banger-kubelet, and the Kubernetes tests). dpkg, gcc and libc6-dev: the
+# race detector's cgo. nodejs and npm (when the machine has none): the
+# e2b SDK the E2B tests drive. git: version stamping.
 apt-get install -y -qq --no-install-recommends e2fsprogs ca-certificates curl git shellcheck \
 	qemu-system-x86 debootstrap mmdebstrap gpgv gpg debian-archive-keyring iproute2 nftables util-linux openssh-client \
-	bzip2 zsh fish >/dev/null
+	bzip2 zsh fish etcd-server openssl dpkg gcc libc6-dev >/dev/null
+command -v npm >/dev/null || apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
 if ! command -v go >/dev/null; then
 	echo "Go 1.26 or newer is needed (https://go.dev/dl/); put it in /usr/local/go" >&2
 	exit 1

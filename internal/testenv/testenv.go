@@ -18,8 +18,6 @@ package testenv
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -211,20 +209,4 @@ func Echo(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.CloseWrite()
 	}
-}
-
-// FileSHA256 is the hex SHA-256 of the file at path: the tests that
-// prove a file was never written compare it before and after.
-func FileSHA256(t testing.TB, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(h.Sum(nil))
 }
