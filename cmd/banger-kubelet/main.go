@@ -29,6 +29,8 @@ func main() {
 	flag.StringVar(&cfg.Host, "host", "", "bangerd's socket (default: $BANGER_HOST, else $BANGER_HOME's, else the system's)")
 	flag.StringVar(&cfg.PodCIDR, "pod-cidr", "", "this node's pod network when the cluster assigns none (default: the Node's spec.podCIDR)")
 	flag.StringVar(&cfg.ClusterCIDR, "cluster-cidr", "", "the cluster's pod network, which pods reach with their own addresses (default: the podCIDR's /16)")
+	flag.Float64Var(&cfg.APIQPS, "kube-api-qps", 50, "requests per second to the apiserver, as the kubelet's flag (status updates, events, secrets)")
+	flag.IntVar(&cfg.APIBurst, "kube-api-burst", 100, "requests allowed in a burst above --kube-api-qps")
 	flag.Int64Var(&cfg.MaxPods, "max-pods", 110, "pods this node takes at most")
 	flag.StringVar(&cfg.RootDir, "root-dir", "", "pods' logs and records (default: /var/lib/banger-kubelet/NODE as root, else ~/.local/state/banger-kubelet/NODE)")
 	backoff := flag.Duration("restart-backoff", 10*time.Second, "the first wait before a command is restarted or an image pulled again (doubles to 5m)")

@@ -33,8 +33,9 @@ func restarts(policy corev1.RestartPolicy, code int32) bool {
 
 // supervise starts the command (or attaches to the one running: an
 // adopted or forked VM), keeps its output, and acts on its end as the
-// restart policy says, until the pod goes.
-func (p *Provider) supervise(ctx context.Context, pr *podRun) {
+// restart policy says, until the pod goes. fresh is the VM makeVM has
+// just made (nil when adopted or forked).
+func (p *Provider) supervise(ctx context.Context, pr *podRun, fresh *madeVM) {
 	pod := pr.podCopy()
 	c := pod.Spec.Containers[0]
 	rec := p.loadRecord(pr)
@@ -63,7 +64,13 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun) {
 		if ctx.Err() != nil {
 			return
 		}
-		v, err := p.vmUp(ctx, pr)
+		var v *api.VM
+		var err error
+		if fresh != nil {
+			v = fresh.vm
+		} else {
+			v, err = p.vmUp(ctx, pr)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -82,7 +89,8 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun) {
 		}
 		p.set(pr, func(pr *podRun) { pr.ip, pr.vmRunning = v.IP, true })
 		ran := time.Now()
-		exit, err := p.runCommand(ctx, pr, c)
+		exit, err := p.runCommand(ctx, pr, c, fresh)
+		fresh = nil // it was: a restart finds the VM as it is then
 		if ctx.Err() != nil {
 			return
 		}
@@ -181,7 +189,7 @@ func (p *Provider) vmUp(ctx context.Context, pr *podRun) (*api.VM, error) {
 // output to this run's log, and returns its exit. An error means the
 // agent session broke (bangerd restarted, the VM died) before the exit
 // was known.
-func (p *Provider) runCommand(ctx context.Context, pr *podRun, c corev1.Container) (vsockagent.Exit, error) {
+func (p *Provider) runCommand(ctx context.Context, pr *podRun, c corev1.Container, fresh *madeVM) (vsockagent.Exit, error) {
 	s, err := p.bc.Agent(ctx, pr.vm)
 	if err != nil {
 		return vsockagent.Exit{}, err
@@ -189,9 +197,12 @@ func (p *Provider) runCommand(ctx context.Context, pr *podRun, c corev1.Containe
 	defer s.Close()
 	var st *vsockagent.Stream
 	pid := 0
-	procs, err := vsockagent.Procs(ctx, s)
-	if err != nil {
-		return vsockagent.Exit{}, err
+	var procs []vsockagent.ProcInfo
+	if fresh == nil {
+		// A VM just made runs no command yet: nothing to attach to.
+		if procs, err = vsockagent.Procs(ctx, s); err != nil {
+			return vsockagent.Exit{}, err
+		}
 	}
 	for _, proc := range procs {
 		if proc.Tag == MainTag {
@@ -203,7 +214,7 @@ func (p *Provider) runCommand(ctx context.Context, pr *podRun, c corev1.Containe
 	}
 	attached := st != nil
 	if !attached {
-		req, err := p.commandRequest(ctx, pr, c)
+		req, err := p.commandRequest(ctx, pr, c, fresh)
 		if err != nil {
 			return vsockagent.Exit{}, err
 		}
@@ -262,16 +273,20 @@ func (p *Provider) runCommand(ctx context.Context, pr *podRun, c corev1.Containe
 
 // commandRequest is the exec that starts the container's command: its
 // argv by Kubernetes' rules over the image's, as its user, with the
-// pod's addresses for the fields only known now.
-func (p *Provider) commandRequest(ctx context.Context, pr *podRun, c corev1.Container) (vsockagent.Request, error) {
-	v, err := p.bc.VM(ctx, pr.vm)
-	if err != nil {
-		return vsockagent.Request{}, err
+// pod's addresses for the fields only known now. fresh, when not nil,
+// is the VM and image config as makeVM just had them.
+func (p *Provider) commandRequest(ctx context.Context, pr *podRun, c corev1.Container, fresh *madeVM) (vsockagent.Request, error) {
+	if fresh == nil {
+		v, err := p.bc.VM(ctx, pr.vm)
+		if err != nil {
+			return vsockagent.Request{}, err
+		}
+		fresh = &madeVM{vm: v}
+		if img, err := p.bc.Image(ctx, v.Image); err == nil {
+			fresh.cfg = img.Config
+		}
 	}
-	var cfg api.ImageConfig
-	if img, err := p.bc.Image(ctx, v.Image); err == nil {
-		cfg = img.Config
-	}
+	v, cfg := fresh.vm, fresh.cfg
 	env, err := p.podEnv(ctx, pr.podCopy(), c, v.IP)
 	if err != nil {
 		return vsockagent.Request{}, err

@@ -65,9 +65,15 @@ type Config struct {
 	// ClusterCIDR is the whole cluster's pod network, which pods reach
 	// with their own addresses (default: the podCIDR's /16).
 	ClusterCIDR string
-	MaxPods     int64  // --max-pods, 110
-	RootDir     string // --root-dir: pods' logs and records
-	Log         *slog.Logger
+	MaxPods     int64 // --max-pods, 110
+	// APIQPS and APIBurst bound the requests to the apiserver
+	// (--kube-api-qps 50, --kube-api-burst 100, the kubelet's defaults):
+	// client-go's own 5 and 10 hold a pod's Running back by up to
+	// 200 ms once a few pods start together.
+	APIQPS   float64
+	APIBurst int
+	RootDir  string // --root-dir: pods' logs and records
+	Log      *slog.Logger
 	// Backoff is the first wait before a command restarts or a pull is
 	// tried again (the kubelet's 10 s), doubling to 5 minutes.
 	Backoff time.Duration
@@ -103,6 +109,12 @@ func (c *Config) defaults() error {
 	}
 	if c.MaxPods == 0 {
 		c.MaxPods = 110
+	}
+	if c.APIQPS == 0 {
+		c.APIQPS = 50
+	}
+	if c.APIBurst == 0 {
+		c.APIBurst = 100
 	}
 	if c.Backoff == 0 {
 		c.Backoff = 10 * time.Second
@@ -147,6 +159,9 @@ func (c Config) Validate() error {
 	}
 	if c.Port <= 0 || c.Port > 65535 {
 		errs = append(errs, fmt.Errorf("--port %d: a TCP port", c.Port))
+	}
+	if c.APIQPS < 0 || c.APIBurst < 0 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %g, --kube-api-burst %d: neither may be negative (0 takes the defaults, 50 and 100)", c.APIQPS, c.APIBurst))
 	}
 	return errors.Join(errs...)
 }
@@ -201,6 +216,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)
 	}
+	rest.QPS, rest.Burst = float32(cfg.APIQPS), cfg.APIBurst
 	k8s, err := kubernetes.NewForConfig(rest)
 	if err != nil {
 		return fmt.Errorf("--kubeconfig %s: %w", cfg.Kubeconfig, err)

@@ -184,25 +184,37 @@ func (p *Provider) run(pr *podRun) {
 	case <-ctx.Done():
 		return
 	}
+	var fresh *madeVM
 	if !pr.adopt {
-		if !p.makeVM(ctx, pr) {
+		var ok bool
+		if fresh, ok = p.makeVM(ctx, pr); !ok {
 			return
 		}
 	}
-	p.supervise(ctx, pr)
+	p.supervise(ctx, pr, fresh)
+}
+
+// madeVM is a VM makeVM has just made, and its image's config: the
+// command's first start takes them as they are instead of asking
+// bangerd again (a pod's start is timed against `vm run -d`).
+type madeVM struct {
+	vm  *api.VM
+	cfg api.ImageConfig
 }
 
 // makeVM pulls the image as the pod asks and makes the pod's VM (or
 // forks it), retrying with back-off until it exists or the pod goes.
-// No VM is left behind when the pod is deleted meanwhile.
-func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
+// No VM is left behind when the pod is deleted meanwhile. The VM is
+// returned when it was made just now (not adopted or forked), with no
+// command started in it yet.
+func (p *Provider) makeVM(ctx context.Context, pr *podRun) (*madeVM, bool) {
 	pod := pr.podCopy()
 	if src := pod.Annotations[AnnotationForkOf]; src != "" {
-		return p.forkVM(ctx, pr, src)
+		return nil, p.forkVM(ctx, pr, src)
 	}
 	img, ok := p.pullImage(ctx, pr)
 	if !ok {
-		return false
+		return nil, false
 	}
 	backoff := p.backoff
 	var env []string
@@ -212,19 +224,19 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 			break
 		}
 		if ctx.Err() != nil {
-			return false
+			return nil, false
 		}
 		p.event(pr, corev1.EventTypeWarning, "Failed", "Error: %v", err)
 		p.waiting(pr, "CreateContainerConfigError", err.Error())
 		if !sleep(ctx, backoff) {
-			return false
+			return nil, false
 		}
 		backoff = min(2*backoff, p.backoffMax)
 	}
 	req, err := CreateRequest(pod, p.node, img.Name, img.Config, p.direct, env)
 	if err != nil {
 		p.fail(pr, "CreateContainerConfigError", err.Error())
-		return false
+		return nil, false
 	}
 	backoff = p.backoff
 	for {
@@ -236,12 +248,12 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 		cancel()
 		if ctx.Err() != nil {
 			p.removeVM(pr)
-			return false
+			return nil, false
 		}
 		if err == nil {
 			p.set(pr, func(pr *podRun) { pr.ip, pr.vmRunning = v.IP, true })
 			p.event(pr, corev1.EventTypeNormal, "Created", "Created VM %s (%s, %d vCPUs, %d MiB)", v.Name, v.IP, v.VCPU, v.MemoryMiB)
-			return true
+			return &madeVM{vm: v, cfg: img.Config}, true
 		}
 		if errors.Is(err, client.ErrExists) {
 			if old, gerr := p.bc.VM(ctx, req.Name); gerr == nil {
@@ -250,7 +262,7 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 					// restarted while bangerd was away: adopt it.
 					p.set(pr, func(pr *podRun) { pr.ip, pr.vmRunning = old.IP, old.State == "running" })
 					p.log.Info("adopted a pod's VM", "vm", old.Name, "pod", podKey(pod.Namespace, pod.Name), "state", old.State)
-					return true
+					return nil, true
 				}
 				// A VM of an earlier pod of the same name, deleted while
 				// banger-kubelet was down: not this pod's.
@@ -262,7 +274,7 @@ func (p *Provider) makeVM(ctx context.Context, pr *podRun) bool {
 		p.event(pr, corev1.EventTypeWarning, "Failed", "Error: %v", err)
 		p.waiting(pr, "CreateContainerError", err.Error())
 		if !sleep(ctx, backoff) {
-			return false
+			return nil, false
 		}
 		backoff = min(2*backoff, p.backoffMax)
 	}
