@@ -21,15 +21,7 @@ BANGER_AB="$work/old $work/new" go test -timeout 90m -count=1 -run '^$' -bench '
 	-benchtime "${COW_ROUNDS:-1}x" ./test/integration >"$work/out" || { cat "$work/out" >&2; exit 1; }
 out=$(grep '^BenchmarkCOW' "$work/out") || no_result bench/cow.sh "$work/out"
 metrics "$out"
-fail=0
-check() { # check METRIC GOAL
-	v=$(echo "$out" | grep -o "[0-9.]* new-$1" | cut -d' ' -f1)
-	if awk -v r="$v" -v m="$2" 'BEGIN { exit !(r > m) }'; then
-		echo "FAIL: new $1 is $v, above $2" >&2
-		fail=1
-	fi
-}
-check fork5-mem-ratio 0.35
-check run8-ratio 0.6
-check fork8-ratio 0.6
-exit $fail
+goal "five forks' memory / five copies" "$(metric "$out" new-fork5-mem-ratio)" '<=' 0.35
+goal "8 warm runs at once / one by one" "$(metric "$out" new-run8-ratio)" '<=' 0.6
+goal "fork -n 8 / 8 forks one by one" "$(metric "$out" new-fork8-ratio)" '<=' 0.6
+exit "$bench_failed"
