@@ -64,13 +64,7 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun, fresh *madeVM) {
 		if ctx.Err() != nil {
 			return
 		}
-		var v *api.VM
-		var err error
-		if fresh != nil {
-			v = fresh.vm
-		} else {
-			v, err = p.vmUp(ctx, pr)
-		}
+		v, err := p.vmUp(ctx, pr, fresh)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -170,8 +164,11 @@ func (p *Provider) supervise(ctx context.Context, pr *podRun, fresh *madeVM) {
 }
 
 // vmUp is pr's VM, started when it is not running (a VM killed outside
-// Kubernetes whose pod restarts).
-func (p *Provider) vmUp(ctx context.Context, pr *podRun) (*api.VM, error) {
+// Kubernetes whose pod restarts); fresh's when makeVM has just made it.
+func (p *Provider) vmUp(ctx context.Context, pr *podRun, fresh *madeVM) (*api.VM, error) {
+	if fresh != nil {
+		return fresh.vm, nil
+	}
 	v, err := p.bc.VM(ctx, pr.vm)
 	if err != nil {
 		return nil, err
