@@ -7,6 +7,7 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -207,6 +208,12 @@ func (m *fakeMachine2) DialAgent(ctx context.Context, port uint32) (net.Conn, er
 			if m.paused.Load() {
 				return // a frozen guest answers nothing
 			}
+			if st.Req.Op == "identity" {
+				// Read first, as the agent does: answering before the
+				// host has sent the identity made its write fail now
+				// and then ("read/write on closed pipe").
+				io.Copy(io.Discard, st)
+			}
 			st.SendExit(vsockagent.Exit{})
 			if st.Req.Op == "poweroff" {
 				m.proc.Signal(syscall.SIGKILL)
@@ -230,6 +237,9 @@ func testService(t *testing.T, b *fakeBackend, st *store.Store, home string, opt
 	if err := layout.MkdirAll(); err != nil {
 		t.Fatal(err)
 	}
+	// The guest RAM directory is under /dev/shm, outside home: a
+	// reconcile makes it, and it must not outlive the test.
+	t.Cleanup(func() { os.RemoveAll(layout.RAMDir()) })
 	cfg := config.Defaults()
 	cfg.Warm, cfg.Network, cfg.DefaultImage, cfg.DiskSize = false, "none", "img", "64M"
 	d := Deps{Layout: layout, Store: st, Backends: b, Kernels: fakeKernels{},
